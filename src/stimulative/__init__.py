@@ -1,0 +1,22 @@
+"""stimulative: Stimulative Training (ST) and ST++ for residual networks.
+
+Paper: "Stimulative Training++: Go Beyond The Performance Limits of Residual Networks", https://arxiv.org/abs/2305.02507
+"""
+
+from . import losses
+from .bn import frozen_bn_stats, recalibrate_bn
+from .elastic import BRANCH, RUN, SKIP, ElasticDepth, find_stages, parse_depths
+from .evaluation import evaluate, evaluate_depth
+from .losses import kl_loss, normalize_logits, subnet_loss
+from .models import create_model, list_models, register_model
+from .sampling import SampleSpace
+from .step import NonFiniteLossError, StimulativeStep, stimulative_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BRANCH", "RUN", "SKIP", "ElasticDepth", "NonFiniteLossError", "SampleSpace", "StimulativeStep",
+    "create_model", "evaluate", "evaluate_depth", "find_stages", "frozen_bn_stats", "kl_loss", "list_models",
+    "losses", "normalize_logits", "parse_depths", "recalibrate_bn", "register_model", "stimulative_step",
+    "subnet_loss", "__version__",
+]

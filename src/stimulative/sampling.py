@@ -1,0 +1,150 @@
+"""Sampling spaces of sub-networks (METHOD.md "Sampling spaces").
+
+* ``ordered`` (default, best in the paper): per stage keep the first d_i blocks, d_i ~ U{min_i..c_i}.
+* ``inter_stage`` (InterSSR, ST++): d_i = c_i - u, u ~ U{0..r_i-1}; r_i = 1 keeps stage i full.
+* ``stochastic``: keep a random subset of the skippable blocks (each kept with probability 1/2).
+* ``raw``: the unraveled view of Veit et al.: per skippable block take either the residual branch (BRANCH)
+  or the identity path (SKIP), with probability 1/2 each; unskippable blocks always run.
+
+Every space is seeded (its own ``random.Random``), has ``len()`` and can be enumerated when small.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterator, Sequence
+
+from .elastic import BRANCH, RUN, SKIP
+
+__all__ = ["SampleSpace", "SAMPLING_KINDS"]
+
+SAMPLING_KINDS = ("ordered", "inter_stage", "stochastic", "raw")
+
+
+class SampleSpace:
+    """A seeded space of sub-network depth configurations.
+
+    Build with the class methods (``SampleSpace.ordered(ed.full_depths)``); ``sample()`` returns one config
+    that ``ElasticDepth.depth`` accepts.
+
+    Example:
+        >>> space = SampleSpace.inter_stage([3, 4, 6, 3], ranges=[1, 2, 4, 1], seed=0)
+        >>> len(space)
+        8
+        >>> space.sample()[0]   # stage 1 is always full
+        3
+    """
+
+    def __init__(self, kind: str, full_depths: Sequence[int], min_depths: Sequence[int] | None = None,
+                 ranges: Sequence[int] | None = None, skippable: Sequence[Sequence[bool]] | None = None,
+                 seed: int | None = None):
+        if kind not in SAMPLING_KINDS:
+            raise ValueError(f"unknown sampling kind {kind!r}; valid choices: {', '.join(SAMPLING_KINDS)}")
+        self.kind = kind
+        self.full_depths = [int(c) for c in full_depths]
+        if not self.full_depths or min(self.full_depths) < 1:
+            raise ValueError(f"full_depths must be positive ints, got {list(full_depths)}")
+        self.min_depths = [1] * len(self.full_depths) if min_depths is None else [int(m) for m in min_depths]
+        if len(self.min_depths) != len(self.full_depths) or any(
+            not 1 <= m <= c for m, c in zip(self.min_depths, self.full_depths)
+        ):
+            raise ValueError(f"min_depths {self.min_depths} must be within 1..full_depths {self.full_depths}")
+        if kind == "inter_stage":
+            if ranges is None or len(ranges) != len(self.full_depths):
+                raise ValueError(f"inter_stage needs one range per stage ({len(self.full_depths)}), got {ranges}")
+            for i, (r, c, m) in enumerate(zip(ranges, self.full_depths, self.min_depths)):
+                if not 1 <= int(r) <= c - m + 1:
+                    raise ValueError(f"range {r} of stage {i} must be in 1..{c - m + 1} (depth {c}, min {m})")
+            self.ranges = [int(r) for r in ranges]
+        else:
+            self.ranges = [c - m + 1 for c, m in zip(self.full_depths, self.min_depths)]
+        if skippable is None:
+            # default: the first block of every stage is fixed, the others are skippable
+            skippable = [[False] + [True] * (c - 1) for c in self.full_depths]
+        self.skippable = [[bool(s) for s in row] for row in skippable]
+        if [len(r) for r in self.skippable] != self.full_depths:
+            raise ValueError("skippable must have one flag per block of every stage")
+        self.seed = seed
+        self.rng = random.Random(seed)
+
+    # -------------------------------------------------------------------------------------------------------
+    @classmethod
+    def ordered(cls, full_depths: Sequence[int], min_depths: Sequence[int] | None = None,
+                seed: int | None = None) -> SampleSpace:
+        """Ordered residual sampling: first d_i blocks of each stage, d_i uniform in min_i..c_i."""
+        return cls("ordered", full_depths, min_depths=min_depths, seed=seed)
+
+    @classmethod
+    def inter_stage(cls, full_depths: Sequence[int], ranges: Sequence[int], min_depths: Sequence[int] | None = None,
+                    seed: int | None = None) -> SampleSpace:
+        """InterSSR: d_i = c_i - u, u uniform in 0..r_i-1 (ResNet-50: ranges=[1, 2, 4, 1])."""
+        return cls("inter_stage", full_depths, min_depths=min_depths, ranges=ranges, seed=seed)
+
+    @classmethod
+    def stochastic(cls, full_depths: Sequence[int], skippable: Sequence[Sequence[bool]] | None = None,
+                   seed: int | None = None) -> SampleSpace:
+        """Stochastic residual sampling: each skippable block kept with probability 1/2."""
+        return cls("stochastic", full_depths, skippable=skippable, seed=seed)
+
+    @classmethod
+    def raw(cls, full_depths: Sequence[int], skippable: Sequence[Sequence[bool]] | None = None,
+            seed: int | None = None) -> SampleSpace:
+        """Raw (unraveled-path) sampling: per skippable block its residual branch or its identity path."""
+        return cls("raw", full_depths, skippable=skippable, seed=seed)
+
+    @classmethod
+    def for_model(cls, ed, kind: str = "ordered", ranges: Sequence[int] | None = None,
+                  seed: int | None = None) -> SampleSpace:
+        """The space of ``kind`` for an ``ElasticDepth`` (uses its min depths and skippable blocks)."""
+        skippable = [s.skippable for s in ed.stages]
+        return cls(kind, ed.full_depths, min_depths=ed.min_depths, ranges=ranges, skippable=skippable, seed=seed)
+
+    # -------------------------------------------------------------------------------------------------------
+    def manual_seed(self, seed: int) -> None:
+        self.seed = seed
+        self.rng.seed(seed)
+
+    def _per_stage_choices(self) -> list[list]:
+        if self.kind == "ordered":
+            return [list(range(m, c + 1)) for m, c in zip(self.min_depths, self.full_depths)]
+        if self.kind == "inter_stage":
+            return [[c - u for u in range(r)] for c, r in zip(self.full_depths, self.ranges)]
+        free = BRANCH if self.kind == "raw" else RUN
+        choices = []
+        for row in self.skippable:
+            options = [(RUN,) if not s else (free, SKIP) for s in row]
+            choices.append([tuple(p) for p in itertools.product(*options)])
+        return choices
+
+    def sample(self) -> list:
+        """One configuration, drawn uniformly per stage, independently across stages."""
+        if self.kind in ("ordered", "inter_stage"):
+            if self.kind == "ordered":
+                return [self.rng.randint(m, c) for m, c in zip(self.min_depths, self.full_depths)]
+            return [c - self.rng.randrange(r) for c, r in zip(self.full_depths, self.ranges)]
+        free = BRANCH if self.kind == "raw" else RUN
+        return [tuple(RUN if not s else (free if self.rng.random() < 0.5 else SKIP) for s in row)
+                for row in self.skippable]
+
+    def __len__(self) -> int:
+        if self.kind in ("ordered", "inter_stage"):
+            return math.prod(self.ranges)
+        return math.prod(2 ** sum(row) for row in self.skippable)
+
+    def __iter__(self) -> Iterator[list]:
+        """Enumerate every configuration (use only for small spaces; see ``len()``)."""
+        for combo in itertools.product(*self._per_stage_choices()):
+            yield list(combo)
+
+    def __contains__(self, config) -> bool:
+        config = list(config)
+        if len(config) != len(self.full_depths):
+            return False
+        return all(item in choices for item, choices in zip(
+            [tuple(c) if not isinstance(c, int) else c for c in config], self._per_stage_choices()))
+
+    def __repr__(self) -> str:
+        extra = f", ranges={self.ranges}" if self.kind == "inter_stage" else ""
+        return f"SampleSpace.{self.kind}({self.full_depths}{extra}, seed={self.seed}, size={len(self)})"
