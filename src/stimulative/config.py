@@ -1,0 +1,257 @@
+"""Run configuration: typed dataclasses, YAML recipes and ``key=value`` overrides (nanoGPT-style).
+
+``load_config("recipes/cifar10_resnet20_stpp.yaml", ["optim.lr=0.05", "epochs=3"])`` reads the recipe, applies
+the overrides (values parsed as YAML: ``3``, ``0.05``, ``true``, ``[3,3,3]``, ``null``), and checks every key
+and type: an unknown key or a wrong type is an error that names the key and lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "Config", "ModelConfig", "DataConfig", "OptimConfig", "STConfig", "ConfigError",
+    "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A bad recipe or override: unknown key, wrong type or invalid value."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cifar_resnet20"          # see stimulative.create_model
+    num_classes: int | None = None        # None: taken from the dataset
+    pretrained: bool = False
+    kwargs: dict = field(default_factory=dict)   # extra builder arguments (e.g. {shortcut: B})
+    stages: list | None = None            # manual ElasticDepth stage spec; None = auto-discovery
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"                 # cifar10 | cifar100 | folder | synthetic | digits
+    root: str = "./data"                  # dataset dir, ImageFolder dir, or .tar/.tar.gz/.tar.xz/.zip archive
+    download: bool = False                # torchvision download for cifar10/cifar100
+    train_subset: int = 0                 # use the first N (stratified by seed) training images; 0 = all
+    test_subset: int = 0
+    input_size: int = 32                  # train crop / image size fed to the model
+    val_resize: int = 0                   # ImageNet pipeline: resize before center crop (0 = input_size/0.875)
+    val_crop: int = 0                     # ImageNet pipeline: center crop (0 = input_size)
+    augment: str = "cifar"                # cifar (pad-crop+flip on tensors) | imagenet | none
+    padding: int = 4
+    color_jitter: float = 0.4
+    lighting: float = 0.1
+    uniform_augment: bool = False
+    in_memory: bool = True                # small-image datasets held as uint8 tensors
+    cache_dir: str | None = None          # where decoded archives are cached (default: next to the archive or ~/.cache)
+    workers: int = 4
+    strict: bool = False                  # unreadable images: error (true) or skip with a warning (false)
+    mean: list | None = None              # per-channel normalisation; None = dataset default
+    std: list | None = None
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"                     # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    no_decay_bn_bias: bool = True         # no weight decay on BN/bias/1-d params
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "cosine"              # cosine | onecycle | constant (per iteration)
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    clip_grad: float = 0.0                # max grad norm; 0 = off
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class STConfig:
+    num_subnets: int = 0                  # 0 = common training (CT); 1 = ST; 6 = ST++ "Snet6"
+    sampling: str = "ordered"             # ordered | inter_stage | stochastic | raw
+    ranges: list | None = None            # InterSSR ranges (inter_stage)
+    kl: str = "plain"                     # plain | layer | l2  (KL- normalisation)
+    amplitude: Any = 1.0                  # float or "adaptive"
+    temperature: float = 1.0
+    kl_weight: float = 1.0
+    kl_schedule: str = "constant"         # constant | cosine_up | cosine_down
+    start_epoch: int = 0                  # first epoch that trains sub-networks
+    loss: str = "kl"                      # kl | soft_ce | ce | mse | dkd
+    normalize_main: bool = False          # KL- normalise the main logits before CE too (reference code)
+    min_input_scale: float = 1.0          # random smaller sub-network inputs (0.43 on ImageNet); 1 = off
+    freeze_subnet_bn: bool = True         # sub-network passes don't update BN running stats
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    out_dir: str = "runs"                 # the run writes to out_dir/name
+    epochs: int = 10
+    batch_size: int = 128                 # global batch (split across DDP processes)
+    eval_batch_size: int = 512
+    seed: int = 0
+    device: str = "auto"                  # auto | cpu | cuda | cuda:1 ...
+    amp: str = "none"                     # none | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    threads: int = 0                      # torch.set_num_threads; 0 = leave as is
+    ema: float = 0.0                      # EMA decay of the weights (e.g. 0.999); 0 = off
+    eval_every: int = 1                   # evaluate every K epochs (and always at the end)
+    eval_depths: list = field(default_factory=list)   # sub-networks evaluated during training, e.g. [[1,1,1]]
+    bn_recal_images: int = 0              # re-estimate BN stats on N train images before each eval; 0 = off
+    resume: str | None = None             # null | auto | path/to/last.pt
+    log_every: int = 50                   # steps between progress-bar postfix updates
+    tensorboard: bool = False
+    deterministic: bool = False
+    max_steps: int = 0                    # stop after N optimizer steps (smoke tests); 0 = no limit
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    st: STConfig = field(default_factory=STConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir).expanduser() / self.name
+
+
+_CHOICES = {
+    "data.name": ("cifar10", "cifar100", "folder", "synthetic", "digits"),
+    "data.augment": ("cifar", "imagenet", "none"),
+    "optim.name": ("sgd", "adamw"),
+    "optim.schedule": ("cosine", "onecycle", "constant"),
+    "st.sampling": ("ordered", "inter_stage", "stochastic", "raw"),
+    "st.kl": ("plain", "layer", "l2"),
+    "st.kl_schedule": ("constant", "cosine_up", "cosine_down"),
+    "st.loss": ("kl", "soft_ce", "ce", "mse", "dkd"),
+    "amp": ("none", "bf16", "fp16"),
+}
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is not None:
+        annotation = origin
+    return isinstance(value, annotation)
+
+
+def _fill(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = prefix + key
+        if key not in fields:
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(sorted(fields))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _fill(hint, value or {}, full + ".")
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and _type_ok(1.0, hint) and not _type_ok(1, hint):
+            value = float(value)
+        if not _type_ok(value, hint):
+            raise ConfigError(f"config key {full!r} expects {_type_name(hint)}, got {value!r} "
+                              f"({type(value).__name__})")
+        if full in _CHOICES and value not in _CHOICES[full]:
+            raise ConfigError(f"config key {full!r} must be one of {', '.join(_CHOICES[full])}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build and validate a ``Config`` from a nested dict."""
+    cfg = _fill(Config, data or {}, "")
+    _validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.st.num_subnets < 0:
+        raise ConfigError(f"st.num_subnets must be >= 0, got {cfg.st.num_subnets}")
+    if not 0 < cfg.st.min_input_scale <= 1:
+        raise ConfigError(f"st.min_input_scale must be in (0, 1], got {cfg.st.min_input_scale}")
+    amp = cfg.st.amplitude
+    if not (amp == "adaptive" or (isinstance(amp, (int, float)) and not isinstance(amp, bool) and amp > 0)):
+        raise ConfigError(f"st.amplitude must be a positive number or 'adaptive', got {amp!r}")
+    if cfg.st.sampling == "inter_stage" and not cfg.st.ranges:
+        raise ConfigError("st.sampling=inter_stage needs st.ranges, e.g. st.ranges=[1,2,4,1]")
+    if cfg.resume not in (None, "auto") and not Path(cfg.resume).expanduser().exists():
+        raise ConfigError(f"resume checkpoint {cfg.resume!r} does not exist (use resume=auto or a path to last.pt)")
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` overrides (dotted keys, YAML values) to a nested dict, in place."""
+    for item in overrides:
+        item = item.removeprefix("--")
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=0.05)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"cannot parse the value of override {key}={raw!r}: {err}") from None
+        _set_path(data, key.strip(), value)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe (or start from defaults when ``path`` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"recipe file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping")
+    apply_overrides(data, overrides or [])
+    return config_from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
