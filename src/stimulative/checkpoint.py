@@ -25,7 +25,7 @@ from .config import Config, config_from_dict
 from .elastic import ElasticDepth
 from .models import create_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "LoadedModel", "CheckpointError", "FORMAT"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "build_model", "LoadedModel", "CheckpointError", "FORMAT"]
 
 FORMAT = "stimulative-v1"
 
@@ -88,10 +88,10 @@ class LoadedModel:
     depths: list | None = None
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """The model described by ``cfg.model`` (no weights loaded)."""
+def build_model(cfg: Config, num_classes: int, pretrained: bool = False) -> nn.Module:
+    """The model described by ``cfg.model`` (no checkpoint weights; ``pretrained`` loads the library's own)."""
     kwargs = dict(cfg.model.kwargs)
-    return create_model(cfg.model.name, num_classes=num_classes, **kwargs)
+    return create_model(cfg.model.name, num_classes=num_classes, pretrained=pretrained, **kwargs)
 
 
 def load_model(path: str | Path, use_ema: bool = False, map_location: str | torch.device = "cpu") -> LoadedModel:

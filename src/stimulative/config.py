@@ -207,6 +207,28 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"st.amplitude must be a positive number or 'adaptive', got {amp!r}")
     if cfg.st.sampling == "inter_stage" and not cfg.st.ranges:
         raise ConfigError("st.sampling=inter_stage needs st.ranges, e.g. st.ranges=[1,2,4,1]")
+    for key, value, low in (("eval_every", cfg.eval_every, 1), ("log_every", cfg.log_every, 1),
+                            ("eval_batch_size", cfg.eval_batch_size, 1), ("threads", cfg.threads, 0),
+                            ("bn_recal_images", cfg.bn_recal_images, 0), ("max_steps", cfg.max_steps, 0),
+                            ("st.start_epoch", cfg.st.start_epoch, 0)):
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    if not 0 <= cfg.ema < 1:
+        raise ConfigError(f"ema must be in [0, 1) (an EMA decay such as 0.999; 0 = off), got {cfg.ema}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.optim.warmup_epochs < 0 or cfg.optim.min_lr < 0 or cfg.optim.clip_grad < 0 or cfg.optim.weight_decay < 0:
+        raise ConfigError("optim.warmup_epochs, optim.min_lr, optim.clip_grad and optim.weight_decay must be >= 0")
+    if not 0 <= cfg.optim.label_smoothing < 1:
+        raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {cfg.optim.label_smoothing}")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas must be two numbers like [0.9, 0.999], got {cfg.optim.betas}")
+    if cfg.st.temperature <= 0:
+        raise ConfigError(f"st.temperature must be > 0, got {cfg.st.temperature}")
+    for d in cfg.eval_depths:
+        if not isinstance(d, list) or not d or not all(
+                isinstance(v, (int, list)) and not isinstance(v, bool) for v in d):
+            raise ConfigError(f"eval_depths must be a list of depth lists like [[1,1,1],[2,2,2]], got entry {d!r}")
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).expanduser().exists():
         raise ConfigError(f"resume checkpoint {cfg.resume!r} does not exist (use resume=auto or a path to last.pt)")
 
