@@ -97,8 +97,15 @@ class SampleSpace:
     @classmethod
     def for_model(cls, ed, kind: str = "ordered", ranges: Sequence[int] | None = None,
                   seed: int | None = None) -> SampleSpace:
-        """The space of ``kind`` for an ``ElasticDepth`` (uses its min depths and skippable blocks)."""
-        skippable = [s.skippable for s in ed.stages]
+        """The space of ``kind`` for an ``ElasticDepth`` (uses its min depths and skippable blocks).
+
+        ``stochastic`` always keeps the first block of every stage (METHOD.md: "first block of a stage kept"),
+        as ordered sampling does, even where that block has an identity shortcut (CIFAR ResNet ``layer1.0``,
+        ViT ``blocks.0``); ``raw`` samples every skippable block (the full unraveled view).
+        """
+        skippable = [list(s.skippable) for s in ed.stages]
+        if kind == "stochastic":
+            skippable = [[False] + row[1:] for row in skippable]
         return cls(kind, ed.full_depths, min_depths=ed.min_depths, ranges=ranges, skippable=skippable, seed=seed)
 
     # -------------------------------------------------------------------------------------------------------
