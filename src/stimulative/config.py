@@ -8,6 +8,7 @@ and type: an unknown key or a wrong type is an error that names the key and list
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -136,6 +137,9 @@ _CHOICES = {
 }
 
 
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _type_ok(value: Any, annotation: Any) -> bool:
     if annotation is Any:
         return True
@@ -169,6 +173,8 @@ def _fill(cls: type, data: dict, prefix: str) -> Any:
             continue
         if isinstance(value, int) and not isinstance(value, bool) and _type_ok(1.0, hint) and not _type_ok(1, hint):
             value = float(value)
+        if isinstance(value, str) and _type_ok(1.0, hint) and _FLOAT_RE.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if not _type_ok(value, hint):
             raise ConfigError(f"config key {full!r} expects {_type_name(hint)}, got {value!r} "
                               f"({type(value).__name__})")
