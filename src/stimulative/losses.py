@@ -15,13 +15,21 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "kl_loss", "normalize_logits", "subnet_loss", "dkd_loss", "kl_weight_schedule",
+    "kl_loss", "normalize_logits", "subnet_loss", "dkd_loss", "kl_weight_schedule", "at_least_fp32",
     "KL_NORMS", "SUBNET_LOSSES", "KL_SCHEDULES",
 ]
 
 KL_NORMS = ("plain", "layer", "l2")
 SUBNET_LOSSES = ("kl", "soft_ce", "ce", "mse", "dkd")
 KL_SCHEDULES = ("constant", "cosine_up", "cosine_down")
+
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Upcast fp16/bf16 logits to fp32 for a numerically safe loss; fp32 and fp64 stay as they are.
+
+    (``x.float()`` would silently round fp64 logits to fp32.)
+    """
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def normalize_logits(logits: torch.Tensor, norm: str = "layer", amplitude: float | str = 1.0,
@@ -38,6 +46,7 @@ def normalize_logits(logits: torch.Tensor, norm: str = "layer", amplitude: float
     """
     if norm == "plain":
         return logits
+    logits = at_least_fp32(logits)  # eps=1e-7 is below bf16/fp16 resolution
     if norm == "layer":
         out = F.layer_norm(logits, logits.shape[-1:], eps=eps)
     elif norm == "l2":
@@ -46,7 +55,7 @@ def normalize_logits(logits: torch.Tensor, norm: str = "layer", amplitude: float
         raise ValueError(f"unknown KL normalisation {norm!r}; valid choices: {', '.join(KL_NORMS)}")
     if amplitude == "adaptive":
         ref = logits if reference is None else reference
-        amp = ref.detach().float().std(dim=-1, unbiased=False, keepdim=True).clamp_min(eps).to(out.dtype)
+        amp = at_least_fp32(ref.detach()).std(dim=-1, unbiased=False, keepdim=True).clamp_min(eps).to(out.dtype)
         if norm == "l2":
             amp = amp * math.sqrt(logits.shape[-1])  # an l2-unit vector has std ~ 1/sqrt(C)
         return out * amp
@@ -59,8 +68,8 @@ def kl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1
     """KL(softmax(teacher/T) || softmax(student/T)) * T^2, averaged over the batch (``batchmean``)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    t = teacher.detach().float() / temperature
-    s = student.float() / temperature
+    t = at_least_fp32(teacher.detach()) / temperature
+    s = at_least_fp32(student) / temperature
     return F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="batchmean",
                     log_target=True) * temperature**2
 
@@ -68,8 +77,8 @@ def kl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1
 def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, alpha: float = 1.0,
              beta: float = 8.0, temperature: float = 4.0) -> torch.Tensor:
     """Decoupled knowledge distillation (Zhao et al., CVPR 2022, arXiv 2203.08679): TCKD*alpha + NCKD*beta."""
-    t = teacher.detach().float() / temperature
-    s = student.float() / temperature
+    t = at_least_fp32(teacher.detach()) / temperature
+    s = at_least_fp32(student) / temperature
     gt = F.one_hot(target, s.shape[-1]).bool()
     ps, pt = F.softmax(s, -1), F.softmax(t, -1)
     # binary (target vs rest) distributions
@@ -97,16 +106,18 @@ def subnet_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tens
     if kind == "ce":
         if target is None:
             raise ValueError("sub-network loss 'ce' needs the targets")
-        return F.cross_entropy(student.float(), target)
+        return F.cross_entropy(at_least_fp32(student), target)
     teacher = teacher.detach()
     s = normalize_logits(student, norm, amplitude, reference=teacher)
     t = normalize_logits(teacher, norm, amplitude, reference=teacher)
     if kind == "kl":
         return kl_loss(s, t, temperature)
     if kind == "soft_ce":
-        return -(F.softmax(t.float() / temperature, -1) * F.log_softmax(s.float() / temperature, -1)).sum(-1).mean()
+        t, s = at_least_fp32(t), at_least_fp32(s)
+        return -(F.softmax(t / temperature, -1) * F.log_softmax(s / temperature, -1)).sum(-1).mean()
     if kind == "mse":
-        return F.mse_loss(F.softmax(s.float() / temperature, -1), F.softmax(t.float() / temperature, -1))
+        t, s = at_least_fp32(t), at_least_fp32(s)
+        return F.mse_loss(F.softmax(s / temperature, -1), F.softmax(t / temperature, -1))
     if target is None:
         raise ValueError("sub-network loss 'dkd' needs the targets")
     return dkd_loss(s, t, target)

@@ -22,7 +22,7 @@ from torch import nn
 
 from .bn import frozen_bn_stats
 from .elastic import ElasticDepth
-from .losses import KL_NORMS, SUBNET_LOSSES, normalize_logits, subnet_loss
+from .losses import KL_NORMS, SUBNET_LOSSES, at_least_fp32, normalize_logits, subnet_loss
 from .sampling import SampleSpace
 
 __all__ = ["StimulativeStep", "stimulative_step", "random_input_size", "resize_input", "NonFiniteLossError"]
@@ -151,7 +151,7 @@ class StimulativeStep:
             logits = normalize_logits(logits, self.kl, self.amplitude)
         if self.criterion is not None:
             return self.criterion(logits, y)
-        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(at_least_fp32(logits), y, label_smoothing=self.label_smoothing)
 
     def _forward_subnet(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         try:
