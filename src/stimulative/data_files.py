@@ -1,0 +1,528 @@
+"""Image datasets stored as files: ImageFolder directories and ``.tar``/``.tar.gz``/``.tgz``/``.tar.xz``/``.zip``
+archives laid out as ``[top/]{train,test|val}/<class>/<image>``.
+
+Two ways to read them:
+
+* ``load_decoded`` decodes every image once (PIL, a process pool over the CPU cores, archives streamed without
+  extracting to disk) into uint8 NCHW tensors and caches them in one ``torch.save`` file keyed by the source's
+  path, size and modification time. Later runs load the cache in a second. Used for small images (CIFAR-sized).
+* ``FileImageDataset`` reads one image per ``__getitem__`` (folders, zip archives and uncompressed tars, which
+  allow random access) for the DataLoader pipeline of large images.
+
+Example::
+
+    source = ImageSource("/data/cifar10-jpeg.tar.xz")
+    decoded = load_decoded(source, cache_dir=None, workers=2, strict=False)
+    decoded.train_images.shape      # torch.Size([50000, 3, 32, 32])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import multiprocessing
+import os
+import tarfile
+import warnings
+import zipfile
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils.data
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .checkpoint import save_checkpoint
+from .errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "SMALL_IMAGE_MAX", "ImageSource", "DecodedImages", "SplitIndex", "FileImageDataset",
+    "is_archive", "looks_like_image_folder", "load_decoded", "cache_path", "decode_image",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".zip")
+TEST_SPLITS = ("test", "val")  # preferred order
+SMALL_IMAGE_MAX = 64            # images up to this many pixels per side are decoded into memory
+CACHE_FORMAT = "stimulative-images-v1"
+_CHUNK = 256                    # images per decode task
+
+
+def is_archive(path: str | Path) -> bool:
+    """True when ``path`` is an existing file with an archive suffix (tar, tar.gz, tgz, tar.xz, tar.bz2, zip)."""
+    path = Path(path).expanduser()
+    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def looks_like_image_folder(path: str | Path) -> bool:
+    """True when ``path`` is a directory with ``train/`` and ``test/`` (or ``val/``), directly or in its only
+    sub-directory."""
+    return _split_base(Path(path).expanduser()) is not None
+
+
+def _split_base(root: Path) -> Path | None:
+    if not root.is_dir():
+        return None
+    if (root / "train").is_dir() and any((root / s).is_dir() for s in TEST_SPLITS):
+        return root
+    subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
+    if len(subdirs) == 1:
+        sub = subdirs[0]
+        if (sub / "train").is_dir() and any((sub / s).is_dir() for s in TEST_SPLITS):
+            return sub
+    return None
+
+
+def _classify(relname: str) -> tuple[str, str, str] | None:
+    """``[top/]split/class/file.jpg`` -> (top, split, class); None for anything else."""
+    parts = PurePosixPath(relname.replace("\\", "/")).parts
+    if not 3 <= len(parts) <= 4 or parts[-3] not in ("train", *TEST_SPLITS):
+        return None
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts) or not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
+        return None
+    return "/".join(parts[:-3]), parts[-3], parts[-2]
+
+
+def decode_image(data: bytes | str) -> np.ndarray:
+    """Decode encoded image bytes (or a file path) with PIL into an RGB uint8 HWC array."""
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _decode_chunk(items: list[bytes | str]) -> list[np.ndarray | str]:
+    """Decode a chunk in a worker; an unreadable image becomes its error message."""
+    out: list[np.ndarray | str] = []
+    for item in items:
+        try:
+            out.append(decode_image(item))
+        except Exception as err:  # noqa: BLE001 - any decoder failure means an unreadable image
+            out.append(f"{type(err).__name__}: {err}")
+    return out
+
+
+@dataclass
+class SplitIndex:
+    """Random-access listing of a source: per split the image references and labels, plus the class names."""
+
+    classes: list[str]
+    train: list[tuple[Any, int]]
+    test: list[tuple[Any, int]]
+    names: dict[Any, str] = field(default_factory=dict)   # reference -> readable name (for error messages)
+
+
+@dataclass
+class DecodedImages:
+    """A source decoded into memory (what the cache file holds)."""
+
+    classes: list[str]
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    skipped: list[str]
+
+
+class ImageSource:
+    """An ImageFolder directory or an archive with ``train/`` and ``test/`` (or ``val/``) class folders.
+
+    Args:
+        root: directory or archive path.
+
+    Raises:
+        DataError: the path does not exist, or is neither a directory nor a supported archive.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+        if not self.root.exists():
+            raise DataError(f"dataset path {str(self.root)!r} does not exist")
+        name = self.root.name.lower()
+        if self.root.is_dir():
+            self.kind = "folder"
+        elif name.endswith(".zip"):
+            self.kind = "zip"
+        elif name.endswith(".tar"):
+            self.kind = "tar"
+        elif name.endswith(ARCHIVE_SUFFIXES):
+            self.kind = "compressed-tar"
+        else:
+            raise DataError(f"dataset path {str(self.root)!r} is neither a directory nor an archive "
+                            f"({', '.join(ARCHIVE_SUFFIXES)})")
+        self._files: list[tuple[str, Path]] | None = None
+
+    def __repr__(self) -> str:
+        return f"ImageSource({str(self.root)!r}, kind={self.kind!r})"
+
+    # --- listing -----------------------------------------------------------------------------------------------
+    def _folder_files(self) -> list[tuple[str, Path]]:
+        """(relative posix name, path) of the folder's files up to 4 levels deep, sorted."""
+        if self._files is None:
+            files = []
+            for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
+                depth = len(Path(dirpath).relative_to(self.root).parts)
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < 3 else []
+                for f in sorted(filenames):
+                    path = Path(dirpath) / f
+                    files.append((path.relative_to(self.root).as_posix(), path))
+            self._files = files
+        return self._files
+
+    def stream(self) -> Iterator[tuple[str, bytes | str]]:
+        """Every file in storage order as (relative name, bytes); folders give the file path instead of bytes."""
+        if self.kind == "folder":
+            for rel, path in self._folder_files():
+                if _classify(rel):
+                    yield rel, str(path)
+        elif self.kind == "zip":
+            with zipfile.ZipFile(self.root) as zf:
+                for info in zf.infolist():
+                    if not info.is_dir() and _classify(info.filename):
+                        yield info.filename, zf.read(info)
+        else:
+            with tarfile.open(self.root, "r|*") as tf:
+                for member in tf:
+                    if member.isfile() and _classify(member.name):
+                        fh = tf.extractfile(member)
+                        if fh is not None:
+                            yield member.name, fh.read()
+
+    def name_of(self, rel: str) -> str:
+        """A readable name for a file of this source (``archive:member`` for archives)."""
+        return str(self.root / rel) if self.kind == "folder" else f"{self.root}:{rel}"
+
+    def probe_size(self) -> tuple[int, int] | None:
+        """(height, width) of the first readable image, or None when the source has no readable image."""
+        try:
+            for _, data in self.stream():
+                try:
+                    img = decode_image(data)
+                except Exception:  # noqa: BLE001 - corrupt first image: try the next
+                    continue
+                return img.shape[0], img.shape[1]
+        except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as err:
+            raise DataError(f"cannot read archive {str(self.root)!r}: {err}") from None
+        return None
+
+    def fingerprint(self) -> str:
+        """Identifies the content: path + size + mtime for archives; every file's name, size, mtime for folders."""
+        if self.kind != "folder":
+            st = self.root.stat()
+            return f"{self.root.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        h = hashlib.sha1(str(self.root.resolve()).encode())
+        for rel, path in self._folder_files():
+            if _classify(rel):
+                st = path.stat()
+                h.update(f"|{rel}|{st.st_size}|{st.st_mtime_ns}".encode())
+        return h.hexdigest()
+
+    def index(self) -> SplitIndex:
+        """Random-access listing (folders, zip and uncompressed tar archives).
+
+        Raises:
+            DataError: compressed tar archives (no random access), or a bad layout / empty split.
+        """
+        if self.kind == "compressed-tar":
+            raise DataError(f"{str(self.root)!r} is a compressed tar archive, which cannot be read image by image; "
+                            f"extract it (tar xf {self.root.name}) and set data.root to the folder, or repack it "
+                            f"as .zip or uncompressed .tar")
+        entries: list[tuple[str, Any]] = []
+        try:
+            if self.kind == "folder":
+                entries = [(rel, str(path)) for rel, path in self._folder_files() if _classify(rel)]
+            elif self.kind == "zip":
+                with zipfile.ZipFile(self.root) as zf:
+                    entries = [(i.filename, i.filename) for i in zf.infolist() if not i.is_dir() and _classify(i.filename)]
+            else:
+                with tarfile.open(self.root, "r:") as tf:
+                    entries = [(m.name, (m.offset_data, m.size)) for m in tf.getmembers()
+                               if m.isfile() and _classify(m.name)]
+        except (tarfile.TarError, zipfile.BadZipFile, OSError) as err:
+            raise DataError(f"cannot read archive {str(self.root)!r}: {err}") from None
+        layout = _Layout(self)
+        for rel, ref in entries:
+            layout.add(rel, ref)
+        classes, splits = layout.finish()
+        return SplitIndex(classes, splits["train"], splits["test"], {ref: self.name_of(rel) for rel, ref in entries})
+
+
+class _Layout:
+    """Collects (relative name, payload) pairs into train/test splits and checks the layout."""
+
+    def __init__(self, source: ImageSource):
+        self.source = source
+        self.tops: set[str] = set()
+        self.items: dict[str, list[tuple[Any, str]]] = {"train": [], "test": [], "val": []}
+
+    def add(self, rel: str, payload: Any) -> bool:
+        parsed = _classify(rel)
+        if parsed is None:
+            return False
+        top, split, cls = parsed
+        self.tops.add(top)
+        if len(self.tops) > 1:
+            a, b = sorted(self.tops)[:2]
+            raise DataError(f"{str(self.source.root)!r} holds several datasets ({a or '.'!r} and {b or '.'!r}); "
+                            f"point data.root at one of them")
+        self.items[split].append((payload, cls))
+        return True
+
+    def finish(self) -> tuple[list[str], dict[str, list[tuple[Any, int]]]]:
+        root = str(self.source.root)
+        if not self.items["train"]:
+            raise DataError(f"no images found in {root!r}: expected [top/]train/<class>/<image> and "
+                            f"[top/]test/<class>/<image> (or val/) with extensions {', '.join(IMAGE_EXTENSIONS)}")
+        test_split = next((s for s in TEST_SPLITS if self.items[s]), None)
+        if test_split is None:
+            raise DataError(f"no test images found in {root!r}: expected a test/<class>/ or val/<class>/ folder "
+                            f"next to train/")
+        classes = sorted({cls for _, cls in self.items["train"]})
+        lookup = {c: i for i, c in enumerate(classes)}
+        unknown = sorted({cls for _, cls in self.items[test_split]} - set(classes))
+        if unknown:
+            raise DataError(f"{root!r}: {test_split}/ has classes that train/ lacks: {', '.join(unknown[:5])}")
+        splits = {"train": [(p, lookup[c]) for p, c in self.items["train"]],
+                  "test": [(p, lookup[c]) for p, c in self.items[test_split]]}
+        return classes, splits
+
+
+# --- decoding into memory + cache ------------------------------------------------------------------------------
+
+def cache_path(source: ImageSource, cache_dir: str | Path | None = None) -> Path:
+    """Where the decoded copy of ``source`` lives: ``cache_dir``, else next to the source when that directory is
+    writable, else ``~/.cache/stimulative``. The name carries a hash of the source's fingerprint."""
+    key = hashlib.sha1(f"{CACHE_FORMAT}|{source.fingerprint()}".encode()).hexdigest()[:16]
+    name = f"{source.root.name}.stimulative-{key}.pt"
+    if cache_dir:
+        return Path(cache_dir).expanduser() / name
+    parent = source.root.resolve().parent
+    if os.access(parent, os.W_OK):
+        return parent / name
+    return Path.home() / ".cache" / "stimulative" / name
+
+
+def _pool(workers: int) -> ProcessPoolExecutor | None:
+    if workers <= 1:
+        return None
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+def _fit(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Resize the shorter side to cover (h, w), then center-crop to exactly (h, w)."""
+    pil = Image.fromarray(img)
+    scale = max(h / pil.height, w / pil.width)
+    nh, nw = max(h, round(pil.height * scale)), max(w, round(pil.width * scale))
+    pil = pil.resize((nw, nh), Image.Resampling.BILINEAR)
+    top, left = (nh - h) // 2, (nw - w) // 2
+    return np.asarray(pil.crop((left, top, left + w, top + h)))
+
+
+def decode_source(source: ImageSource, workers: int = 2, strict: bool = False,
+                  decoder: Callable[[list], list] | None = None) -> DecodedImages:
+    """Decode every image of ``source`` into uint8 NCHW tensors (all resized to the first image's size).
+
+    Args:
+        source: the folder or archive.
+        workers: decoding processes (1 = decode in this process).
+        strict: an unreadable image raises ``DataError`` naming it; otherwise it is skipped and counted.
+        decoder: chunk decoder (defaults to the PIL one; tests replace it).
+    """
+    decoder = decoder or _decode_chunk
+    layout = _Layout(source)
+    results: list[np.ndarray | str] = []
+    names: list[str] = []
+    pending: deque[Future] = deque()
+    pool = _pool(workers)
+    total = sum(1 for rel, _ in source._folder_files() if _classify(rel)) if source.kind == "folder" else None
+    bar = tqdm(desc=f"decoding {source.root.name}", unit="img", total=total, mininterval=1.0)
+
+    def collect(chunk: list) -> None:
+        results.extend(chunk)
+        bar.update(len(chunk))
+        if strict:
+            for i in range(len(results) - len(chunk), len(results)):
+                if isinstance(results[i], str):
+                    raise DataError(f"cannot read image {names[i]}: {results[i]}")
+
+    try:
+        chunk: list[bytes | str] = []
+        for rel, payload in source.stream():
+            layout.add(rel, len(names))
+            names.append(source.name_of(rel))
+            chunk.append(payload)
+            if len(chunk) == _CHUNK:
+                if pool is None:
+                    collect(decoder(chunk))
+                else:
+                    pending.append(pool.submit(decoder, chunk))
+                    while len(pending) > 4 * workers:
+                        collect(pending.popleft().result())
+                chunk = []
+        if chunk:
+            if pool is None:
+                collect(decoder(chunk))
+            else:
+                pending.append(pool.submit(decoder, chunk))
+        while pending:
+            collect(pending.popleft().result())
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+        raise DataError(f"cannot read archive {str(source.root)!r}: {err}") from None
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    classes, splits = layout.finish()
+    skipped = [f"{names[i]} ({r})" for i, r in enumerate(results) if isinstance(r, str)]
+    first = next((r for r in results if not isinstance(r, str)), None)
+    if first is None:
+        raise DataError(f"none of the {len(results)} images in {str(source.root)!r} could be read "
+                        f"(first error: {skipped[0] if skipped else '?'})")
+    h, w = first.shape[:2]
+
+    def stack(items: list[tuple[int, int]], split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        arrays, labels = [], []
+        for i, label in items:
+            img = results[i]
+            if isinstance(img, str):
+                continue
+            arrays.append(img if img.shape[:2] == (h, w) else _fit(img, h, w))
+            labels.append(label)
+        if not arrays:
+            raise DataError(f"no readable {split} images in {str(source.root)!r}")
+        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        return images, torch.tensor(labels, dtype=torch.int64)
+
+    xtr, ytr = stack(splits["train"], "train")
+    xte, yte = stack(splits["test"], "test")
+    return DecodedImages(classes, xtr, ytr, xte, yte, skipped)
+
+
+def _save_cache(decoded: DecodedImages, path: Path, source: ImageSource) -> None:
+    save_checkpoint({"format": CACHE_FORMAT, "source": str(source.root), "classes": decoded.classes,
+                     "train": {"images": decoded.train_images, "labels": decoded.train_labels},
+                     "test": {"images": decoded.test_images, "labels": decoded.test_labels},
+                     "skipped": decoded.skipped}, path)
+
+
+def _load_cache(path: Path) -> DecodedImages | None:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if obj.get("format") != CACHE_FORMAT:
+            return None
+        return DecodedImages(list(obj["classes"]), obj["train"]["images"], obj["train"]["labels"],
+                             obj["test"]["images"], obj["test"]["labels"], list(obj.get("skipped", [])))
+    except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal
+        warnings.warn(f"ignoring unreadable dataset cache {str(path)!r} ({type(err).__name__}); decoding again",
+                      stacklevel=3)
+        return None
+
+
+def load_decoded(source: ImageSource, cache_dir: str | Path | None = None, workers: int = 2,
+                 strict: bool = False, rank: int = 0, world_size: int = 1) -> DecodedImages:
+    """The decoded images of ``source``, from the cache when present, otherwise decoded now and cached.
+
+    Unreadable images are skipped with one warning that counts them (every load, also from the cache), or raise
+    ``DataError`` naming the file when ``strict``. With ``torch.distributed`` initialised, rank 0 decodes and the
+    other ranks wait for its cache file.
+
+    Args:
+        source: the folder or archive.
+        cache_dir: cache directory (None: next to the source if writable, else ``~/.cache/stimulative``).
+        workers: decoding processes.
+        strict: raise on unreadable images instead of skipping them.
+        rank, world_size: DDP position (only rank 0 decodes).
+    """
+    path = cache_path(source, cache_dir)
+    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and rank != 0:
+        torch.distributed.barrier()
+    decoded = _load_cache(path) if path.is_file() else None
+    if decoded is None:
+        decoded = decode_source(source, workers=workers, strict=strict)
+        try:
+            _save_cache(decoded, path, source)
+        except OSError as err:
+            warnings.warn(f"could not write the dataset cache {str(path)!r}: {err}", stacklevel=2)
+    if distributed and rank == 0:
+        torch.distributed.barrier()
+    if decoded.skipped:
+        if strict:
+            raise DataError(f"cannot read image {decoded.skipped[0]}")
+        warnings.warn(f"skipped {len(decoded.skipped)} unreadable image(s) in {str(source.root)!r} "
+                      f"(first: {decoded.skipped[0]}); set data.strict=true to stop on them", stacklevel=2)
+    return decoded
+
+
+# --- one image at a time (DataLoader) --------------------------------------------------------------------------
+
+class FileImageDataset(torch.utils.data.Dataset):
+    """Images read from a folder, zip or uncompressed tar one at a time, transformed by ``transform``.
+
+    ``__getitem__`` returns ``(tensor, label)``, or ``(None, "name (error)")`` for an unreadable image so that the
+    batch collation can drop it (see ``stimulative.data.LoaderBatches``).
+
+    Args:
+        source: the folder or archive.
+        items: (reference, label) pairs from ``ImageSource.index()``.
+        transform: PIL image -> tensor.
+        names: reference -> readable name, for error messages.
+    """
+
+    def __init__(self, source: ImageSource, items: list[tuple[Any, int]], transform: Callable,
+                 names: dict[Any, str] | None = None):
+        self.root, self.kind = source.root, source.kind
+        self.items, self.transform, self.names = items, transform, names or {}
+        self._handle: Any = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _read(self, ref: Any) -> bytes | str:
+        if self.kind == "folder":
+            return ref
+        if self._pid != os.getpid():   # one handle per worker process
+            self._handle = zipfile.ZipFile(self.root) if self.kind == "zip" else open(self.root, "rb")  # noqa: SIM115
+            self._pid = os.getpid()
+        if self.kind == "zip":
+            return self._handle.read(ref)
+        offset, size = ref
+        self._handle.seek(offset)
+        return self._handle.read(size)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int | str]:
+        ref, label = self.items[i]
+        try:
+            data = self._read(ref)
+            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+                img = img.convert("RGB")
+        except Exception as err:  # noqa: BLE001 - any decoder failure means an unreadable image
+            return None, f"{self.names.get(ref, ref)} ({type(err).__name__}: {err})"
+        return self.transform(img), label
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_handle"], state["_pid"] = None, -1
+        return state
+
+
+class TensorImageDataset(torch.utils.data.Dataset):
+    """In-memory uint8 NCHW images served as PIL images through ``transform`` (for the DataLoader pipeline)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = Image.fromarray(self.images[i].permute(1, 2, 0).numpy())
+        return self.transform(img), int(self.labels[i])
