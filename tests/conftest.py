@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import stimulative as st
+from stimulative.elastic import BRANCH, RUN
 from stimulative.models import CifarResNet
 
 NUM_CLASSES = 10
@@ -68,6 +70,23 @@ def truncate_layers(model: nn.Module, depths: list[int]) -> nn.Module:
 # Blocks with a residual connection (stride 1, in == out): 3, 5, 6, 8, 10, 11; so the stages (a shape-changing
 # block followed by residual blocks) are these, written out from torchvision's config table:
 MOBILENET_V3_SMALL_STAGES = [[2, 3], [4, 5, 6], [7, 8], [9, 10, 11]]
+
+
+def hand_forward_cifar(model, modes, x):
+    """CifarResNet forward written out, applying per-block modes by hand: RUN f(x), SKIP x, BRANCH f(x) - x.
+
+    ``modes`` is a list (per stage) of per-block modes, or an ordered config of ints (first d_i blocks run).
+    """
+    modes = [[RUN] * d + [0] * (len(getattr(model, f"layer{i + 1}")) - d) if isinstance(d, int) else d
+             for i, d in enumerate(modes)]
+    h = F.relu(model.bn1(model.conv1(x)))
+    for i, row in enumerate(modes):
+        for block, mode in zip(getattr(model, f"layer{i + 1}"), row):
+            if mode == RUN:
+                h = block(h)
+            elif mode == BRANCH:
+                h = block(h) - h
+    return model.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
 def truncate_mobilenet_v3_small(model: nn.Module, depths: list[int]) -> nn.Module:

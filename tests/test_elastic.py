@@ -7,8 +7,7 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import batch, randomize_bn, truncate_layers
+from conftest import batch, hand_forward_cifar, randomize_bn, truncate_layers
 from torch import nn
 
 import stimulative as st
@@ -25,18 +24,6 @@ def r20():
 
 def _all_run(ed) -> bool:
     return all(m == RUN for row in ed.current_modes() for m in row)
-
-
-def hand_forward_cifar(model, modes, x):
-    """CifarResNet forward written out, applying per-block modes by hand: RUN f(x), SKIP x, BRANCH f(x) - x."""
-    h = F.relu(model.bn1(model.conv1(x)))
-    for i, row in enumerate(modes):
-        for block, mode in zip(getattr(model, f"layer{i + 1}"), row):
-            if mode == RUN:
-                h = block(h)
-            elif mode == BRANCH:
-                h = block(h) - h
-    return model.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
 # ------------------------------------------------------------------------------------------------------------

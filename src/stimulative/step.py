@@ -160,8 +160,9 @@ class StimulativeStep:
             if tuple(size) != tuple(self._full_size):
                 raise ValueError(
                     f"the model rejected a {size[0]}x{size[1]} sub-network input (full size "
-                    f"{self._full_size[0]}x{self._full_size[1]}): {str(err).splitlines()[0]}. Set "
-                    "min_input_scale=1.0, or build the model to accept any size (timm ViT: dynamic_img_size=True)"
+                    f"{self._full_size[0]}x{self._full_size[1]}): {str(err).splitlines()[0].rstrip('.')}. Set "
+                    "min_input_scale=1.0, or build the model to accept any size (timm ViT: dynamic_img_size=True "
+                    "and dynamic_img_pad=True)"
                 ) from err
             raise
 
