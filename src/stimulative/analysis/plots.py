@@ -165,52 +165,55 @@ def plot_erf(entries: Sequence[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-_X_KEYS = ("epoch", "step")
+_LOSS_KEYS = {"train_loss_main": ("train: main CE", "--"), "train_loss_subnet": ("train: sub-network loss", ":"),
+              "test_loss": ("test: full network CE", "-")}
+_ACC_KEYS = {"test_acc": ("test: full network", "-"), "train_acc": ("train: main network", "--"),
+             "ema_test_acc": ("test: EMA", "-.")}
 
 
 def plot_training_curves(histories: dict[str, list[dict]], path: str | Path,
                          colors: dict[str, str] | None = None) -> Path | None:
-    """Overlay the training curves of several runs: one panel for losses, one for accuracies.
+    """Overlay the per-epoch training curves of several runs: losses (left) and accuracies (right).
 
     Args:
-        histories: run name -> list of metric records (``metrics.jsonl`` lines); the x axis is ``epoch`` when
-            the records have it, else ``step``. Every numeric key containing "loss" goes to the loss panel, every
-            key containing "acc" to the accuracy panel.
+        histories: run name -> ``metrics.jsonl`` records (``epoch``, ``train_loss_main``, ``train_loss_subnet``,
+            ``test_loss``, ``train_acc``, ``test_acc``, ``test_acc_d<depths>``, ``ema_test_acc``).
         path: PNG to write.
+        colors: run -> colour (default ``run_colors``); line styles tell the metrics apart.
 
     Returns:
-        The path, or None when there is nothing to plot.
+        The path, or None when no record has an epoch and a known metric.
     """
     colors = colors or run_colors(list(histories))
-    panels = {"loss": [], "acc": []}
-    for records in histories.values():
-        for rec in records:
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _X_KEYS:
-                    for p in panels:
-                        if p in k.lower() and k not in panels[p]:
-                            panels[p].append(k)
-    used = [p for p in panels if panels[p]]
-    if not used:
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    drawn = 0
+    sub_styles = [(0, (1, 1)), (0, (3, 1, 1, 1)), (0, (5, 2)), (0, (1, 2))]
+    for run, records in histories.items():
+        color = colors.get(run, "tab:blue")
+        sub_keys = sorted({k for r in records for k in r if k.startswith("test_acc_d")})
+        specs = [(ax_loss, k, *_LOSS_KEYS[k]) for k in _LOSS_KEYS]
+        specs += [(ax_acc, k, *_ACC_KEYS[k]) for k in _ACC_KEYS]
+        specs += [(ax_acc, k, f"test: sub-network {k[len('test_acc_d'):].replace('-', ',')}",
+                   sub_styles[i % len(sub_styles)]) for i, k in enumerate(sub_keys)]
+        for ax, key, label, style in specs:
+            pts = [(r["epoch"], r[key]) for r in records
+                   if isinstance(r.get(key), (int, float)) and isinstance(r.get("epoch"), (int, float))]
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, ls=style, lw=1.6,
+                    marker="o" if len(pts) <= 30 else None, ms=3, label=f"{run}: {label}")
+            drawn += 1
+    if not drawn:
         return None
-    fig = Figure(figsize=(6.2 * len(used), 4.6), layout="constrained")
-    axes = fig.subplots(1, len(used), squeeze=False)[0]
-    styles = ["-", "--", ":", "-."]
-    for ax, panel in zip(axes, used):
-        for run, records in histories.items():
-            for k_i, key in enumerate(panels[panel]):
-                pts = [r for r in records if isinstance(r.get(key), (int, float))]
-                if not pts:
-                    continue
-                xkey = next((x for x in _X_KEYS if all(x in r for r in pts)), None)
-                xs = [r[xkey] for r in pts] if xkey else list(range(1, len(pts) + 1))
-                ax.plot(xs, [r[key] for r in pts], styles[k_i % len(styles)], color=colors.get(run, "tab:blue"),
-                        marker="o" if len(pts) <= 30 else None, ms=3, label=f"{run}: {key}")
-        xkey = next((x for x in _X_KEYS if any(x in r for recs in histories.values() for r in recs)), "record")
-        ax.set_xlabel(xkey)
-        ax.set_ylabel("accuracy (%)" if panel == "acc" else "loss (cross-entropy / KL, nats)")
-        ax.set_title("accuracies" if panel == "acc" else "losses", fontsize=10)
+    ax_loss.set_ylabel("loss (nats)")
+    ax_loss.set_title("losses", fontsize=10)
+    ax_acc.set_ylabel("top-1 accuracy (%)")
+    ax_acc.set_title("accuracy (sub-networks: as evaluated during training)", fontsize=10)
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Training curves", fontsize=11)
+    fig.suptitle("Training curves (colour: run, line style: metric)", fontsize=11)
     return _save(fig, path)

@@ -27,7 +27,7 @@ from ..elastic import ElasticDepth, parse_depths
 from ..sampling import SampleSpace
 
 __all__ = [
-    "AnalysedRun", "load_run", "load_runs", "unique_names", "add_run_arguments", "default_out_dir", "split_overrides", "run_data", "resolve_device", "select_configs",
+    "AnalysedRun", "load_run", "load_runs", "unique_names", "add_run_arguments", "intermix_positionals", "default_out_dir", "split_overrides", "run_data", "resolve_device", "select_configs",
     "validate_configs", "format_depths", "DEFAULT_MAX_ENUMERATE", "DEFAULT_SAMPLE",
 ]
 
@@ -167,6 +167,10 @@ def select_configs(ed: ElasticDepth, depths: Sequence[str | Sequence[int]] | Non
     ``DEFAULT_MAX_ENUMERATE`` of them, else a sample of ``DEFAULT_SAMPLE``.
     """
     if depths:
+        for d in depths:
+            if isinstance(d, str) and "=" in d:
+                raise ValueError(f"{d!r} is not a depth config; put key=value overrides right after the "
+                                 "checkpoints, before --depths")
         configs = [parse_depths(d) if isinstance(d, str) else list(d) for d in depths]
         configs = validate_configs(ed, configs, where)
     else:
@@ -202,7 +206,8 @@ def _sample_configs(space: SampleSpace, ed: ElasticDepth, k: int, seed: int) -> 
 def load_runs(items: Sequence[str], what: str = "CHECKPOINT") -> list[AnalysedRun]:
     """Load every checkpoint among CLI positionals, applying the ``key=value`` overrides among them to each.
 
-    Names are made unique; a model without residual stages or an exported sub-network is a clear error.
+    Names are made unique; a model without residual stages or an exported sub-network is a clear error. A
+    ``threads=N`` override (config key ``threads``) sets ``torch.set_num_threads(N)``.
     """
     paths, overrides = split_overrides(items)
     if not paths:
@@ -211,11 +216,35 @@ def load_runs(items: Sequence[str], what: str = "CHECKPOINT") -> list[AnalysedRu
     unique_names(runs)
     for run in runs:
         _ = run.ed  # raises for exported sub-networks
+    if runs[0].config.threads > 0:
+        torch.set_num_threads(runs[0].config.threads)
     return runs
+
+
+def intermix_positionals(parser: argparse.ArgumentParser) -> None:
+    """Let positionals (checkpoints, ``key=value`` overrides) come before, between or after the options.
+
+    Plain argparse stops filling a ``nargs="+"`` positional at the first option, so in
+    ``stimulative loafing ckpt --bn-recal 0 data.root=x`` the override would be an "unrecognized argument".
+    The sub-command's parser is switched to ``parse_known_intermixed_args`` (standard library, Python >= 3.7).
+    A ``key=value`` right after an option that takes several values (``--depths``) still belongs to that option.
+    """
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        # parse_known_intermixed_args calls self.parse_known_args internally: route those calls to the original
+        parser.parse_known_args = original  # type: ignore[method-assign]
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, many: bool = True) -> None:
     """The arguments every analysis command shares: checkpoints + overrides, --out, --seed, --device."""
+    intermix_positionals(parser)
     parser.add_argument("inputs", nargs="+", metavar="CHECKPOINT" + (" [CHECKPOINT ...]" if many else ""),
                         help="checkpoint files or run directories (best.pt, else last.pt), followed by optional "
                              "key=value overrides of their config, e.g. data.root=/data data.test_subset=1000")
