@@ -106,7 +106,7 @@ class StimulativeFinetune:
                 out = loss_fn(scale)
                 loss = sum(out.values()) if isinstance(out, Mapping) else out
                 if not torch.isfinite(loss.detach()).all():
-                    raise FloatingPointError(f"sub-network {config} loss is {float(loss)} (NaN or inf)")
+                    raise FloatingPointError(f"sub-network {config} loss is {float(loss.detach())} (NaN or inf)")
                 (self.loss_weight * loss).backward()
             total += float(loss.detach())
             self.last_configs.append(config)
