@@ -91,8 +91,15 @@ def _free_port() -> int:
 
 
 def _run_workers(out_dir: str, world_size: int = 2) -> None:
+    # fork (as PyTorch's own MultiProcessTestCase does) saves re-importing torch in every child, which takes
+    # 5-10 s each on a busy 2-core machine; safe here because the test process runs with one intra-op thread
+    # (conftest) and the workers set it again before any op. Spawn where fork does not exist.
+    # DistributedDataParallel.__init__ imports torch._dynamo (seconds): do it once here, before forking.
+    start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    if start_method == "fork":
+        import torch._dynamo  # noqa: F401
     context = mp.start_processes(_worker, args=(world_size, _free_port(), out_dir), nprocs=world_size,
-                                 join=False, start_method="spawn")
+                                 join=False, start_method=start_method)
     deadline = time.monotonic() + TIMEOUT_S
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
