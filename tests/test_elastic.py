@@ -90,7 +90,8 @@ class TinyCNN(nn.Module):
 @pytest.mark.parametrize("make", [
     lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)),
     TinyCNN,
-], ids=["sequential", "tiny_cnn"])
+    lambda: st.create_model("timm/resnet10t", num_classes=10),  # one block per stage: nothing to skip
+], ids=["sequential", "tiny_cnn", "timm_resnet10t"])
 def test_model_without_residual_stage_is_rejected(make):
     with pytest.raises(ValueError, match="no residual stage"):
         st.ElasticDepth(make())

@@ -228,8 +228,9 @@ class ElasticDepth:
                 self.stages.append(Stage(stage_name, blocks, list(block_names), flags))
         if not self.stages:
             raise ValueError(
-                f"{type(model).__name__} has no residual stage with a skippable block (identity shortcut); "
-                "pass stages=['layer1', ...] or a list of block-name lists to ElasticDepth"
+                f"{type(model).__name__} has no residual stage with a skippable block (a stage of at least 2 "
+                "blocks where a block after the first has an identity shortcut); pass stages=['layer1', ...] "
+                "or a list of block-name lists to ElasticDepth"
             )
         for stage in self.stages:
             for block, flag in zip(stage.blocks, stage.skippable):
