@@ -345,6 +345,7 @@ def test_imagenet_pipeline_returns_right_shapes(tmp_path):
     xt, yt = all_batches(bundle.test)
     assert xt.shape == (6, 3, 32, 32) and yt.tolist() == [0, 0, 1, 1, 2, 2]
     assert not list(tmp_path.glob("cache/*"))       # large images are not cached
+    assert bundle.test.mean.flatten().tolist() == pytest.approx(DATASET_STATS["folder"][0])   # for exporters
 
 
 def test_imagenet_eval_sizes_and_worker_processes(tmp_path):

@@ -61,6 +61,7 @@ DATASET_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),     # natural photos: ImageNet statistics
     "digits": ((0.3053, 0.3053, 0.3053), (0.3759, 0.3759, 0.3759)),
     "default": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
 }
@@ -218,6 +219,8 @@ class LoaderBatches:
         workers: DataLoader worker processes (0 = load in this process).
         device: move batches there.
         strict: raise on unreadable images.
+        mean, std: the normalisation the dataset's transform applies (kept as ``.mean``/``.std`` (1, 3, 1, 1)
+            tensors for exporters, like ``TensorBatches``); not applied here.
 
     Example::
 
@@ -227,8 +230,11 @@ class LoaderBatches:
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *, train: bool = False, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, workers: int = 0, device: torch.device | str = "cpu", strict: bool = False):
+                 world_size: int = 1, workers: int = 0, device: torch.device | str = "cpu", strict: bool = False,
+                 mean: Sequence[float] = DATASET_STATS["default"][0], std: Sequence[float] = DATASET_STATS["default"][1]):
         self.dataset, self.train, self.seed, self.strict = dataset, train, seed, strict
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.device = torch.device(device)
         self._order = torch.Generator()
         self.sampler: Any
@@ -388,7 +394,7 @@ def _memory_bundle(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte:
         train_tf = imagenet_train_transform(cfg.input_size, cfg.color_jitter, cfg.lighting, cfg.uniform_augment,
                                             mean, std)
         return _loader_bundle(TensorImageDataset(xtr, ytr, train_tf),
-                              TensorImageDataset(xte, yte, _eval_tf(cfg, mean, std)), classes, c)
+                              TensorImageDataset(xte, yte, _eval_tf(cfg, mean, std)), classes, (mean, std), c)
     xtr, xte = _fit_size(xtr, cfg.input_size), _fit_size(xte, cfg.input_size)
     train = TensorBatches(xtr, ytr, c.batch_size, mean, std, train=True, augment=cfg.augment, padding=cfg.padding,
                           flip=flip, seed=c.seed, rank=c.rank, world_size=c.world_size, device=c.device)
@@ -404,12 +410,13 @@ def _eval_tf(cfg: DataConfig, mean, std):
     return eval_transform(resize, cfg.val_crop or cfg.input_size, mean, std)
 
 
-def _loader_bundle(train_ds: Dataset, test_ds: Dataset, classes: list[str], c: _Common) -> DataBundle:
+def _loader_bundle(train_ds: Dataset, test_ds: Dataset, classes: list[str], stats: tuple, c: _Common) -> DataBundle:
     workers = max(0, c.cfg.workers)
+    mean, std = stats
     train = LoaderBatches(train_ds, c.batch_size, train=True, seed=c.seed, rank=c.rank, world_size=c.world_size,
-                          workers=workers, device=c.device, strict=c.cfg.strict)
+                          workers=workers, device=c.device, strict=c.cfg.strict, mean=mean, std=std)
     test = LoaderBatches(test_ds, c.eval_batch_size, train=False, seed=c.seed, workers=workers, device=c.device,
-                         strict=c.cfg.strict)
+                         strict=c.cfg.strict, mean=mean, std=std)
     return DataBundle(train, test, len(classes), c.cfg.input_size, classes)
 
 
@@ -450,7 +457,7 @@ def _files_bundle(name: str, stats_key: str, c: _Common) -> DataBundle:
         train_tf = resize_train_transform(cfg.input_size, cfg.augment, cfg.padding, mean, std)
     return _loader_bundle(FileImageDataset(source, train_items, train_tf, index.names),
                           FileImageDataset(source, test_items, _eval_tf(cfg, mean, std), index.names),
-                          index.classes, c)
+                          index.classes, (mean, std), c)
 
 
 def _torchvision_cifar(name: str, cfg: DataConfig) -> tuple:
@@ -520,7 +527,7 @@ def build_data(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int
         xtr, ytr, xte, yte, classes = _torchvision_cifar(name, cfg)
         return _memory_bundle(xtr, ytr, xte, yte, classes, _stats(cfg, name), c)
     if name == "folder":
-        return _files_bundle(name, "imagenet", c)
+        return _files_bundle(name, "folder", c)
     raise DataError(f"unknown data.name={name!r}; choose cifar10, cifar100, folder, digits or synthetic")
 
 

@@ -113,7 +113,7 @@ class SplitIndex:
     classes: list[str]
     train: list[tuple[Any, int]]
     test: list[tuple[Any, int]]
-    names: dict[Any, str] = field(default_factory=dict)   # reference -> readable name (for error messages)
+    names: dict[Any, str] = field(default_factory=dict)   # tar offsets -> member name (for error messages)
 
 
 @dataclass
@@ -154,22 +154,23 @@ class ImageSource:
         else:
             raise DataError(f"dataset path {str(self.root)!r} is neither a directory nor an archive "
                             f"({', '.join(ARCHIVE_SUFFIXES)})")
-        self._files: list[tuple[str, Path]] | None = None
+        self._files: list[tuple[str, str]] | None = None
 
     def __repr__(self) -> str:
         return f"ImageSource({str(self.root)!r}, kind={self.kind!r})"
 
     # --- listing -----------------------------------------------------------------------------------------------
-    def _folder_files(self) -> list[tuple[str, Path]]:
-        """(relative posix name, path) of the folder's files up to 4 levels deep, sorted."""
+    def _folder_files(self) -> list[tuple[str, str]]:
+        """(relative posix name, path) of the folder's files up to 4 levels deep, sorted (plain strings: an
+        ImageNet-sized listing stays small)."""
         if self._files is None:
             files = []
             for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
-                depth = len(Path(dirpath).relative_to(self.root).parts)
+                rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+                depth = 0 if rel_dir == "." else rel_dir.count("/") + 1
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < 3 else []
-                for f in sorted(filenames):
-                    path = Path(dirpath) / f
-                    files.append((path.relative_to(self.root).as_posix(), path))
+                prefix = "" if rel_dir == "." else rel_dir + "/"
+                files.extend((prefix + f, os.path.join(dirpath, f)) for f in sorted(filenames))
             self._files = files
         return self._files
 
@@ -178,7 +179,7 @@ class ImageSource:
         if self.kind == "folder":
             for rel, path in self._folder_files():
                 if _classify(rel):
-                    yield rel, str(path)
+                    yield rel, path
         elif self.kind == "zip":
             with zipfile.ZipFile(self.root) as zf:
                 for info in zf.infolist():
@@ -217,7 +218,7 @@ class ImageSource:
         h = hashlib.sha1(str(self.root.resolve()).encode())
         for rel, path in self._folder_files():
             if _classify(rel):
-                st = path.stat()
+                st = os.stat(path)
                 h.update(f"|{rel}|{st.st_size}|{st.st_mtime_ns}".encode())
         return h.hexdigest()
 
@@ -234,7 +235,7 @@ class ImageSource:
         entries: list[tuple[str, Any]] = []
         try:
             if self.kind == "folder":
-                entries = [(rel, str(path)) for rel, path in self._folder_files() if _classify(rel)]
+                entries = [(rel, path) for rel, path in self._folder_files() if _classify(rel)]
             elif self.kind == "zip":
                 with zipfile.ZipFile(self.root) as zf:
                     entries = [(i.filename, i.filename) for i in zf.infolist() if not i.is_dir() and _classify(i.filename)]
@@ -248,7 +249,9 @@ class ImageSource:
         for rel, ref in entries:
             layout.add(rel, ref)
         classes, splits = layout.finish()
-        return SplitIndex(classes, splits["train"], splits["test"], {ref: self.name_of(rel) for rel, ref in entries})
+        # folders and zips name an image by its reference; only tar offsets need a name table
+        names = {ref: self.name_of(rel) for rel, ref in entries} if self.kind == "tar" else {}
+        return SplitIndex(classes, splits["train"], splits["test"], names)
 
 
 class _Layout:
@@ -410,6 +413,7 @@ def _save_cache(decoded: DecodedImages, path: Path, source: ImageSource) -> None
                      "train": {"images": decoded.train_images, "labels": decoded.train_labels},
                      "test": {"images": decoded.test_images, "labels": decoded.test_labels},
                      "skipped": decoded.skipped}, path)
+    path.chmod(0o644)   # the temp file is private (mkstemp); a shared cache must be readable by other users
 
 
 def _load_cache(path: Path) -> DecodedImages | None:
@@ -473,7 +477,7 @@ class FileImageDataset(torch.utils.data.Dataset):
         source: the folder or archive.
         items: (reference, label) pairs from ``ImageSource.index()``.
         transform: PIL image -> tensor.
-        names: reference -> readable name, for error messages.
+        names: tar offsets -> readable member name, for error messages.
     """
 
     def __init__(self, source: ImageSource, items: list[tuple[Any, int]], transform: Callable,
@@ -498,6 +502,11 @@ class FileImageDataset(torch.utils.data.Dataset):
         self._handle.seek(offset)
         return self._handle.read(size)
 
+    def _name(self, ref: Any) -> str:
+        if self.kind == "folder":
+            return ref
+        return f"{self.root}:{ref}" if self.kind == "zip" else self.names.get(ref, f"{self.root}@{ref}")
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int | str]:
         ref, label = self.items[i]
         try:
@@ -505,7 +514,7 @@ class FileImageDataset(torch.utils.data.Dataset):
             with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
                 img = img.convert("RGB")
         except Exception as err:  # noqa: BLE001 - any decoder failure means an unreadable image
-            return None, f"{self.names.get(ref, ref)} ({type(err).__name__}: {err})"
+            return None, f"{self._name(ref)} ({type(err).__name__}: {err})"
         return self.transform(img), label
 
     def __getstate__(self) -> dict:
