@@ -304,9 +304,18 @@ def cache_path(source: ImageSource, cache_dir: str | Path | None = None) -> Path
     if cache_dir:
         return Path(cache_dir).expanduser() / name
     parent = source.root.resolve().parent
-    if os.access(parent, os.W_OK):
+    if _writable(parent):
         return parent / name
     return Path.home() / ".cache" / "stimulative" / name
+
+
+def _writable(directory: Path) -> bool:
+    """Writable for us, and not marked read-only for everyone (root may write anywhere; a r-x directory says
+    "don't")."""
+    try:
+        return os.access(directory, os.W_OK) and bool(directory.stat().st_mode & 0o222)
+    except OSError:
+        return False
 
 
 def _pool(workers: int) -> ProcessPoolExecutor | None:
