@@ -30,7 +30,7 @@ from .export import count_parameters, extract_subnetwork, write_json
 from .sampling import SampleSpace
 
 __all__ = [
-    "STRATEGIES", "count_flops", "measure_latency", "candidate_configs", "greedy_walk", "profile_config",
+    "STRATEGIES", "count_flops", "measure_latency", "forward_times", "candidate_configs", "greedy_walk", "profile_config",
     "pareto_front", "mark_fronts", "select_under_budget", "write_table", "plot_pareto", "depth_label",
 ]
 
@@ -64,7 +64,21 @@ def count_flops(model: nn.Module, input_size: int, channels: int = 3) -> int:
 
 def measure_latency(model: nn.Module, input_shape: Sequence[int], repeats: int = 10, warmup: int = 2,
                     max_seconds: float | None = None) -> float:
-    """Median wall-clock time (ms) of one forward pass on the CPU, in eval mode under ``torch.inference_mode``.
+    """Median wall-clock time (ms) of one forward pass, in eval mode under ``torch.inference_mode``.
+
+    Same arguments as ``forward_times``.
+
+    Example:
+        >>> ms = measure_latency(nn.Conv2d(3, 8, 3), (1, 3, 32, 32), repeats=3, warmup=1)
+        >>> ms > 0
+        True
+    """
+    return float(statistics.median(forward_times(model, input_shape, repeats, warmup, max_seconds)))
+
+
+def forward_times(model: nn.Module, input_shape: Sequence[int], repeats: int = 10, warmup: int = 2,
+                  max_seconds: float | None = None) -> list[float]:
+    """Wall-clock times (ms) of ``repeats`` forward passes, in eval mode under ``torch.inference_mode``.
 
     Args:
         model: the model (its current device; inputs are created on its parameters' device).
@@ -72,11 +86,6 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], repeats: int =
         repeats: timed runs (the median is returned).
         warmup: untimed runs first.
         max_seconds: stop timing early once this much time was spent (at least one timed run).
-
-    Example:
-        >>> ms = measure_latency(nn.Conv2d(3, 8, 3), (1, 3, 32, 32), repeats=3, warmup=1)
-        >>> ms > 0
-        True
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
@@ -98,7 +107,7 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], repeats: int =
                     break
     finally:
         model.train(was_training)
-    return float(statistics.median(times))
+    return times
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -179,7 +188,7 @@ def profile_config(ed: ElasticDepth, depths: Sequence[int], test: Iterable | Non
         test: test batches (``None``: no accuracy).
         bn_batches, bn_images: training batches and image count for the BN re-estimation (0 = off).
         input_size: square input side for FLOPs and latency.
-        batch_sizes: latency batch sizes; the row gets ``latency_ms_b{B}`` for each.
+        batch_sizes: latency batch sizes; the row gets ``latency_ms_b{B}`` (median) and ``latency_ms_b{B}_min``.
         repeats, warmup: latency timing (median of ``repeats``).
         measure_cost: also FLOPs and latency (False: accuracy and params only).
 
@@ -199,7 +208,9 @@ def profile_config(ed: ElasticDepth, depths: Sequence[int], test: Iterable | Non
         flops = count_flops(sub, input_size)
         row.update(flops=flops, macs=flops // 2)
         for b in batch_sizes:
-            row[f"latency_ms_b{b}"] = measure_latency(sub, (b, 3, input_size, input_size), repeats, warmup)
+            times = forward_times(sub, (b, 3, input_size, input_size), repeats, warmup)
+            row[f"latency_ms_b{b}"] = float(statistics.median(times))
+            row[f"latency_ms_b{b}_min"] = float(min(times))   # steadier on a busy machine
     return row, sub
 
 
@@ -292,7 +303,7 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, title: str = "",
     import matplotlib.pyplot as plt
 
     panels = [(latency_key, f"CPU latency, batch {latency_key.rsplit('_b', 1)[-1]} (ms, median)", 1.0),
-              ("flops", "FLOPs per image (MFLOPs = 2 x MMACs)", 1e-6)]
+              ("flops", "MFLOPs per image (conv + matmul, 1 MAC = 2 FLOPs)", 1e-6)]
     panels = [p for p in panels if rows and all(p[0] in r for r in rows)]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     for ax, (key, xlabel, scale) in zip(axes[0], panels):
