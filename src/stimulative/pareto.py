@@ -323,7 +323,8 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, title: str = "",
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.margins(x=0.08, y=0.06)   # room for the labels
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
