@@ -291,3 +291,12 @@ def test_model_without_residual_stages_is_one_line_error(tmp_path, capsys):
 def test_report_of_missing_run_dir_is_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
     assert "does not exist" in _error_line(capsys)
+
+
+def test_data_with_other_number_of_classes_is_one_line_error(tmp_path, capsys):
+    cfg = _config("five")
+    model = st.create_model("cifar_resnet_tiny", num_classes=5)
+    save_checkpoint({"format": "stimulative-v1", "model": model.state_dict(), "config": config_to_dict(cfg),
+                     "num_classes": 5}, tmp_path / "five.pt")
+    assert main(["logits", str(tmp_path / "five.pt"), "--out", str(tmp_path), "--bn-recal", "0"]) == 2
+    assert "5 classes" in _error_line(capsys)

@@ -116,14 +116,21 @@ def unique_names(runs: Sequence[AnalysedRun]) -> None:
 _DATA_CACHE: dict[str, DataBundle] = {}
 
 
-def run_data(config: Config, device: torch.device | str = "cpu") -> DataBundle:
-    """The run's train/test batches (cached per data config, so several runs on one dataset load it once)."""
+def run_data(config: Config, device: torch.device | str = "cpu", num_classes: int | None = None) -> DataBundle:
+    """The run's train/test batches (cached per data config, so several runs on one dataset load it once).
+
+    With ``num_classes`` (the checkpoint's), a dataset with another number of classes is a clear error.
+    """
     key = repr((sorted(config_to_dict(config)["data"].items()), config.batch_size, config.eval_batch_size,
                 config.seed, str(device)))
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = build_data(config.data, batch_size=config.batch_size,
                                       eval_batch_size=config.eval_batch_size, seed=config.seed, device=device)
-    return _DATA_CACHE[key]
+    bundle = _DATA_CACHE[key]
+    if num_classes is not None and bundle.num_classes != num_classes:
+        raise ValueError(f"the checkpoint has {num_classes} classes but data {config.data.name!r} has "
+                         f"{bundle.num_classes}; check the data.* overrides")
+    return bundle
 
 
 def resolve_device(name: str) -> torch.device:

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         configs = select_configs(ed, args.depths, where=r.name) if args.depths else _default_depths(ed)
         layer_name = args.layer or default_feature_layer(ed)
         layer = resolve_layer(r.model, layer_name)
-        data = run_data(r.config, device)
+        data = run_data(r.config, device, r.loaded.num_classes)
         images = _test_images(data.test, args.images).to(device)
         r.model.to(device)
         sizes = _sizes(args.sizes, int(images.shape[-1]))

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             if _in_space(r, depths) and depths not in configs:
                 configs.append(depths)
         configs_of[r.name] = configs
-        data = run_data(r.config, device)
+        data = run_data(r.config, device, r.loaded.num_classes)
         rows += subnetwork_accuracy(r.ed, configs, data.test, data.train, args.bn_recal, run=r.name,
                                     device=device, progress=progress)
     alone_rows = []

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict] = []
     for r in runs:
         configs = select_configs(r.ed, args.depths, args.all, args.sample, args.seed, where=r.name)
-        data = run_data(r.config, device)
+        data = run_data(r.config, device, r.loaded.num_classes)
         rows += subnetwork_logit_norms(r.ed, configs, data.test, data.train, args.bn_recal, run=r.name,
                                        device=device, progress=not args.no_progress)
     grouped = norms_by_blocks(rows)
