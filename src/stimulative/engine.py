@@ -244,7 +244,8 @@ def _as_tuple(x: Any) -> Any:
 
 
 def _all_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    """Parameters and floating buffers (BN running statistics overflow before the loss does) are finite."""
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 def _log(text: str) -> None:
@@ -435,10 +436,7 @@ def _train(cfg: Config, device: torch.device, dinfo: DistInfo) -> dict[str, Any]
             try:
                 losses = step(x, y)
             except NonFiniteLossError as err:
-                kept = f"; {run_dir / 'last.pt'} keeps the last good epoch" if (run_dir / "last.pt").exists() \
-                    else "; no checkpoint was written"
-                raise NonFiniteLossError(f"training stopped at epoch {epoch + 1}, step {global_step + 1}: "
-                                         f"{err}{kept}") from None
+                raise NonFiniteLossError(_stop_message(run_dir, epoch + 1, global_step + 1, str(err))) from None
             if cfg.optim.clip_grad > 0:
                 if scaler is not None:
                     scaler.unscale_(optimizer)
@@ -488,8 +486,8 @@ def _train(cfg: Config, device: torch.device, dinfo: DistInfo) -> dict[str, Any]
         if partial:
             record["partial"] = True
         if not _all_finite(raw):
-            raise NonFiniteLossError(f"training stopped after epoch {epoch + 1}, step {global_step}: the weights "
-                                     "contain NaN/inf; last.pt keeps the last good epoch")
+            raise NonFiniteLossError(_stop_message(run_dir, epoch + 1, global_step, "the weights or BatchNorm "
+                                                   "statistics contain NaN/inf; lower the learning rate"))
         last_epoch = epoch + 1 == cfg.epochs or stopped
         if (epoch + 1) % cfg.eval_every == 0 or last_epoch:
             t1 = time.perf_counter()
@@ -517,6 +515,12 @@ def _train(cfg: Config, device: torch.device, dinfo: DistInfo) -> dict[str, Any]
         _log(f"done: best test acc {best_acc:.2f}% -> {run_dir}")
     return {"run_dir": str(run_dir), "epochs": int(record.get("epoch", start_epoch)), "step": global_step,
             "best_acc": best_acc, "final": record, "checkpoint": str(run_dir / "last.pt")}
+
+
+def _stop_message(run_dir: Path, epoch: int, step: int, reason: str) -> str:
+    last = run_dir / "last.pt"
+    kept = f"{last} keeps the last good epoch" if last.exists() else "no checkpoint was written"
+    return f"training stopped at epoch {epoch}, step {step}: {reason}; {kept}"
 
 
 def _resume_path(cfg: Config) -> Path | None:
