@@ -140,6 +140,12 @@ _CHOICES = {
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+def _members(annotation: Any) -> tuple:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
 def _type_ok(value: Any, annotation: Any) -> bool:
     if annotation is Any:
         return True
@@ -171,10 +177,14 @@ def _fill(cls: type, data: dict, prefix: str) -> Any:
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _fill(hint, value or {}, full + ".")
             continue
-        if isinstance(value, int) and not isinstance(value, bool) and _type_ok(1.0, hint) and not _type_ok(1, hint):
-            value = float(value)
+        if isinstance(value, int) and not isinstance(value, bool) and float in _members(hint) \
+                and int not in _members(hint):
+            value = float(value)  # `lr: 1` in a float field is stored as 1.0
         if isinstance(value, str) and _type_ok(1.0, hint) and _FLOAT_RE.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        if isinstance(value, dict) and not _type_ok(value, hint):
+            raise ConfigError(f"config key {full!r} is a value, not a section: cannot set "
+                              f"{', '.join(full + '.' + str(k) for k in value)}")
         if not _type_ok(value, hint):
             raise ConfigError(f"config key {full!r} expects {_type_name(hint)}, got {value!r} "
                               f"({type(value).__name__})")
