@@ -13,6 +13,9 @@ Reproducibility: data order and augmentation depend only on (seed, epoch); the g
 their state in the checkpoint. Resuming therefore gives the same weights as an uninterrupted run (on CPU).
 
 DDP: ``torchrun --nproc_per_node N -m stimulative train recipe.yaml``; ``batch_size`` is the global batch.
+
+Console: a tqdm bar per epoch (loss, accuracy, img/s) on a terminal only (off when stdout is not a TTY or with
+``TQDM_DISABLE=1``), and one summary line per epoch always.
 """
 
 from __future__ import annotations
@@ -425,7 +428,8 @@ def _train(cfg: Config, device: torch.device, dinfo: DistInfo) -> dict[str, Any]
         sum_main = sum_sub = 0.0
         seen = batches_done = 0
         bar = tqdm(bundle.train, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=None if main else True, dynamic_ncols=True)
+                   disable=None if main and not os.environ.get("TQDM_DISABLE") else True,
+                   dynamic_ncols=True)
         t0 = time.perf_counter()
         for i, (x, y) in enumerate(bar):
             batches_done = i + 1

@@ -105,6 +105,7 @@ def plot_training(records: Sequence[dict[str, Any]], path: str | Path, title: st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
 
@@ -113,7 +114,7 @@ def plot_training(records: Sequence[dict[str, Any]], path: str | Path, title: st
         return [p[0] for p in pts], [p[1] for p in pts]
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, label in (("train_loss_main", "train: main CE"), ("train_loss_subnet", "train: sub-network loss"),
+    for key, label in (("train_loss_main", "train: main CE"), ("train_loss_subnet", "train: sub-network loss (sum over sub-networks)"),
                        ("test_loss", "test: full network CE")):
         xs, ys = series(key)
         if xs:
@@ -136,6 +137,8 @@ def plot_training(records: Sequence[dict[str, Any]], path: str | Path, title: st
     ax_acc.set_title("accuracy")
     ax_acc.grid(alpha=0.3)
     ax_acc.legend()
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
