@@ -159,6 +159,22 @@ def test_loafing_individual_run_gives_gap(runs, tmp_path):
     assert result["summary"][0]["gap_vs_alone"] == pytest.approx(alone[0]["acc"] - inside["1,1,1"]["acc"])
 
 
+
+def test_loafing_trains_non_uniform_individuals(runs, tmp_path):
+    # --train-individual builds a (1,2,2) tiny ResNet (1-block first stage) and trains it with the engine
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(config_to_dict(_config("tiny"))))
+    out = tmp_path / "out"
+    assert main(["loafing", str(runs["ct"]), "--depths", "2,2,2", "--train-individual", str(recipe),
+                 "--individual-depths", "1,2,2", "--train-set", "epochs=1", "--bn-recal", "0",
+                 "--out", str(out), "--no-progress"]) == 0
+    alone_ckpt = load_model(out / "individual" / "tiny_alone_1-2-2" / "last.pt")
+    assert alone_ckpt.model.blocks_per_stage == [1, 2, 2]
+    result = json.loads((out / "loafing.json").read_text())
+    assert [r["depths"] for r in result["rows"] if r["kind"] == "alone"] == ["1,2,2"]
+    assert {r["depths"] for r in result["rows"] if r["kind"] == "inside"} == {"2,2,2", "1,2,2"}
+    assert result["summary"][0]["n_alone"] == 1
+
 # ------------------------------------------------------------------------------------------------------------
 # logits
 # ------------------------------------------------------------------------------------------------------------

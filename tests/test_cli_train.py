@@ -102,6 +102,10 @@ def test_eval_ema_and_overrides(trained, tmp_path):
     assert ema["ema"] is True
     small = eval_json([str(run), "data.test_subset=32"], tmp_path)
     assert small["n"] == 32
+    # overrides may also follow the options (every command parses positionals intermixed)
+    path = tmp_path / "after.json"
+    assert main(["eval", str(run), "--json", str(path), "data.test_subset=16"]) == 0
+    assert json.loads(path.read_text())["n"] == 16
 
 
 @pytest.mark.parametrize("args, message", [

@@ -282,6 +282,16 @@ def test_synthetic_keeps_working():
     assert len(bundle.train) == 4 and len(bundle.test) == 1
 
 
+def test_synthetic_test_split_has_the_training_classes():
+    # class means of the training images classify the test images: the splits share their class patterns
+    xtr, ytr = synthetic_dataset(200, size=8, seed=3, sample_seed=1)
+    xte, yte = synthetic_dataset(100, size=8, seed=3, sample_seed=2)
+    assert not torch.equal(xtr[:100], xte)
+    means = torch.stack([xtr[ytr == c].float().mean(0) for c in range(10)]).flatten(1)
+    pred = torch.cdist(xte.float().flatten(1), means).argmin(1)
+    assert (pred == yte).float().mean() > 0.9
+
+
 # --- in-memory augmentation and sharding -----------------------------------------------------------------------
 
 def test_no_padding_no_flip_returns_the_original_images_normalised():

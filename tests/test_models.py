@@ -154,6 +154,16 @@ def test_registry_builds_cifar_resnets(n):
     assert f"cifar_resnet{6 * n + 2}" in st.list_models()
 
 
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_resnet_tiny"])
+def test_cifar_builders_accept_blocks_per_stage(name):
+    # what `stimulative loafing --train-individual` passes to train a (1,2,3) network alone
+    model = st.create_model(name, num_classes=10, blocks_per_stage=[1, 2, 3])
+    assert model.blocks_per_stage == [1, 2, 3] and len(model.layer3) == 3
+    # a 1-block stage has nothing to skip, so ElasticDepth lists only the other two
+    assert st.ElasticDepth(model).full_depths == [2, 3]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_create_model_errors():
     with pytest.raises(ValueError, match="unknown model"):
         st.create_model("no_such_model_xyz")

@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 import sys
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "COMMANDS", "build_parser", "intermix_positionals"]
 
 COMMANDS = ["train", "eval", "demo", "loafing", "logits", "erf", "report", "export", "pareto"]
 
@@ -22,6 +22,27 @@ def _command_module(name: str):
     if importlib.util.find_spec(modname) is None:
         return None
     return importlib.import_module(modname)
+
+
+def intermix_positionals(parser: argparse.ArgumentParser) -> None:
+    """Let positionals (checkpoints, ``key=value`` overrides) come before, between or after the options.
+
+    Plain argparse stops filling a ``nargs="+"`` positional at the first option, so in
+    ``stimulative eval ckpt --depth 1,1,1 data.root=x`` the override would be an "unrecognized argument".
+    Every sub-command's parser uses ``parse_known_intermixed_args`` instead (standard library). A ``key=value``
+    right after an option that takes several values (``--depths``) still belongs to that option.
+    """
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        # parse_known_intermixed_args calls self.parse_known_args internally: route those calls to the original
+        parser.parse_known_args = original  # type: ignore[method-assign]
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -40,6 +61,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
+        intermix_positionals(p)
         modules[name] = mod
     return parser, modules
 

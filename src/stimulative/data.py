@@ -287,11 +287,18 @@ class DataBundle:
     classes: list[str]
 
 
-def synthetic_dataset(n: int, num_classes: int = 10, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Learnable synthetic images: each class is a fixed random colour pattern plus noise (uint8 NCHW)."""
+def synthetic_dataset(n: int, num_classes: int = 10, size: int = 32, seed: int = 0,
+                      sample_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learnable synthetic images: each class is a fixed random colour pattern plus noise (uint8 NCHW).
+
+    ``seed`` fixes the class patterns; ``sample_seed`` (default: ``seed``) the labels and noise, so a train and
+    a test split share their classes when they share ``seed`` and differ in ``sample_seed``.
+    """
     g = torch.Generator().manual_seed(seed)
     protos = torch.rand(num_classes, 3, 4, 4, generator=g)
     protos = torch.nn.functional.interpolate(protos, size=(size, size), mode="bilinear", align_corners=False)
+    if sample_seed is not None:
+        g = torch.Generator().manual_seed(sample_seed)
     labels = torch.arange(n) % num_classes
     labels = labels[torch.randperm(n, generator=g)]
     x = protos[labels] + 0.25 * torch.randn(n, 3, size, size, generator=g)
@@ -509,8 +516,9 @@ def build_data(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int
         n_train = cfg.train_subset or 512
         n_test = cfg.test_subset or 256
         classes = [str(i) for i in range(10)]
-        xtr, ytr = synthetic_dataset(n_train, 10, cfg.input_size, seed=1234)
-        xte, yte = synthetic_dataset(n_test, 10, cfg.input_size, seed=5678)
+        xtr, ytr = synthetic_dataset(n_train, 10, cfg.input_size, seed=1234, sample_seed=1)
+        # same class patterns as the training split (seed), different images (sample_seed)
+        xte, yte = synthetic_dataset(n_test, 10, cfg.input_size, seed=1234, sample_seed=2)
         synthetic_cfg = _Common(_without_subsets(cfg), batch_size, eval_batch_size, seed, rank, world_size, device)
         return _memory_bundle(xtr, ytr, xte, yte, classes, _stats(cfg, "default"), synthetic_cfg)
     if name == "digits":

@@ -167,8 +167,11 @@ class CifarResNet(nn.Module):
 
 
 def _cifar_builder(n: int) -> Callable[..., nn.Module]:
-    def build(num_classes: int = 10, shortcut: str = "A", **kwargs) -> nn.Module:
-        return CifarResNet(n, num_classes=num_classes, shortcut=shortcut, **kwargs)
+    def build(num_classes: int = 10, shortcut: str = "A", blocks_per_stage: int | list[int] | None = None,
+              **kwargs) -> nn.Module:
+        # blocks_per_stage overrides the depth, e.g. a (1,2,3) network trained alone for the loafing analysis
+        return CifarResNet(n if blocks_per_stage is None else blocks_per_stage, num_classes=num_classes,
+                           shortcut=shortcut, **kwargs)
 
     build.__name__ = f"cifar_resnet{6 * n + 2}"
     build.__doc__ = f"CIFAR ResNet-{6 * n + 2}: 3 stages x {n} BasicBlocks (He et al. 2016)."
@@ -180,6 +183,7 @@ for _n in (3, 5, 7, 9, 18):  # ResNet-20, 32, 44, 56, 110
 
 
 @register_model
-def cifar_resnet_tiny(num_classes: int = 10, **kwargs) -> nn.Module:
+def cifar_resnet_tiny(num_classes: int = 10, blocks_per_stage: int | list[int] = 2, **kwargs) -> nn.Module:
     """A 3x2-block, 8/16/32-channel CIFAR ResNet for tests and the offline demo (seconds on a CPU)."""
-    return CifarResNet(2, num_classes=num_classes, widths=(8, 16, 32), **kwargs)
+    kwargs.setdefault("widths", (8, 16, 32))
+    return CifarResNet(blocks_per_stage, num_classes=num_classes, **kwargs)

@@ -77,6 +77,9 @@ def individual_depths(run: AnalysedRun) -> list[int]:
     """
     if run.loaded.depths is not None:
         return [int(d) for d in run.loaded.depths]
+    blocks = getattr(run.model, "blocks_per_stage", None)
+    if isinstance(blocks, list):  # CIFAR ResNets: also stages of 1 block, which ElasticDepth does not list
+        return [int(d) for d in blocks]
     return list(run.ed.full_depths)
 
 
@@ -84,7 +87,7 @@ def individual_accuracy(run: AnalysedRun, test: Iterable, device: torch.device |
     """Accuracy of an individually trained network (its own BN statistics) as a loafing-table row."""
     depths = individual_depths(run)
     result = evaluate(run.model, test, device=device)
-    num_blocks = run.ed.num_blocks() if run.loaded.ed is not None else sum(depths)
+    num_blocks = sum(depths)  # as ElasticDepth.num_blocks counts the same config inside the ensemble
     return {"run": run.name, "kind": ALONE, "depths": format_depths(depths), "num_blocks": num_blocks,
             "acc": result["acc"], "loss": result["loss"], "acc_bn": None, "loss_bn": None, "n": result["n"]}
 
@@ -131,5 +134,6 @@ def loafing_summary(rows: Sequence[dict], run: str, full_depths: Sequence[int],
         gaps = [a["acc"] - by_depth[a["depths"]][key] for a in alone
                 if a["depths"] in by_depth and by_depth[a["depths"]][key] is not None]
         summary["gap_vs_alone" + suffix] = _mean(gaps)
-        summary["n_alone"] = len(gaps)
+        if not suffix:
+            summary["n_alone"] = len(gaps)
     return summary

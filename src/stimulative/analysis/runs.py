@@ -27,7 +27,7 @@ from ..elastic import ElasticDepth, parse_depths
 from ..sampling import SampleSpace
 
 __all__ = [
-    "AnalysedRun", "load_run", "load_runs", "unique_names", "add_run_arguments", "intermix_positionals", "default_out_dir", "split_overrides", "run_data", "resolve_device", "select_configs",
+    "AnalysedRun", "load_run", "load_runs", "unique_names", "add_run_arguments", "default_out_dir", "split_overrides", "run_data", "resolve_device", "select_configs",
     "validate_configs", "format_depths", "DEFAULT_MAX_ENUMERATE", "DEFAULT_SAMPLE",
 ]
 
@@ -228,30 +228,8 @@ def load_runs(items: Sequence[str], what: str = "CHECKPOINT") -> list[AnalysedRu
     return runs
 
 
-def intermix_positionals(parser: argparse.ArgumentParser) -> None:
-    """Let positionals (checkpoints, ``key=value`` overrides) come before, between or after the options.
-
-    Plain argparse stops filling a ``nargs="+"`` positional at the first option, so in
-    ``stimulative loafing ckpt --bn-recal 0 data.root=x`` the override would be an "unrecognized argument".
-    The sub-command's parser is switched to ``parse_known_intermixed_args`` (standard library, Python >= 3.7).
-    A ``key=value`` right after an option that takes several values (``--depths``) still belongs to that option.
-    """
-    original = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        # parse_known_intermixed_args calls self.parse_known_args internally: route those calls to the original
-        parser.parse_known_args = original  # type: ignore[method-assign]
-        try:
-            return parser.parse_known_intermixed_args(args, namespace)
-        finally:
-            parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-
-
 def add_run_arguments(parser: argparse.ArgumentParser, many: bool = True) -> None:
     """The arguments every analysis command shares: checkpoints + overrides, --out, --seed, --device."""
-    intermix_positionals(parser)
     parser.add_argument("inputs", nargs="+", metavar="CHECKPOINT" + (" [CHECKPOINT ...]" if many else ""),
                         help="checkpoint files or run directories (best.pt, else last.pt), followed by optional "
                              "key=value overrides of their config, e.g. data.root=/data data.test_subset=1000")

@@ -26,26 +26,8 @@ from typing import Any
 
 HELP = "export a sub-network (pt, torchscript, onnx, safetensors, backbone)"
 
-__all__ = ["HELP", "add_arguments", "run", "allow_trailing_overrides", "load_for_command", "input_size_of",
+__all__ = ["HELP", "add_arguments", "run", "load_for_command", "input_size_of",
            "export_from_loaded", "check_classes"]
-
-
-def allow_trailing_overrides(parser: argparse.ArgumentParser) -> None:
-    """Let ``key=value`` overrides come after options (``CKPT --depth 1,1,1 data.root=x``).
-
-    Plain argparse takes positionals only in one run, so overrides after an option would be "unrecognized";
-    the sub-parser parses intermixed instead (``parse_known_intermixed_args``).
-    """
-    plain = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        parser.parse_known_args = plain  # parse_known_intermixed_args calls parse_known_args itself
-        try:
-            return parser.parse_known_intermixed_args(args, namespace)
-        finally:
-            parser.parse_known_args = parse_known_args
-
-    parser.parse_known_args = parse_known_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input side for tracing/ONNX (default: the training config's image size)")
     parser.add_argument("--evaluate", action="store_true", help="also report test accuracy of the export")
     parser.add_argument("--ema", action="store_true", help="export the EMA weights")
-    allow_trailing_overrides(parser)
 
 
 def input_size_of(cfg) -> int:

@@ -27,8 +27,6 @@ __all__ = ["HELP", "add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .export import allow_trailing_overrides
-
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt checkpoint or a run directory")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="change the checkpoint's config, e.g. data.root=/data/cifar10 data.test_subset=2000")
@@ -57,7 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing (default 2)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for latency (0: leave as is)")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights")
-    allow_trailing_overrides(parser)
 
 
 def _strategy(args: argparse.Namespace) -> str:

@@ -19,13 +19,12 @@ import argparse
 from pathlib import Path
 
 from ..analysis.report import ANALYSES, find_analyses, read_runs, write_report
-from ..analysis.runs import intermix_positionals, split_overrides
+from ..analysis.runs import split_overrides
 
 HELP = "self-contained HTML report comparing runs (curves, accuracies, config diff, loafing, logits, ERF)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    intermix_positionals(parser)
     parser.add_argument("inputs", nargs="+", metavar="RUN_DIR [RUN_DIR ...]",
                         help="run directories (or checkpoints), followed by optional key=value overrides used "
                              "when computing analyses")
