@@ -26,6 +26,7 @@ import yaml
 from ..checkpoint import load_checkpoint
 from ..training_log import read_metrics
 from .plots import plot_erf, plot_loafing, plot_logits, plot_training_curves, run_colors
+from .runs import unique_names
 from .tables import read_json
 
 __all__ = ["RunRecord", "read_run", "read_runs", "config_diff", "final_accuracy_rows", "find_analyses", "write_report",
@@ -84,17 +85,8 @@ def read_run(path: str | Path) -> RunRecord:
 def read_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
     """``read_run`` for each path, with names made unique (``name``, ``name (2)``) as the analyses do."""
     runs = [read_run(p) for p in paths]
-    _unique(runs)
+    unique_names(runs)
     return runs
-
-
-def _unique(runs: Sequence[RunRecord]) -> None:
-    seen: dict[str, int] = {}
-    for run in runs:
-        count = seen.get(run.name, 0)
-        seen[run.name] = count + 1
-        if count:
-            run.name = f"{run.name} ({count + 1})"
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -417,7 +409,7 @@ def write_report(runs: Sequence[RunRecord], out_dir: str | Path, analyses: dict[
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _unique(list(runs))
+    unique_names(list(runs))
     analyses = analyses or {}
     colors = run_colors([r.name for r in runs])
     sections: list[_Section] = []

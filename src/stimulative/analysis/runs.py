@@ -17,6 +17,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ from ..elastic import ElasticDepth, parse_depths
 from ..sampling import SampleSpace
 
 __all__ = [
-    "AnalysedRun", "load_run", "load_runs", "unique_names", "add_run_arguments", "default_out_dir", "split_overrides", "run_data", "resolve_device", "select_configs",
+    "AnalysedRun", "load_run", "load_runs", "unique_names", "add_run_arguments", "add_depth_selection", "default_out_dir", "split_overrides", "run_data", "resolve_device", "select_configs",
     "validate_configs", "format_depths", "DEFAULT_MAX_ENUMERATE", "DEFAULT_SAMPLE",
 ]
 
@@ -103,7 +104,7 @@ def load_run(path: str | Path, overrides: Sequence[str] = (), name: str | None =
     return AnalysedRun(name or config.name, path, loaded, config)
 
 
-def unique_names(runs: Sequence[AnalysedRun]) -> None:
+def unique_names(runs: Sequence[Any]) -> None:
     """Make run names unique in place (``name``, ``name (2)``, ...) so legends never merge two runs."""
     seen: dict[str, int] = {}
     for run in runs:
@@ -226,6 +227,16 @@ def load_runs(items: Sequence[str], what: str = "CHECKPOINT") -> list[AnalysedRu
     if runs[0].config.threads > 0:
         torch.set_num_threads(runs[0].config.threads)
     return runs
+
+
+def add_depth_selection(parser: argparse.ArgumentParser, sample_help: str) -> None:
+    """``--all | --depths D.. | --sample K`` and ``--bn-recal N`` (default 2000) for per-sub-network analyses."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="every sub-network of the ordered space")
+    which.add_argument("--depths", nargs="+", metavar="D1,D2,..", help="these depth configs, e.g. 3,3,3 1,1,1")
+    which.add_argument("--sample", type=int, metavar="K", help=sample_help)
+    parser.add_argument("--bn-recal", type=int, default=2000, metavar="N",
+                        help="re-estimate BN statistics per sub-network on N training images (0: skip)")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, many: bool = True) -> None:

@@ -24,6 +24,7 @@ from ..analysis.individual import train_individuals
 from ..analysis.loafing import individual_accuracy, individual_depths, loafing_summary, subnetwork_accuracy
 from ..analysis.plots import plot_loafing, run_colors
 from ..analysis.runs import (
+    add_depth_selection,
     add_run_arguments,
     default_out_dir,
     format_depths,
@@ -44,13 +45,8 @@ COLUMNS = ["run", "kind", "depths", "num_blocks", "acc", "acc_bn", "loss", "loss
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--all", action="store_true", help="every sub-network of the ordered space")
-    which.add_argument("--depths", nargs="+", metavar="D1,D2,..", help="these depth configs, e.g. 3,3,3 1,1,1")
-    which.add_argument("--sample", type=int, metavar="K", help="a seeded random sample of K configs (always with "
-                       "the full and smallest net); default: all when the space has <= 64 configs, else 32")
-    parser.add_argument("--bn-recal", type=int, default=2000, metavar="N",
-                        help="re-estimate BN statistics per sub-network on N training images (0: skip)")
+    add_depth_selection(parser, "a seeded random sample of K configs (always with "
+                        "the full and smallest net); default: all when the space has <= 64 configs, else 32")
     parser.add_argument("--individual", nargs="+", default=[], metavar="RUN",
                         help="checkpoints/run dirs of the same sub-network architectures trained alone")
     parser.add_argument("--train-individual", metavar="RECIPE",

@@ -22,6 +22,7 @@ import torch
 from ..analysis.logits import norms_by_blocks, subnetwork_logit_norms
 from ..analysis.plots import plot_logits, run_colors
 from ..analysis.runs import (
+    add_depth_selection,
     add_run_arguments,
     default_out_dir,
     load_runs,
@@ -39,13 +40,8 @@ COLUMNS = ["run", "depths", "num_blocks", "norm_mean", "norm_std", "std_mean", "
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--all", action="store_true", help="every sub-network of the ordered space")
-    which.add_argument("--depths", nargs="+", metavar="D1,D2,..", help="these depth configs, e.g. 3,3,3 1,1,1")
-    which.add_argument("--sample", type=int, metavar="K", help="a seeded random sample of K configs (default: all "
-                       "when the space has <= 64 configs, else 32)")
-    parser.add_argument("--bn-recal", type=int, default=2000, metavar="N",
-                        help="re-estimate BN statistics per sub-network on N training images (0: skip)")
+    add_depth_selection(parser, "a seeded random sample of K configs (default: all "
+                        "when the space has <= 64 configs, else 32)")
 
 
 def run(args: argparse.Namespace) -> int:
