@@ -1,0 +1,26 @@
+"""The README's Python API example runs as written and does what its comments say."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_api_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert blocks, "README.md has no ```python example"
+    scope: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), scope)
+    ed, small, losses, x = scope["ed"], scope["small"], scope["losses"], scope["x"]
+    assert ed.full_depths == [9, 9, 9]
+    model = scope["model"].eval()
+    # `small` was extracted before optimizer.step(): a copy, so the step changed the model but not it
+    assert not torch.equal(small.fc.weight, model.fc.weight)
+    with torch.no_grad(), ed.depth([3, 3, 3]):
+        assert torch.allclose(ed.extract([3, 3, 3]).eval()(x), model(x), atol=1e-5)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in scope["model"].parameters())
+    assert set(losses) >= {"loss", "main", "subnet"} and losses["subnet"] > 0
