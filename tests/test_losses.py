@@ -147,3 +147,11 @@ def test_kl_weight_schedules():
     assert kl_weight_schedule("cosine_up", 2 * E, E) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="valid choices"):
         kl_weight_schedule("linear", 0, E)
+
+
+def test_dkd_uses_the_given_temperature():
+    s, t, y = _logits(19), _logits(20), torch.arange(6) % 10
+    assert st.subnet_loss(s, t, y, kind="dkd", temperature=2.0).item() == pytest.approx(
+        st.losses.dkd_loss(s, t, y, temperature=2.0).item())
+    assert st.subnet_loss(s, t, y, kind="dkd", temperature=2.0).item() != pytest.approx(
+        st.subnet_loss(s, t, y, kind="dkd", temperature=4.0).item())

@@ -394,3 +394,13 @@ def test_training_lowers_the_loss(options):
     assert len(history) == 30
     first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
     assert last < 0.8 * first, (first, last)
+
+
+def test_bn_recalibration_weights_every_image_alike():
+    # a short last batch (1 image after 4) counts as one image, not as a whole batch
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=0.3)).eval()
+    x = torch.randn(5, 3, 4, 4) + torch.arange(5.0).view(5, 1, 1, 1)
+    assert st.recalibrate_bn(model, [x[:4], x[4:]], num_images=5) == 5
+    bn = model[0]
+    assert torch.allclose(bn.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert bn.momentum == 0.3 and not model.training  # momentum and eval mode restored

@@ -44,8 +44,8 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, num_images: int = 2000,
                    device: torch.device | str | None = None, progress: bool = False) -> int:
     """Re-estimate BatchNorm running statistics on ``num_images`` training images (cumulative average).
 
-    Runs in train mode with reset statistics and ``momentum=None`` (exact average over the batches seen), then
-    restores the previous mode and momenta. The active depth of an ``ElasticDepth`` model is whatever is set
+    Runs in train mode with reset statistics, averaging the batch statistics weighted by batch size (the running
+    mean is exactly the mean over all images used), then restores the previous mode and momenta. The active depth of an ``ElasticDepth`` model is whatever is set
     around this call, so call it inside ``ed.depth(config)`` for a sub-network.
 
     Args:
@@ -66,7 +66,6 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, num_images: int = 2000,
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
-        m.momentum = None
     model.train()
     seen = 0
     it = batches
@@ -80,6 +79,10 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, num_images: int = 2000,
             if seen >= num_images:
                 break
             x = x[: num_images - seen]
+            # running = (1 - b / (seen + b)) * running + b / (seen + b) * batch: the average over all images
+            # seen, each image weighted alike (momentum=None would weight a short last batch like a full one)
+            for m in bns:
+                m.momentum = x.shape[0] / (seen + x.shape[0])
             if device is not None:
                 x = x.to(device, non_blocking=True)
             if forward is None:

@@ -120,7 +120,7 @@ def subnet_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tens
         return F.mse_loss(F.softmax(s / temperature, -1), F.softmax(t / temperature, -1))
     if target is None:
         raise ValueError("sub-network loss 'dkd' needs the targets")
-    return dkd_loss(s, t, target)
+    return dkd_loss(s, t, target, temperature=temperature)
 
 
 def kl_weight_schedule(kind: str, epoch: float, epochs: float, base: float = 1.0, start_epoch: float = 0) -> float:
