@@ -105,6 +105,8 @@ def main() -> None:
     p.add_argument("--test-subset", type=int, default=0, help="test images (0: all 10,000)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--methods", nargs="+", default=list(LABELS), choices=list(LABELS),
+                   help="runs to make (ct_time needs ct and stpp)")
     p.add_argument("--jobs", type=int, default=2, help="training processes at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--bn-recal", type=int, default=2000, help="BN re-estimation images per evaluated network")
@@ -116,6 +118,8 @@ def main() -> None:
     args = p.parse_args()
     if not Path(args.data).expanduser().exists():
         sys.exit(f"--data {args.data!r} does not exist (give the CIFAR-10 archive or folder)")
+    if "ct_time" in args.methods and not {"ct", "stpp"} <= set(args.methods):
+        sys.exit("--methods ct_time needs ct and stpp (its epochs come from their training times)")
     runs, out = Path(args.runs), Path(args.out)
     runs.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -131,25 +135,26 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     for seed in args.seeds:
-        names = {m: f"r20_{m}_s{seed}" for m in ("ct", "st", "stpp", "ct_time")}
+        names = {m: f"r20_{m}_s{seed}" for m in args.methods}
         phase1 = {m: train_command(m, names[m], args, args.epochs, seed) for m in ("stpp", "ct")
-                  if not finished(names[m], args.epochs)}
+                  if m in names and not finished(names[m], args.epochs)}
         run_parallel(phase1, runs, args.jobs)
-        ct, stpp = summarize(runs / names["ct"]), summarize(runs / names["stpp"])
-        # CT gets the wall-clock time ST++ spent training: same schedule shape, more epochs.
-        ct_time_epochs = max(args.epochs, round(args.epochs * stpp["train_time_s"] / ct["train_time_s"]))
-        phase2 = {"st": train_command("st", names["st"], args, args.epochs, seed)}
-        if not finished(names["ct_time"], ct_time_epochs):
-            phase2["ct_time"] = train_command("ct", names["ct_time"], args, ct_time_epochs, seed)
-        if finished(names["st"], args.epochs):
-            del phase2["st"]
+        phase2 = {}
+        if "st" in names and not finished(names["st"], args.epochs):
+            phase2["st"] = train_command("st", names["st"], args, args.epochs, seed)
+        if "ct_time" in names:
+            # CT gets the wall-clock time ST++ spent training: same schedule shape, more epochs.
+            ct, stpp = summarize(runs / names["ct"]), summarize(runs / names["stpp"])
+            ct_time_epochs = max(args.epochs, round(args.epochs * stpp["train_time_s"] / ct["train_time_s"]))
+            if not finished(names["ct_time"], ct_time_epochs):
+                phase2["ct_time"] = train_command("ct", names["ct_time"], args, ct_time_epochs, seed)
         run_parallel(phase2, runs, args.jobs)
         for m in names:
             results[f"{m}_s{seed}"] = {"method": LABELS[m], "seed": seed, "run": names[m],
                                        **summarize(runs / names[m])}
 
     # Loafing: every sub-network of the ordered space (27 for ResNet-20) inside each network, BN re-estimated.
-    loafing_dir = runs / "loafing"
+    loafing_dir = runs / f"loafing_{out.stem}"
     run_dirs = [str(runs / r["run"]) for r in results.values()]
     loafing_cmd = [sys.executable, "-m", "stimulative", "loafing", *run_dirs, f"data.root={args.data}",
                    f"data.test_subset={args.loafing_test_subset}", f"data.train_subset={args.subset}",
@@ -160,7 +165,7 @@ def main() -> None:
     for r in results.values():
         r["loafing"] = by_run.get(r["run"])
     for ext in ("json", "csv", "png"):
-        shutil.copy(loafing_dir / f"loafing.{ext}", out.with_name(f"bench_accuracy_loafing.{ext}"))
+        shutil.copy(loafing_dir / f"loafing.{ext}", out.with_name(f"{out.stem}_loafing.{ext}"))
 
     doc = {
         "benchmark": "bench_accuracy",

@@ -1,6 +1,6 @@
 """Throughput benchmark: the engine's training step vs a minimal PyTorch loop, and the cost of ST/ST++ steps.
 
-Same model (CIFAR ResNet-20), same in-memory batches (5,120 synthetic 32 px images held as uint8 tensors,
+Same model (CIFAR ResNet-20), same in-memory batches (2,560 synthetic 32 px images held as uint8 tensors,
 pad-crop + flip augmentation on whole batches, batch 128), same threads, fp32 CPU. Every measurement is one
 epoch of those batches; the settings are run interleaved (A, B, C, A, B, C, ...) and the median over repeats
 is reported, so a slow moment of a shared machine hits every setting alike.
@@ -16,7 +16,7 @@ is reported, so a slow moment of a shared machine hits every setting alike.
 Writes benchmarks/results/bench_throughput.json and prints a table.
 
     python benchmarks/bench_throughput.py                 # 2 threads, 3 repeats
-    python benchmarks/bench_throughput.py --threads 1 --repeats 5 --images 2560
+    python benchmarks/bench_throughput.py --threads 1 --repeats 5 --images 5120
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--images", type=int, default=5120, help="images per measured epoch (batch 128)")
+    p.add_argument("--images", type=int, default=2560, help="images per measured epoch (batch 128)")
     p.add_argument("--skip-st", action="store_true", help="only the engine-overhead part")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_throughput.json"))
     args = p.parse_args()

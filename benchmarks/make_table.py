@@ -40,7 +40,8 @@ def accuracy_section(doc: dict) -> list[str]:
     subset = f"{c['subset']:,}-image stratified training subset" if c["subset"] else "all 50,000 training images"
     test = f"{c['test_subset']:,} test images" if c["test_subset"] else "the full 10,000-image test set"
     lines = [
-        "### Accuracy: CT vs ST vs ST++ (CIFAR-10, ResNet-20)",
+        f"### Accuracy: {' vs '.join(dict.fromkeys(r['method'].split(',')[0] for r in doc['runs'].values()))} "
+        f"(CIFAR-10, ResNet-20, {c['subset'] or 50000:,} training images, {c['epochs']} epochs)",
         "",
         f"`{doc['command']}` — {subset}, {test}, {c['epochs']} epochs (\"CT, equal time\": as many epochs as fit "
         f"in ST++'s training time), batch 128, one-cycle lr 0.1, seed(s) {', '.join(map(str, c['seeds']))}, "
@@ -114,8 +115,9 @@ def data_section(doc: dict) -> list[str]:
 
 def build() -> str:
     parts: list[list[str]] = []
-    for name, fn in (("bench_accuracy", accuracy_section), ("bench_throughput", throughput_section),
-                     ("bench_data", data_section)):
+    accuracy = sorted(p.stem for p in RESULTS.glob("bench_accuracy*.json") if not p.stem.endswith("_loafing"))
+    for name, fn in [*((a, accuracy_section) for a in accuracy), ("bench_throughput", throughput_section),
+                     ("bench_data", data_section)]:
         doc = _load(name)
         if doc is not None:
             parts.append(fn(doc))

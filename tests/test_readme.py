@@ -24,3 +24,16 @@ def test_readme_api_example_runs():
         assert torch.allclose(ed.extract([3, 3, 3]).eval()(x), model(x), atol=1e-5)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in scope["model"].parameters())
     assert set(losses) >= {"loss", "main", "subnet"} and losses["subnet"] > 0
+
+
+def test_readme_results_match_benchmark_json():
+    # the README's results section is exactly what benchmarks/make_table.py builds from benchmarks/results/*.json
+    import importlib.util
+
+    path = README.parent / "benchmarks" / "make_table.py"
+    spec = importlib.util.spec_from_file_location("make_table", path)
+    make_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_table)
+    text = README.read_text()
+    start, end = text.index(make_table.START), text.index(make_table.END) + len(make_table.END)
+    assert text[start:end] == make_table.build(), "README results are stale: run python benchmarks/make_table.py"
