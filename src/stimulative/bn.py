@@ -45,8 +45,9 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, num_images: int = 2000,
     """Re-estimate BatchNorm running statistics on ``num_images`` training images (cumulative average).
 
     Runs in train mode with reset statistics, averaging the batch statistics weighted by batch size (the running
-    mean is exactly the mean over all images used), then restores the previous mode and momenta. The active depth of an ``ElasticDepth`` model is whatever is set
-    around this call, so call it inside ``ed.depth(config)`` for a sub-network.
+    mean is exactly the mean over all images used), then restores the previous mode and momenta. The active
+    depth of an ``ElasticDepth`` model is whatever is set around this call, so call it inside
+    ``ed.depth(config)`` for a sub-network.
 
     Args:
         model: the model (plain or depth-gated).
