@@ -10,7 +10,7 @@ statistics re-estimated per sub-network, as the paper does).
 CPU budget (2 cores): one training process per core (``threads=1``), two at a time:
   phase 1: CT and ST++ side by side; phase 2: ST and "CT, equal time" side by side; then the loafing tables.
 With the defaults (5,000-image stratified train subset, 30 epochs, full 10,000-image test set) the whole
-benchmark takes about an hour on this project's 2-core machine; the longest single run (ST++) about 25 minutes.
+benchmark took 80 minutes on this project's 2-core machine; the longest single run (ST++) 33 minutes, CT 13.
 
 Writes benchmarks/results/bench_accuracy.json (config, machine, per-run accuracy, time, loafing summary),
 benchmarks/results/bench_accuracy_loafing.{json,csv,png}, and prints a table.

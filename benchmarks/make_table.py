@@ -45,10 +45,12 @@ def accuracy_section(doc: dict) -> list[str]:
         "",
         f"`{doc['command']}` — {subset}, {test}, {c['epochs']} epochs (\"CT, equal time\": as many epochs as fit "
         f"in ST++'s training time), batch 128, one-cycle lr 0.1, seed(s) {', '.join(map(str, c['seeds']))}, "
-        f"one thread per run, two runs at a time; {_machine(doc)}; whole benchmark {doc['total_time_s'] / 60:.0f} "
-        "min. Sub-network columns: accuracy inside the trained network with BN statistics re-estimated on "
-        f"{c['bn_recal']} training images per sub-network (loafing table on "
-        f"{c['loafing_test_subset'] or 10000:,} test images, all 27 depth configurations).",
+        f"one thread per run, two runs at a time (train times are wall-clock on a shared 2-core machine); "
+        f"{_machine(doc)}; whole benchmark {doc['total_time_s'] / 60:.0f} min. Sub-networks are evaluated inside "
+        f"the trained network with BN statistics re-estimated on {c['bn_recal']} training images each: (1,1,1) "
+        "and (2,2,2) on the same test images as the full network at the end of training; the mean of the other "
+        f"26 depth configurations and the mean drop (full minus that mean) from the loafing table on "
+        f"{c['loafing_test_subset'] or 10000:,} test images.",
         "",
         "| method | epochs | train time (min) | test acc (%) | (1,1,1) (%) | (2,2,2) (%) | mean of 26 sub-nets (%) "
         "| mean drop (pts) |",
