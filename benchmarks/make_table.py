@@ -43,9 +43,12 @@ def accuracy_section(doc: dict) -> list[str]:
         f"### Accuracy: {' vs '.join(dict.fromkeys(r['method'].split(',')[0] for r in doc['runs'].values()))} "
         f"(CIFAR-10, ResNet-20, {c['subset'] or 50000:,} training images, {c['epochs']} epochs)",
         "",
-        f"`{doc['command']}` — {subset}, {test}, {c['epochs']} epochs (\"CT, equal time\": as many epochs as fit "
-        f"in ST++'s training time), batch 128, one-cycle lr 0.1, seed(s) {', '.join(map(str, c['seeds']))}, "
-        f"one thread per run, two runs at a time (train times are wall-clock on a shared 2-core machine); "
+        f"`{doc['command']}` — {subset}, {test}, {c['epochs']} epochs"
+        + (" (\"CT, equal time\": as many epochs as fit in ST++'s training time)"
+           if any(r["method"] == "CT, equal time" for r in doc["runs"].values()) else "")
+        + f", batch 128, one-cycle lr 0.1, seed(s) {', '.join(map(str, c['seeds']))}, "
+        f"{c['threads']} thread(s) per run, {c['jobs']} run(s) at a time (train times are wall-clock on a "
+        "shared 2-core machine); "
         f"{_machine(doc)}; whole benchmark {doc['total_time_s'] / 60:.0f} min. Sub-networks are evaluated inside "
         f"the trained network with BN statistics re-estimated on {c['bn_recal']} training images each: (1,1,1) "
         "and (2,2,2) on the same test images as the full network at the end of training; the mean of the other "
