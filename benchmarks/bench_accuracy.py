@@ -22,17 +22,15 @@ benchmarks/results/bench_accuracy_loafing.{json,csv,png}, and prints a table.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+from machine import load_average, machine_info  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"ct": "cifar10_resnet20_ct", "st": "cifar10_resnet20_st", "stpp": "cifar10_resnet20_stpp"}
@@ -88,14 +86,6 @@ def summarize(run_dir: Path) -> dict:
     }
 
 
-def machine_info() -> dict:
-    return {
-        "platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "load_average": list(os.getloadavg()),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,7 +114,7 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    start_machine = machine_info()
+    start_machine = machine_info(args.threads)
 
     def finished(name: str, epochs: int) -> bool:
         f = runs / name / "metrics.jsonl"
@@ -173,7 +163,7 @@ def main() -> None:
         "config": {**{k: v for k, v in vars(args).items() if k not in ("runs", "out")},
                    "model": "cifar_resnet20", "recipes": RECIPES, "batch_size": 128, "schedule": "onecycle",
                    "lr": 0.1},
-        "machine": {**start_machine, "load_average_at_end": list(os.getloadavg())},
+        "machine": {**start_machine, "load_average_at_end": load_average()},
         "total_time_s": round(time.time() - t_start, 1),
         "runs": results,
     }

@@ -17,18 +17,14 @@ Writes benchmarks/results/bench_data.json (config, machine, numbers) and prints 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import PIL
 import torch
-import torchvision
+from machine import load_average, machine_info  # benchmarks/machine.py
 from PIL import Image
 
 import stimulative as st
@@ -52,17 +48,6 @@ def rounds(fn, repeats: int, device: str) -> dict:
         rates.append(images / (time.perf_counter() - t0))
     return {"images_per_round": images, "rounds": repeats, "images_per_s": max(rates),
             "images_per_s_median": float(np.median(rates)), "images_per_s_all": rates}
-
-
-def machine_info(threads: int) -> dict:
-    return {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(), "cpu_count": os.cpu_count(), "torch_threads": threads,
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def bench_decode(archive: Path, workers: int) -> tuple[dict, TensorBatches | None, object]:
@@ -197,7 +182,7 @@ def main() -> None:
     steps = [bench_train_step("cifar_resnet20", 10, 32, 128, args.cifar_steps, args.device, args.repeats)]
     if args.imagenet_steps > 0:
         steps.append(bench_train_step("resnet18", 1000, 224, 32, args.imagenet_steps, args.device, args.repeats))
-    info["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    info["load_average_at_end"] = load_average()
 
     cifar_step = steps[0]["images_per_s"]
     verdict = {

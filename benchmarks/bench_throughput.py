@@ -25,10 +25,8 @@ Writes benchmarks/results/bench_throughput.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import load_average, machine_info  # benchmarks/machine.py
 
 import stimulative as st
 from stimulative.config import config_from_dict
@@ -132,7 +131,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    load_start = list(os.getloadavg())
+    machine = machine_info(args.threads)
     tmp = tempfile.mkdtemp(prefix="bench_throughput_")
     cfg = make_config(args.images, tmp, args.threads)
     cfg_cl = make_config(args.images, tmp, args.threads, channels_last=True)
@@ -164,10 +163,7 @@ def main() -> None:
         "command": "python benchmarks/bench_throughput.py " + " ".join(sys.argv[1:]),
         "config": {"model": MODEL, "batch_size": 128, "images_per_epoch": args.images, "threads": args.threads,
                    "repeats": args.repeats, "st_repeats": args.st_repeats, "dtype": "fp32", "device": "cpu", "data": "synthetic uint8 in memory"},
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "load_average_at_start": load_start, "load_average_at_end": list(os.getloadavg()),
-                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        "machine": {**machine, "load_average_at_end": load_average()},
         "time_s": round(time.time() - t_start, 1),
         "img_per_s": {name: round(v, 1) for name, v in median.items()},
         "img_per_s_all_repeats": {name: [round(x, 1) for x in v] for name, v in rates.items()},

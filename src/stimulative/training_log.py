@@ -114,7 +114,8 @@ def plot_training(records: Sequence[dict[str, Any]], path: str | Path, title: st
         return [p[0] for p in pts], [p[1] for p in pts]
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, label in (("train_loss_main", "train: main CE"), ("train_loss_subnet", "train: sub-network loss (sum over sub-networks)"),
+    for key, label in (("train_loss_main", "train: main CE"),
+                       ("train_loss_subnet", "train: sub-network loss (sum over sub-networks)"),
                        ("test_loss", "test: full network CE")):
         xs, ys = series(key)
         if xs:

@@ -1,0 +1,27 @@
+"""What every benchmark records about the machine it ran on (imported by the benchmarks/ scripts)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+
+import PIL
+import torch
+import torchvision
+
+
+def load_average() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def machine_info(threads: int | None = None) -> dict:
+    """Platform, library versions, CUDA device, load average at the start and the date (UTC)."""
+    return {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(), "cpu_count": os.cpu_count(), "torch_threads": threads,
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_at_start": load_average(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
