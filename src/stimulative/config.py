@@ -80,7 +80,7 @@ class STConfig:
     num_subnets: int = 0                  # 0 = common training (CT); 1 = ST; 6 = ST++ "Snet6"
     sampling: str = "ordered"             # ordered | inter_stage | stochastic | raw
     ranges: list | None = None            # InterSSR ranges (inter_stage)
-    kl: str = "plain"                     # plain | layer | l2  (KL- normalisation)
+    kl: str = "plain"                     # plain | layer | layer_sg | l2  (KL- normalisation)
     amplitude: Any = 1.0                  # float or "adaptive"
     temperature: float = 1.0
     kl_weight: float = 1.0
@@ -89,6 +89,8 @@ class STConfig:
     loss: str = "kl"                      # kl | soft_ce | ce | mse | dkd
     normalize_main: bool = False          # KL- normalise the main logits before CE too (reference code)
     min_input_scale: float = 1.0          # random smaller sub-network inputs (0.43 on ImageNet); 1 = off
+    subnet_fraction: float = 1.0          # sub-networks see the first ceil(f * batch) samples (cost lever)
+    subnet_every: int = 1                 # sub-networks on every k-th step only (cost lever)
     freeze_subnet_bn: bool = True         # sub-network passes don't update BN running stats
 
 
@@ -111,6 +113,7 @@ class Config:
     bn_recal_images: int = 0              # re-estimate BN stats on N train images before each eval; 0 = off
     resume: str | None = None             # null | auto | path/to/last.pt
     log_every: int = 50                   # steps between progress-bar postfix updates
+    stats_every: int = 0                  # every K steps append gradient norms / logit stds to steps.jsonl; 0 = off
     tensorboard: bool = False
     deterministic: bool = False
     max_steps: int = 0                    # stop after N optimizer steps (smoke tests); 0 = no limit

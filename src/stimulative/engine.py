@@ -42,7 +42,6 @@ from .config import Config, config_to_dict, save_config
 from .data import build_data
 from .elastic import ElasticDepth
 from .evaluation import evaluate_depth
-from .losses import kl_weight_schedule
 from .sampling import SampleSpace
 from .step import NonFiniteLossError, StimulativeStep
 from .training_log import MetricsLog, plot_training
@@ -348,12 +347,9 @@ def _train(cfg: Config, device: torch.device, dinfo: DistInfo) -> dict[str, Any]
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     space = SampleSpace.for_model(ed, cfg.st.sampling, ranges=cfg.st.ranges, seed=cfg.seed)
     criterion = _CrossEntropyWithAccuracy(cfg.optim.label_smoothing, device)
-    step = StimulativeStep(
-        ed, space, num_subnets=cfg.st.num_subnets, kl=cfg.st.kl, amplitude=cfg.st.amplitude,
-        temperature=cfg.st.temperature, kl_weight=cfg.st.kl_weight, loss=cfg.st.loss,
-        normalize_main=cfg.st.normalize_main, min_input_scale=cfg.st.min_input_scale,
-        freeze_subnet_bn=cfg.st.freeze_subnet_bn, model=None if forward is raw else forward,
-        criterion=criterion, scaler=scaler, seed=cfg.seed + 1)
+    step = StimulativeStep.from_config(
+        cfg.st, ed, space, model=None if forward is raw else forward, criterion=criterion, scaler=scaler,
+        seed=cfg.seed + 1, stats_every=cfg.stats_every)
 
     # ---- resume --------------------------------------------------------------------------------------------
     start_epoch, global_step, best_acc, history, skip_batches = 0, 0, -1.0, [], 0
@@ -371,6 +367,7 @@ def _train(cfg: Config, device: torch.device, dinfo: DistInfo) -> dict[str, Any]
         space.rng.setstate(_as_tuple(ckpt["space_rng"]))
         step.rng.setstate(_as_tuple(ckpt["step_rng"]))
         start_epoch, global_step = int(ckpt["epoch"]), int(ckpt["step"])
+        step.calls = global_step  # one call per optimizer step: keeps subnet_every / stats_every in phase
         best_acc, history = float(ckpt.get("best_acc", -1.0)), list(ckpt.get("history", []))
         skip_batches = global_step - start_epoch * steps_per_epoch
         if not 0 <= skip_batches < steps_per_epoch:
@@ -391,6 +388,7 @@ def _train(cfg: Config, device: torch.device, dinfo: DistInfo) -> dict[str, Any]
         save_config(resolved, run_dir / "config.yaml")
         log = MetricsLog(run_dir, tensorboard=cfg.tensorboard)
         log.write(history)
+        log.start_steps(keep_until=global_step)
         what = f"resuming {resume_path} at epoch {start_epoch + 1}" if resume_path else "starting"
         _log(f"{what}: {cfg.model.name} on {cfg.data.name} ({bundle.num_classes} classes), "
              f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs, ST sub-networks/step {cfg.st.num_subnets}, "
@@ -420,9 +418,7 @@ def _train(cfg: Config, device: torch.device, dinfo: DistInfo) -> dict[str, Any]
         bundle.train.set_epoch(epoch)
         if not skip_batches:
             _seed_epoch(cfg.seed, epoch, dinfo.rank, device)
-        step.kl_weight = kl_weight_schedule(cfg.st.kl_schedule, epoch, cfg.epochs, cfg.st.kl_weight,
-                                            cfg.st.start_epoch)
-        step.num_subnets = cfg.st.num_subnets if epoch >= cfg.st.start_epoch else 0
+        step.set_epoch(epoch, cfg.epochs)
         forward.train()
         criterion.correct.zero_()
         sum_main = sum_sub = 0.0
@@ -466,6 +462,8 @@ def _train(cfg: Config, device: torch.device, dinfo: DistInfo) -> dict[str, Any]
                 if log is not None:
                     log.add_step_scalars(global_step, {"loss": losses["loss"], "main": losses["main"],
                                                        "lr": optimizer.param_groups[0]["lr"]})
+            if main and step.last_stats is not None:
+                log.add_step_stats(global_step, epoch + 1, losses["main"], step.last_stats)
             if cfg.max_steps and global_step >= cfg.max_steps:
                 stopped = True
                 break
@@ -481,7 +479,7 @@ def _train(cfg: Config, device: torch.device, dinfo: DistInfo) -> dict[str, Any]
         skip_batches = 0
         record = {
             "epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
-            "kl_weight": step.kl_weight if step.num_subnets else 0.0,
+            "kl_weight": step.active_kl_weight,
             "train_loss": float((totals[0] + totals[1]) / totals[3]),
             "train_loss_main": float(totals[0] / totals[3]), "train_loss_subnet": float(totals[1] / totals[3]),
             "train_acc": float(100 * totals[2] / totals[3]),

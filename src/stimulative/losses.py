@@ -19,7 +19,7 @@ __all__ = [
     "KL_NORMS", "SUBNET_LOSSES", "KL_SCHEDULES",
 ]
 
-KL_NORMS = ("plain", "layer", "l2")
+KL_NORMS = ("plain", "layer", "layer_sg", "l2")
 SUBNET_LOSSES = ("kl", "soft_ce", "ce", "mse", "dkd")
 KL_SCHEDULES = ("constant", "cosine_up", "cosine_down")
 
@@ -38,7 +38,8 @@ def normalize_logits(logits: torch.Tensor, norm: str = "layer", amplitude: float
 
     Args:
         logits: (batch, classes).
-        norm: "plain" (unchanged), "layer" (zero mean, unit std over classes) or "l2" (unit L2 norm).
+        norm: "plain" (unchanged), "layer" (zero mean, unit std over classes), "layer_sg" (the same forward
+            value, but the std is treated as a constant: no gradient flows through it) or "l2" (unit L2 norm).
         amplitude: a float, or "adaptive" (per-sample std of ``reference``, detached; the reference code's
             "adaptive amplitude" variant, which keeps the teacher's own scale).
         reference: logits whose per-sample std sets the "adaptive" amplitude (the teacher's).
@@ -49,6 +50,9 @@ def normalize_logits(logits: torch.Tensor, norm: str = "layer", amplitude: float
     logits = at_least_fp32(logits)  # eps=1e-7 is below bf16/fp16 resolution
     if norm == "layer":
         out = F.layer_norm(logits, logits.shape[-1:], eps=eps)
+    elif norm == "layer_sg":
+        centred = logits - logits.mean(dim=-1, keepdim=True)
+        out = centred / (centred.detach().pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
     elif norm == "l2":
         out = logits / logits.norm(dim=-1, keepdim=True).clamp_min(eps)
     else:

@@ -1,11 +1,19 @@
 """The stimulative training step: main network + N sub-networks on the same weights, one optimizer step.
 
-Use the functional form inside any loop::
+The function ``stimulative_step`` does the work; the thin class ``StimulativeStep`` holds the options, the
+random generator, the step counter and the recipe's per-epoch schedule (Composer's pattern), and is what a
+training loop calls::
 
-    losses = st.stimulative_step(ed, space, x, y, num_subnets=6, kl="layer")
-    optimizer.step(); optimizer.zero_grad(set_to_none=True)
+    step = st.StimulativeStep(ed, space, num_subnets=6, kl="layer")
+    for epoch in range(epochs):
+        step.set_epoch(epoch, epochs)            # st.start_epoch / st.kl_schedule of a recipe
+        for x, y in loader:
+            losses = step(x, y)                  # backward done inside (or through ``backward=``)
+            optimizer.step(); optimizer.zero_grad(set_to_none=True)
 
-or the thin class ``StimulativeStep`` that holds the options (like Composer's algorithm classes).
+A framework that owns backward and gradient synchronisation passes ``backward=`` (Lightning:
+``self.manual_backward``; Accelerate: ``accelerator.backward``) and ``no_sync=`` (a zero-argument callable
+returning the context in which gradients are NOT all-reduced, e.g. ``lambda: accelerator.no_sync(model)``).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +31,15 @@ from torch import nn
 
 from .bn import frozen_bn_stats
 from .elastic import ElasticDepth
-from .losses import KL_NORMS, SUBNET_LOSSES, at_least_fp32, normalize_logits, subnet_loss
+from .losses import (
+    KL_NORMS,
+    KL_SCHEDULES,
+    SUBNET_LOSSES,
+    at_least_fp32,
+    kl_weight_schedule,
+    normalize_logits,
+    subnet_loss,
+)
 from .sampling import SampleSpace
 
 __all__ = ["StimulativeStep", "stimulative_step", "random_input_size", "resize_input", "NonFiniteLossError"]
@@ -58,6 +75,186 @@ def _check_finite(loss: torch.Tensor, what: str) -> None:
                                  "check the data, or use fp32/bf16 instead of fp16")
 
 
+
+def _grad_vector(params: list[torch.Tensor]) -> torch.Tensor:
+    """All gradients as one fp32 vector (zeros for parameters without a gradient yet)."""
+    return torch.cat([(p.grad.detach().float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32))
+                      .reshape(-1) for p in params])
+
+
+def _logit_std(logits: torch.Tensor) -> float:
+    """Mean over the batch of each sample's logit std over classes (the scale KL- removes)."""
+    return float(at_least_fp32(logits.detach()).std(dim=-1, unbiased=False).mean())
+
+
+def stimulative_step(
+    ed: ElasticDepth,
+    space: SampleSpace,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    num_subnets: int = 1,
+    kl: str = "plain",
+    amplitude: float | str = 1.0,
+    temperature: float = 1.0,
+    kl_weight: float = 1.0,
+    loss: str = "kl",
+    normalize_main: bool = False,
+    min_input_scale: float = 1.0,
+    subnet_fraction: float = 1.0,
+    freeze_subnet_bn: bool = True,
+    model: nn.Module | None = None,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    label_smoothing: float = 0.0,
+    scaler: torch.amp.GradScaler | None = None,
+    backward: Callable[[torch.Tensor], None] | None = None,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    rng: random.Random | None = None,
+    check_finite: bool = True,
+    stats: dict | None = None,
+    grad_norms: bool = False,
+) -> dict[str, float]:
+    """One stimulative training step: main network + ``num_subnets`` sub-networks, gradients accumulated.
+
+    Paper: "Stimulative Training++: Go Beyond The Performance Limits of Residual Networks",
+    https://arxiv.org/abs/2305.02507 (METHOD.md "One ST training step"). The caller then calls
+    ``optimizer.step()`` and ``zero_grad()``. The options are those of ``StimulativeStep`` (see there);
+    the function-only arguments:
+
+    Args:
+        rng: generator of the random input sizes (``random.Random``); a fresh unseeded one if None.
+        stats: if a dict is passed, it is filled with what this step drew and saw: ``configs`` and ``sizes`` of
+            the sub-networks, every sub-network loss (``loss_sub``), the mean per-sample logit std of the teacher
+            and of every student (``std_main``, ``std_sub``).
+        grad_norms: also put the gradient norm of the main loss and of each sub-network loss into ``stats``
+            (``grad_main``, ``grad_sub``: the norm of each backward's own contribution); costs one copy of
+            the gradients per pass.
+
+    Returns:
+        ``{"loss", "main", "subnet"}`` as Python floats (for logging).
+
+    Example:
+        >>> import torch, stimulative as st
+        >>> model = st.create_model("cifar_resnet20", num_classes=10)
+        >>> ed = st.ElasticDepth(model)
+        >>> space = st.SampleSpace.ordered(ed.full_depths, seed=0)
+        >>> losses = st.stimulative_step(ed, space, torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+        >>> sorted(losses)
+        ['loss', 'main', 'subnet']
+    """
+    _check_options(ed, space, num_subnets, kl, loss, min_input_scale, subnet_fraction)
+    model = ed.model if model is None else model
+    rng = random.Random() if rng is None else rng
+    ddp = _is_ddp(model)
+    if no_sync is None and ddp:
+        no_sync = model.no_sync
+    n = num_subnets
+    full_size = tuple(x.shape[-2:])
+
+    def run_backward(value: torch.Tensor) -> None:
+        scaled = scaler.scale(value) if scaler is not None else value
+        scaled.backward() if backward is None else backward(scaled)
+
+    if grad_norms and stats is None:
+        raise ValueError("grad_norms=True needs a stats dict to write into")
+    params = [p for p in ed.model.parameters() if p.requires_grad] if grad_norms else []
+    previous = _grad_vector(params) if grad_norms else None
+
+    def grad_norm_since() -> float:
+        nonlocal previous
+        now = _grad_vector(params)
+        norm = float((now - previous).norm())
+        previous = now
+        return norm
+
+    # Every backward but the last runs in ``no_sync``, so gradients are all-reduced once per step.
+    outer = no_sync() if (no_sync is not None and n > 0) else contextlib.nullcontext()
+    with outer:
+        with ed.depth(None):
+            logits = model(x)
+        if normalize_main:
+            main_logits = normalize_logits(logits, kl, amplitude)
+        else:
+            main_logits = logits
+        if criterion is not None:
+            main = criterion(main_logits, y)
+        else:
+            main = F.cross_entropy(at_least_fp32(main_logits), y, label_smoothing=label_smoothing)
+        if check_finite:
+            _check_finite(main, "main network")
+        run_backward(main)
+    teacher = logits.detach()
+    del logits, main_logits
+    if stats is not None:
+        stats.update(std_main=_logit_std(teacher), std_sub=[], loss_sub=[], configs=[], sizes=[])
+        if grad_norms:
+            stats.update(grad_main=grad_norm_since(), grad_sub=[])
+    sub_rows = max(1, math.ceil(subnet_fraction * x.shape[0])) if subnet_fraction < 1 else x.shape[0]
+    x_sub, y_sub, t_sub = x[:sub_rows], y[:sub_rows], teacher[:sub_rows]
+    subnet_total = 0.0
+    for k in range(n):
+        config = space.sample()
+        size = random_input_size(x.shape[-2], x.shape[-1], min_input_scale, rng) \
+            if min_input_scale < 1 else full_size
+        xk = resize_input(x_sub, size)  # always from the ORIGINAL batch
+        last = k == n - 1
+        ctx = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
+        bn_ctx = frozen_bn_stats(ed.model) if freeze_subnet_bn else contextlib.nullcontext()
+        with ctx, bn_ctx, ed.depth(config):
+            student = _forward_subnet(model, xk, size, full_size)
+            value = kl_weight * subnet_loss(student, t_sub, y_sub, kind=loss, norm=kl, amplitude=amplitude,
+                                            temperature=temperature)
+            if check_finite:
+                _check_finite(value, f"sub-network {config}")
+            run_backward(value)
+        subnet_total += float(value.detach())
+        if stats is not None:
+            stats["configs"].append(config)
+            stats["sizes"].append(tuple(size))
+            stats["std_sub"].append(_logit_std(student))
+            stats["loss_sub"].append(float(value.detach()))
+            if grad_norms:
+                stats["grad_sub"].append(grad_norm_since())
+    main_value = float(main.detach())
+    return {"loss": main_value + subnet_total, "main": main_value, "subnet": subnet_total}
+
+
+def _check_options(ed: ElasticDepth, space: SampleSpace, num_subnets: int, kl: str, loss: str,
+                   min_input_scale: float, subnet_fraction: float) -> None:
+    if kl not in KL_NORMS:
+        raise ValueError(f"unknown kl {kl!r}; valid choices: {', '.join(KL_NORMS)}")
+    if loss not in SUBNET_LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; valid choices: {', '.join(SUBNET_LOSSES)}")
+    if not isinstance(num_subnets, int) or num_subnets < 0:
+        raise ValueError(f"num_subnets must be an int >= 0, got {num_subnets!r}")
+    if not 0 < min_input_scale <= 1:
+        raise ValueError(f"min_input_scale must be in (0, 1], got {min_input_scale}")
+    if not 0 < subnet_fraction <= 1:
+        raise ValueError(f"subnet_fraction must be in (0, 1], got {subnet_fraction}")
+    if space.full_depths != ed.full_depths:
+        raise ValueError(f"sample space depths {space.full_depths} do not match the model's {ed.full_depths}")
+
+
+def _forward_subnet(model: nn.Module, x: torch.Tensor, size: tuple[int, int], full_size: tuple) -> torch.Tensor:
+    try:
+        return model(x)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        if tuple(size) != tuple(full_size):
+            raise ValueError(
+                f"the model rejected a {size[0]}x{size[1]} sub-network input (full size "
+                f"{full_size[0]}x{full_size[1]}): {str(err).splitlines()[0].rstrip('.')}. Set "
+                "min_input_scale=1.0, or build the model to accept any size (timm ViT: dynamic_img_size=True "
+                "and dynamic_img_pad=True)"
+            ) from err
+        raise
+
+
+# Options of ``StimulativeStep`` that ``from_config`` reads from a recipe's ``st`` section.
+_CONFIG_FIELDS = ("num_subnets", "kl", "amplitude", "temperature", "kl_weight", "kl_schedule", "start_epoch",
+                  "loss", "normalize_main", "min_input_scale", "subnet_fraction", "subnet_every",
+                  "freeze_subnet_bn")
+
+
 @dataclass
 class StimulativeStep:
     """One stimulative training step (ST / ST++), usable in any training loop.
@@ -66,29 +263,40 @@ class StimulativeStep:
     https://arxiv.org/abs/2305.02507. ST: ``num_subnets=1, kl="plain", min_input_scale=1.0``.
     ST++: ``num_subnets=6, kl="layer", min_input_scale=0.43`` with an InterSSR space.
 
-    Calling ``step(x, y)`` runs the main network (CE loss, backward), then ``num_subnets`` sub-networks, each
-    on the ORIGINAL batch resized once to a random smaller size, with loss ``kl_weight * subnet_loss``
-    (backward after each forward, so memory holds one sub-network's activations). Gradients accumulate;
-    the caller calls ``optimizer.step()`` and ``zero_grad()``.
+    Calling ``step(x, y)`` runs ``stimulative_step``: the main network (CE loss, backward), then
+    ``num_subnets`` sub-networks, each on the ORIGINAL batch resized once to a random smaller size, with loss
+    ``kl_weight * subnet_loss`` (backward after each forward, so memory holds one sub-network's
+    activations). Gradients accumulate; the caller calls ``optimizer.step()`` and ``zero_grad()``.
+    ``set_epoch(epoch, epochs)`` applies ``start_epoch`` and ``kl_schedule`` (as the recipes do).
 
     Args:
         ed: the ``ElasticDepth`` wrapping the model.
         space: the ``SampleSpace`` to draw sub-networks from.
         num_subnets: exact number of sub-network forward/backward passes per step (0 = common training).
-        kl: logit normalisation before the sub-network loss: "plain" (ST), "layer" or "l2" (KL-).
+        kl: logit normalisation before the sub-network loss: "plain" (ST), "layer", "layer_sg" or "l2" (KL-).
         amplitude: KL- amplitude (float or "adaptive": the teacher's per-sample logit std).
         temperature: softmax temperature T (loss multiplied by T^2).
-        kl_weight: lambda, the coefficient of every sub-network loss (change it per epoch for ramps).
+        kl_weight: lambda, the base coefficient of every sub-network loss.
+        kl_schedule: "constant", "cosine_up" or "cosine_down": lambda per epoch (``set_epoch``).
+        start_epoch: first epoch that trains sub-networks (``set_epoch``).
         loss: sub-network loss: "kl" (default), "soft_ce", "ce" (ground truth), "mse", "dkd".
         normalize_main: also KL- normalise the main logits before the main CE (as the reference code does).
         min_input_scale: sub-networks see inputs of random size in [min_input_scale*H, H]; 1.0 disables.
+        subnet_fraction: sub-networks see only the first ``ceil(fraction * batch)`` samples (cost lever).
+        subnet_every: train sub-networks on every k-th call only (cost lever; 1 = every step).
         freeze_subnet_bn: sub-network passes do not update BatchNorm running statistics (default True).
         model: the module to call (e.g. the ``DistributedDataParallel`` wrapper); default ``ed.model``.
         criterion: main loss ``criterion(logits, y)``; default cross-entropy (``label_smoothing`` applies).
         label_smoothing: for the default main criterion.
         scaler: optional ``torch.amp.GradScaler``; losses are scaled before backward.
+        backward: ``backward(loss)`` replaces ``loss.backward()`` for every pass (e.g. Lightning's
+            ``manual_backward``, Accelerate's ``accelerator.backward``).
+        no_sync: zero-argument callable returning the context that suppresses gradient all-reduce; the main
+            pass and all sub-network passes but the last run in it. Default: ``model.no_sync`` under DDP.
         seed: seeds the input-size generator.
         check_finite: raise ``NonFiniteLossError`` on NaN/inf losses (before their backward).
+        stats_every: every k-th call, keep that step's diagnostics (``stimulative_step``'s ``stats`` with
+            ``grad_norms``) in ``last_stats``; other calls set it to None (0 = never).
 
     Example:
         >>> import torch, stimulative as st
@@ -109,109 +317,99 @@ class StimulativeStep:
     amplitude: float | str = 1.0
     temperature: float = 1.0
     kl_weight: float = 1.0
+    kl_schedule: str = "constant"
+    start_epoch: int = 0
     loss: str = "kl"
     normalize_main: bool = False
     min_input_scale: float = 1.0
+    subnet_fraction: float = 1.0
+    subnet_every: int = 1
     freeze_subnet_bn: bool = True
     model: nn.Module | None = None
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     label_smoothing: float = 0.0
     scaler: torch.amp.GradScaler | None = None
+    backward: Callable[[torch.Tensor], None] | None = None
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None
     seed: int | None = None
     check_finite: bool = True
+    stats_every: int = 0
     rng: random.Random = field(init=False, repr=False)
+    calls: int = field(init=False, repr=False, default=0)
+    epoch_weight: float = field(init=False, repr=False, default=1.0)
+    epoch_active: bool = field(init=False, repr=False, default=True)
     last_configs: list = field(init=False, repr=False, default_factory=list)
     last_sizes: list = field(init=False, repr=False, default_factory=list)
+    last_stats: dict | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
-        if self.kl not in KL_NORMS:
-            raise ValueError(f"unknown kl {self.kl!r}; valid choices: {', '.join(KL_NORMS)}")
-        if self.loss not in SUBNET_LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; valid choices: {', '.join(SUBNET_LOSSES)}")
-        if not isinstance(self.num_subnets, int) or self.num_subnets < 0:
-            raise ValueError(f"num_subnets must be an int >= 0, got {self.num_subnets!r}")
-        if not 0 < self.min_input_scale <= 1:
-            raise ValueError(f"min_input_scale must be in (0, 1], got {self.min_input_scale}")
-        if self.space.full_depths != self.ed.full_depths:
-            raise ValueError(f"sample space depths {self.space.full_depths} do not match the model's "
-                             f"{self.ed.full_depths}")
+        _check_options(self.ed, self.space, self.num_subnets, self.kl, self.loss, self.min_input_scale,
+                       self.subnet_fraction)
+        if self.kl_schedule not in KL_SCHEDULES:
+            raise ValueError(f"unknown kl_schedule {self.kl_schedule!r}; valid choices: {', '.join(KL_SCHEDULES)}")
+        if not isinstance(self.subnet_every, int) or self.subnet_every < 1:
+            raise ValueError(f"subnet_every must be an int >= 1, got {self.subnet_every!r}")
         if self.model is None:
             self.model = self.ed.model
         if _is_ddp(self.model) and self.num_subnets > 0 and not self.model.find_unused_parameters:
             raise ValueError("sub-networks skip blocks, so DistributedDataParallel needs "
                              "find_unused_parameters=True")
         self.rng = random.Random(self.seed)
+        self.epoch_weight, self.epoch_active = self.kl_weight, True
 
-    # ---------------------------------------------------------------------------------------------------------
-    def _backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+    @classmethod
+    def from_config(cls, st_config: Any, ed: ElasticDepth, space: SampleSpace | None = None,
+                    **options: Any) -> StimulativeStep:
+        """Build the step of a recipe's ``st`` section (``cfg.st``): same options, same schedule.
 
-    def _main_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.normalize_main:
-            logits = normalize_logits(logits, self.kl, self.amplitude)
-        if self.criterion is not None:
-            return self.criterion(logits, y)
-        return F.cross_entropy(at_least_fp32(logits), y, label_smoothing=self.label_smoothing)
+        ``space`` defaults to ``SampleSpace.for_model(ed, st.sampling, ranges=st.ranges)``; ``options`` (model,
+        criterion, scaler, backward, no_sync, seed, stats_every...) are passed on.
 
-    def _forward_subnet(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        try:
-            return self.model(x)
-        except (RuntimeError, AssertionError, ValueError) as err:
-            if tuple(size) != tuple(self._full_size):
-                raise ValueError(
-                    f"the model rejected a {size[0]}x{size[1]} sub-network input (full size "
-                    f"{self._full_size[0]}x{self._full_size[1]}): {str(err).splitlines()[0].rstrip('.')}. Set "
-                    "min_input_scale=1.0, or build the model to accept any size (timm ViT: dynamic_img_size=True "
-                    "and dynamic_img_pad=True)"
-                ) from err
-            raise
+        Example:
+            >>> import stimulative as st
+            >>> from stimulative.config import STConfig
+            >>> ed = st.ElasticDepth(st.create_model("cifar_resnet20", num_classes=10))
+            >>> step = st.StimulativeStep.from_config(STConfig(num_subnets=3, kl_schedule="cosine_up"), ed)
+            >>> step.set_epoch(0, 10); step.active_kl_weight
+            0.0
+        """
+        if space is None:
+            space = SampleSpace.for_model(ed, st_config.sampling, ranges=st_config.ranges,
+                                          seed=options.pop("space_seed", None))
+        values = {name: getattr(st_config, name) for name in _CONFIG_FIELDS if hasattr(st_config, name)}
+        return cls(ed, space, **values, **options)
+
+    def set_epoch(self, epoch: float, epochs: float) -> None:
+        """Apply the per-epoch schedule: no sub-networks before ``start_epoch``, lambda from ``kl_schedule``."""
+        self.epoch_weight = kl_weight_schedule(self.kl_schedule, epoch, epochs, self.kl_weight, self.start_epoch)
+        self.epoch_active = epoch >= self.start_epoch
+
+    @property
+    def active_kl_weight(self) -> float:
+        """The lambda of this epoch (0 while no sub-networks are trained)."""
+        return self.epoch_weight if self.epoch_active and self.num_subnets else 0.0
+
+    @property
+    def active_subnets(self) -> int:
+        """Sub-network passes the next call will run (0 before ``start_epoch`` and off ``subnet_every`` steps)."""
+        if not self.epoch_active or self.calls % self.subnet_every:
+            return 0
+        return self.num_subnets
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Forward/backward of the main network and the sub-networks; returns float losses for logging."""
-        model = self.model
-        ddp = _is_ddp(model)
-        n = self.num_subnets
-        self.last_configs, self.last_sizes = [], []
-        self._full_size = tuple(x.shape[-2:])
-        # DDP: every backward but the last runs under no_sync, so gradients are all-reduced once per step.
-        sync_ctx = model.no_sync if ddp and n > 0 else contextlib.nullcontext
-        with sync_ctx():
-            with self.ed.depth(None):
-                logits = model(x)
-            main = self._main_loss(logits, y)
-            if self.check_finite:
-                _check_finite(main, "main network")
-            self._backward(main)
-        teacher = logits.detach()
-        del logits
-        subnet_total = 0.0
-        for k in range(n):
-            config = self.space.sample()
-            size = random_input_size(x.shape[-2], x.shape[-1], self.min_input_scale, self.rng) \
-                if self.min_input_scale < 1 else self._full_size
-            xk = resize_input(x, size)  # always from the ORIGINAL batch
-            last = k == n - 1
-            ctx = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
-            bn_ctx = frozen_bn_stats(self.ed.model) if self.freeze_subnet_bn else contextlib.nullcontext()
-            with ctx, bn_ctx, self.ed.depth(config):
-                student = self._forward_subnet(xk, size)
-                loss = self.kl_weight * subnet_loss(student, teacher, y, kind=self.loss, norm=self.kl,
-                                                    amplitude=self.amplitude, temperature=self.temperature)
-                if self.check_finite:
-                    _check_finite(loss, f"sub-network {config}")
-                self._backward(loss)
-            subnet_total += float(loss.detach())
-            self.last_configs.append(config)
-            self.last_sizes.append(tuple(size))
-        main_value = float(main.detach())
-        return {"loss": main_value + subnet_total, "main": main_value, "subnet": subnet_total}
-
-
-def stimulative_step(ed: ElasticDepth, space: SampleSpace, x: torch.Tensor, y: torch.Tensor,
-                     **options) -> dict[str, float]:
-    """Functional form of ``StimulativeStep``: ``stimulative_step(ed, space, x, y, num_subnets=6, kl="layer")``.
-
-    Builds a fresh step each call: pass ``seed``/``scaler``/``model`` as for the class. For a long loop prefer the
-    class (it keeps its random generator between steps).
-    """
-    return StimulativeStep(ed, space, **options)(x, y)
+        want_stats = self.stats_every > 0 and self.calls % self.stats_every == 0
+        stats: dict = {}
+        n = self.active_subnets
+        self.calls += 1
+        losses = stimulative_step(
+            self.ed, self.space, x, y, num_subnets=n, kl=self.kl, amplitude=self.amplitude,
+            temperature=self.temperature, kl_weight=self.epoch_weight, loss=self.loss,
+            normalize_main=self.normalize_main, min_input_scale=self.min_input_scale,
+            subnet_fraction=self.subnet_fraction, freeze_subnet_bn=self.freeze_subnet_bn, model=self.model,
+            criterion=self.criterion, label_smoothing=self.label_smoothing, scaler=self.scaler,
+            backward=self.backward, no_sync=self.no_sync, rng=self.rng, check_finite=self.check_finite,
+            stats=stats, grad_norms=want_stats)
+        self.last_configs, self.last_sizes = stats["configs"], stats["sizes"]
+        self.last_stats = stats if want_stats else None
+        return losses

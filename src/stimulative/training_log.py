@@ -76,6 +76,29 @@ class MetricsLog:
             for key, value in values.items():
                 self.writer.add_scalar(f"step/{key}", value, step)
 
+    def start_steps(self, keep_until: int) -> None:
+        """Open ``steps.jsonl`` for appending, keeping only the records of steps <= ``keep_until``.
+
+        A resumed run keeps what was logged before the checkpoint and drops what an interrupted run logged
+        after it; a fresh run (``keep_until=0``) starts an empty file.
+        """
+        path = self.run_dir / "steps.jsonl"
+        kept = [r for r in (read_metrics(path) if path.exists() else []) if r.get("step", 0) <= keep_until]
+        if kept or path.exists():
+            _atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.steps_path = path
+
+    def add_step_stats(self, step: int, epoch: int, main_loss: float, stats: dict[str, Any]) -> None:
+        """Append one instrumented step (``StimulativeStep.last_stats``) to ``steps.jsonl``."""
+        record = {"step": step, "epoch": epoch, "loss_main": main_loss,
+                  **{k: v for k, v in stats.items() if k != "sizes"},
+                  "sizes": [list(s) for s in stats.get("sizes", [])]}
+        with open(self.steps_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            self.add_step_scalars(step, {"grad_main": stats.get("grad_main", 0.0),
+                                         "std_main": stats.get("std_main", 0.0)})
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
