@@ -37,3 +37,6 @@ def test_readme_results_match_benchmark_json():
     text = README.read_text()
     start, end = text.index(make_table.START), text.index(make_table.END) + len(make_table.END)
     assert text[start:end] == make_table.build(), "README results are stale: run python benchmarks/make_table.py"
+    start, end = text.index(make_table.EV_START), text.index(make_table.EV_END) + len(make_table.EV_END)
+    assert text[start:end] == make_table.build_evidence(), \
+        "README 'When does ST++ help?' is stale: run python benchmarks/make_table.py"
