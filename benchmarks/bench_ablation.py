@@ -74,9 +74,21 @@ def build_command(plan: dict, recipe: str, overrides: list[str], name: str, seed
             f"stats_every={args.stats_every}"]
 
 
+def finished_epochs(run_dir: Path) -> int:
+    """Epochs of a run that ended with a final evaluation (0 when missing, partial or still running)."""
+    try:
+        records = read_metrics(run_dir)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+    final = records[-1] if records else {}
+    return int(final["epoch"]) if "test_acc" in final and not final.get("partial") else 0
+
+
 def write_record(plan_name: str, plan: dict, variant: str, method: str, seed: int, name: str,
-                 command: list[str], wall_s: float, args: argparse.Namespace) -> dict:
+                 command: list[str], wall_s: float | None, args: argparse.Namespace) -> dict:
     records = read_metrics(Path(args.runs) / name)
+    if wall_s is None:  # a run that finished while no invocation was watching it: its own times
+        wall_s = sum(r["epoch_time_s"] + r.get("eval_time_s", 0.0) for r in records)
     final = records[-1]
     shown = ["python -m stimulative" if c == sys.executable else c for c in command]
     shown = [c for c in shown if c not in ("-m", "stimulative")] if shown[0].startswith("python") else shown
@@ -125,11 +137,19 @@ def main() -> None:
         sys.exit(f"unknown variants {unknown}; valid: {', '.join(plan['variants'])}")
     Path(args.runs).mkdir(parents=True, exist_ok=True)
     queue = []
+    epochs = next(int(o.split("=")[1]) for o in plan["common"] if o.startswith("epochs="))
     for seed in args.seeds:  # seed-major: every variant gets one seed before any gets two
         for v in variants:
             name = f"{args.plan}_{v}_s{seed}"
-            if not record_path(args.plan, name).exists():
-                queue.append((v, seed, name))
+            if record_path(args.plan, name).exists():
+                continue
+            method, recipe, overrides = plan["variants"][v]
+            if finished_epochs(Path(args.runs) / name) == epochs:  # trained earlier, record not yet written
+                cmd = build_command(plan, recipe, overrides, name, seed, args, [])
+                write_record(args.plan, plan, v, method, seed, name, cmd, None, args)
+                print(f"collected {name} (finished earlier)", flush=True)
+                continue
+            queue.append((v, seed, name))
     print(f"{len(queue)} runs to make ({args.jobs} at a time)", flush=True)
     env = dict(os.environ, TQDM_DISABLE="1")
     running: dict[str, tuple] = {}
