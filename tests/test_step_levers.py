@@ -133,3 +133,16 @@ def test_engine_writes_and_resumes_steps_jsonl(tmp_path):
     engine.train(load_config(None, base + ["resume=auto"]))
     steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
     assert steps == [1, 3, 5, 7]
+
+
+def test_stats_cosine_of_subnet_gradient_to_main_gradient():
+    model, ed = tiny()
+    x, y = batch(4)
+    ref = copy.deepcopy(model)
+    step = st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths, seed=0), num_subnets=1, stats_every=1)
+    step(x, y)
+    total = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    st.StimulativeStep(st.ElasticDepth(ref), st.SampleSpace.ordered(ed.full_depths), num_subnets=0)(x, y)
+    main = torch.cat([p.grad.reshape(-1) for p in ref.parameters()])
+    expected = float(F.cosine_similarity(total - main, main, dim=0))
+    assert step.last_stats["cos_sub"] == [pytest.approx(expected, abs=1e-5)]
