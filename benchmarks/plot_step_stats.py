@@ -1,8 +1,9 @@
 """Plot the instrumented steps (``steps.jsonl``, written with ``stats_every=K``) of several runs side by side.
 
-Four panels over training steps: the main loss, the gradient norm of the main loss and of the sub-network
-losses (each backward's own contribution), the logit std of the main network and of the sub-networks, and
-the ratio of sub-network to main gradient norm. Also writes the numbers behind the figure as JSON.
+Five panels over training steps: the main loss, the gradient norm of the main loss and of the sub-network
+losses (each backward's own contribution), the logit std of the main network and of the sub-networks, the
+ratio of sub-network to main gradient norm, and the cosine between each sub-network's gradient and the
+main loss's gradient (below 0: the sub-network pulls the shared weights against the main objective). Also writes the numbers behind the figure as JSON.
 
     python benchmarks/plot_step_stats.py benchmarks/runs/ablation/r20_proxy_ct_s0 \\
         benchmarks/runs/ablation/r20_proxy_stpp_s0 --labels CT ST++ --out docs/figures/step_stats
@@ -25,7 +26,7 @@ def read_steps(run_dir: Path) -> list[dict]:
 
 def series(records: list[dict]) -> dict[str, list]:
     out: dict[str, list] = {"step": [], "loss_main": [], "grad_main": [], "grad_sub": [], "std_main": [],
-                            "std_sub": [], "std_sub_min": [], "grad_ratio": []}
+                            "std_sub": [], "std_sub_min": [], "grad_ratio": [], "cos_sub": []}
     for r in records:
         out["step"].append(r["step"])
         out["loss_main"].append(r["loss_main"])
@@ -36,6 +37,8 @@ def series(records: list[dict]) -> dict[str, list]:
         out["std_sub"].append(statistics.mean(stds) if stds else None)
         out["std_sub_min"].append(min(stds) if stds else None)
         out["grad_ratio"].append(sum(subs) / r["grad_main"] if subs and r.get("grad_main") else None)
+        cos = r.get("cos_sub") or []
+        out["cos_sub"].append(statistics.mean(cos) if cos else None)
     return out
 
 
@@ -56,18 +59,19 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4))
     panels = [(0, "loss_main", "-", ""), (1, "grad_main", "-", ": main loss"),
               (1, "grad_sub", "--", ": one sub-network loss (mean)"), (2, "std_main", "-", ": main network"),
               (2, "std_sub", "--", ": sub-networks (mean)"), (2, "std_sub_min", ":", ": sub-networks (min)"),
-              (3, "grad_ratio", "-", "")]
+              (3, "grad_ratio", "-", ""), (4, "cos_sub", "-", "")]
     for (label, s), color in zip(data.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         for i, key, style, suffix in panels:
             pts = [(x, y) for x, y in zip(s["step"], s[key]) if y is not None]
             if pts:
                 axes[i].plot(*zip(*pts), style, color=color, label=f"{label}{suffix}")
     titles = ["main-network CE loss", "gradient norm per loss", "logit std over classes",
-              "sum of sub-network grad norms / main grad norm"]
+              "sum of sub-network grad norms / main grad norm",
+              "cosine(sub-network gradient, main gradient)"]
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step")
