@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import stimulative as st
-from stimulative.elastic import BRANCH, RUN
+from stimulative.core.elastic import BRANCH, RUN
 from stimulative.models import CifarResNet
 
 NUM_CLASSES = 10

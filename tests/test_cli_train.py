@@ -11,8 +11,8 @@ import torch
 import stimulative as st
 from stimulative.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
 from stimulative.cli import main
+from stimulative.core.sampling import SampleSpace
 from stimulative.data import build_data
-from stimulative.sampling import SampleSpace
 
 
 def tiny(tmp_path, name="run") -> list[str]:

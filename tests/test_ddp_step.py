@@ -21,7 +21,7 @@ from conftest import NUM_CLASSES, batch
 from torch import nn
 
 import stimulative as st
-from stimulative.elastic import SKIP
+from stimulative.core.elastic import SKIP
 
 NUM_SUBNETS = 2
 STEP_OPTIONS = dict(num_subnets=NUM_SUBNETS, kl="layer", amplitude="adaptive", min_input_scale=0.5,

@@ -11,7 +11,7 @@ from conftest import batch, hand_forward_cifar, randomize_bn, truncate_layers
 from torch import nn
 
 import stimulative as st
-from stimulative.elastic import BRANCH, RUN, SKIP
+from stimulative.core.elastic import BRANCH, RUN, SKIP
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import stimulative as st
 import stimulative.engine as engine
 from stimulative.checkpoint import load_checkpoint, load_model, save_checkpoint
 from stimulative.config import Config, load_config
-from stimulative.step import NonFiniteLossError
+from stimulative.core.step import NonFiniteLossError
 from stimulative.training_log import read_metrics
 
 STEPS_PER_EPOCH = 4  # 128 synthetic images / batch 32

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import stimulative as st
-from stimulative.losses import SUBNET_LOSSES, at_least_fp32, kl_weight_schedule
+from stimulative.core.losses import SUBNET_LOSSES, at_least_fp32, kl_weight_schedule
 
 
 def _logits(seed: int, n: int = 6, c: int = 10, scale: float = 3.0, dtype=torch.float64) -> torch.Tensor:

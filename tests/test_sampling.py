@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import stimulative as st
-from stimulative.elastic import BRANCH, RUN, SKIP
-from stimulative.sampling import SAMPLING_KINDS
+from stimulative.core.elastic import BRANCH, RUN, SKIP
+from stimulative.core.sampling import SAMPLING_KINDS
 
 
 def _key(config) -> tuple:

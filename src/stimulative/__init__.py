@@ -3,14 +3,14 @@
 Paper: "Stimulative Training++: Go Beyond The Performance Limits of Residual Networks", https://arxiv.org/abs/2305.02507
 """
 
-from . import losses
-from .bn import frozen_bn_stats, recalibrate_bn
-from .elastic import BRANCH, RUN, SKIP, ElasticDepth, find_stages, parse_depths
-from .evaluation import evaluate, evaluate_depth
-from .losses import kl_loss, normalize_logits, subnet_loss
+from .core import losses
+from .core.bn import frozen_bn_stats, recalibrate_bn
+from .core.elastic import BRANCH, RUN, SKIP, ElasticDepth, find_stages, parse_depths
+from .core.evaluation import evaluate, evaluate_depth
+from .core.losses import kl_loss, normalize_logits, subnet_loss
+from .core.sampling import SampleSpace
+from .core.step import NonFiniteLossError, StimulativeStep, stimulative_step
 from .models import create_model, list_models, register_model
-from .sampling import SampleSpace
-from .step import NonFiniteLossError, StimulativeStep, stimulative_step
 
 __version__ = "0.1.0"
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .config import Config, config_from_dict
-from .elastic import ElasticDepth
+from .core.elastic import ElasticDepth
 from .models import create_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "build_model", "LoadedModel", "CheckpointError", "FORMAT"]

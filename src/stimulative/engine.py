@@ -39,11 +39,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .checkpoint import FORMAT, build_model, load_checkpoint, save_checkpoint
 from .config import Config, config_to_dict, save_config
+from .core.elastic import ElasticDepth
+from .core.evaluation import evaluate_depth
+from .core.sampling import SampleSpace
+from .core.step import NonFiniteLossError, StimulativeStep
 from .data import build_data
-from .elastic import ElasticDepth
-from .evaluation import evaluate_depth
-from .sampling import SampleSpace
-from .step import NonFiniteLossError, StimulativeStep
 from .training_log import MetricsLog, plot_training
 
 __all__ = ["train", "build_optimizer", "build_scheduler", "resolve_device", "setup_distributed", "DistInfo",

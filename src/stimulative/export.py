@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .bn import recalibrate_bn
-from .elastic import ElasticDepth
+from .core.bn import recalibrate_bn
+from .core.elastic import ElasticDepth
 
 __all__ = [
     "EXPORT_FORMATS", "extract_subnetwork", "export_model", "export_backbone", "backbone_state_dict",

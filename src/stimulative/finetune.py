@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .bn import frozen_bn_stats
-from .elastic import ElasticDepth
-from .sampling import SampleSpace
+from .core.bn import frozen_bn_stats
+from .core.elastic import ElasticDepth
+from .core.sampling import SampleSpace
 
 __all__ = ["StimulativeFinetune", "detection_input_scale"]
 

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .elastic import ElasticDepth
-from .evaluation import evaluate
+from .core.elastic import ElasticDepth
+from .core.evaluation import evaluate
+from .core.sampling import SampleSpace
 from .export import count_parameters, extract_subnetwork, write_json
-from .sampling import SampleSpace
 
 __all__ = [
     "STRATEGIES", "count_flops", "measure_latency", "forward_times", "candidate_configs", "greedy_walk", "profile_config",

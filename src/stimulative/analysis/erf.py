@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..elastic import ElasticDepth
+from ..core.elastic import ElasticDepth
 
 __all__ = ["effective_receptive_field", "erf_radius", "default_feature_layer", "resolve_layer"]
 

@@ -25,8 +25,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..elastic import ElasticDepth
-from ..evaluation import evaluate, evaluate_depth
+from ..core.elastic import ElasticDepth
+from ..core.evaluation import evaluate, evaluate_depth
 from .runs import AnalysedRun, format_depths
 
 __all__ = ["subnetwork_accuracy", "individual_accuracy", "individual_depths", "loafing_summary"]

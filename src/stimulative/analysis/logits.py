@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..bn import recalibrate_bn
-from ..elastic import ElasticDepth
+from ..core.bn import recalibrate_bn
+from ..core.elastic import ElasticDepth
 from .runs import format_depths
 
 __all__ = ["logit_norms", "subnetwork_logit_norms", "norms_by_blocks"]

@@ -85,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import load_model
     from ..config import config_from_dict
+    from ..core.evaluation import evaluate_depth
+    from ..core.sampling import SampleSpace
     from ..data import build_data
     from ..engine import train
-    from ..evaluation import evaluate_depth
-    from ..sampling import SampleSpace
 
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")

@@ -34,8 +34,8 @@ from ..analysis.runs import (
     split_overrides,
 )
 from ..analysis.tables import write_csv, write_json
-from ..bn import recalibrate_bn
-from ..step import resize_input
+from ..core.bn import recalibrate_bn
+from ..core.step import resize_input
 
 HELP = "effective receptive field of sub-networks at several input sizes (the motivation for smaller inputs)"
 

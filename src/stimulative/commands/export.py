@@ -112,9 +112,9 @@ def export_from_loaded(loaded, cfg, sub, depths: list[int], output: str | Path, 
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.elastic import parse_depths
+    from ..core.evaluation import evaluate
     from ..data import build_data
-    from ..elastic import parse_depths
-    from ..evaluation import evaluate
     from ..export import check_format, extract_subnetwork
 
     fmt = check_format(args.format)

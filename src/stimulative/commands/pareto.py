@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
+    from ..core.sampling import SampleSpace
     from ..data import build_data
     from ..export import check_format, extract_subnetwork
     from ..pareto import (
@@ -83,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
         select_under_budget,
         write_table,
     )
-    from ..sampling import SampleSpace
     from .export import check_classes, export_from_loaded, input_size_of, load_for_command
 
     if args.export is not None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bn import recalibrate_bn
+from .bn import recalibrated
 from .elastic import DepthConfig, ElasticDepth
 
 __all__ = ["evaluate", "evaluate_depth"]
@@ -52,20 +52,5 @@ def evaluate_depth(ed: ElasticDepth, config: DepthConfig | None, batches: Iterab
     With ``bn_images > 0`` BatchNorm statistics are re-estimated for this configuration on ``bn_batches`` first;
     the model's original statistics are restored afterwards when ``restore_bn`` (default).
     """
-    saved = None
-    if bn_images > 0:
-        if bn_batches is None:
-            raise ValueError("bn_images > 0 needs bn_batches (training images)")
-        saved = {k: v.clone() for k, v in ed.model.state_dict().items() if _is_bn_buffer(k)} if restore_bn else None
-    try:
-        with ed.depth(config):
-            if bn_images > 0:
-                recalibrate_bn(ed.model, bn_batches, bn_images, device=device)
-            return evaluate(ed.model, batches, device=device, amp_dtype=amp_dtype)
-    finally:
-        if saved:
-            ed.model.load_state_dict(saved, strict=False)
-
-
-def _is_bn_buffer(key: str) -> bool:
-    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    with ed.depth(config), recalibrated(ed.model, bn_batches, bn_images, device=device, restore=restore_bn):
+        return evaluate(ed.model, batches, device=device, amp_dtype=amp_dtype)

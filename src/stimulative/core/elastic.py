@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ElasticDepth", "Stage", "RUN", "SKIP", "BRANCH", "DepthConfig", "find_stages", "parse_depths"]
+__all__ = ["ElasticDepth", "Stage", "RUN", "SKIP", "BRANCH", "DepthConfig", "find_stages", "parse_depths",
+           "format_depths"]
 
 RUN, SKIP, BRANCH = 1, 0, 2
 _MODE_NAMES = {RUN: "run", SKIP: "skip", BRANCH: "branch"}
@@ -138,6 +139,21 @@ def parse_depths(text: str) -> list[int]:
     if not values:
         raise ValueError(f"depths must be comma-separated integers like 3,3,3, got {text!r}")
     return values
+
+
+def format_depths(config: DepthConfig, sep: str = ",") -> str:
+    """The inverse of ``parse_depths``: ``[1, 2, 3]`` -> ``"1,2,3"``; a stage given as block modes is written as
+    its digits (``[(1, 0, 2), 3]`` -> ``"102,3"``).
+
+    ``sep="-"`` gives the form used where a comma cannot stand: metric keys (``test_acc_d1-2-3``, a CSV column)
+    and folder names.
+
+    Example:
+        >>> format_depths([1, 2, 3]), format_depths([1, 2, 3], sep="-")
+        ('1,2,3', '1-2-3')
+    """
+    return sep.join(str(int(v)) if not isinstance(v, (list, tuple)) else "".join(str(int(m)) for m in v)
+                    for v in config)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,11 @@ Sub-networks see features of other depths and input sizes; if their train-mode f
 statistics, the full network's eval statistics would be corrupted (METHOD.md "Pitfalls"). ``frozen_bn_stats``
 makes a train-mode forward normalise with batch statistics but leave running statistics untouched.
 ``recalibrate_bn`` re-estimates running statistics with a cumulative average in train mode, as the paper does
-before evaluation.
+before evaluation; ``recalibrated`` is the one "save the BN buffers, re-estimate, measure, restore" block that
+every evaluation of a sub-network uses::
+
+    with ed.depth([1, 1, 1]), recalibrated(ed.model, train_batches, 2000):
+        acc = evaluate(ed.model, test_batches)["acc"]      # the model's own statistics are back afterwards
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["frozen_bn_stats", "recalibrate_bn", "has_batchnorm"]
+__all__ = ["frozen_bn_stats", "recalibrate_bn", "recalibrated", "has_batchnorm"]
 
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, _BatchNorm) for m in model.modules())
+
+
+def _tracking_bns(model: nn.Module) -> list[_BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
 @contextlib.contextmanager
@@ -60,7 +68,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, num_images: int = 2000,
     Returns:
         The number of images actually used.
     """
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    bns = _tracking_bns(model)
     if not bns:
         return 0
     was_training = model.training
@@ -98,3 +106,49 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, num_images: int = 2000,
     if seen == 0:
         raise ValueError("recalibrate_bn got no images: the batches iterable is empty")
     return seen
+
+
+@contextlib.contextmanager
+def recalibrated(model: nn.Module, batches: Iterable | None = None, num_images: int = 0, *,
+                 device: torch.device | str | None = None,
+                 forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                 progress: bool = False, restore: bool = True) -> Iterator[nn.Module]:
+    """Inside: BatchNorm statistics re-estimated on ``num_images`` of ``batches``; afterwards the old ones are back.
+
+    Save the BN buffers, re-estimate (``recalibrate_bn``, for the depth active around this block), let the caller
+    measure, restore. With ``num_images == 0`` nothing is changed.
+
+    Args:
+        model: the (depth-gated) model.
+        batches: training batches (``x`` or ``(x, y)``); needed when ``num_images > 0``.
+        num_images: images for the re-estimation (0: keep the current statistics).
+        device, forward, progress: as in ``recalibrate_bn``.
+        restore: put the previous statistics back on exit (False: keep the re-estimated ones).
+
+    Example:
+        >>> import torch, stimulative as st
+        >>> ed = st.ElasticDepth(st.create_model("cifar_resnet_tiny", num_classes=10))
+        >>> before = ed.model.bn1.running_mean.clone()
+        >>> with ed.depth([1, 1, 1]), recalibrated(ed.model, [torch.randn(8, 3, 32, 32)], 8):
+        ...     changed = not torch.equal(ed.model.bn1.running_mean, before)
+        >>> changed, torch.equal(ed.model.bn1.running_mean, before)
+        (True, True)
+    """
+    if num_images < 0:
+        raise ValueError(f"the number of BN re-estimation images must be >= 0, got {num_images}")
+    if num_images == 0:
+        yield model
+        return
+    if batches is None:
+        raise ValueError(f"BN re-estimation on {num_images} images needs training batches")
+    saved = [(m, [b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None])
+             for m in _tracking_bns(model)] if restore else []
+    try:
+        recalibrate_bn(model, batches, num_images, forward=forward, device=device, progress=progress)
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, buffers in saved:
+                live = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+                for dst, src in zip(live, buffers):
+                    dst.copy_(src)

@@ -127,8 +127,9 @@ def stimulative_step(
             the sub-networks, every sub-network loss (``loss_sub``), the mean per-sample logit std of the teacher
             and of every student (``std_main``, ``std_sub``).
         grad_norms: also put the gradient norm of the main loss and of each sub-network loss into ``stats``
-            (``grad_main``, ``grad_sub``: the norm of each backward's own contribution); costs one copy of
-            the gradients per pass.
+            (``grad_main``, ``grad_sub``: the norm of each backward's own contribution) and the cosine between
+            each sub-network's gradient and the main loss's (``cos_sub``: < 0 means the sub-network pulls the
+            shared weights against the main objective); costs one copy of the gradients per pass.
 
     Returns:
         ``{"loss", "main", "subnet"}`` as Python floats (for logging).
@@ -160,12 +161,19 @@ def stimulative_step(
     params = [p for p in ed.model.parameters() if p.requires_grad] if grad_norms else []
     previous = _grad_vector(params) if grad_norms else None
 
+    main_grad: torch.Tensor | None = None
+
     def grad_norm_since() -> float:
-        nonlocal previous
+        """Norm of the gradient added since the last call; also its cosine to the main loss's gradient."""
+        nonlocal previous, main_grad
         now = _grad_vector(params)
-        norm = float((now - previous).norm())
+        delta = now - previous
         previous = now
-        return norm
+        if main_grad is None:
+            main_grad = delta
+        else:
+            stats["cos_sub"].append(float(F.cosine_similarity(delta, main_grad, dim=0)))
+        return float(delta.norm())
 
     # Every backward but the last runs in ``no_sync``, so gradients are all-reduced once per step.
     outer = no_sync() if (no_sync is not None and n > 0) else contextlib.nullcontext()
@@ -188,7 +196,7 @@ def stimulative_step(
     if stats is not None:
         stats.update(std_main=_logit_std(teacher), std_sub=[], loss_sub=[], configs=[], sizes=[])
         if grad_norms:
-            stats.update(grad_main=grad_norm_since(), grad_sub=[])
+            stats.update(grad_main=grad_norm_since(), grad_sub=[], cos_sub=[])
     sub_rows = max(1, math.ceil(subnet_fraction * x.shape[0])) if subnet_fraction < 1 else x.shape[0]
     x_sub, y_sub, t_sub = x[:sub_rows], y[:sub_rows], teacher[:sub_rows]
     subnet_total = 0.0
