@@ -57,7 +57,16 @@ R20_PROXY = {
         "stpp_every2": ("ST++", STPP, ["st.subnet_every=2"]),
     },
 }
-PLANS = {"r20_proxy": R20_PROXY}
+# The offline demo's setting (``stimulative demo``: scikit-learn digits, 16 px), for fast instrumented traces of
+# the main loss stall the demo shows under ST++ (run with --stats-every 1).
+DIGITS_DEMO = {
+    "setting": "digits (scikit-learn, 1,437 train / 360 test, 16 px) ResNet-20, 15 ep, bs 64, one-cycle lr 0.1",
+    "common": ["data.name=digits", "data.input_size=16", "data.padding=2", "batch_size=64", "epochs=15",
+               "bn_recal_images=500", "eval_depths=[[1,1,1]]", "data.train_subset=0", "data.test_subset=0"],
+    "variants": {k: R20_PROXY["variants"][k] for k in ("ct", "stpp", "stpp_layersg", "stpp_plainkl", "stpp_w1n",
+                                                       "stpp_cosup")},
+}
+PLANS = {"r20_proxy": R20_PROXY, "digits_demo": DIGITS_DEMO}
 
 
 def record_path(plan: str, name: str) -> Path:
