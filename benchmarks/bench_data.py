@@ -30,7 +30,7 @@ from PIL import Image
 import stimulative as st
 from stimulative.config import DataConfig
 from stimulative.data import DATASET_STATS, TensorBatches, build_data
-from stimulative.data_files import ImageSource, load_decoded
+from stimulative.data.files import ImageSource, load_decoded
 
 REPO = Path(__file__).resolve().parents[1]
 

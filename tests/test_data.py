@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-import stimulative.data_files as data_files
+import stimulative.data.files as data_files
 from stimulative.config import DataConfig
 from stimulative.data import (
     DATASET_STATS,
@@ -26,7 +26,7 @@ from stimulative.data import (
     stratified_subset,
     synthetic_dataset,
 )
-from stimulative.data_transforms import (
+from stimulative.data.transforms import (
     UNIFORM_AUGMENT_OPS,
     Lighting,
     UniformAugment,

@@ -12,9 +12,14 @@ import importlib
 import importlib.util
 import sys
 
-__all__ = ["main", "COMMANDS", "build_parser", "intermix_positionals"]
+__all__ = ["main", "COMMANDS", "EXPECTED_ERRORS", "build_parser", "intermix_positionals"]
 
 COMMANDS = ["train", "eval", "demo", "loafing", "logits", "erf", "report", "export", "pareto"]
+
+# The errors reported as one clean line (no traceback): ValueError covers ConfigError, CheckpointError, DataError
+# and the API's validation errors; FloatingPointError covers NonFiniteLossError.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
+                                                    FloatingPointError, TypeError)
 
 
 def _command_module(name: str):
@@ -69,8 +74,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 def main(argv: list[str] | None = None) -> int:
     parser, modules = build_parser()
     args = parser.parse_args(argv)
-    from .errors import EXPECTED_ERRORS
-
     try:
         return int(modules[args.command].run(args) or 0)
     except EXPECTED_ERRORS as err:

@@ -22,7 +22,7 @@ Datasets (``data.name``):
 Small images (<= 64 px with ``data.in_memory``) are decoded once into a cached uint8 tensor file and served by
 ``TensorBatches``, which augments whole batches (pad-crop + flip) with tensor ops, so a 2-core CPU is never
 waiting for per-image PIL work. Large images go through a multi-worker ``DataLoader`` (``LoaderBatches``) with
-the paper's ImageNet pipeline (``data.augment=imagenet``, see ``stimulative.data_transforms``).
+the paper's ImageNet pipeline (``data.augment=imagenet``, see ``stimulative.data.transforms``).
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
-from .config import DataConfig
-from .data_files import (
+from .files import (
     SMALL_IMAGE_MAX,
+    DataError,
     FileImageDataset,
     ImageSource,
     TensorImageDataset,
@@ -49,8 +49,10 @@ from .data_files import (
     load_decoded,
     looks_like_image_folder,
 )
-from .data_transforms import eval_transform, imagenet_train_transform, resize_train_transform
-from .errors import DataError
+from .transforms import eval_transform, imagenet_train_transform, resize_train_transform
+
+if TYPE_CHECKING:  # the config is the train layer's; data only reads the fields of ``cfg.data``
+    from ..config import DataConfig
 
 __all__ = [
     "DataBundle", "TensorBatches", "LoaderBatches", "build_data", "synthetic_dataset", "digits_dataset",

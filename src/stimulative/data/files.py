@@ -38,11 +38,15 @@ import torch.utils.data
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .checkpoint import save_checkpoint
-from .errors import DataError
+from ..io import atomic_torch_save
+
+
+class DataError(ValueError):
+    """Missing, empty or corrupt data."""
+
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "SMALL_IMAGE_MAX", "ImageSource", "DecodedImages", "SplitIndex", "FileImageDataset",
+    "DataError", "IMAGE_EXTENSIONS", "SMALL_IMAGE_MAX", "ImageSource", "DecodedImages", "SplitIndex", "FileImageDataset",
     "is_archive", "looks_like_image_folder", "load_decoded", "cache_path", "decode_image",
 ]
 
@@ -418,7 +422,7 @@ def decode_source(source: ImageSource, workers: int = 2, strict: bool = False,
 
 
 def _save_cache(decoded: DecodedImages, path: Path, source: ImageSource) -> None:
-    save_checkpoint({"format": CACHE_FORMAT, "source": str(source.root), "classes": decoded.classes,
+    atomic_torch_save({"format": CACHE_FORMAT, "source": str(source.root), "classes": decoded.classes,
                      "train": {"images": decoded.train_images, "labels": decoded.train_labels},
                      "test": {"images": decoded.test_images, "labels": decoded.test_labels},
                      "skipped": decoded.skipped}, path)

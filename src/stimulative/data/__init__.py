@@ -1,0 +1,26 @@
+"""Data: datasets as in-memory uint8 tensors with batch-level augmentation, or DataLoaders for large images.
+
+* ``datasets``: ``build_data(cfg.data, ...)`` -> ``DataBundle`` (train/test batches, classes, input size).
+* ``files``: ImageFolder directories and archives; decoded once into a cache file (``stimulative.io``).
+* ``transforms``: the per-image ImageNet pipeline (crop, flip, jitter, lighting, UniformAugment).
+
+The package reads the fields of the config's ``data`` section but imports nothing above ``stimulative.io``.
+"""
+
+from .datasets import (
+    DATASET_STATS,
+    DataBundle,
+    LoaderBatches,
+    TensorBatches,
+    build_data,
+    collate_skipping,
+    digits_dataset,
+    stratified_subset,
+    synthetic_dataset,
+)
+from .files import DataError
+
+__all__ = [
+    "DATASET_STATS", "DataBundle", "DataError", "LoaderBatches", "TensorBatches", "build_data", "collate_skipping",
+    "digits_dataset", "stratified_subset", "synthetic_dataset",
+]
