@@ -1,0 +1,31 @@
+"""Stimulative training for decoder-only language models: token-level ST loss pieces and an offline corpus.
+
+* ``TokenLogits`` / ``token_batch`` / ``next_token_targets`` / ``token_cross_entropy`` (``stimulative.lm.loss``): run
+  ``st.StimulativeStep`` on token ids; main next-token CE and per-sub-network token-level KL (or KL-) to the
+  detached full model, both averaged over the non-padding next-token positions.
+* ``ByteTokenizer``, ``load_tokenizer``, ``corpus_files``, ``corpus_tokens``, ``split_by_file``, ``encode_files``, ``PackedBlocks``,
+  ``stdlib_files`` (``stimulative.lm.data``): a byte-level tokenizer (no download), packed fixed-length blocks
+  over a text file or a folder of text files split into train/val by file, and the Python standard library's
+  own sources as a demo corpus.
+
+Models come from ``transformers`` (optional extra); their layers are found and cut by
+``stimulative.integrations.transformers``. Nothing here imports ``transformers`` except ``load_tokenizer`` for a
+local tokenizer directory.
+"""
+
+from .data import (
+    ByteTokenizer,
+    PackedBlocks,
+    corpus_files,
+    corpus_tokens,
+    encode_files,
+    load_tokenizer,
+    split_by_file,
+    stdlib_files,
+)
+from .loss import IGNORE_INDEX, TokenLogits, next_token_targets, token_batch, token_cross_entropy
+
+__all__ = [
+    "IGNORE_INDEX", "ByteTokenizer", "PackedBlocks", "TokenLogits", "corpus_files", "corpus_tokens", "encode_files",
+    "load_tokenizer", "next_token_targets", "split_by_file", "stdlib_files", "token_batch", "token_cross_entropy",
+]

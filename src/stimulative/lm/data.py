@@ -1,0 +1,212 @@
+"""Offline LM data: a byte-level tokenizer, text files split into train/val by file, packed fixed-length blocks.
+
+``data.root`` may be a text file (its last ``val_fraction`` of bytes is the validation split), a folder of text
+files (split into train/val by file, by a stable hash of the relative path: adding files never moves the
+others) or a folder with ``train/`` and ``val/`` subfolders. ``stdlib_files()`` is a demo corpus that needs
+nothing outside the machine: the ``.py`` sources of the running Python's standard library.
+
+Example:
+    >>> from stimulative.lm import ByteTokenizer, PackedBlocks, corpus_files, encode_files, stdlib_files
+    >>> tok = ByteTokenizer()
+    >>> tok.decode(tok.encode("héllo"))
+    'héllo'
+    >>> splits = corpus_files(stdlib_files() / "json")
+    >>> train = PackedBlocks(encode_files(splits["train"], tok), block_size=64)
+    >>> train[0].shape
+    torch.Size([65])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sysconfig
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["ByteTokenizer", "HFTokenizer", "load_tokenizer", "corpus_files", "split_by_file", "encode_files", "corpus_tokens",
+           "PackedBlocks", "stdlib_files", "TEXT_SUFFIXES"]
+
+TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst", ".json", ".c", ".h", ".html", ".csv", ".toml", ".yaml", ".yml")
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens 0..255, plus an end-of-text token 256 between documents (vocabulary 257)."""
+
+    vocab_size = 257
+    eos_token_id = 256
+
+    def encode(self, text: str, add_eos: bool = False) -> list[int]:
+        ids = list(text.encode("utf-8"))
+        return ids + [self.eos_token_id] if add_eos else ids
+
+    def encode_bytes(self, data: bytes, add_eos: bool = False) -> torch.Tensor:
+        """Fast path for files: a 1-D int16 tensor of the bytes (and the EOS token)."""
+        ids = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int16) if data \
+            else torch.empty(0, dtype=torch.int16)
+        return torch.cat([ids, torch.tensor([self.eos_token_id], dtype=torch.int16)]) if add_eos else ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+    def __repr__(self) -> str:
+        return "ByteTokenizer(vocab_size=257, eos=256)"
+
+
+class HFTokenizer:
+    """A local ``transformers`` tokenizer directory behind the ``ByteTokenizer`` interface."""
+
+    def __init__(self, path: str | Path):
+        from transformers import AutoTokenizer  # optional extra
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.vocab_size = len(self.tokenizer)
+        eos = self.tokenizer.eos_token_id
+        self.eos_token_id = int(eos) if eos is not None else None
+
+    def encode(self, text: str, add_eos: bool = False) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids + [self.eos_token_id] if add_eos and self.eos_token_id is not None else ids
+
+    def encode_bytes(self, data: bytes, add_eos: bool = False) -> torch.Tensor:
+        return torch.tensor(self.encode(data.decode("utf-8", errors="replace"), add_eos), dtype=torch.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids])
+
+
+def load_tokenizer(spec: str | Path | None = "byte") -> ByteTokenizer | HFTokenizer:
+    """``"byte"``/None: ``ByteTokenizer``; otherwise a local ``transformers`` tokenizer directory."""
+    if spec is None or str(spec) == "byte":
+        return ByteTokenizer()
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer {str(spec)!r} is neither 'byte' nor a local tokenizer directory")
+    return HFTokenizer(path)
+
+
+def stdlib_files() -> Path:
+    """The folder of the running Python's standard library sources (``corpus_files`` skips site-packages)."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", ".git"}
+
+
+def _text_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]  # prune: site-packages can be huge
+        found.extend(Path(dirpath) / f for f in filenames if Path(f).suffix in suffixes)
+    return sorted(found)
+
+
+def _hash_fraction(key: str) -> float:
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def split_by_file(files: Sequence[Path], root: Path, val_fraction: float = 0.1) -> dict[str, list[Path]]:
+    """Train/val split by file: a file is in val when a stable hash of its path relative to root is below
+    ``val_fraction`` (at least one val and one train file when there are two or more)."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    keyed = sorted(((_hash_fraction(p.relative_to(root).as_posix()), p) for p in files), key=lambda t: t[0])
+    val = [p for h, p in keyed if h < val_fraction]
+    if not val and len(keyed) >= 2:
+        val = [keyed[0][1]]
+    if len(val) == len(keyed) and len(keyed) >= 2:
+        val = val[:-1]
+    chosen = set(val)
+    return {"train": sorted(p for p in files if p not in chosen), "val": sorted(val)}
+
+
+def corpus_files(root: str | Path, val_fraction: float = 0.1, suffixes: Sequence[str] = TEXT_SUFFIXES
+                 ) -> dict[str, Any]:
+    """The train/val files of ``root`` (see the module docstring): ``{"train": [...], "val": [...]}``.
+
+    For a single text file both lists hold that file and ``"val_bytes"`` says where validation starts
+    (``encode_files`` reads the matching part).
+    """
+    root = Path(root)
+    if root.is_file():
+        size = root.stat().st_size
+        return {"train": [root], "val": [root], "val_bytes": int(size * (1 - val_fraction))}
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {str(root)!r} is neither a text file nor a folder")
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        splits = {"train": _text_files(root / "train", suffixes), "val": _text_files(root / "val", suffixes)}
+    else:
+        files = _text_files(root, suffixes)
+        if len(files) < 2:
+            raise ValueError(f"{root} has {len(files)} text files ({', '.join(suffixes)}); a folder needs at least "
+                             "two to split by file (or give a single text file, or train/ and val/ subfolders)")
+        splits = split_by_file(files, root, val_fraction)
+    for name, files in splits.items():
+        if not files:
+            raise ValueError(f"data root {root} has no {name} text files ({', '.join(suffixes)})")
+    return splits
+
+
+def encode_files(files: Sequence[Path], tokenizer: ByteTokenizer | HFTokenizer | None = None, *,
+                 start_byte: int = 0, end_byte: int | None = None, max_bytes: int | None = None) -> torch.Tensor:
+    """All files' tokens concatenated, an end-of-text token after each file: a 1-D tensor.
+
+    ``start_byte``/``end_byte`` cut every file (for the single-file split); ``max_bytes`` stops after that
+    many bytes in total (quick runs).
+    """
+    tokenizer = tokenizer or ByteTokenizer()
+    parts, total = [], 0
+    for path in files:
+        data = Path(path).read_bytes()[start_byte:end_byte]
+        if max_bytes is not None:
+            data = data[:max(0, max_bytes - total)]
+        if not data:
+            continue
+        parts.append(tokenizer.encode_bytes(data, add_eos=True))
+        total += len(data)
+        if max_bytes is not None and total >= max_bytes:
+            break
+    if not parts:
+        raise ValueError("no text in the given files")
+    return torch.cat(parts)
+
+
+def corpus_tokens(root: str | Path, tokenizer: ByteTokenizer | HFTokenizer | None = None,
+                  val_fraction: float = 0.1, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
+    """``{"train": tokens, "val": tokens}`` of a data root (file, folder, or train/ and val/ subfolders)."""
+    splits = corpus_files(root, val_fraction)
+    cut = splits.get("val_bytes")
+    if cut is not None:
+        return {"train": encode_files(splits["train"], tokenizer, end_byte=cut, max_bytes=max_bytes),
+                "val": encode_files(splits["val"], tokenizer, start_byte=cut, max_bytes=max_bytes)}
+    return {name: encode_files(splits[name], tokenizer, max_bytes=max_bytes) for name in ("train", "val")}
+
+
+class PackedBlocks(Dataset):
+    """Fixed-length blocks of a token stream: item i is ``tokens[i*T : i*T + T + 1]`` (T = ``block_size``),
+    i.e. T next-token predictions; consecutive blocks share one token, every token is a target once. The
+    stream's tail shorter than a block is dropped. Items are int64 (embedding indices)."""
+
+    def __init__(self, tokens: torch.Tensor, block_size: int):
+        if tokens.dim() != 1:
+            raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.tokens = tokens
+        self.block_size = block_size
+        self.num_blocks = max(0, (len(tokens) - 1) // block_size)
+        if self.num_blocks == 0:
+            raise ValueError(f"{len(tokens)} tokens do not fill one block of {block_size} + 1")
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not -self.num_blocks <= index < self.num_blocks:
+            raise IndexError(index)
+        start = (index % self.num_blocks) * self.block_size
+        return self.tokens[start:start + self.block_size + 1].long()
