@@ -187,6 +187,7 @@ class StimulativeModule(pl.LightningModule):
         losses = self.build()(x, y)
         if self.clip_grad > 0:
             self.clip_gradients(optimizer, gradient_clip_val=self.clip_grad, gradient_clip_algorithm="norm")
+        lr = optimizer.param_groups[0]["lr"]          # the LR of this step
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler = self.lr_schedulers()
@@ -199,7 +200,7 @@ class StimulativeModule(pl.LightningModule):
         self.log_dict({"train/main": losses["main"], "train/subnet": losses["subnet"]}, on_step=True,
                       on_epoch=True, batch_size=n)
         self.log_dict({"train/kl_weight": self.step.active_kl_weight,
-                       "train/lr": optimizer.param_groups[0]["lr"]}, on_step=True, on_epoch=False, batch_size=n)
+                       "train/lr": lr}, on_step=True, on_epoch=False, batch_size=n)
 
     # ------------------------------------------------------------------------------------------------------
     # evaluation

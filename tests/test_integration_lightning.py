@@ -1,0 +1,218 @@
+"""Lightning integration: ``StimulativeModule`` + ``Trainer`` == the plain ``StimulativeStep`` loop.
+
+* one process: the parameters and BN buffers after 4 optimiser steps (2 epochs, ``kl_schedule`` applied per
+  epoch, per-iteration cosine LR) equal those of the plain loop with the same seeds and data, ST++ options on;
+* DDP (``DDPStrategy(start_method="fork")``, i.e. ``ddp_spawn``'s launcher with fork; 2 CPU processes, gloo):
+  both ranks and the parent equal one process on the whole batch; the gradients are all-reduced once per
+  step (the main pass and all sub-network passes but the last run in ``block_backward_sync``). The model uses
+  GroupNorm, as tests/test_ddp_step.py explains; each rank reads a fixed half of every batch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import NUM_CLASSES, batch, randomize_bn
+from torch import nn
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+import stimulative as st
+
+pl = pytest.importorskip("lightning.pytorch")
+from stimulative.integrations.lightning import StimulativeModule, cosine_schedule  # noqa: E402
+
+ST_OPTIONS = dict(num_subnets=2, kl="layer", amplitude="adaptive", min_input_scale=0.5, kl_schedule="cosine_down")
+EPOCHS, SAMPLES, BATCH = 2, 16, 8          # 2 steps per epoch, 4 optimiser steps
+SEED = 3                                   # sampler seed; input sizes: SEED + 1
+
+
+def optimizer(params):
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+
+def bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    return randomize_bn(st.create_model("cifar_resnet_tiny", num_classes=NUM_CLASSES))
+
+
+def gn_model() -> nn.Module:
+    """cifar_resnet_tiny with GroupNorm(2, C) for every BatchNorm2d (per-sample: halves == whole batch)."""
+    torch.manual_seed(0)
+    model = st.create_model("cifar_resnet_tiny", num_classes=NUM_CLASSES)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                gn = nn.GroupNorm(2, child.num_features)
+                with torch.no_grad():
+                    gn.weight.uniform_(0.5, 1.5)
+                    gn.bias.normal_(0, 0.1)
+                setattr(module, name, gn)
+    return model
+
+
+def plain_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[list, dict]:
+    """The reference: StimulativeStep + SGD + per-iteration cosine LR, set_epoch at every epoch start."""
+    model.train()
+    ed = st.ElasticDepth(model)
+    step = st.StimulativeStep(ed, st.SampleSpace.for_model(ed, seed=SEED), seed=SEED + 1, **ST_OPTIONS)
+    opt = optimizer(model.parameters())
+    sched = cosine_schedule(opt, EPOCHS * SAMPLES // BATCH)
+    drawn, losses = [], {}
+    for epoch in range(EPOCHS):
+        step.set_epoch(epoch, EPOCHS)
+        for i in range(0, SAMPLES, BATCH):
+            losses = step(x[i:i + BATCH], y[i:i + BATCH])
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            drawn.append((step.last_configs, step.last_sizes))
+    return drawn, losses
+
+
+def trainer(**kwargs) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", max_epochs=EPOCHS, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, **kwargs)
+
+
+class Drawn(pl.Callback):
+    """Records the sub-networks and input sizes of every step; saves the final state of this rank."""
+
+    def __init__(self, out_dir: str | None = None):
+        self.out_dir, self.drawn = out_dir, []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.drawn.append((module.step.last_configs, module.step.last_sizes))
+
+    def on_train_end(self, trainer, module):
+        if self.out_dir is not None:
+            state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+            torch.save({"state": state, "drawn": self.drawn}, os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+
+
+def assert_states_close(got: dict, expected: dict) -> None:
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        if value.is_floating_point():
+            assert torch.allclose(got[name], value, rtol=1e-5, atol=1e-6), (name, (got[name] - value).abs().max())
+        else:
+            assert torch.equal(got[name], value), name
+
+
+def test_trainer_equals_plain_loop(tmp_path):
+    x, y = batch(SAMPLES, seed=7)
+    expected_drawn, expected_losses = plain_loop(reference := bn_model(), x, y)
+
+    module = StimulativeModule(bn_model(), st=ST_OPTIONS, optimizer=optimizer, scheduler="cosine", seed=SEED,
+                               eval_depths=[[1, 1, 1]])
+    drawn = Drawn()
+    t = trainer(callbacks=[drawn], default_root_dir=str(tmp_path), num_sanity_val_steps=0)
+    t.fit(module, DataLoader(TensorDataset(x, y), batch_size=BATCH),
+          DataLoader(TensorDataset(x[:4], y[:4]), batch_size=4))
+
+    assert t.global_step == EPOCHS * SAMPLES // BATCH
+    assert drawn.drawn == expected_drawn
+    assert any(size != (32, 32) for _, sizes in drawn.drawn for size in sizes)
+    assert_states_close(module.model.state_dict(), reference.state_dict())
+    assert module.last_losses == pytest.approx(expected_losses)
+    # logged with self.log; kl_schedule="cosine_down": lambda 1 in epoch 0, 0.5 in epoch 1 of 2
+    metrics = t.callback_metrics
+    for key in ("train/loss_step", "train/main_step", "train/subnet_step", "train/loss_epoch", "val/loss",
+                "val/acc", "val/acc@1-1-1"):
+        assert key in metrics, sorted(metrics)
+    assert float(metrics["train/main_step"]) == pytest.approx(expected_losses["main"])
+    assert float(metrics["train/kl_weight"]) == pytest.approx(0.5)
+    assert float(metrics["train/lr"]) == pytest.approx(0.1 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 3 / 4))))
+
+
+def test_recipe_section_and_pickling():
+    """``st=`` also takes a recipe's ``st`` section (STConfig); the unfitted module pickles (``ddp_spawn``)."""
+    try:
+        from stimulative import STConfig
+    except ImportError:
+        try:
+            from stimulative.train import STConfig
+        except ImportError:
+            from stimulative.config import STConfig
+    module = StimulativeModule(bn_model(), st=STConfig(num_subnets=3, kl="layer", kl_schedule="cosine_up",
+                                                       start_epoch=1, sampling="inter_stage", ranges=[1, 1, 1]))
+    clone = pickle.loads(pickle.dumps(module))
+    step = clone.build()
+    assert (step.num_subnets, step.kl, step.kl_schedule, step.space.kind) == (3, "layer", "cosine_up", "inter_stage")
+    step.set_epoch(0, 4)
+    assert step.active_kl_weight == 0.0 and step.active_subnets == 0
+    with pytest.raises(ValueError, match="set by StimulativeModule"):
+        StimulativeModule(bn_model(), st=dict(num_subnets=2, seed=1))
+
+
+class RankHalf(Sampler):
+    """Rank r of w reads samples r, r + w, ...: every global batch of BATCH is split into equal halves."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __iter__(self):
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        return iter(range(rank, self.n, world))
+
+    def __len__(self) -> int:
+        return self.n // 2
+
+
+class AllReduceCounter(pl.Callback):
+    """Counts the DDP gradient all-reduces of every step (a comm hook that all-reduces as DDP would)."""
+
+    def __init__(self):
+        self.per_step: list[list[int]] = []
+        self.buckets: list[int] = []
+
+    def on_train_start(self, trainer, module):
+        def hook(state, bucket):
+            self.buckets.append(bucket.index())
+            fut = dist.all_reduce(bucket.buffer().div_(dist.get_world_size()), async_op=True).get_future()
+            return fut.then(lambda f: f.value()[0])
+
+        trainer.strategy.model.register_comm_hook(None, hook)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.per_step.append(self.buckets)
+        self.buckets = []
+
+    def on_train_end(self, trainer, module):
+        path = os.path.join(trainer.default_root_dir, f"allreduce{trainer.global_rank}.pt")
+        torch.save(self.per_step, path)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
+def test_ddp_two_processes_equal_one_process_on_whole_batch(tmp_path):
+    import torch._dynamo  # noqa: F401  (DDP imports it: once here, not in every forked child)
+    from lightning.pytorch.strategies import DDPStrategy
+
+    x, y = batch(SAMPLES, seed=7)
+    expected_drawn, _ = plain_loop(reference := gn_model(), x, y)
+
+    module = StimulativeModule(gn_model(), st=ST_OPTIONS, optimizer=optimizer, scheduler="cosine", seed=SEED)
+    strategy = DDPStrategy(start_method="fork", process_group_backend="gloo", find_unused_parameters=True,
+                           timeout=datetime.timedelta(seconds=60))
+    t = trainer(devices=2, strategy=strategy, use_distributed_sampler=False, default_root_dir=str(tmp_path),
+                callbacks=[Drawn(str(tmp_path)), AllReduceCounter()])
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH // 2, sampler=RankHalf(SAMPLES))
+    t.fit(module, loader)
+
+    expected = reference.state_dict()
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert result["drawn"] == expected_drawn                # same sub-networks and sizes on every rank
+        assert_states_close(result["state"], expected)
+        per_step = torch.load(tmp_path / f"allreduce{rank}.pt")
+        assert len(per_step) == EPOCHS * SAMPLES // BATCH
+        for buckets in per_step:                                # every bucket exactly once per step
+            assert buckets and sorted(buckets) == sorted(set(buckets)), per_step
+    assert_states_close(module.model.state_dict(), expected)   # the parent got rank 0's weights back
+    assert any(sum(c) < 6 for configs, _ in expected_drawn for c in configs)   # sub-networks skip blocks
