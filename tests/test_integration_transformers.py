@@ -272,8 +272,13 @@ def test_docs_first_snippet_runs(tmp_path, monkeypatch):
     assert saved and (saved[0] / "config.json").exists()
 
 
-def test_docs_trainer_snippet_runs(tmp_path, monkeypatch):
-    blocks = [b for b in _python_blocks(DOCS.read_text()) if "StimulativeTrainer" in b]
-    assert blocks
+@pytest.mark.parametrize("index", [1, 2])
+def test_docs_other_snippets_run(index, tmp_path, monkeypatch):
+    """The Trainer and the language-model examples."""
+    blocks = _python_blocks(DOCS.read_text())
+    assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)
-    exec(compile(blocks[0], str(DOCS), "exec"), {})
+    namespace: dict = {}
+    exec(compile(blocks[index], str(DOCS), "exec"), namespace)
+    if index == 2:
+        assert 4 < namespace["out"].shape[1] <= 4 + 8
