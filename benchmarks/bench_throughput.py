@@ -8,7 +8,7 @@ and (2) are measured separately: a 32 px loop right after ST++ steps with many i
 oneDNN's cached conv primitives (measured: the engine, run first after the ST++ settings, looked 6% slower
 than the plain loop; in a run without the ST++ settings it was not slower).
 
-(1) Engine overhead: ``stimulative.engine.train`` (one epoch, its own timer around the hot loop: progress bar,
+(1) Engine overhead: ``stimulative.train.train`` (one epoch, its own timer around the hot loop: progress bar,
     loss bookkeeping, NaN checks, per-iteration LR schedule) vs a hand-written loop
     (forward, cross-entropy, backward, SGD step, LR step) over the same batches. Target: <= 5 %.
 (2) ST cost: ``StimulativeStep`` with N = 0 (CT), 1, 2 and 6 sub-networks, with full-size sub-network inputs and
@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from machine import load_average, machine_info  # benchmarks/machine.py
 
 import stimulative as st
-from stimulative.config import config_from_dict
 from stimulative.data import build_data
-from stimulative.engine import build_optimizer, build_scheduler, train
+from stimulative.train import train
+from stimulative.train.config import config_from_dict
+from stimulative.train.optim import build_optimizer, build_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "cifar_resnet20"

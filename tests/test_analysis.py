@@ -19,10 +19,10 @@ import stimulative as st
 from stimulative.analysis.erf import effective_receptive_field, erf_radius
 from stimulative.analysis.report import config_diff, read_run
 from stimulative.analysis.runs import select_configs
-from stimulative.checkpoint import load_model, save_checkpoint
 from stimulative.cli import main
-from stimulative.config import config_from_dict, config_to_dict
 from stimulative.data import build_data
+from stimulative.train.checkpoint import load_model, save_checkpoint
+from stimulative.train.config import config_from_dict, config_to_dict
 
 DATA = {"name": "synthetic", "train_subset": 64, "test_subset": 48}
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import stimulative as st
-from stimulative.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
 from stimulative.cli import main
 from stimulative.core.sampling import SampleSpace
 from stimulative.data import build_data
+from stimulative.train.checkpoint import load_checkpoint, load_model, save_checkpoint
+from stimulative.train.state import FORMAT
 
 
 def tiny(tmp_path, name="run") -> list[str]:

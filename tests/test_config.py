@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from stimulative.cli import main
-from stimulative.config import (
+from stimulative.train.config import (
     Config,
     ConfigError,
     apply_overrides,
@@ -52,7 +52,7 @@ def test_recipe_model_space_and_eval_depths_fit(recipe):
     import torch
 
     import stimulative as st
-    from stimulative.checkpoint import build_model
+    from stimulative.train.checkpoint import build_model
 
     cfg = load_config(recipe)
     torch.manual_seed(0)
@@ -100,7 +100,7 @@ def test_config_dict_round_trip():
     (["epochs=1e2"], r"config key 'epochs' expects int"),
     (["channels_last=maybe"], r"config key 'channels_last' expects bool"),
     (["optim.name=lamb"], r"'optim.name' must be one of sgd, adamw, got 'lamb'"),
-    (["st.kl=cosine"], r"'st.kl' must be one of plain, layer, l2"),
+    (["st.kl=cosine"], r"'st.kl' must be one of plain, layer, layer_sg, l2"),
     (["amp=fp8"], r"'amp' must be one of none, bf16, fp16"),
     (["epochs=0"], r"epochs must be >= 1"),
     (["ema=1.5"], r"ema must be in \[0, 1\)"),

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 import stimulative.data.files as data_files
-from stimulative.config import DataConfig
 from stimulative.data import (
     DATASET_STATS,
     DataError,
@@ -32,6 +31,7 @@ from stimulative.data.transforms import (
     UniformAugment,
     imagenet_train_transform,
 )
+from stimulative.train.config import DataConfig
 
 COLORS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "emu": (30, 30, 200)}   # one colour per class
 

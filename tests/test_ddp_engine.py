@@ -21,10 +21,10 @@ import sys
 import pytest
 import torch
 
-import stimulative.engine as engine
-from stimulative.checkpoint import build_model, load_checkpoint
-from stimulative.config import load_config
-from stimulative.training_log import read_metrics
+import stimulative.train.engine as engine
+from stimulative.io import read_jsonl as read_metrics
+from stimulative.train.checkpoint import build_model, load_checkpoint
+from stimulative.train.config import load_config
 
 VIT = "{img_size: 16, patch_size: 4, depth: 3, embed_dim: 32, num_heads: 2}"
 

@@ -11,11 +11,14 @@ import torch
 import yaml
 
 import stimulative as st
-import stimulative.engine as engine
-from stimulative.checkpoint import load_checkpoint, load_model, save_checkpoint
-from stimulative.config import Config, load_config
+import stimulative.train.engine as engine
 from stimulative.core.step import NonFiniteLossError
-from stimulative.training_log import read_metrics
+from stimulative.io import read_jsonl as read_metrics
+from stimulative.train.checkpoint import load_checkpoint, load_model, save_checkpoint
+from stimulative.train.config import Config, load_config
+from stimulative.train.log import subnet_metric, subnet_metric_label
+from stimulative.train.optim import build_optimizer, build_scheduler
+from stimulative.train.runtime import amp_dtype, resolve_device
 
 STEPS_PER_EPOCH = 4  # 128 synthetic images / batch 32
 
@@ -218,23 +221,23 @@ def test_failed_checkpoint_write_leaves_old_file(tmp_path, monkeypatch):
 def test_optimizer_groups_no_decay_on_bn_and_bias():
     model = st.create_model("cifar_resnet_tiny", num_classes=10)
     cfg = Config()
-    opt = engine.build_optimizer(model, cfg)
+    opt = build_optimizer(model, cfg)
     no_decay, decay = opt.param_groups
     assert no_decay["weight_decay"] == 0 and decay["weight_decay"] == cfg.optim.weight_decay
     assert all(p.ndim <= 1 for p in no_decay["params"]) and all(p.ndim > 1 for p in decay["params"])
     assert {id(p) for p in no_decay["params"]} >= {id(model.bn1.weight), id(model.fc.bias)}
     assert opt.param_groups[0]["nesterov"] is True
     cfg.optim.no_decay_bn_bias = False
-    assert len(engine.build_optimizer(model, cfg).param_groups) == 1
+    assert len(build_optimizer(model, cfg).param_groups) == 1
     cfg.optim.name = "adamw"
-    assert isinstance(engine.build_optimizer(model, cfg), torch.optim.AdamW)
+    assert isinstance(build_optimizer(model, cfg), torch.optim.AdamW)
 
 
 def test_cosine_schedule_with_warmup_and_min_lr():
     model = torch.nn.Linear(2, 2)
     cfg = load_config(None, ["epochs=10", "optim.lr=0.1", "optim.warmup_epochs=2", "optim.min_lr=0.001"])
-    opt = engine.build_optimizer(model, cfg)
-    sched = engine.build_scheduler(opt, cfg, steps_per_epoch=5)
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=5)
     lrs = []
     for _ in range(50):
         lrs.append(opt.param_groups[0]["lr"])
@@ -250,8 +253,8 @@ def test_cosine_schedule_with_warmup_and_min_lr():
 def test_onecycle_and_constant_schedules():
     model = torch.nn.Linear(2, 2)
     cfg = load_config(None, ["epochs=4", "optim.lr=0.2", "optim.schedule=onecycle"])
-    opt = engine.build_optimizer(model, cfg)
-    sched = engine.build_scheduler(opt, cfg, steps_per_epoch=10)
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=10)
     assert isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.total_steps == 40
     lrs = []
     for _ in range(40):
@@ -260,8 +263,8 @@ def test_onecycle_and_constant_schedules():
         sched.step()
     assert max(lrs) == pytest.approx(0.2) and lrs[0] < 0.02 and lrs[-1] < 1e-4
     cfg = load_config(None, ["optim.schedule=constant", "optim.lr=0.3"])
-    opt = engine.build_optimizer(model, cfg)
-    sched = engine.build_scheduler(opt, cfg, steps_per_epoch=3)
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=3)
     for _ in range(5):
         opt.step()
         sched.step()
@@ -269,13 +272,13 @@ def test_onecycle_and_constant_schedules():
 
 
 def test_resolve_device_and_amp():
-    assert engine.resolve_device("cpu").type == "cpu"
-    assert engine.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="not a valid torch device"):
-        engine.resolve_device("gpu0")
-    assert engine.amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
-    assert engine.amp_dtype("none", torch.device("cpu")) is None
-    assert engine.depth_key([1, 2, 3]) == "1-2-3"
+        resolve_device("gpu0")
+    assert amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert amp_dtype("none", torch.device("cpu")) is None
+    assert subnet_metric([1, 2, 3]) == "test_acc_d1-2-3" and subnet_metric_label("test_acc_d1-2-3") == "1,2,3"
 
 
 def test_config_yaml_of_a_run_is_fully_resolved(tmp_path):

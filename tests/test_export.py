@@ -14,8 +14,6 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 import stimulative as st
 from stimulative import cli
-from stimulative.checkpoint import load_model, save_checkpoint
-from stimulative.config import config_from_dict, config_to_dict
 from stimulative.data import build_data
 from stimulative.export import (
     EXPORT_FORMATS,
@@ -28,6 +26,8 @@ from stimulative.export import (
     plain_architecture_code,
 )
 from stimulative.models import CifarResNet
+from stimulative.train.checkpoint import load_model, save_checkpoint
+from stimulative.train.config import config_from_dict, config_to_dict
 
 BN_IMAGES = 48
 

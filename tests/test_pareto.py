@@ -14,8 +14,6 @@ from torch import nn
 import stimulative as st
 import stimulative.pareto as pareto
 from stimulative import cli
-from stimulative.checkpoint import load_model, save_checkpoint
-from stimulative.config import config_from_dict, config_to_dict
 from stimulative.pareto import (
     candidate_configs,
     count_flops,
@@ -24,6 +22,8 @@ from stimulative.pareto import (
     pareto_front,
     select_under_budget,
 )
+from stimulative.train.checkpoint import load_model, save_checkpoint
+from stimulative.train.config import config_from_dict, config_to_dict
 
 FAST = ["--bn-recal", "16", "--repeats", "1", "--warmup", "0", "--latency-batch", "1,4", "data.test_subset=16"]
 

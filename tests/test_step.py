@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from conftest import NUM_CLASSES, batch, hand_forward_cifar, randomize_bn
 
 import stimulative as st
-from stimulative.config import DataConfig
 from stimulative.core.elastic import RUN
 from stimulative.core.step import random_input_size, resize_input
 from stimulative.data import build_data
+from stimulative.train.config import DataConfig
 
 
 def tiny_model(seed: int = 0, dtype=torch.float32, shortcut: str = "A"):

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from conftest import NUM_CLASSES, batch
 
 import stimulative as st
-from stimulative import engine
-from stimulative.config import STConfig, load_config
+import stimulative.train.engine as engine
+from stimulative.train.config import STConfig, load_config
 
 
 def tiny():

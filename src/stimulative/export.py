@@ -256,7 +256,7 @@ def export_backbone(model: nn.Module | ElasticDepth, path: str | Path, depths: S
         model = model.extract(list(depths) if depths is not None else None)
     elif depths is not None:
         raise ValueError("depths needs an ElasticDepth; pass ElasticDepth(model) or an extracted model")
-    from .checkpoint import save_checkpoint
+    from .train.checkpoint import save_checkpoint
 
     return save_checkpoint(backbone_state_dict(model), path)
 
@@ -327,11 +327,10 @@ def export_model(model: nn.Module, path: str | Path, fmt: str, *, model_name: st
     if fmt == "pt":
         if config is None or depths is None:
             raise ValueError("format 'pt' needs the training config and the depth config")
-        from .checkpoint import FORMAT, save_checkpoint
+        from .train.checkpoint import save_checkpoint
+        from .train.state import exported_checkpoint
 
-        ckpt = {"format": FORMAT, "model": model.state_dict(), "config": config, "num_classes": num_classes,
-                "depths": depths, "ema": None, **{k: v for k, v in (extra or {}).items() if k != "depths"}}
-        save_checkpoint(ckpt, path)
+        save_checkpoint(exported_checkpoint(model, config, num_classes, depths, extra), path)
     elif fmt == "torchscript":
         with _quiet_export(), torch.no_grad(), _atomic_path(path) as tmp:
             traced = torch.jit.trace(model, _example_input(input_size))
@@ -367,7 +366,7 @@ def _verify(model: nn.Module, path: Path, fmt: str, model_name: str, num_classes
         reference = model(x)
     verified_with = ""
     if fmt == "pt":
-        from .checkpoint import load_model
+        from .train.checkpoint import load_model
 
         reloaded = load_model(path).model
         verified_with = "stimulative.checkpoint.load_model"

@@ -17,8 +17,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import load_config
 from ..models import list_models
+from ..train.config import load_config
 from .runs import format_depths
 
 __all__ = ["individual_model_overrides", "train_individuals"]
@@ -48,7 +48,7 @@ def train_individuals(recipe: str | Path, configs: Sequence[Sequence[int]], out_
         The run directories (each with ``best.pt``/``last.pt``).
     """
     try:
-        from ..engine import train
+        from ..train import train
     except ImportError as err:
         raise ValueError(f"--train-individual needs the training engine (stimulative.engine): {err}") from None
     base = load_config(recipe, list(overrides))

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from ..checkpoint import load_checkpoint
-from ..training_log import read_metrics
+from ..io import read_jsonl
+from ..train.checkpoint import load_checkpoint
 from .plots import plot_erf, plot_loafing, plot_logits, plot_training_curves, run_colors
 from .runs import unique_names
 from .tables import read_json
@@ -64,7 +64,7 @@ def read_run(path: str | Path) -> RunRecord:
         except yaml.YAMLError as err:
             raise ValueError(f"{str(run_dir / 'config.yaml')!r} is not valid YAML: {err}") from None
     if (run_dir / "metrics.jsonl").is_file():
-        history = read_metrics(run_dir / "metrics.jsonl")
+        history = read_jsonl(run_dir / "metrics.jsonl")
     if config is None or not history:
         has_ckpt = path.is_file() or any((run_dir / n).is_file() for n in ("best.pt", "last.pt"))
         if not has_ckpt and config is None:

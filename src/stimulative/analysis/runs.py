@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import LoadedModel, load_model
-from ..config import Config, apply_overrides, config_from_dict, config_to_dict
 from ..core.elastic import ElasticDepth, parse_depths
 from ..core.sampling import SampleSpace
 from ..data import DataBundle, build_data
+from ..train.checkpoint import LoadedModel, load_model
+from ..train.config import Config, apply_overrides, config_from_dict, config_to_dict
 
 __all__ = [
     "AnalysedRun", "load_run", "load_runs", "unique_names", "add_run_arguments", "add_depth_selection", "default_out_dir", "split_overrides", "run_data", "resolve_device", "select_configs",

@@ -70,8 +70,8 @@ def _base_config(args: argparse.Namespace, data_name: str) -> dict:
 
 
 def _digits_available() -> bool:
-    from ..config import config_from_dict
     from ..data import build_data
+    from ..train.config import config_from_dict
 
     try:
         build_data(config_from_dict({"data": {"name": "digits", "input_size": 8}}).data, 8, 8)
@@ -83,12 +83,12 @@ def _digits_available() -> bool:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoint import load_model
-    from ..config import config_from_dict
     from ..core.evaluation import evaluate_depth
     from ..core.sampling import SampleSpace
     from ..data import build_data
-    from ..engine import train
+    from ..train import train
+    from ..train.checkpoint import load_model
+    from ..train.config import config_from_dict
 
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")

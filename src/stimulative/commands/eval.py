@@ -41,13 +41,13 @@ def evaluate_checkpoint(checkpoint: str, depth: str | None = None, bn_recal: int
         >>> evaluate_checkpoint("runs/demo/stpp", depth="1,1,1", bn_recal=500)   # doctest: +SKIP
         {'checkpoint': 'runs/demo/stpp', 'depths': [1, 1, 1], 'acc': 91.2, ...}
     """
-    from ..checkpoint import load_model
-    from ..config import apply_overrides, config_from_dict, config_to_dict
     from ..core.bn import recalibrate_bn
     from ..core.elastic import parse_depths
     from ..core.evaluation import evaluate, evaluate_depth
     from ..data import build_data
-    from ..engine import resolve_device
+    from ..train.checkpoint import load_model
+    from ..train.config import apply_overrides, config_from_dict, config_to_dict
+    from ..train.runtime import resolve_device
 
     if bn_recal < 0:
         raise ValueError(f"--bn-recal must be >= 0, got {bn_recal}")

@@ -56,8 +56,8 @@ def input_size_of(cfg) -> int:
 
 def load_for_command(path: str, overrides: list[str], use_ema: bool = False):
     """``load_model(path)`` with ``key=value`` overrides applied to its config. Returns (loaded, cfg)."""
-    from ..checkpoint import load_model
-    from ..config import apply_overrides, config_from_dict, config_to_dict
+    from ..train.checkpoint import load_model
+    from ..train.config import apply_overrides, config_from_dict, config_to_dict
 
     loaded = load_model(path, use_ema=use_ema)
     cfg = loaded.config
@@ -87,8 +87,8 @@ def export_from_loaded(loaded, cfg, sub, depths: list[int], output: str | Path, 
                        input_size: int, bn_images: int, checkpoint: str, bundle=None,
                        metrics: dict | None = None) -> dict[str, Any]:
     """Write ``sub`` (extracted from ``loaded``) in ``fmt`` and its summary JSON; returns the summary."""
-    from ..config import config_to_dict
     from ..export import count_parameters, export_model, write_json
+    from ..train.config import config_to_dict
 
     mean, std = _mean_std(cfg, bundle)
     extra = {"epoch": loaded.checkpoint.get("epoch"), "step": loaded.checkpoint.get("step"),

@@ -52,7 +52,7 @@ from .files import (
 from .transforms import eval_transform, imagenet_train_transform, resize_train_transform
 
 if TYPE_CHECKING:  # the config is the train layer's; data only reads the fields of ``cfg.data``
-    from ..config import DataConfig
+    from ..train.config import DataConfig
 
 __all__ = [
     "DataBundle", "TensorBatches", "LoaderBatches", "build_data", "synthetic_dataset", "digits_dataset",

@@ -17,6 +17,10 @@ from typing import Any
 
 import yaml
 
+from ..core.losses import KL_NORMS, KL_SCHEDULES, SUBNET_LOSSES
+from ..core.sampling import SAMPLING_KINDS
+from ..io import atomic_write_text
+
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "OptimConfig", "STConfig", "ConfigError",
     "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config",
@@ -77,6 +81,9 @@ class OptimConfig:
 
 @dataclass
 class STConfig:
+    """The ``st`` section: every field but ``sampling``/``ranges`` is the ``StimulativeStep`` option of the same name
+    (``StimulativeStep.from_config(cfg.st, ed)``); ``sampling``/``ranges`` choose its ``SampleSpace``."""
+
     num_subnets: int = 0                  # 0 = common training (CT); 1 = ST; 6 = ST++ "Snet6"
     sampling: str = "ordered"             # ordered | inter_stage | stochastic | raw
     ranges: list | None = None            # InterSSR ranges (inter_stage)
@@ -127,15 +134,16 @@ class Config:
         return Path(self.out_dir).expanduser() / self.name
 
 
+# The st.* choices are the method's own lists, so a new KL- variant or loss is a valid recipe value at once.
 _CHOICES = {
     "data.name": ("cifar10", "cifar100", "folder", "synthetic", "digits"),
     "data.augment": ("cifar", "imagenet", "none"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "onecycle", "constant"),
-    "st.sampling": ("ordered", "inter_stage", "stochastic", "raw"),
-    "st.kl": ("plain", "layer", "l2"),
-    "st.kl_schedule": ("constant", "cosine_up", "cosine_down"),
-    "st.loss": ("kl", "soft_ce", "ce", "mse", "dkd"),
+    "st.sampling": SAMPLING_KINDS,
+    "st.kl": KL_NORMS,
+    "st.kl_schedule": KL_SCHEDULES,
+    "st.loss": SUBNET_LOSSES,
     "amp": ("none", "bf16", "fp16"),
 }
 
@@ -295,4 +303,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """Write the fully resolved config as YAML (atomically)."""
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,19 +1,9 @@
-"""Checkpoints: atomic writes, safe loads (``weights_only=True``), and rebuilding a model from one.
-
-A training checkpoint (written by the engine) is a dict::
-
-    {"format": "stimulative-v1", "model": state_dict, "ema": state_dict | None, "config": config dict,
-     "num_classes": int, "epoch": completed epochs, "step": optimizer steps, "optimizer": ..., "scheduler": ...,
-     "scaler": ..., "rng": ..., "metrics": {...}, "best_acc": float}
-
-An exported sub-network additionally has ``"depths"`` (the depth config it was cut at); its ``model`` state_dict
-belongs to the architecture with the skipped blocks removed. ``load_model`` handles both.
+"""Checkpoint files: atomic writes, safe loads (``weights_only=True``), finding the one to resume, and rebuilding
+the model of a checkpoint (a training run's or an exported sub-network's; the dict layout is ``state.py``'s).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.elastic import ElasticDepth
+from ..io import atomic_torch_save
+from ..models import create_model
 from .config import Config, config_from_dict
-from .core.elastic import ElasticDepth
-from .models import create_model
+from .state import SavedRun, model_weights
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "build_model", "LoadedModel", "CheckpointError", "FORMAT"]
-
-FORMAT = "stimulative-v1"
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "build_model", "resume_path", "LoadedModel",
+           "CheckpointError"]
 
 
 class CheckpointError(ValueError):
@@ -35,23 +26,8 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
-    """Write ``obj`` with ``torch.save`` atomically: a temp file in the same directory, fsync, then rename.
-
-    A crash (or kill -9) mid-write leaves the previous file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a checkpoint dict atomically (``io.atomic_torch_save``): a kill mid-write leaves the old file intact."""
+    return atomic_torch_save(obj, path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -78,7 +54,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 @dataclass
 class LoadedModel:
     """What ``load_model`` returns: the model (eval mode), its ElasticDepth (None for an exported sub-network),
-    the run's config, the checkpoint dict and the number of classes."""
+    the run's config, the checkpoint dict, the number of classes, the exported depths and ``SavedRun``."""
 
     model: nn.Module
     ed: ElasticDepth | None
@@ -86,6 +62,7 @@ class LoadedModel:
     checkpoint: dict[str, Any]
     num_classes: int
     depths: list | None = None
+    saved: SavedRun | None = None
 
 
 def build_model(cfg: Config, num_classes: int, pretrained: bool = False) -> nn.Module:
@@ -102,25 +79,24 @@ def load_model(path: str | Path, use_ema: bool = False, map_location: str | torc
         use_ema: load the EMA weights when the checkpoint has them.
     """
     ckpt = load_checkpoint(path, map_location)
-    if "config" not in ckpt:
+    saved = SavedRun.of(ckpt)
+    if saved.config is None:
         raise CheckpointError(f"checkpoint {str(path)!r} has no 'config' entry; cannot rebuild the model")
-    cfg = config_from_dict(_strip_run_only(ckpt["config"]))
-    num_classes = int(ckpt.get("num_classes") or cfg.model.num_classes or 0)
+    cfg = config_from_dict(_strip_run_only(saved.config))
+    num_classes = int(saved.num_classes or cfg.model.num_classes or 0)
     if num_classes <= 0:
         raise CheckpointError(f"checkpoint {str(path)!r} does not record num_classes")
     model = build_model(cfg, num_classes)
-    state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
-    depths = ckpt.get("depths")
     ed: ElasticDepth | None = ElasticDepth(model, stages=cfg.model.stages)
-    if depths is not None:
-        model = ed.extract(depths)
+    if saved.depths is not None:
+        model = ed.extract(saved.depths)
         ed = None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(model_weights(ckpt, use_ema), strict=False)
     if missing or unexpected:
         raise CheckpointError(f"weights of {str(path)!r} do not fit {cfg.model.name}: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
     model.eval()
-    return LoadedModel(model, ed, cfg, ckpt, num_classes, depths)
+    return LoadedModel(model, ed, cfg, ckpt, num_classes, saved.depths, saved)
 
 
 def _strip_run_only(cfg: dict) -> dict:
@@ -128,3 +104,19 @@ def _strip_run_only(cfg: dict) -> dict:
     cfg = dict(cfg)
     cfg["resume"] = None
     return cfg
+
+
+def resume_path(cfg: Config) -> Path | None:
+    """The checkpoint ``cfg.resume`` points at: ``auto`` -> ``run_dir/last.pt`` when it exists; a run directory
+    -> its ``last.pt``; None when there is nothing to resume."""
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        path = cfg.run_dir / "last.pt"
+        return path if path.exists() else None
+    path = Path(cfg.resume).expanduser()
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"resume checkpoint {str(path)!r} does not exist")
+    return path

@@ -1,0 +1,20 @@
+"""Training: the run configuration, where it runs, its state and checkpoints, the loop, and what it reports.
+
+* ``config``: ``Config`` and its sections, YAML recipes and ``key=value`` overrides (``load_config``).
+* ``runtime``: the device (``resolve_device``), DDP, autocast.
+* ``optim``: optimizer and LR schedule.
+* ``state``: ``TrainingState`` and the checkpoint layout (the only module that knows it).
+* ``checkpoint``: checkpoint files: atomic save, safe load, ``load_model``.
+* ``loop``: ``train_one_epoch`` and ``evaluate_epoch``.
+* ``log``: metrics files, console lines, training curves.
+* ``engine``: ``train(cfg)``, the wiring.
+"""
+
+from .checkpoint import CheckpointError, LoadedModel, load_checkpoint, load_model, save_checkpoint
+from .config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig, STConfig, load_config
+from .engine import train
+
+__all__ = [
+    "CheckpointError", "Config", "ConfigError", "DataConfig", "LoadedModel", "ModelConfig", "OptimConfig",
+    "STConfig", "load_checkpoint", "load_config", "load_model", "save_checkpoint", "train",
+]

@@ -1,0 +1,161 @@
+"""``train(cfg)``: the wiring of one training run (CT, ST or ST++) on CPU, one GPU or DDP.
+
+It builds data, model, optimizer, schedule and the recipe's ``StimulativeStep`` from a ``Config``, resumes when
+asked, and then per epoch: ``loop.train_one_epoch``, every ``eval_every`` epochs (and at the end)
+``loop.evaluate_epoch``, ``last.pt`` (and ``best.pt`` on the best full-network accuracy) written atomically,
+``metrics.jsonl``/``.csv``; at the end ``training.png``. Resuming gives the same weights as an uninterrupted
+run (on CPU): see ``state.py``.
+
+DDP: ``torchrun --nproc_per_node N -m stimulative train recipe.yaml``; ``batch_size`` is the global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from ..core.elastic import ElasticDepth
+from ..core.sampling import SampleSpace
+from ..core.step import StimulativeStep
+from ..data import build_data
+from .checkpoint import build_model, load_checkpoint, resume_path, save_checkpoint
+from .config import Config, config_to_dict, save_config
+from .log import MetricsLog, console, format_record, plot_training_curves
+from .loop import CrossEntropyWithAccuracy, evaluate_epoch, train_one_epoch
+from .optim import build_optimizer, build_scheduler
+from .runtime import Runtime
+from .state import TrainingState
+
+__all__ = ["train"]
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train (or resume) the run described by ``cfg``; returns a summary.
+
+    Args:
+        cfg: the run configuration (``stimulative.load_config``).
+
+    Returns:
+        ``{"run_dir", "epochs", "step", "best_acc", "final", "checkpoint"}``: ``final`` is the last epoch's
+        metrics record (``test_acc``, ``test_acc_d<depths>``, ``train_loss`` ...).
+
+    Raises:
+        NonFiniteLossError: a NaN/inf loss; ``last.pt`` keeps the last good epoch.
+
+    Example:
+        >>> import stimulative as st
+        >>> cfg = st.load_config(None, ["data.name=synthetic", "model.name=cifar_resnet_tiny", "epochs=1",
+        ...                             "out_dir=/tmp/st-doc", "st.num_subnets=1"])
+        >>> summary = train(cfg)   # doctest: +SKIP
+        >>> sorted(summary)        # doctest: +SKIP
+        ['best_acc', 'checkpoint', 'epochs', 'final', 'run_dir', 'step']
+    """
+    runtime = Runtime.start(cfg)
+    try:
+        return _train(cfg, runtime)
+    finally:
+        runtime.close()
+
+
+def _train(cfg: Config, runtime: Runtime) -> dict[str, Any]:
+    device, main, run_dir = runtime.device, runtime.is_main, cfg.run_dir
+    world = runtime.dist.world_size
+    data = build_data(cfg.data, cfg.batch_size // world, cfg.eval_batch_size, seed=cfg.seed,
+                      rank=runtime.dist.rank, world_size=world, device=device)
+    num_classes = _num_classes(cfg, data.num_classes)
+    steps_per_epoch = len(data.train)
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training set has fewer images than one batch ({cfg.batch_size}); lower batch_size")
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, num_classes, pretrained=cfg.model.pretrained)
+    ed = ElasticDepth(model, stages=cfg.model.stages)
+    eval_depths = _checked_depths(ed, cfg.eval_depths)
+    model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    ema_ed = ElasticDepth(ema.module, stages=cfg.model.stages) if ema is not None else None
+    forward = runtime.wrap(model, cfg.compile, find_unused_parameters=cfg.st.num_subnets > 0)
+    optimizer = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+    criterion = CrossEntropyWithAccuracy(cfg.optim.label_smoothing, device)
+    space = SampleSpace.for_model(ed, cfg.st.sampling, ranges=cfg.st.ranges, seed=cfg.seed)
+    step = StimulativeStep.from_config(cfg.st, ed, space, model=None if forward is model else forward,
+                                       criterion=criterion, scaler=scaler, seed=cfg.seed + 1,
+                                       stats_every=cfg.stats_every)
+    state = TrainingState(model, optimizer, build_scheduler(optimizer, cfg, steps_per_epoch), step, ema, scaler)
+
+    skip, source = 0, resume_path(cfg)
+    if source is not None:
+        skip = state.restore(load_checkpoint(source, map_location=device), steps_per_epoch, device, source)
+    elif main and (run_dir / "last.pt").exists():
+        console(f"warning: {run_dir} already holds a run; starting fresh and overwriting it "
+                "(pass resume=auto to continue it)")
+    resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=num_classes))
+    log = None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(resolved, run_dir / "config.yaml")
+        log = MetricsLog(run_dir, tensorboard=cfg.tensorboard)
+        log.write(state.history)
+        log.start_steps(keep_until=state.global_step)
+        what = f"resuming {source} at epoch {state.epoch + 1}" if source else "starting"
+        console(f"{what}: {cfg.model.name} on {cfg.data.name} ({data.num_classes} classes), {steps_per_epoch} "
+                f"steps/epoch x {cfg.epochs} epochs, ST sub-networks/step {cfg.st.num_subnets}, device {device}"
+                f"{f' x{world}' if runtime.dist.enabled else ''}, run dir {run_dir}")
+
+    record: dict[str, Any] = state.history[-1] if state.history else {}
+    stopped = False
+    for epoch in range(state.epoch, cfg.epochs):
+        if stopped:
+            break
+        record, stopped = train_one_epoch(cfg, runtime, state, forward, data.train, criterion, epoch, skip, log)
+        skip = 0
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or stopped:
+            t1 = time.perf_counter()
+            record.update(evaluate_epoch(ed, eval_depths, data.test, data.train, cfg.bn_recal_images, device,
+                                         runtime.autocast, ema_ed))
+            record["eval_time_s"] = time.perf_counter() - t1
+        partial = record.get("partial", False)
+        state.epoch = epoch + (0 if partial else 1)
+        if not partial:
+            state.history.append(record)
+        is_best = record.get("test_acc") is not None and record["test_acc"] > state.best_acc
+        if is_best:
+            state.best_acc = record["test_acc"]
+        if main:
+            ckpt = state.checkpoint(config_to_dict(resolved), num_classes, record, device)
+            save_checkpoint(ckpt, run_dir / "last.pt")
+            if is_best:
+                save_checkpoint(ckpt, run_dir / "best.pt")
+            del ckpt
+            log.write(state.history + ([record] if partial else []))
+            console(format_record(record, cfg.epochs))
+
+    if main:
+        plot_training_curves({cfg.name: log.records}, run_dir / "training.png", title=f"{cfg.name}: "
+                             f"{cfg.model.name} on {cfg.data.name}, {cfg.st.num_subnets} sub-networks/step")
+        log.close()
+        console(f"done: best test acc {state.best_acc:.2f}% -> {run_dir}")
+    return {"run_dir": str(run_dir), "epochs": int(record.get("epoch", state.epoch)), "step": state.global_step,
+            "best_acc": state.best_acc, "final": record, "checkpoint": str(run_dir / "last.pt")}
+
+
+def _num_classes(cfg: Config, data_classes: int) -> int:
+    if cfg.model.num_classes and cfg.model.num_classes != data_classes:
+        raise ValueError(f"model.num_classes={cfg.model.num_classes} but the dataset {cfg.data.name!r} has "
+                         f"{data_classes} classes; leave model.num_classes null")
+    return cfg.model.num_classes or data_classes
+
+
+def _checked_depths(ed: ElasticDepth, depths: list) -> list[list]:
+    out = [list(d) for d in depths]
+    for d in out:
+        try:
+            ed.block_modes(d)
+        except ValueError as err:
+            raise ValueError(f"eval_depths entry {d}: {err}") from None
+    return out

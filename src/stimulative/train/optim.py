@@ -1,0 +1,74 @@
+"""Optimizer and per-iteration learning-rate schedule from ``cfg.optim``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import Config
+
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW from ``cfg.optim``.
+
+    With ``no_decay_bn_bias`` BatchNorm/LayerNorm weights, biases, other 1-d parameters and the model's own
+    ``no_weight_decay()`` names (timm ViT: pos_embed, cls_token) get no weight decay (timm's grouping helper).
+
+    Example:
+        >>> from stimulative import Config
+        >>> import stimulative as st
+        >>> opt = build_optimizer(st.create_model("cifar_resnet_tiny", 10), Config())
+        >>> [g["weight_decay"] for g in opt.param_groups]
+        [0.0, 0.0005]
+    """
+    o = cfg.optim
+    if o.no_decay_bn_bias:
+        from timm.optim import param_groups_weight_decay
+
+        skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+        params: Any = param_groups_weight_decay(model, o.weight_decay, no_weight_decay_list=skip)
+    else:
+        params = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": o.weight_decay}]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas))
+    raise ValueError(f"optim.name must be sgd or adamw, got {o.name!r}")
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the base LR at iteration ``step``: linear warmup, then cosine to ``min_ratio`` or constant.
+
+    Example:
+        >>> lr_factor(0, 100, 10, "cosine", 0.0), lr_factor(10, 100, 10, "cosine", 0.0), lr_factor(100, 100, 10, "cosine", 0.0)
+        (0.1, 1.0, 0.0)
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
+    """Per-iteration LR schedule: "cosine" (linear warmup over ``warmup_epochs``, cosine to ``min_lr``),
+    "onecycle" (``torch.optim.lr_scheduler.OneCycleLR``, warm-up fraction ``warmup_epochs/epochs`` or 0.3) or
+    "constant" (after the warmup). Call ``scheduler.step()`` after every optimizer step."""
+    o = cfg.optim
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = int(round(o.warmup_epochs * steps_per_epoch))
+    if o.schedule == "onecycle":
+        pct = o.warmup_epochs / cfg.epochs if o.warmup_epochs > 0 else 0.3
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=o.lr, total_steps=total,
+                                                   pct_start=min(max(pct, 1e-3), 0.99))
+    if o.schedule not in ("cosine", "constant"):
+        raise ValueError(f"optim.schedule must be cosine, onecycle or constant, got {o.schedule!r}")
+    min_ratio = o.min_lr / o.lr if o.lr > 0 else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: lr_factor(i, total, warmup, o.schedule, min_ratio))

@@ -1,0 +1,167 @@
+"""Where and how a run executes: the device, the distributed process group, mixed precision, backend flags.
+
+``resolve_device`` is the package's only device resolver (training, evaluation and every command use it).
+``Runtime.start(cfg)`` joins torchrun's process group when there is one and applies ``threads``,
+``deterministic`` and ``amp``; ``runtime.wrap(model)`` adds autocast, ``torch.compile`` and DDP around the model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import Config
+
+__all__ = ["DistInfo", "Runtime", "resolve_device", "setup_distributed", "amp_dtype", "AutocastForward"]
+
+
+@dataclass
+class DistInfo:
+    """This process's place in a distributed run (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without index -> ``cuda:<local_rank>``.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a valid torch device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} but CUDA is not available on this machine; use device=cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def setup_distributed(device: torch.device) -> DistInfo:
+    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
+
+    Uses NCCL on CUDA and gloo on CPU. Without ``WORLD_SIZE > 1`` this returns a single-process ``DistInfo``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    initialized_here = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        initialized_here = True
+    return DistInfo(rank, world, local_rank, initialized_here)
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``cfg.amp`` (None = fp32). fp16 needs CUDA (it comes with a GradScaler)."""
+    if amp == "none":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("amp=fp16 needs a CUDA device; use amp=bf16 (or none) on CPU")
+        return torch.float16
+    raise ValueError(f"amp must be none, bf16 or fp16, got {amp!r}")
+
+
+class AutocastForward(nn.Module):
+    """Runs the wrapped model's forward under ``torch.autocast`` (so backward runs outside autocast)."""
+
+    def __init__(self, module: nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.module = module
+        self.device_type, self.dtype = device_type, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.module(x)
+
+
+@dataclass
+class Runtime:
+    """The device, the process group and the precision of one training run."""
+
+    device: torch.device
+    dist: DistInfo
+    autocast: torch.dtype | None = None
+
+    @classmethod
+    def start(cls, cfg: Config) -> Runtime:
+        """Resolve the device, join torchrun's process group, apply threads / determinism / amp; check the batch."""
+        device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+        runtime = cls(device, setup_distributed(device))
+        try:
+            if cfg.threads > 0:
+                torch.set_num_threads(cfg.threads)
+            if cfg.deterministic:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                torch.use_deterministic_algorithms(True, warn_only=True)
+                torch.backends.cudnn.benchmark = False
+            elif device.type == "cuda":
+                torch.backends.cudnn.benchmark = True
+            runtime.autocast = amp_dtype(cfg.amp, device)
+            if cfg.batch_size % runtime.dist.world_size:
+                raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {runtime.dist.world_size} "
+                                 "processes")
+        except BaseException:
+            runtime.close()
+            raise
+        return runtime
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def wrap(self, model: nn.Module, compile: bool = False, find_unused_parameters: bool = False) -> nn.Module:
+        """What the training step calls: ``model`` under autocast, compiled, in DDP (each only when enabled)."""
+        forward = model
+        if self.autocast is not None:
+            forward = AutocastForward(forward, self.device.type, self.autocast)
+        if compile:
+            forward = torch.compile(forward)
+        if self.dist.enabled:
+            forward = nn.parallel.DistributedDataParallel(
+                forward, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=find_unused_parameters)
+        return forward
+
+    def all_reduce(self, values: list[float]) -> list[float]:
+        """Sum ``values`` over the processes (float64; unchanged in a single process)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.dist.enabled:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def close(self) -> None:
+        """Leave the process group if this run joined it."""
+        if self.dist.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()

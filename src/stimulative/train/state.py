@@ -1,0 +1,154 @@
+"""The checkpoint layout, in one place: what a training run saves and restores, and what an export holds.
+
+A training checkpoint (``last.pt``, ``best.pt``) is a dict::
+
+    {"format": "stimulative-v1", "model": state_dict, "ema": state_dict | None, "ema_n_averaged": int,
+     "config": config dict, "num_classes": int, "epoch": completed epochs, "step": optimizer steps,
+     "optimizer": ..., "scheduler": ..., "scaler": ... | None, "rng": {torch, cuda, python, numpy},
+     "space_rng": sampler state, "step_rng": input-size generator state, "metrics": last epoch's record,
+     "history": all epoch records, "best_acc": float}
+
+An exported sub-network has ``format``, ``model`` (the state_dict of the architecture with the skipped blocks
+removed), ``config``, ``num_classes``, ``depths`` (the config it was cut at), ``ema: None`` and the export's own
+entries (metrics, normalisation, ...). Every other module reads checkpoints through ``SavedRun``/``model_weights``
+and writes them through ``TrainingState`` and ``exported_checkpoint``.
+
+Reproducibility: the global RNGs are re-seeded from (seed, epoch, rank) at every epoch start, so only a
+checkpoint taken in the middle of an epoch (``max_steps``) needs the saved RNG state to resume exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from ..core.step import StimulativeStep
+
+__all__ = ["FORMAT", "TrainingState", "SavedRun", "model_weights", "exported_checkpoint"]
+
+FORMAT = "stimulative-v1"
+
+
+@dataclass
+class TrainingState:
+    """Everything a training run carries from one step to the next, and its checkpoint dict.
+
+    ``epoch`` counts completed epochs, ``global_step`` optimizer steps; ``history`` holds one record per
+    completed epoch. ``step.space`` is the sub-network sampler.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step: StimulativeStep
+    ema: AveragedModel | None = None
+    scaler: torch.amp.GradScaler | None = None
+    epoch: int = 0
+    global_step: int = 0
+    best_acc: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def checkpoint(self, config: dict, num_classes: int, record: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        """The training checkpoint dict now (``record``: the last epoch's, possibly partial)."""
+        ema = self.ema
+        return {
+            "format": FORMAT, "model": self.model.state_dict(),
+            "ema": ema.module.state_dict() if ema is not None else None,
+            "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
+            "config": config, "num_classes": num_classes, "epoch": self.epoch, "step": self.global_step,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": _rng_state(device), "space_rng": self.step.space.rng.getstate(), "step_rng": self.step.rng.getstate(),
+            "metrics": record, "history": self.history, "best_acc": self.best_acc,
+        }
+
+    def restore(self, ckpt: dict[str, Any], steps_per_epoch: int, device: torch.device, source: str | Path) -> int:
+        """Load a training checkpoint into the live objects; returns the batches of the epoch already done.
+
+        Raises:
+            ValueError: the checkpoint's step does not fit ``steps_per_epoch`` (data or batch size changed).
+        """
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+            self.ema.n_averaged.fill_(int(ckpt.get("ema_n_averaged", 1)))
+        self.step.space.rng.setstate(_as_tuple(ckpt["space_rng"]))
+        self.step.rng.setstate(_as_tuple(ckpt["step_rng"]))
+        self.epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.step.calls = self.global_step  # one call per optimizer step: keeps subnet_every / stats_every in phase
+        self.best_acc, self.history = float(ckpt.get("best_acc", -1.0)), list(ckpt.get("history", []))
+        skip = self.global_step - self.epoch * steps_per_epoch
+        if not 0 <= skip < steps_per_epoch:
+            raise ValueError(f"cannot resume {str(source)!r}: it stopped at step {self.global_step} of epoch "
+                             f"{self.epoch + 1}, which does not fit {steps_per_epoch} steps per epoch (did the "
+                             "data or batch size change?)")
+        if skip:
+            _set_rng_state(ckpt["rng"], device)
+        return skip
+
+
+@dataclass
+class SavedRun:
+    """What a checkpoint says about its run, for loading and reporting (``SavedRun.of(ckpt)``)."""
+
+    config: dict | None
+    num_classes: int | None
+    depths: list | None
+    has_ema: bool
+    epoch: int | None
+    step: int | None
+    best_acc: float | None
+    history: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, ckpt: dict[str, Any]) -> SavedRun:
+        history = list(ckpt.get("history") or ([ckpt["metrics"]] if ckpt.get("metrics") else []))
+        num_classes = ckpt.get("num_classes")
+        return cls(ckpt.get("config"), int(num_classes) if num_classes else None, ckpt.get("depths"),
+                   ckpt.get("ema") is not None, ckpt.get("epoch"), ckpt.get("step"), ckpt.get("best_acc"), history)
+
+
+def model_weights(ckpt: dict[str, Any], use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The model's state_dict in a checkpoint (the EMA weights when asked and present)."""
+    return ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+
+
+def exported_checkpoint(model: nn.Module, config: dict, num_classes: int, depths: list[int],
+                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict of an exported sub-network (loads with ``load_model``; ``extra``: metrics etc.)."""
+    return {"format": FORMAT, "model": model.state_dict(), "config": config, "num_classes": num_classes,
+            "depths": depths, "ema": None, **{k: v for k, v in (extra or {}).items() if k != "depths"}}
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
