@@ -13,6 +13,7 @@ from stimulative.lm import (
     TokenLogits,
     corpus_files,
     corpus_tokens,
+    depth_losses,
     encode_files,
     next_token_targets,
     split_by_file,
@@ -220,3 +221,19 @@ def test_speculative_decoding_equals_greedy():
     assert greedy.shape[1] == prompt.shape[1] + 12
     assert torch.equal(early, greedy) and torch.equal(drafted, greedy)
     assert model.config.num_hidden_layers == 3  # early exit restored the config
+
+
+def test_depth_losses_equal_truncated_models():
+    from stimulative.integrations import transformers as sth
+
+    model = _llama(layers=3)
+    ed = sth.elastic_depth(model)
+    batches = [_padded_batch(), _padded_batch()[:2]]
+    result = depth_losses(ed, batches)
+    assert sorted(result) == [1, 2, 3] and model.training
+    for k, row in result.items():
+        small = sth.extract_pretrained(ed, [k]).eval()
+        with torch.no_grad():
+            rows = torch.cat([TokenLogits(small)(b) for b in batches])
+        expected = F.cross_entropy(rows, torch.cat([next_token_targets(b) for b in batches]))
+        assert abs(row["loss"] - float(expected)) < 1e-5 and row["tokens"] == rows.shape[0]

@@ -7,6 +7,8 @@
   ``stdlib_files`` (``stimulative.lm.data``): a byte-level tokenizer (no download), packed fixed-length blocks
   over a text file or a folder of text files split into train/val by file, and the Python standard library's
   own sources as a demo corpus.
+* ``depth_losses`` (``stimulative.lm.evaluate``): validation loss/perplexity of every prefix depth inside one
+  model (loafing by depth).
 
 Models come from ``transformers`` (optional extra); their layers are found and cut by
 ``stimulative.integrations.transformers``. Nothing here imports ``transformers`` except ``load_tokenizer`` for a
@@ -23,9 +25,10 @@ from .data import (
     split_by_file,
     stdlib_files,
 )
+from .evaluate import depth_losses
 from .loss import IGNORE_INDEX, TokenLogits, next_token_targets, token_batch, token_cross_entropy
 
 __all__ = [
-    "IGNORE_INDEX", "ByteTokenizer", "PackedBlocks", "TokenLogits", "corpus_files", "corpus_tokens", "encode_files",
+    "IGNORE_INDEX", "ByteTokenizer", "PackedBlocks", "TokenLogits", "corpus_files", "corpus_tokens", "depth_losses", "encode_files",
     "load_tokenizer", "next_token_targets", "split_by_file", "stdlib_files", "token_batch", "token_cross_entropy",
 ]
