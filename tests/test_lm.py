@@ -85,6 +85,14 @@ def test_data_roots(tmp_path):
 # Token-level ST loss (transformers models)
 # --------------------------------------------------------------------------------------------------------------
 
+def _sth():
+    """The transformers integration, or skip the test when the extra is not installed."""
+    pytest.importorskip("transformers")
+    from stimulative.integrations import transformers as sth
+
+    return sth
+
+
 def _llama(layers=4, vocab=48):
     transformers = pytest.importorskip("transformers")
     transformers.logging.set_verbosity_error()
@@ -104,7 +112,7 @@ def _padded_batch(vocab=48):
 
 
 def test_token_logits_rows_and_padding():
-    from stimulative.integrations import transformers as sth
+    sth = _sth()
 
     model = _llama().eval()
     ids = _padded_batch()
@@ -152,7 +160,7 @@ def _hand_loss(model, ed, ids, configs):
 
 
 def test_st_step_gradients_equal_hand_written_loss():
-    from stimulative.integrations import transformers as sth
+    sth = _sth()
 
     model = _llama().train()
     ed = sth.elastic_depth(model)
@@ -174,7 +182,7 @@ def test_st_step_gradients_equal_hand_written_loss():
 
 def test_every_other_layer_space_in_the_step():
     """A sub-network pattern that is not a prefix (SortedNet/LayerDrop: every other layer)."""
-    from stimulative.integrations import transformers as sth
+    sth = _sth()
 
     model = _llama().train()
     ed = sth.elastic_depth(model)
@@ -207,7 +215,7 @@ def test_every_other_layer_space_in_the_step():
 # --------------------------------------------------------------------------------------------------------------
 
 def test_speculative_decoding_equals_greedy():
-    from stimulative.integrations import transformers as sth
+    sth = _sth()
 
     model = _llama(layers=3).eval()
     prompt = torch.tensor([[1, 5, 9, 11, 7]])
@@ -224,7 +232,7 @@ def test_speculative_decoding_equals_greedy():
 
 
 def test_depth_losses_equal_truncated_models():
-    from stimulative.integrations import transformers as sth
+    sth = _sth()
 
     model = _llama(layers=3)
     ed = sth.elastic_depth(model)
