@@ -197,8 +197,13 @@ def stimulative_step(
         stats.update(std_main=_logit_std(teacher), std_sub=[], loss_sub=[], configs=[], sizes=[])
         if grad_norms:
             stats.update(grad_main=grad_norm_since(), grad_sub=[], cos_sub=[])
-    sub_rows = max(1, math.ceil(subnet_fraction * x.shape[0])) if subnet_fraction < 1 else x.shape[0]
-    x_sub, y_sub, t_sub = x[:sub_rows], y[:sub_rows], teacher[:sub_rows]
+    x_sub, y_sub, t_sub = x, y, teacher  # the teacher may have more rows than x (one per token for an LM)
+    if subnet_fraction < 1:
+        rows = max(1, math.ceil(subnet_fraction * x.shape[0]))
+        if teacher.shape[0] != x.shape[0]:
+            raise ValueError("subnet_fraction < 1 needs one logit row per input sample "
+                             f"(got {teacher.shape[0]} rows for {x.shape[0]} samples)")
+        x_sub, y_sub, t_sub = x[:rows], y[:rows], teacher[:rows]
     subnet_total = 0.0
     for k in range(n):
         config = space.sample()
