@@ -1,0 +1,231 @@
+"""The configuration of a language-model run: typed dataclasses, YAML recipes and ``key=value`` overrides.
+
+A recipe with ``task: lm`` is an LM run (``is_lm_recipe``)::
+
+    cfg = load_lm_config("recipes/lm_llama_st.yaml", ["steps=200", "model.hidden_size=128"])
+
+Overrides are parsed as YAML (``stimulative.train.config.apply_overrides``); an unknown key or a wrong type is a
+``ConfigError`` naming the key and the valid ones. The ``st`` section is the project's ``STConfig``: the same
+``StimulativeStep`` options (``StimulativeStep.from_config``). For LMs keep ``st.min_input_scale=1`` and
+``st.subnet_fraction=1`` (the step's random resize is for images; the teacher has one row per token), and the
+ST schedule (``kl_schedule``, ``start_epoch``) runs in fractional epochs of the training tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..io import atomic_write_text
+from ..train.config import ConfigError, STConfig, apply_overrides
+
+__all__ = ["LMConfig", "LMModelConfig", "LMDataConfig", "LMOptimConfig", "load_lm_config", "lm_config_from_dict",
+           "lm_config_to_dict", "save_lm_config", "is_lm_recipe", "default_eval_depths", "ConfigError"]
+
+FAMILIES = ("llama", "gpt2")
+
+
+@dataclass
+class LMModelConfig:
+    family: str = "llama"                 # llama (LlamaForCausalLM) | gpt2 (GPT2LMHeadModel)
+    num_hidden_layers: int = 8
+    hidden_size: int = 256
+    intermediate_size: int = 0            # MLP width; 0 = llama: 8/3 * hidden (multiple of 8), gpt2: 4 * hidden
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 0          # llama GQA; 0 = num_attention_heads
+    context: int = 256                    # training block length = max positions
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class LMDataConfig:
+    root: str | None = None               # text file | folder (split by file) | folder with train/ and val/;
+    #                                       None or "stdlib" = the Python standard library's sources
+    val_fraction: float = 0.1
+    tokenizer: str = "byte"               # byte | a local transformers tokenizer directory
+    max_bytes: int = 0                    # read at most this many bytes per split (quick runs); 0 = all
+    val_blocks: int = 256                 # validation blocks evaluated (evenly spaced over val); 0 = all
+
+
+@dataclass
+class LMOptimConfig:
+    name: str = "adamw"                   # adamw | sgd
+    lr: float = 2e-3
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    momentum: float = 0.9                 # sgd
+    weight_decay: float = 0.1             # not on 1-d parameters (norms, biases)
+    schedule: str = "cosine"              # cosine | onecycle | constant (per iteration)
+    warmup_steps: int = 100
+    min_lr: float = 0.0
+    clip_grad: float = 1.0                # max grad norm; 0 = off
+
+
+@dataclass
+class LMConfig:
+    task: str = "lm"
+    name: str = "lm"
+    out_dir: str = "runs"                 # the run writes to out_dir/name
+    steps: int = 1000                     # optimizer steps (used when epochs == 0)
+    epochs: float = 0.0                   # > 0: steps = ceil(epochs * training tokens / (batch_size * context))
+    batch_size: int = 16                  # blocks of model.context tokens per step
+    eval_batch_size: int = 32
+    eval_every: int = 200                 # steps between validations (and always at the end)
+    eval_depths: list | None = None       # prefix depths validated besides the full model; None = L/4, L/2, 3L/4
+    log_every: int = 50                   # steps between console lines
+    seed: int = 0
+    threads: int = 0                      # torch.set_num_threads; 0 = leave as is
+    device: str = "auto"                  # auto | cpu | cuda | cuda:1 ...
+    resume: str | None = None             # null | auto | path/to/last.pt or run dir
+    max_steps: int = 0                    # stop at this global step (checkpoint written; resume later); 0 = off
+    model: LMModelConfig = field(default_factory=LMModelConfig)
+    data: LMDataConfig = field(default_factory=LMDataConfig)
+    optim: LMOptimConfig = field(default_factory=LMOptimConfig)
+    st: STConfig = field(default_factory=STConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir).expanduser() / self.name
+
+
+_CHOICES = {"task": ("lm",), "model.family": FAMILIES, "optim.name": ("adamw", "sgd"),
+            "optim.schedule": ("cosine", "onecycle", "constant")}
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typing.get_origin(hint) or hint)
+
+
+def _fill(cls: type, data: Any, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = prefix + str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(sorted(names))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _fill(hint, value or {}, full + ".")
+            continue
+        if isinstance(value, str) and hint is float:
+            try:
+                value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+            except ValueError:
+                pass
+        if not _type_ok(value, hint):
+            raise ConfigError(f"config key {full!r} expects {str(hint).replace('typing.', '')}, got {value!r}")
+        if hint is float and isinstance(value, int):
+            value = float(value)
+        if full in _CHOICES and value not in _CHOICES[full]:
+            raise ConfigError(f"config key {full!r} must be one of {', '.join(_CHOICES[full])}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _validate(cfg: LMConfig) -> None:
+    m = cfg.model
+    for key, value, low in (("steps", cfg.steps, 1), ("batch_size", cfg.batch_size, 1),
+                            ("eval_batch_size", cfg.eval_batch_size, 1), ("eval_every", cfg.eval_every, 1),
+                            ("log_every", cfg.log_every, 1), ("threads", cfg.threads, 0),
+                            ("max_steps", cfg.max_steps, 0), ("model.num_hidden_layers", m.num_hidden_layers, 1),
+                            ("model.hidden_size", m.hidden_size, 1), ("model.num_attention_heads",
+                                                                      m.num_attention_heads, 1),
+                            ("model.context", m.context, 2), ("data.max_bytes", cfg.data.max_bytes, 0),
+                            ("data.val_blocks", cfg.data.val_blocks, 0), ("optim.warmup_steps",
+                                                                          cfg.optim.warmup_steps, 0)):
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    if m.hidden_size % m.num_attention_heads:
+        raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads="
+                          f"{m.num_attention_heads}")
+    if m.num_key_value_heads and m.num_attention_heads % m.num_key_value_heads:
+        raise ConfigError("model.num_attention_heads must be a multiple of model.num_key_value_heads")
+    if cfg.epochs < 0:
+        raise ConfigError(f"epochs must be >= 0, got {cfg.epochs}")
+    if not 0 < cfg.data.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
+    if cfg.optim.lr <= 0 or cfg.optim.min_lr < 0 or cfg.optim.weight_decay < 0 or cfg.optim.clip_grad < 0:
+        raise ConfigError("optim.lr must be > 0; optim.min_lr, weight_decay and clip_grad >= 0")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas must be two numbers, got {cfg.optim.betas}")
+    if cfg.st.num_subnets < 0:
+        raise ConfigError(f"st.num_subnets must be >= 0, got {cfg.st.num_subnets}")
+    if cfg.st.min_input_scale != 1 or cfg.st.subnet_fraction != 1:
+        raise ConfigError("LM runs need st.min_input_scale=1 and st.subnet_fraction=1 (random smaller inputs and "
+                          "sample subsets are for images; the teacher has one logit row per token)")
+    if cfg.eval_depths is not None:
+        bad = [d for d in cfg.eval_depths if not isinstance(d, int) or isinstance(d, bool)
+               or not 1 <= d <= m.num_hidden_layers]
+        if bad:
+            raise ConfigError(f"eval_depths must be layer counts in 1..{m.num_hidden_layers}, got {bad}")
+    if cfg.resume not in (None, "auto") and not Path(cfg.resume).expanduser().exists():
+        raise ConfigError(f"resume checkpoint {cfg.resume!r} does not exist (use resume=auto or a path)")
+
+
+def lm_config_from_dict(data: dict | None) -> LMConfig:
+    """Build and validate an ``LMConfig`` from a nested dict."""
+    cfg = _fill(LMConfig, dict(data or {}))
+    _validate(cfg)
+    return cfg
+
+
+def lm_config_to_dict(cfg: LMConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _read_recipe(path: str | Path) -> dict:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"recipe file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping")
+    return data
+
+
+def is_lm_recipe(path: str | Path | None) -> bool:
+    """True when ``path`` is a YAML recipe with ``task: lm`` (what ``stimulative train`` dispatches on)."""
+    if path is None or not str(path).endswith((".yaml", ".yml")) or not Path(path).is_file():
+        return False
+    try:
+        return _read_recipe(path).get("task") == "lm"
+    except ConfigError:
+        return False
+
+
+def load_lm_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> LMConfig:
+    """Read a recipe (or start from the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    data = _read_recipe(path) if path is not None else {}
+    apply_overrides(data, list(overrides))
+    return lm_config_from_dict(data)
+
+
+def save_lm_config(cfg: LMConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    atomic_write_text(path, yaml.safe_dump(lm_config_to_dict(cfg), sort_keys=False))
+
+
+def default_eval_depths(num_layers: int) -> list[int]:
+    """L/4, L/2, 3L/4 (distinct, between 1 and L-1): 2, 4, 6 of 8."""
+    return sorted({d for d in (num_layers // 4, num_layers // 2, 3 * num_layers // 4) if 1 <= d < num_layers})
