@@ -28,9 +28,9 @@ from machine import load_average, machine_info  # benchmarks/machine.py
 from PIL import Image
 
 import stimulative as st
-from stimulative.config import DataConfig
 from stimulative.data import DATASET_STATS, TensorBatches, build_data
 from stimulative.data.files import ImageSource, load_decoded
+from stimulative.train.config import DataConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,7 +26,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from stimulative.finetune import StimulativeFinetune, detection_input_scale
+from stimulative.deploy.finetune import StimulativeFinetune, detection_input_scale
 
 
 def build_detector(num_classes: int = 3, size: int = 128, backbone_weights: str | None = None) -> FasterRCNN:

@@ -18,9 +18,9 @@ import yaml
 import stimulative as st
 from stimulative.analysis.erf import effective_receptive_field, erf_radius
 from stimulative.analysis.report import config_diff, read_run
-from stimulative.analysis.runs import select_configs
 from stimulative.cli import main
 from stimulative.data import build_data
+from stimulative.runs import select_configs
 from stimulative.train.checkpoint import load_model, save_checkpoint
 from stimulative.train.config import config_from_dict, config_to_dict
 
@@ -102,7 +102,7 @@ def test_loafing_every_subnet_full_row_equals_evaluate(runs, tmp_path):
     assert smallest["acc_bn"] == recal["acc"] and smallest["num_blocks"] == 3
     # the eval command (if present) prints the same number for the full network
     try:
-        from stimulative.commands.eval import evaluate_checkpoint
+        from stimulative.runs import evaluate_checkpoint
     except ImportError:
         evaluate_checkpoint = None
     if evaluate_checkpoint is not None:

@@ -62,7 +62,7 @@ def test_nan_loss_exits_2_with_one_line(tmp_path, capsys):
 
 def test_eval_full_network_equals_evaluate(trained, tmp_path, capsys):
     run, cfg = trained
-    result = eval_json([str(run)], tmp_path)
+    result = eval_json([str(run), "--bn-recal", "0"], tmp_path)  # the default re-estimates BN on 2000 images
     loaded = load_model(run)
     bundle = build_data(cfg.data, cfg.batch_size, cfg.eval_batch_size, seed=cfg.seed)
     expected = st.evaluate(loaded.model, bundle.test)

@@ -15,17 +15,15 @@ from torchvision.models.resnet import BasicBlock, ResNet
 import stimulative as st
 from stimulative import cli
 from stimulative.data import build_data
-from stimulative.export import (
+from stimulative.deploy.export import (
     EXPORT_FORMATS,
     backbone_state_dict,
     check_format,
     count_parameters,
     export_backbone,
     export_model,
-    plain_architecture,
-    plain_architecture_code,
 )
-from stimulative.models import CifarResNet
+from stimulative.models import CifarResNet, plain_architecture, plain_architecture_code
 from stimulative.train.checkpoint import load_model, save_checkpoint
 from stimulative.train.config import config_from_dict, config_to_dict
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import torchvision
 
 import stimulative as st
-from stimulative.finetune import StimulativeFinetune, detection_input_scale
+from stimulative.deploy.finetune import StimulativeFinetune, detection_input_scale
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "finetune_detection.py"
 
@@ -95,7 +95,7 @@ def test_detection_example_runs_a_few_steps(tmp_path, capsys):
     example = load_example()
     torch.manual_seed(0)
     # an ST-pretrained-style backbone exported with export_backbone loads into the detector
-    from stimulative.export import export_backbone
+    from stimulative.deploy.export import export_backbone
 
     export_backbone(st.ElasticDepth(st.create_model("resnet18", num_classes=10)), tmp_path / "r18_backbone.pth")
     history = example.main(["--steps", "2", "--size", "64", "--batch", "1", "--num-subnets", "2",

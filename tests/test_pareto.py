@@ -12,9 +12,9 @@ from conftest import randomize_bn
 from torch import nn
 
 import stimulative as st
-import stimulative.pareto as pareto
+import stimulative.deploy.pareto as pareto
 from stimulative import cli
-from stimulative.pareto import (
+from stimulative.deploy.pareto import (
     candidate_configs,
     count_flops,
     greedy_walk,

@@ -1,7 +1,7 @@
 """The ``stimulative`` command line: ``stimulative <command> ...``; ``stimulative <command> -h`` for help.
 
 Each command lives in ``stimulative.commands.<name>`` and defines ``HELP``, ``add_arguments(parser)`` and
-``run(args) -> int``. Expected errors (bad config key, missing file, bad depth spec, NaN loss) print one line
+``run(args) -> int``; options several commands share are declared once in ``stimulative.commands.options``. Expected errors (bad config key, missing file, bad depth spec, NaN loss) print one line
 ``stimulative <command>: error: ...`` and exit with status 2; ``--traceback`` shows the full trace instead.
 """
 
@@ -11,6 +11,8 @@ import argparse
 import importlib
 import importlib.util
 import sys
+
+from .commands.options import check
 
 __all__ = ["main", "COMMANDS", "EXPECTED_ERRORS", "build_parser", "intermix_positionals"]
 
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser, modules = build_parser()
     args = parser.parse_args(argv)
     try:
+        check(args)
         return int(modules[args.command].run(args) or 0)
     except EXPECTED_ERRORS as err:
         if args.traceback:

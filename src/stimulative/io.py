@@ -24,8 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_torch_save", "write_json", "read_json", "write_jsonl",
-           "read_jsonl", "write_csv"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_torch_save", "jsonable", "write_json", "read_json",
+           "write_jsonl", "read_jsonl", "write_csv"]
 
 
 @contextlib.contextmanager
@@ -67,14 +67,14 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-def _clean(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """JSON-safe values: NaN/inf become None, tuples become lists, paths and dtypes become strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, Path) or type(value).__module__ == "torch" and type(value).__name__ == "dtype":
         return str(value)
     return value
@@ -82,7 +82,7 @@ def _clean(value: Any) -> Any:
 
 def write_json(obj: Any, path: str | Path, indent: int = 1) -> Path:
     """Write ``obj`` as indented JSON atomically (NaN/inf as null, tuples as lists, paths as strings)."""
-    return atomic_write_text(path, json.dumps(_clean(obj), indent=indent) + "\n")
+    return atomic_write_text(path, json.dumps(jsonable(obj), indent=indent) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -98,7 +98,7 @@ def read_json(path: str | Path) -> Any:
 
 def write_jsonl(records: Sequence[dict], path: str | Path) -> Path:
     """Rewrite ``path`` atomically with one JSON object per line."""
-    return atomic_write_text(path, "".join(json.dumps(_clean(r)) + "\n" for r in records))
+    return atomic_write_text(path, "".join(json.dumps(jsonable(r)) + "\n" for r in records))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

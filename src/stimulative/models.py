@@ -9,17 +9,25 @@ The CIFAR ResNets follow He et al. 2016 (arXiv 1512.03385, Sec. 4.2): 3 stages o
 channels, 6n+2 layers. ``shortcut="A"`` (default, as in the paper's CIFAR experiments) uses parameter-free
 identity shortcuts that subsample and zero-pad channels; ``shortcut="B"`` uses 1x1 conv + BN projections when
 the shape changes.
+
+The registry also knows each family's other depths: ``with_depths`` gives the ``create_model`` arguments of the
+same family with other blocks per stage (the "trained alone" baselines of the loafing analysis), and
+``plain_architecture``/``plain_architecture_code`` build or describe an extracted sub-network's architecture with
+torchvision, timm or ``CifarResNet`` directly (what an exported state_dict loads into without this package).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CifarResNet", "BasicBlock", "register_model", "create_model", "list_models"]
+__all__ = ["CifarResNet", "BasicBlock", "register_model", "create_model", "list_models", "with_depths",
+           "plain_architecture", "plain_architecture_code"]
 
 _MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -136,7 +144,6 @@ class CifarResNet(nn.Module):
             blocks_per_stage = [blocks_per_stage] * 3
         if len(blocks_per_stage) != 3 or min(blocks_per_stage) < 1:
             raise ValueError(f"blocks_per_stage must be 3 positive ints, got {blocks_per_stage}")
-        self.blocks_per_stage = list(blocks_per_stage)
         self.shortcut = shortcut
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -155,6 +162,11 @@ class CifarResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    @property
+    def blocks_per_stage(self) -> list[int]:
+        """Blocks in each stage (read from the stages, so an extracted sub-network reports its own)."""
+        return [len(self.layer1), len(self.layer2), len(self.layer3)]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
@@ -187,3 +199,110 @@ def cifar_resnet_tiny(num_classes: int = 10, blocks_per_stage: int | list[int] =
     """A 3x2-block, 8/16/32-channel CIFAR ResNet for tests and the offline demo (seconds on a CPU)."""
     kwargs.setdefault("widths", (8, 16, 32))
     return CifarResNet(blocks_per_stage, num_classes=num_classes, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The same family with other depths
+# --------------------------------------------------------------------------------------------------------------
+
+def with_depths(name: str, depths: Sequence[int], kwargs: dict | None = None) -> tuple[str, dict]:
+    """The ``create_model`` name and keyword arguments of model family ``name`` with ``depths`` blocks per stage.
+
+    A CIFAR ResNet with the same depth in every stage is the registered network of that size (``[3, 3, 3]`` ->
+    ``cifar_resnet20``); any other depth goes to the builder's ``blocks_per_stage``.
+
+    Example:
+        >>> with_depths("cifar_resnet56", [3, 3, 3])
+        ('cifar_resnet20', {})
+        >>> with_depths("cifar_resnet56", [1, 2, 3], {"shortcut": "B"})
+        ('cifar_resnet56', {'shortcut': 'B', 'blocks_per_stage': [1, 2, 3]})
+    """
+    depths = [int(d) for d in depths]
+    kwargs = {k: v for k, v in (kwargs or {}).items() if k != "blocks_per_stage"}
+    if re.fullmatch(r"cifar_resnet\d+", name) and len(set(depths)) == 1 and \
+            f"cifar_resnet{6 * depths[0] + 2}" in _MODEL_REGISTRY:
+        return f"cifar_resnet{6 * depths[0] + 2}", kwargs
+    return name, {**kwargs, "blocks_per_stage": depths}
+
+
+def _stage_lengths(model: nn.Module) -> list[int] | None:
+    names = sorted((n for n, _ in model.named_children() if n.startswith("layer") and n[5:].isdigit()),
+                   key=lambda s: int(s[5:]))
+    return [len(getattr(model, n)) for n in names] or None
+
+
+def _plain_spec(model: nn.Module, model_name: str, num_classes: int,
+                model_kwargs: dict | None) -> tuple[Callable[..., nn.Module], dict[str, Any], str] | None:
+    """(builder, keyword arguments, equivalent Python code) of ``model``'s architecture at its current depths."""
+    import torchvision
+
+    kwargs = dict(model_kwargs or {})
+    layers = _stage_lengths(model)
+    if isinstance(model, torchvision.models.resnet.ResNet) and layers:
+        block = type(model.layer1[0])
+        args = {"block": block, "layers": layers, "num_classes": num_classes, "groups": model.groups,
+                "width_per_group": model.base_width}
+        code = (f"torchvision.models.resnet.ResNet(torchvision.models.resnet.{block.__name__}, {layers}, "
+                f"num_classes={num_classes}, groups={model.groups}, width_per_group={model.base_width})")
+        return torchvision.models.resnet.ResNet, args, code
+    if isinstance(model, CifarResNet) and layers:
+        widths = tuple(getattr(model, f"layer{i + 1}")[0].conv2.out_channels for i in range(len(layers)))
+        args = {"blocks_per_stage": layers, "num_classes": num_classes, "shortcut": model.shortcut,
+                "widths": widths}
+        code = (f"stimulative.models.CifarResNet({layers}, num_classes={num_classes}, "
+                f"shortcut={model.shortcut!r}, widths={widths})")
+        return CifarResNet, args, code
+    if model_name.startswith("timm/"):
+        import timm
+
+        name = model_name[len("timm/"):]
+        blocks = getattr(model, "blocks", None)
+        if layers:
+            depth_arg: dict[str, Any] = {"layers": layers}
+        elif isinstance(blocks, nn.Sequential) and len(blocks) and not isinstance(blocks[0], nn.Sequential):
+            depth_arg = {"depth": len(blocks)}
+        else:
+            return None
+        args = {"model_name": name, "num_classes": num_classes, **kwargs, **depth_arg}
+        code = "timm.create_model(" + ", ".join(
+            [repr(name)] + [f"{k}={v!r}" for k, v in args.items() if k != "model_name"]) + ")"
+        return timm.create_model, args, code
+    return None
+
+
+def plain_architecture_code(model: nn.Module, model_name: str, num_classes: int,
+                            model_kwargs: dict | None = None) -> str | None:
+    """Python code that builds ``model``'s architecture (at its current depths) with torchvision/timm.
+
+    ``None`` when there is no such builder (e.g. MobileNet sub-networks: use torchscript/onnx, or
+    ``stimulative.train.checkpoint.load_model``). Our CIFAR ResNets are built with ``stimulative.models.CifarResNet``.
+    """
+    spec = _plain_spec(model, model_name, num_classes, model_kwargs)
+    return None if spec is None else spec[2]
+
+
+def plain_architecture(model: nn.Module, model_name: str, num_classes: int,
+                       model_kwargs: dict | None = None) -> nn.Module | None:
+    """Build ``model``'s architecture (at its current depths) straight from torchvision/timm, untrained.
+
+    The exported ``state_dict`` of a sub-network loads into it with ``strict=True``. ``None`` when unsupported.
+
+    Args:
+        model: the (extracted) model whose architecture to rebuild.
+        model_name: its ``create_model`` name (``"resnet50"``, ``"timm/vit_small_patch16_224"``, ...).
+        num_classes: classifier size.
+        model_kwargs: extra builder arguments the model was created with (``cfg.model.kwargs``).
+
+    Example:
+        >>> import stimulative as st
+        >>> ed = st.ElasticDepth(st.create_model("resnet18", num_classes=10))
+        >>> small = ed.extract([2, 1, 1, 2])
+        >>> plain = plain_architecture(small, "resnet18", 10)
+        >>> plain.load_state_dict(small.state_dict())
+        <All keys matched successfully>
+    """
+    spec = _plain_spec(model, model_name, num_classes, model_kwargs)
+    if spec is None:
+        return None
+    builder, args, _ = spec
+    return builder(**args)

@@ -1,8 +1,10 @@
 """The paper's analyses: network loafing, logit amplitude, effective receptive field, and a comparison report.
 
-Each analysis is a function on a loaded model and data batches (``subnetwork_accuracy``,
-``subnetwork_logit_norms``, ``effective_receptive_field``) plus a plot in ``plots``; the commands
-``stimulative loafing|logits|erf|report`` wire them to checkpoints and write PNG + JSON + CSV.
+Each analysis is a function on a model and data batches (``subnetwork_accuracy``, ``subnetwork_logit_norms``,
+``effective_receptive_field``), a function on opened runs that returns its table (``loafing_analysis``,
+``logits_analysis``, ``erf_analysis``) and a writer of its JSON/CSV/PNG (``write_loafing`` ...); ``report``
+builds one HTML page from what was written (``compute_analysis`` computes what is missing). The commands
+``stimulative loafing|logits|erf|report`` only parse options, call these and print.
 
 Example:
     >>> import torch, stimulative as st
@@ -12,15 +14,21 @@ Example:
     True
 """
 
-from .erf import default_feature_layer, effective_receptive_field, erf_radius
-from .loafing import individual_accuracy, individual_depths, loafing_summary, subnetwork_accuracy
-from .logits import logit_norms, norms_by_blocks, subnetwork_logit_norms
-from .report import config_diff, find_analyses, read_run, read_runs, write_report
-from .runs import AnalysedRun, load_run, load_runs, select_configs
+from .erf import default_feature_layer, effective_receptive_field, erf_analysis, erf_radius, write_erf
+from .loafing import (
+    individual_accuracy,
+    individual_depths,
+    loafing_analysis,
+    loafing_summary,
+    subnetwork_accuracy,
+    write_loafing,
+)
+from .logits import logit_norms, logits_analysis, norms_by_blocks, subnetwork_logit_norms, write_logits
+from .report import compute_analysis, config_diff, find_analyses, read_run, read_runs, write_report
 
 __all__ = [
-    "AnalysedRun", "config_diff", "default_feature_layer", "effective_receptive_field", "erf_radius",
-    "find_analyses", "individual_accuracy", "individual_depths", "load_run", "load_runs", "loafing_summary",
-    "logit_norms", "norms_by_blocks", "read_run", "read_runs", "select_configs", "subnetwork_accuracy",
-    "subnetwork_logit_norms", "write_report",
+    "compute_analysis", "config_diff", "default_feature_layer", "effective_receptive_field", "erf_analysis",
+    "erf_radius", "find_analyses", "individual_accuracy", "individual_depths", "loafing_analysis", "loafing_summary",
+    "logit_norms", "logits_analysis", "norms_by_blocks", "read_run", "read_runs", "subnetwork_accuracy",
+    "subnetwork_logit_norms", "write_erf", "write_loafing", "write_logits", "write_report",
 ]

@@ -19,14 +19,25 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.elastic import ElasticDepth
+from ..core.bn import recalibrated
+from ..core.elastic import ElasticDepth, format_depths
+from ..core.step import resize_input
+from ..io import write_csv, write_json
+from ..runs import Run, select_configs
+from .plots import plot_erf
 
-__all__ = ["effective_receptive_field", "erf_radius", "default_feature_layer", "resolve_layer"]
+__all__ = ["effective_receptive_field", "erf_radius", "default_feature_layer", "resolve_layer", "erf_analysis",
+           "write_erf", "parse_sizes", "COLUMNS"]
+
+COLUMNS = ["run", "depths", "num_blocks", "size", "layer", "radius_px", "radius_frac", "mass"]
 
 
 class _StopForward(Exception):
@@ -135,3 +146,86 @@ def erf_radius(heatmap: np.ndarray, mass: float = 0.9) -> dict:
     radius = float(dist[order][min(index, dist.size - 1)])
     return {"radius_px": radius, "radius_frac": radius / min(heat.shape), "centre": [cy, cx], "mass": mass}
 
+
+# ------------------------------------------------------------------------------------------------------------
+# The whole analysis of several runs
+# ------------------------------------------------------------------------------------------------------------
+
+def parse_sizes(text: str | None, input_size: int) -> list[int]:
+    """``"32,24,16"`` -> ``[32, 24, 16]``; None: the data's size, 3/4 and 1/2 of it."""
+    if text is None:
+        return sorted({input_size, max(1, round(input_size * 0.75)), max(1, input_size // 2)}, reverse=True)
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--sizes must be comma-separated integers like 32,24,16, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def _default_depths(ed: ElasticDepth) -> list[list[int]]:
+    full, smallest = list(ed.full_depths), list(ed.min_depths)
+    middle = [(m + c) // 2 for m, c in zip(smallest, full)]
+    out = []
+    for c in (full, middle, smallest):
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def _test_images(batches, n: int) -> torch.Tensor:
+    chunks, seen = [], 0
+    for x, _ in batches:
+        chunks.append(x[: n - seen])
+        seen += chunks[-1].shape[0]
+        if seen >= n:
+            break
+    if not chunks:
+        raise ValueError("the test data is empty")
+    return torch.cat(chunks)
+
+
+def erf_analysis(runs: Sequence[Run], *, depths: Sequence[str] | None = None, sizes: str | None = None,
+                 images: int = 64, layer: str | None = None, mass: float = 0.9, bn_images: int = 2000,
+                 seed: int = 0, device: torch.device | str = "cpu", overrides: Sequence[str] = ()) -> dict:
+    """ERF heatmaps and radii of every run, depth config (default: full, middle, smallest) and input size.
+
+    With ``bn_images > 0`` BN statistics are re-estimated for each config and size on training images resized
+    to that size (restored afterwards).
+
+    Returns:
+        ``{"entries", "settings"}`` (what ``write_erf`` writes as erf.json); an entry holds ``run, depths,
+        num_blocks, size, layer, radius_px, radius_frac, centre, mass, heatmap``.
+    """
+    if images < 1:
+        raise ValueError(f"--images must be >= 1, got {images}")
+    if not 0 < mass <= 1:
+        raise ValueError(f"--mass must be in (0, 1], got {mass}")
+    torch.manual_seed(seed)
+    entries = []
+    for r in runs:
+        ed = r.ed
+        configs = select_configs(ed, depths, where=r.name) if depths else _default_depths(ed)
+        layer_name = layer or default_feature_layer(ed)
+        module = resolve_layer(r.model, layer_name)
+        data = r.data(device)
+        batch = _test_images(data.test, images).to(device)
+        r.model.to(device)
+        for config in configs:
+            for size in parse_sizes(sizes, int(batch.shape[-1])):
+                resized = ((resize_input(x, (size, size)), y) for x, y in data.train)
+                with ed.depth(config), recalibrated(r.model, resized, bn_images, device=device):
+                    heat = effective_receptive_field(r.model, batch, module, size=size)
+                entries.append({"run": r.name, "depths": format_depths(config), "num_blocks": ed.num_blocks(config),
+                                "size": size, "layer": layer_name, **erf_radius(heat, mass), "heatmap": heat.tolist()})
+    settings = {"images": images, "mass": mass, "bn_recal_images": bn_images, "seed": seed,
+                "overrides": list(overrides), "checkpoints": {r.name: str(r.path) for r in runs}, "mode": "eval"}
+    return {"entries": entries, "settings": settings}
+
+
+def write_erf(result: dict, out: str | Path) -> list[Path]:
+    """erf.json, erf.csv and erf.png of an ``erf_analysis`` result."""
+    out = Path(out)
+    return [write_json(result, out / "erf.json"), write_csv(result["entries"], out / "erf.csv", COLUMNS),
+            plot_erf(result["entries"], out / "erf.png")]

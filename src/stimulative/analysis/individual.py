@@ -1,37 +1,21 @@
 """Training the "alone" baselines of the loafing analysis: the same sub-network architectures trained by themselves.
 
 A sub-network ``(d_1, d_2, d_3)`` of a CIFAR ResNet is the CIFAR ResNet built with ``d_i`` blocks per stage, so
-its individual baseline is the same recipe with the model's depth changed: ``model.name=cifar_resnet20`` for
-``3,3,3`` (6n+2 layers), otherwise ``model.kwargs.blocks_per_stage=[d_1, d_2, d_3]``.
-
-Example:
-    >>> individual_model_overrides("cifar_resnet56", [3, 3, 3])
-    ['model.name=cifar_resnet20']
-    >>> individual_model_overrides("cifar_resnet56", [1, 2, 3])
-    ['model.kwargs.blocks_per_stage=[1,2,3]']
+its individual baseline is the same recipe with the model's depth changed (``stimulative.models.with_depths``:
+``cifar_resnet20`` for ``3,3,3``, otherwise ``blocks_per_stage=[d_1, d_2, d_3]``).
 """
 
 from __future__ import annotations
 
-import re
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..models import list_models
-from ..train.config import load_config
-from .runs import format_depths
+from ..core.elastic import format_depths
+from ..models import with_depths
+from ..train import load_config, train
 
-__all__ = ["individual_model_overrides", "train_individuals"]
-
-
-def individual_model_overrides(model_name: str, depths: Sequence[int]) -> list[str]:
-    """Config overrides that turn a recipe's model into the architecture of sub-network ``depths``."""
-    depths = [int(d) for d in depths]
-    if re.fullmatch(r"cifar_resnet\d+", model_name) and len(set(depths)) == 1:
-        name = f"cifar_resnet{6 * depths[0] + 2}"
-        if name in list_models():
-            return [f"model.name={name}"]
-    return [f"model.kwargs.blocks_per_stage=[{format_depths(depths)}]"]
+__all__ = ["train_individuals"]
 
 
 def train_individuals(recipe: str | Path, configs: Sequence[Sequence[int]], out_dir: str | Path,
@@ -47,21 +31,18 @@ def train_individuals(recipe: str | Path, configs: Sequence[Sequence[int]], out_
     Returns:
         The run directories (each with ``best.pt``/``last.pt``).
     """
-    try:
-        from ..train import train
-    except ImportError as err:
-        raise ValueError(f"--train-individual needs the training engine (stimulative.engine): {err}") from None
     base = load_config(recipe, list(overrides))
     run_dirs = []
     for config in configs:
-        name = f"{base.name}_alone_{'-'.join(str(int(d)) for d in config)}"
+        name = f"{base.name}_alone_{format_depths(config, sep='-')}"
         run_dir = Path(out_dir) / name
         if (run_dir / "best.pt").is_file() or (run_dir / "last.pt").is_file():
             print(f"individual run {run_dir} exists; reusing it")
             run_dirs.append(run_dir)
             continue
-        cfg = load_config(recipe, [*overrides, *individual_model_overrides(base.model.name, config),
-                                   f"name={name}", f"out_dir={Path(out_dir)}"])
+        model_name, kwargs = with_depths(base.model.name, config, base.model.kwargs)
+        cfg = dataclasses.replace(base, name=name, out_dir=str(Path(out_dir)),
+                                  model=dataclasses.replace(base.model, name=model_name, kwargs=kwargs))
         try:
             summary = train(cfg)
         except TypeError as err:

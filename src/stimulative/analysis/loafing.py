@@ -9,7 +9,7 @@ mismatch); ``loafing_summary`` condenses a table into the loafing gap numbers.
 Example:
     >>> import stimulative as st
     >>> from stimulative.data import build_data
-    >>> from stimulative.config import DataConfig
+    >>> from stimulative.train.config import DataConfig
     >>> model = st.create_model("cifar_resnet_tiny", num_classes=10)
     >>> ed = st.ElasticDepth(model)
     >>> data = build_data(DataConfig(name="synthetic", test_subset=64, train_subset=64), 32, 64)
@@ -21,22 +21,30 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..core.elastic import ElasticDepth
+from ..core.elastic import ElasticDepth, format_depths
 from ..core.evaluation import evaluate, evaluate_depth
-from .runs import AnalysedRun, format_depths
+from ..io import write_csv, write_json
+from ..runs import Run, select_configs
+from ..train.log import run_colors
+from .plots import plot_loafing
 
-__all__ = ["subnetwork_accuracy", "individual_accuracy", "individual_depths", "loafing_summary"]
+__all__ = ["subnetwork_accuracy", "individual_accuracy", "individual_depths", "loafing_summary", "loafing_analysis",
+           "write_loafing", "loafing_table", "COLUMNS"]
+
+COLUMNS = ["run", "kind", "depths", "num_blocks", "acc", "acc_bn", "loss", "loss_bn", "n"]
 
 INSIDE, ALONE = "inside", "alone"
 
 
 def subnetwork_accuracy(ed: ElasticDepth, configs: Sequence[Sequence[int]], test: Iterable,
                         train: Iterable | None = None, bn_images: int = 0, run: str = "",
-                        device: torch.device | str | None = None, progress: bool = True) -> list[dict]:
+                        device: torch.device | str | None = None, progress: bool = True,
+                        own_bn: bool = True) -> list[dict]:
     """Accuracy and loss of each depth config inside the trained network.
 
     Args:
@@ -50,6 +58,7 @@ def subnetwork_accuracy(ed: ElasticDepth, configs: Sequence[Sequence[int]], test
         run: run name stored in every row.
         device: move batches there.
         progress: show a tqdm bar.
+        own_bn: also evaluate with the network's own BN statistics (False: ``acc``/``loss`` stay None).
 
     Returns:
         One row per config: ``run, kind="inside", depths ("3,3,3"), num_blocks, acc (%), loss, acc_bn, loss_bn, n``.
@@ -58,17 +67,19 @@ def subnetwork_accuracy(ed: ElasticDepth, configs: Sequence[Sequence[int]], test
     if bn_images > 0 and hasattr(train, "set_epoch"):
         train.set_epoch(0)  # the same (seeded) training images for every config
     for config in tqdm(list(configs), desc=f"loafing {run}".strip(), disable=not progress, leave=False):
-        plain = evaluate_depth(ed, config, test, device=device)
         row = {"run": run, "kind": INSIDE, "depths": format_depths(config), "num_blocks": ed.num_blocks(config),
-               "acc": plain["acc"], "loss": plain["loss"], "acc_bn": None, "loss_bn": None, "n": plain["n"]}
+               "acc": None, "loss": None, "acc_bn": None, "loss_bn": None, "n": None}
+        if own_bn:
+            plain = evaluate_depth(ed, config, test, device=device)
+            row.update(acc=plain["acc"], loss=plain["loss"], n=plain["n"])
         if bn_images > 0:
             recal = evaluate_depth(ed, config, test, bn_batches=train, bn_images=bn_images, device=device)
-            row["acc_bn"], row["loss_bn"] = recal["acc"], recal["loss"]
+            row.update(acc_bn=recal["acc"], loss_bn=recal["loss"], n=recal["n"])
         rows.append(row)
     return rows
 
 
-def individual_depths(run: AnalysedRun) -> list[int]:
+def individual_depths(run: Run) -> list[int]:
     """The depth config an individually trained network corresponds to.
 
     A network trained alone with ``d_i`` blocks in stage i is the ``(d_1, d_2, ...)`` sub-network of a deeper
@@ -83,7 +94,7 @@ def individual_depths(run: AnalysedRun) -> list[int]:
     return list(run.ed.full_depths)
 
 
-def individual_accuracy(run: AnalysedRun, test: Iterable, device: torch.device | str | None = None) -> dict:
+def individual_accuracy(run: Run, test: Iterable, device: torch.device | str | None = None) -> dict:
     """Accuracy of an individually trained network (its own BN statistics) as a loafing-table row."""
     depths = individual_depths(run)
     result = evaluate(run.model, test, device=device)
@@ -109,7 +120,8 @@ def loafing_summary(rows: Sequence[dict], run: str, full_depths: Sequence[int],
     Returns:
         ``full_acc``/``full_acc_bn``; ``mean_sub_acc``(``_bn``): mean accuracy of the other sub-networks;
         ``mean_drop``(``_bn``): full minus that mean (percentage points: how much the sub-networks lose);
-        ``smallest_*``: the smallest evaluated sub-network; ``gap_vs_alone``(``_bn``): mean of
+        ``min_sub_acc``(``_bn``): the worst of them; ``smallest_*``: the smallest evaluated sub-network;
+        ``gap_vs_alone``(``_bn``): mean of
         (accuracy trained alone - accuracy inside) over the matched configs (the paper's loafing gap), None
         without individual runs.
     """
@@ -129,6 +141,7 @@ def loafing_summary(rows: Sequence[dict], run: str, full_depths: Sequence[int],
         values = [r[key] for r in subs if r[key] is not None]
         mean = _mean(values)
         summary["mean_sub_acc" + suffix] = mean
+        summary["min_sub_acc" + suffix] = min(values) if values else None
         summary["mean_drop" + suffix] = (full[key] - mean) if mean is not None and full[key] is not None else None
         by_depth = {r["depths"]: r for r in inside}
         gaps = [a["acc"] - by_depth[a["depths"]][key] for a in alone
@@ -137,3 +150,91 @@ def loafing_summary(rows: Sequence[dict], run: str, full_depths: Sequence[int],
         if not suffix:
             summary["n_alone"] = len(gaps)
     return summary
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The whole analysis of several runs: rows, summaries, files, table
+# ------------------------------------------------------------------------------------------------------------
+
+def loafing_analysis(runs: Sequence[Run], individuals: Sequence[Run] = (), *, depths: Sequence[str] | None = None,
+                     all_configs: bool = False, sample: int | None = None, seed: int = 0, bn_images: int = 2000,
+                     device: torch.device | str = "cpu", overrides: Sequence[str] = (),
+                     progress: bool = True) -> dict:
+    """The loafing table of ``runs``: every selected sub-network inside each (``select_configs``), plus the
+    networks trained alone (``individuals``, evaluated on the first run's test images).
+
+    Returns:
+        ``{"rows", "summary", "settings"}`` (what ``write_loafing`` writes as loafing.json).
+    """
+    torch.manual_seed(seed)
+    rows: list[dict] = []
+    for r in runs:
+        configs = select_configs(r.ed, depths, all_configs, sample, seed, where=r.name)
+        for ind in individuals:  # make sure every matching alone-config is evaluated inside
+            alone = individual_depths(ind)
+            if _in_space(r, alone) and alone not in configs:
+                configs.append(alone)
+        data = r.data(device)
+        rows += subnetwork_accuracy(r.ed, configs, data.test, data.train, bn_images, run=r.name, device=device,
+                                    progress=progress)
+    alone_rows = []
+    for ind in individuals:
+        alone = individual_depths(ind)
+        if not any(_in_space(r, alone) for r in runs):
+            raise ValueError(f"individual run {ind.name!r} ({ind.path}) has depths {format_depths(alone)}, which "
+                             f"is not a sub-network of {', '.join(f'{r.name} {r.ed.full_depths}' for r in runs)}")
+        # evaluated on the first checkpoint's test set, so every number in the table uses the same images
+        alone_rows.append(individual_accuracy(ind, runs[0].data(device).test, device=device))
+    rows += alone_rows
+    summaries = [loafing_summary(rows, r.name, r.ed.full_depths,
+                                 [a for a in alone_rows if _in_space(r, [int(d) for d in a["depths"].split(",")])])
+                 for r in runs]
+    settings = {"bn_recal_images": bn_images, "seed": seed, "overrides": list(overrides),
+                "checkpoints": {r.name: str(r.path) for r in runs},
+                "individual": {i.name: str(i.path) for i in individuals},
+                "selection": "depths" if depths else "all" if all_configs else
+                             f"sample {sample}" if sample else "default",
+                "test_images": rows[0]["n"] if rows else 0, "num_classes": runs[0].num_classes}
+    return {"rows": rows, "summary": summaries, "settings": settings}
+
+
+def write_loafing(result: dict, out: str | Path) -> list[Path]:
+    """loafing.json, loafing.csv, loafing_summary.csv and loafing.png of a ``loafing_analysis`` result."""
+    out = Path(out)
+    rows, settings = result["rows"], result["settings"]
+    runs = list(settings["checkpoints"])
+    return [write_json(result, out / "loafing.json"), write_csv(rows, out / "loafing.csv", COLUMNS),
+            write_csv(result["summary"], out / "loafing_summary.csv"),
+            plot_loafing(rows, out / "loafing.png", bn_images=settings["bn_recal_images"],
+                         chance=100.0 / settings["num_classes"], colors=run_colors(runs))]
+
+
+def loafing_table(rows: Sequence[dict], summaries: Sequence[dict]) -> str:
+    """The loafing table and the per-run summary lines as text."""
+    lines = [f"{'run':<24} {'kind':<7} {'depths':<12} {'blocks':>6} {'acc %':>7} {'acc+BN %':>9}"]
+    for r in rows:
+        lines.append(f"{r['run'][:24]:<24} {r['kind']:<7} {r['depths']:<12} {r['num_blocks']:>6} "
+                     f"{_fmt(r['acc']):>7} {_fmt(r['acc_bn']):>9}")
+    for s in summaries:
+        line = (f"{s['run']}: full {_fmt(s['full_acc'])}% | {s['n_subnets']} sub-networks: mean "
+                f"{_fmt(s['mean_sub_acc'])}% (drop {_fmt(s['mean_drop'])} pts)")
+        if s["mean_sub_acc_bn"] is not None:
+            line += f", with BN re-estimation {_fmt(s['mean_sub_acc_bn'])}% (drop {_fmt(s['mean_drop_bn'])} pts)"
+        if s["gap_vs_alone"] is not None:
+            line += f" | loafing gap vs alone {_fmt(s['gap_vs_alone'])} pts"
+            if s["gap_vs_alone_bn"] is not None:
+                line += f" ({_fmt(s['gap_vs_alone_bn'])} with BN re-estimation)"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _in_space(run: Run, depths: list[int]) -> bool:
+    try:
+        run.ed.block_modes(depths)
+    except ValueError:
+        return False
+    return True
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"

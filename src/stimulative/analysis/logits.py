@@ -16,16 +16,23 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.bn import recalibrate_bn
-from ..core.elastic import ElasticDepth
-from .runs import format_depths
+from ..core.bn import recalibrated
+from ..core.elastic import ElasticDepth, format_depths
+from ..io import write_csv, write_json
+from ..runs import Run, select_configs
+from ..train.log import run_colors
+from .plots import plot_logits
 
-__all__ = ["logit_norms", "subnetwork_logit_norms", "norms_by_blocks"]
+__all__ = ["logit_norms", "subnetwork_logit_norms", "norms_by_blocks", "logits_analysis", "write_logits",
+           "logits_table", "COLUMNS"]
+
+COLUMNS = ["run", "depths", "num_blocks", "norm_mean", "norm_std", "std_mean", "acc", "n"]
 
 
 @torch.no_grad()
@@ -73,17 +80,8 @@ def subnetwork_logit_norms(ed: ElasticDepth, configs: Sequence[Sequence[int]], t
     if bn_images > 0 and hasattr(train, "set_epoch"):
         train.set_epoch(0)
     for config in tqdm(list(configs), desc=f"logits {run}".strip(), disable=not progress, leave=False):
-        saved = {k: v.clone() for k, v in model.state_dict().items()
-                 if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-        try:
-            with ed.depth(config):
-                if bn_images > 0:
-                    if train is None:
-                        raise ValueError("bn_images > 0 needs training batches")
-                    recalibrate_bn(model, train, bn_images, device=device)
-                stats = logit_norms(model, test, device=device)
-        finally:
-            model.load_state_dict(saved, strict=False)
+        with ed.depth(config), recalibrated(model, train, bn_images, device=device):
+            stats = logit_norms(model, test, device=device)
         rows.append({"run": run, "depths": format_depths(config), "num_blocks": ed.num_blocks(config), **stats})
     return rows
 
@@ -115,3 +113,39 @@ def norms_by_blocks(rows: Sequence[dict]) -> list[dict]:
             e["relative"] = e["norm_mean"] / full_norm if full_norm else None
         out += entries
     return out
+
+
+def logits_analysis(runs: Sequence[Run], *, depths: Sequence[str] | None = None, all_configs: bool = False,
+                    sample: int | None = None, seed: int = 0, bn_images: int = 2000,
+                    device: torch.device | str = "cpu", overrides: Sequence[str] = (), progress: bool = True) -> dict:
+    """Logit norms of the selected sub-networks (``select_configs``) of every run.
+
+    Returns:
+        ``{"rows", "by_blocks", "settings"}`` (what ``write_logits`` writes as logits.json).
+    """
+    torch.manual_seed(seed)
+    rows: list[dict] = []
+    for r in runs:
+        configs = select_configs(r.ed, depths, all_configs, sample, seed, where=r.name)
+        data = r.data(device)
+        rows += subnetwork_logit_norms(r.ed, configs, data.test, data.train, bn_images, run=r.name, device=device,
+                                       progress=progress)
+    settings = {"bn_recal_images": bn_images, "seed": seed, "overrides": list(overrides),
+                "checkpoints": {r.name: str(r.path) for r in runs}}
+    return {"rows": rows, "by_blocks": norms_by_blocks(rows), "settings": settings}
+
+
+def write_logits(result: dict, out: str | Path) -> list[Path]:
+    """logits.json, logits.csv and logits.png of a ``logits_analysis`` result."""
+    out = Path(out)
+    colors = run_colors(list(result["settings"]["checkpoints"]))
+    return [write_json(result, out / "logits.json"), write_csv(result["rows"], out / "logits.csv", COLUMNS),
+            plot_logits(result["rows"], out / "logits.png", colors=colors)]
+
+
+def logits_table(grouped: Sequence[dict]) -> str:
+    """``norms_by_blocks`` rows as text."""
+    lines = [f"{'run':<24} {'blocks':>6} {'configs':>7} {'mean |z|':>9} {'std |z|':>8} {'rel. full':>9}"]
+    lines += [f"{g['run'][:24]:<24} {g['num_blocks']:>6} {g['configs']:>7} {g['norm_mean']:>9.3f} "
+              f"{g['norm_std']:>8.3f} {g['relative']:>9.3f}" for g in grouped]
+    return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Figures of the analyses, drawn from the same rows that are written to JSON/CSV.
 
 Matplotlib's object API (``matplotlib.figure.Figure``) is used, not pyplot, so nothing depends on a display or
-on global backend state. Every function writes one PNG and returns its path.
+on global backend state. Every function writes one PNG and returns its path. The training curves are drawn by
+``stimulative.train.log.plot_training_curves`` (the same figure for one run and for a report).
 """
 
 from __future__ import annotations
@@ -14,16 +15,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["plot_loafing", "plot_logits", "plot_erf", "plot_training_curves", "run_colors"]
+from ..train.log import run_colors
+
+__all__ = ["plot_loafing", "plot_logits", "plot_erf"]
 
 _DPI = 110
-
-
-def run_colors(names: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per run name (tab10 order), shared by every figure of a report."""
-    palette = ["tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink",
-               "tab:olive", "tab:cyan", "tab:gray"]
-    return {name: palette[i % len(palette)] for i, name in enumerate(dict.fromkeys(names))}
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -54,7 +50,7 @@ def plot_loafing(rows: Sequence[dict], path: str | Path, bn_images: int = 0, cha
     """
     inside = [r for r in rows if r["kind"] == "inside"]
     alone = [r for r in rows if r["kind"] == "alone"]
-    keys = ["acc"] + (["acc_bn"] if any(r.get("acc_bn") is not None for r in inside) else [])
+    keys = [k for k in ("acc", "acc_bn") if any(r.get(k) is not None for r in inside)] or ["acc"]
     titles = {"acc": "inside the trained network\n(BN statistics of the full network)",
               "acc_bn": f"inside the trained network\n(BN statistics re-estimated per sub-network"
                         f"{f', {bn_images} images' if bn_images else ''})"}
@@ -162,58 +158,4 @@ def plot_erf(entries: Sequence[dict], path: str | Path) -> Path:
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label="|d centre unit / d input| (normalised to max)")
     fig.suptitle("Effective receptive field (dashed circle: radius holding 90% of the gradient mass)", fontsize=10)
-    return _save(fig, path)
-
-
-_LOSS_KEYS = {"train_loss_main": ("train: main CE", "--"), "train_loss_subnet": ("train: sub-network loss", ":"),
-              "test_loss": ("test: full network CE", "-")}
-_ACC_KEYS = {"test_acc": ("test: full network", "-"), "train_acc": ("train: main network", "--"),
-             "ema_test_acc": ("test: EMA", "-.")}
-
-
-def plot_training_curves(histories: dict[str, list[dict]], path: str | Path,
-                         colors: dict[str, str] | None = None) -> Path | None:
-    """Overlay the per-epoch training curves of several runs: losses (left) and accuracies (right).
-
-    Args:
-        histories: run name -> ``metrics.jsonl`` records (``epoch``, ``train_loss_main``, ``train_loss_subnet``,
-            ``test_loss``, ``train_acc``, ``test_acc``, ``test_acc_d<depths>``, ``ema_test_acc``).
-        path: PNG to write.
-        colors: run -> colour (default ``run_colors``); line styles tell the metrics apart.
-
-    Returns:
-        The path, or None when no record has an epoch and a known metric.
-    """
-    colors = colors or run_colors(list(histories))
-    fig = Figure(figsize=(13, 4.8), layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    drawn = 0
-    sub_styles = [(0, (1, 1)), (0, (3, 1, 1, 1)), (0, (5, 2)), (0, (1, 2))]
-    for run, records in histories.items():
-        color = colors.get(run, "tab:blue")
-        sub_keys = sorted({k for r in records for k in r if k.startswith("test_acc_d")})
-        specs = [(ax_loss, k, *_LOSS_KEYS[k]) for k in _LOSS_KEYS]
-        specs += [(ax_acc, k, *_ACC_KEYS[k]) for k in _ACC_KEYS]
-        specs += [(ax_acc, k, f"test: sub-network {k[len('test_acc_d'):].replace('-', ',')}",
-                   sub_styles[i % len(sub_styles)]) for i, k in enumerate(sub_keys)]
-        for ax, key, label, style in specs:
-            pts = [(r["epoch"], r[key]) for r in records
-                   if isinstance(r.get(key), (int, float)) and isinstance(r.get("epoch"), (int, float))]
-            if not pts:
-                continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, ls=style, lw=1.6,
-                    marker="o" if len(pts) <= 30 else None, ms=3, label=f"{run}: {label}")
-            drawn += 1
-    if not drawn:
-        return None
-    ax_loss.set_ylabel("loss (nats)")
-    ax_loss.set_title("losses", fontsize=10)
-    ax_acc.set_ylabel("top-1 accuracy (%)")
-    ax_acc.set_title("accuracy (sub-networks: as evaluated during training)", fontsize=10)
-    for ax in (ax_loss, ax_acc):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Training curves (colour: run, line style: metric)", fontsize=11)
     return _save(fig, path)

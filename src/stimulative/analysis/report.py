@@ -23,14 +23,18 @@ from typing import Any
 
 import yaml
 
-from ..io import read_jsonl
+from ..io import read_json, read_jsonl
+from ..runs import Run, unique_names
 from ..train.checkpoint import load_checkpoint
-from .plots import plot_erf, plot_loafing, plot_logits, plot_training_curves, run_colors
-from .runs import unique_names
-from .tables import read_json
+from ..train.log import SUBNET_METRIC_PREFIX, plot_training_curves, run_colors, subnet_metric_label
+from ..train.state import SavedRun
+from .erf import erf_analysis, write_erf
+from .loafing import loafing_analysis, write_loafing
+from .logits import logits_analysis, write_logits
+from .plots import plot_erf, plot_loafing, plot_logits
 
 __all__ = ["RunRecord", "read_run", "read_runs", "config_diff", "final_accuracy_rows", "find_analyses", "write_report",
-           "ANALYSES"]
+           "compute_analysis", "ANALYSES"]
 
 ANALYSES = ("loafing", "logits", "erf")
 
@@ -70,10 +74,10 @@ def read_run(path: str | Path) -> RunRecord:
         if not has_ckpt and config is None:
             raise ValueError(f"{str(path)!r} is not a run directory: no config.yaml, best.pt or last.pt")
         if has_ckpt:
-            ckpt = load_checkpoint(path)
-            config = config or ckpt.get("config") or {}
-            history = history or list(ckpt.get("history") or ([ckpt["metrics"]] if ckpt.get("metrics") else []))
-            best = ckpt.get("best_acc")
+            saved = SavedRun.of(load_checkpoint(path))
+            config = config or saved.config or {}
+            history = history or saved.history
+            best = saved.best_acc
     accs = [r["test_acc"] for r in history if isinstance(r.get("test_acc"), (int, float))]
     if accs:
         best = max(accs)
@@ -132,9 +136,9 @@ def method_label(config: dict) -> str:
 
 def final_accuracy_rows(runs: Sequence[RunRecord]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the final-accuracy table (last evaluated epoch, best, sub-networks during training)."""
-    sub_keys = sorted({k for r in runs for rec in r.history[-1:] for k in rec if k.startswith("test_acc_d")})
+    sub_keys = sorted({k for r in runs for rec in r.history[-1:] for k in rec if k.startswith(SUBNET_METRIC_PREFIX)})
     header = ["run", "model", "method", "epochs", "final test acc (%)", "best test acc (%)"]
-    header += [f"sub-network {k[len('test_acc_d'):].replace('-', ',')} (%)" for k in sub_keys]
+    header += [f"sub-network {subnet_metric_label(k)} (%)" for k in sub_keys]
     rows = []
     for r in runs:
         evaluated = [rec for rec in r.history if isinstance(rec.get("test_acc"), (int, float))]
@@ -163,8 +167,26 @@ def _value(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Finding and merging analyses
+# Computing, finding and merging analyses
 # ------------------------------------------------------------------------------------------------------------
+
+def compute_analysis(kind: str, runs: Sequence[Run], out_dir: str | Path, *, bn_images: int = 2000,
+                     sample: int | None = None, seed: int = 0, device: str = "cpu", erf_images: int = 64,
+                     erf_sizes: str | None = None, overrides: Sequence[str] = (), progress: bool = True) -> list[Path]:
+    """Compute one analysis (``loafing``, ``logits`` or ``erf``) of the opened runs together into ``out_dir``.
+
+    Loafing and logits use every sub-network when the space is small, else ``sample`` of them; the ERF the full,
+    a middle and the smallest network at ``erf_sizes``.
+    """
+    common = {"seed": seed, "bn_images": bn_images, "device": device, "overrides": overrides}
+    if kind == "loafing":
+        return write_loafing(loafing_analysis(runs, sample=sample, progress=progress, **common), out_dir)
+    if kind == "logits":
+        return write_logits(logits_analysis(runs, sample=sample, progress=progress, **common), out_dir)
+    if kind == "erf":
+        return write_erf(erf_analysis(runs, sizes=erf_sizes, images=erf_images, **common), out_dir)
+    raise ValueError(f"unknown analysis {kind!r}; valid: {', '.join(ANALYSES)}")
+
 
 def find_analyses(runs: Sequence[RunRecord], out_dir: str | Path) -> dict[str, dict]:
     """Analysis results for these runs: ``out_dir/<kind>.json`` first, else merged ``RUN/analysis/<kind>.json``.

@@ -17,17 +17,18 @@ examples:
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import time
 from pathlib import Path
+
+from .options import add_bn_recal
 
 HELP = "offline CT vs ST++ demo on a small ResNet: main accuracy and the loafing table (a few CPU minutes)"
 
 # cifar_resnet20 at 16x16 px on digits (1437 train / 360 test images); ST++ = 3 sub-networks/step, layer-norm KL-
 # with the adaptive amplitude, sub-network inputs 12..16 px. Measured (`stimulative demo`, 2-core CPU, idle, 1 thread):
 # 108 s wall in all; CT 99.44% / ST++ 99.72% main; sub-networks inside CT: mean 90.3%, worst 60.5% ((1,1,1));
-# inside ST++: mean 99.3%, worst 98.1%. Under heavy load from other processes the same run took 6 minutes.
+# inside ST++: mean 99.3%, worst 98.1% (BN re-estimated on 500 images then; now --bn-recal's default, which
+# here means all 1437 training images). Under heavy load from other processes the same run took 6 minutes.
 DEMO_SETTINGS: dict = {
     "model": {"name": "cifar_resnet20"},
     "data": {"name": "digits", "input_size": 16, "padding": 2},
@@ -45,8 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=15, help="training epochs of each run (default: 15)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny smoke-test setting (tiny model, 1 epoch, few images): seconds")
-    parser.add_argument("--bn-recal", type=int, default=500, metavar="N",
-                        help="training images for BN re-estimation per sub-network (default: 500)")
+    add_bn_recal(parser)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default: 1, fastest for this small model on a busy 2-core machine; "
                              "0 = torch's choice)")
@@ -83,12 +83,14 @@ def _digits_available() -> bool:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..core.evaluation import evaluate_depth
+    from ..analysis.loafing import loafing_summary, subnetwork_accuracy
+    from ..analysis.plots import plot_loafing
     from ..core.sampling import SampleSpace
-    from ..data import build_data
+    from ..io import write_csv, write_json
+    from ..runs import open_run
     from ..train import train
-    from ..train.checkpoint import load_model
     from ..train.config import config_from_dict
+    from ..train.log import run_colors
 
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
@@ -107,76 +109,44 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_dict(raw)
         print(f"stimulative demo: training {name.upper()} ({cfg.model.name}, {cfg.epochs} epochs, "
               f"{cfg.st.num_subnets} sub-networks/step) -> {cfg.run_dir}", flush=True)
-        summary = train(cfg)
-        runs[name] = {"cfg": cfg, "summary": summary}
+        runs[name] = {"cfg": cfg, "summary": train(cfg)}
     train_time = time.perf_counter() - t_start
 
-    # ---- loafing table: every sub-network of the ordered space inside each trained network ------------------
-    table: dict[str, dict[str, float]] = {}
-    configs = None
+    # ---- the loafing table: every sub-network of the ordered space inside each trained network --------------
     bn_images = min(args.bn_recal, 128) if args.quick else args.bn_recal
+    rows, summary, configs = [], {}, []
     for name, r in runs.items():
-        loaded = load_model(Path(r["summary"]["run_dir"]) / "last.pt")
-        cfg = r["cfg"]
-        bundle = build_data(cfg.data, cfg.batch_size, cfg.eval_batch_size, seed=cfg.seed)
-        configs = list(SampleSpace.for_model(loaded.ed, "ordered"))
-        table[name] = {}
-        for depths in configs:
-            acc = evaluate_depth(loaded.ed, depths, bundle.test, bundle.train, bn_images=bn_images)["acc"]
-            table[name][",".join(map(str, depths))] = acc
+        run = open_run(Path(r["summary"]["run_dir"]) / "last.pt", name=name)
+        data = run.data()
+        configs = list(SampleSpace.for_model(run.ed, "ordered"))
+        rows += subnetwork_accuracy(run.ed, configs, data.test, data.train, bn_images, run=name, own_bn=False,
+                                    progress=False)
+        s = loafing_summary(rows, name, run.ed.full_depths)
+        summary[name] = {"main_acc": r["summary"]["final"]["test_acc"], "full_acc_bn": s["full_acc_bn"],
+                         "mean_subnet_acc": s["mean_sub_acc_bn"], "min_subnet_acc": s["min_sub_acc_bn"],
+                         "loafing_gap": s["mean_drop_bn"]}
     total_time = time.perf_counter() - t_start
 
-    keys = [",".join(map(str, d)) for d in configs]
-    full = keys[-1]
-    lines = [f"{'sub-network':>12} {'blocks':>6} {'CT':>8} {'ST++':>8}"]
-    rows = []
-    for d, k in zip(configs, keys):
-        rows.append({"depths": k, "blocks": sum(d), "ct_acc": table["ct"][k], "stpp_acc": table["stpp"][k]})
-        lines.append(f"{k:>12} {sum(d):>6} {table['ct'][k]:>7.2f}% {table['stpp'][k]:>7.2f}%")
-    summary = {}
-    for name in ("ct", "stpp"):
-        subs = [table[name][k] for k in keys if k != full]
-        summary[name] = {"main_acc": runs[name]["summary"]["final"]["test_acc"], "full_acc_bn": table[name][full],
-                         "mean_subnet_acc": sum(subs) / len(subs), "min_subnet_acc": min(subs),
-                         "loafing_gap": table[name][full] - sum(subs) / len(subs)}
+    acc = {(r["run"], r["depths"]): r["acc_bn"] for r in rows}
+    table = [{"depths": r["depths"], "blocks": r["num_blocks"], "ct_acc": acc["ct", r["depths"]],
+              "stpp_acc": acc["stpp", r["depths"]]} for r in rows if r["run"] == "ct"]
     print()
     print(f"main network (test acc): CT {summary['ct']['main_acc']:.2f}%   ST++ {summary['stpp']['main_acc']:.2f}%")
     print("accuracy of every sub-network inside the trained network (BN re-estimated on "
           f"{bn_images} train images):")
-    print("\n".join(lines))
+    print(f"{'sub-network':>12} {'blocks':>6} {'CT':>8} {'ST++':>8}")
+    for t in table:
+        print(f"{t['depths']:>12} {t['blocks']:>6} {t['ct_acc']:>7.2f}% {t['stpp_acc']:>7.2f}%")
     for name, label in (("ct", "CT"), ("stpp", "ST++")):
         s = summary[name]
         print(f"{label:>5}: mean sub-network {s['mean_subnet_acc']:.2f}%, worst {s['min_subnet_acc']:.2f}%, "
               f"loafing gap (full - mean sub-network) {s['loafing_gap']:.2f} points")
     print(f"data {data_name}; training {train_time:.0f}s, total {total_time:.0f}s; results in {out}")
 
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "loafing.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / "demo.json").write_text(json.dumps({
-        "data": data_name, "epochs": runs["ct"]["cfg"].epochs, "model": runs["ct"]["cfg"].model.name,
-        "stpp_settings": STPP_SETTINGS, "bn_recal_images": bn_images, "summary": summary, "rows": rows,
-        "train_time_s": train_time, "total_time_s": total_time}, indent=2) + "\n")
-    _plot(rows, out / "loafing.png", runs["ct"]["cfg"].model.name, data_name)
+    write_csv(table, out / "loafing.csv")
+    write_json({"data": data_name, "epochs": runs["ct"]["cfg"].epochs, "model": runs["ct"]["cfg"].model.name,
+                "stpp_settings": STPP_SETTINGS, "bn_recal_images": bn_images, "summary": summary, "rows": table,
+                "train_time_s": train_time, "total_time_s": total_time}, out / "demo.json", indent=2)
+    plot_loafing(rows, out / "loafing.png", bn_images=bn_images, chance=100.0 / len(data.classes),
+                 colors=run_colors(list(runs)))
     return 0
-
-
-def _plot(rows: list[dict], path: Path, model: str, data: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for key, label, marker in (("ct_acc", "CT", "o"), ("stpp_acc", "ST++", "s")):
-        ax.scatter([r["blocks"] for r in rows], [r[key] for r in rows], label=label, marker=marker, alpha=0.75)
-    ax.set_xlabel("residual blocks kept in the sub-network")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(f"sub-networks inside {model} on {data} (BN re-estimated)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -4,9 +4,10 @@ For each checkpoint, depth config (--depths; default: full, middle and smallest 
 test images resized bilinearly, as ST++ does for sub-network inputs), computes the absolute gradient of the
 centre unit of the last residual stage's feature map (summed over channels, before global pooling; --layer
 names another module) with respect to the input, summed over input channels and averaged over --images test
-images. The model runs in eval mode (BatchNorm uses its running statistics), so each image's gradient
-depends only on that image. Reports the radius around the map's centre of mass that holds 90% of the gradient
-mass, in pixels and as a fraction of the input size.
+images. The model runs in eval mode (BatchNorm uses its running statistics, re-estimated per depth and size on
+--bn-recal training images resized to that size), so each image's gradient depends only on that image.
+Reports the radius around the map's centre of mass that holds 90% of the gradient mass, in pixels and as a
+fraction of the input size.
 
 Writes erf.json (heatmaps + radii), erf.csv (radii) and erf.png (heatmap grid) to --out.
 
@@ -19,23 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..analysis.erf import default_feature_layer, effective_receptive_field, erf_radius, resolve_layer
-from ..analysis.plots import plot_erf
-from ..analysis.runs import (
-    add_run_arguments,
-    default_out_dir,
-    format_depths,
-    load_runs,
-    resolve_device,
-    run_data,
-    select_configs,
-    split_overrides,
-)
-from ..analysis.tables import write_csv, write_json
-from ..core.bn import recalibrate_bn
-from ..core.step import resize_input
+from .options import add_bn_recal, add_run_arguments
 
 HELP = "effective receptive field of sub-networks at several input sizes (the motivation for smaller inputs)"
 
@@ -50,87 +35,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", default=None, help="module whose output is the feature map (default: the last "
                         "block of the last residual stage)")
     parser.add_argument("--mass", type=float, default=0.9, help="fraction of gradient mass inside the radius")
-    parser.add_argument("--bn-recal", type=int, default=0, metavar="N",
-                        help="re-estimate BN statistics per sub-network and size on N training images "
-                             "(default 0: the checkpoint's statistics)")
-
-
-def _sizes(text: str | None, input_size: int) -> list[int]:
-    if text is None:
-        return sorted({input_size, max(1, round(input_size * 0.75)), max(1, input_size // 2)}, reverse=True)
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--sizes must be comma-separated integers like 32,24,16, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise ValueError(f"--sizes must be positive integers, got {text!r}")
-    return sizes
-
-
-def _default_depths(ed) -> list[list[int]]:
-    full, smallest = list(ed.full_depths), list(ed.min_depths)
-    middle = [(m + c) // 2 for m, c in zip(smallest, full)]
-    out = []
-    for c in (full, middle, smallest):
-        if c not in out:
-            out.append(c)
-    return out
-
-
-def _test_images(batches, n: int) -> torch.Tensor:
-    chunks, seen = [], 0
-    for x, _ in batches:
-        chunks.append(x[: n - seen])
-        seen += chunks[-1].shape[0]
-        if seen >= n:
-            break
-    if not chunks:
-        raise ValueError("the test data is empty")
-    return torch.cat(chunks)
+    add_bn_recal(parser, "per sub-network and input size")
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
-    if args.images < 1:
-        raise ValueError(f"--images must be >= 1, got {args.images}")
-    if not 0 < args.mass <= 1:
-        raise ValueError(f"--mass must be in (0, 1], got {args.mass}")
-    runs = load_runs(args.inputs)
-    out = default_out_dir(runs, args.out)
-    device = resolve_device(args.device)
-    entries = []
-    for r in runs:
-        ed = r.ed
-        configs = select_configs(ed, args.depths, where=r.name) if args.depths else _default_depths(ed)
-        layer_name = args.layer or default_feature_layer(ed)
-        layer = resolve_layer(r.model, layer_name)
-        data = run_data(r.config, device, r.loaded.num_classes)
-        images = _test_images(data.test, args.images).to(device)
-        r.model.to(device)
-        sizes = _sizes(args.sizes, int(images.shape[-1]))
-        for config in configs:
-            for size in sizes:
-                saved = {k: v.clone() for k, v in r.model.state_dict().items()
-                         if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-                try:
-                    with ed.depth(config):
-                        if args.bn_recal > 0:
-                            recalibrate_bn(r.model, ((resize_input(x, (size, size)), y) for x, y in data.train),
-                                           args.bn_recal, device=device)
-                        heat = effective_receptive_field(r.model, images, layer, size=size)
-                finally:
-                    r.model.load_state_dict(saved, strict=False)
-                radius = erf_radius(heat, args.mass)
-                entries.append({"run": r.name, "depths": format_depths(config), "num_blocks": ed.num_blocks(config),
-                                "size": size, "layer": layer_name, **radius, "heatmap": heat.tolist()})
-                print(f"{r.name}  depths {format_depths(config):<10} {size:>3}x{size:<3} px: r{round(100 * args.mass)} "
-                      f"= {radius['radius_px']:.2f} px ({100 * radius['radius_frac']:.1f}% of the input)")
+    from ..analysis.erf import erf_analysis, write_erf
+    from ..runs import default_out_dir, open_runs, split_overrides
+    from ..train.runtime import resolve_device
+
+    runs = open_runs(args.inputs)
     _, overrides = split_overrides(args.inputs)
-    settings = {"images": args.images, "mass": args.mass, "bn_recal_images": args.bn_recal, "seed": args.seed,
-                "overrides": overrides, "checkpoints": {r.name: str(r.path) for r in runs}, "mode": "eval"}
-    write_json({"entries": entries, "settings": settings}, out / "erf.json")
-    write_csv(entries, out / "erf.csv", ["run", "depths", "num_blocks", "size", "layer", "radius_px", "radius_frac",
-                                         "mass"])
-    plot_erf(entries, out / "erf.png")
-    print(f"wrote {out / 'erf.json'}, {out / 'erf.csv'}, {out / 'erf.png'}")
+    result = erf_analysis(runs, depths=args.depths, sizes=args.sizes, images=args.images, layer=args.layer,
+                          mass=args.mass, bn_images=args.bn_recal, seed=args.seed,
+                          device=resolve_device(args.device), overrides=overrides)
+    for e in result["entries"]:
+        print(f"{e['run']}  depths {e['depths']:<10} {e['size']:>3}x{e['size']:<3} px: r{round(100 * args.mass)} "
+              f"= {e['radius_px']:.2f} px ({100 * e['radius_frac']:.1f}% of the input)")
+    paths = write_erf(result, default_out_dir(runs, args.out))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0

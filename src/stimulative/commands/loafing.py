@@ -18,29 +18,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..analysis.individual import train_individuals
-from ..analysis.loafing import individual_accuracy, individual_depths, loafing_summary, subnetwork_accuracy
-from ..analysis.plots import plot_loafing, run_colors
-from ..analysis.runs import (
-    add_depth_selection,
-    add_run_arguments,
-    default_out_dir,
-    format_depths,
-    load_run,
-    load_runs,
-    resolve_device,
-    run_data,
-    select_configs,
-    split_overrides,
-    unique_names,
-)
-from ..analysis.tables import write_csv, write_json
+from .options import add_depth_selection, add_run_arguments
 
 HELP = "accuracy of every sub-network inside trained networks vs trained alone (network loafing)"
-
-COLUMNS = ["run", "kind", "depths", "num_blocks", "acc", "acc_bn", "loss", "loss_bn", "n"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,89 +39,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
-    runs = load_runs(args.inputs)
-    out = default_out_dir(runs, args.out)
-    device = resolve_device(args.device)
-    _, overrides = split_overrides(args.inputs)
-    progress = not args.no_progress
-    if args.bn_recal < 0:
-        raise ValueError(f"--bn-recal must be >= 0, got {args.bn_recal}")
+    from ..analysis.individual import train_individuals
+    from ..analysis.loafing import loafing_analysis, loafing_table, write_loafing
+    from ..core.elastic import format_depths
+    from ..runs import default_out_dir, open_run, open_runs, select_configs, split_overrides, unique_names
+    from ..train.runtime import resolve_device
 
+    runs = open_runs(args.inputs)
+    out = default_out_dir(runs, args.out)
+    _, overrides = split_overrides(args.inputs)
     individual_paths = list(args.individual)
     if args.train_individual:
         wanted = args.individual_depths or [format_depths(runs[0].ed.min_depths)]
         configs = select_configs(runs[0].ed, wanted, where=runs[0].name)
         individual_paths += [str(p) for p in train_individuals(args.train_individual, configs, out / "individual",
                                                                args.train_set)]
-    individuals = [load_run(p, overrides) for p in individual_paths]
+    individuals = [open_run(p, overrides) for p in individual_paths]
     unique_names(individuals)
-
-    rows: list[dict] = []
-    configs_of = {}
-    for r in runs:
-        configs = select_configs(r.ed, args.depths, args.all, args.sample, args.seed, where=r.name)
-        for ind in individuals:  # make sure every matching alone-config is evaluated inside
-            depths = individual_depths(ind)
-            if _in_space(r, depths) and depths not in configs:
-                configs.append(depths)
-        configs_of[r.name] = configs
-        data = run_data(r.config, device, r.loaded.num_classes)
-        rows += subnetwork_accuracy(r.ed, configs, data.test, data.train, args.bn_recal, run=r.name,
-                                    device=device, progress=progress)
-    alone_rows = []
-    for ind in individuals:
-        depths = individual_depths(ind)
-        if not any(_in_space(r, depths) for r in runs):
-            raise ValueError(f"individual run {ind.name!r} ({ind.path}) has depths {format_depths(depths)}, which "
-                             f"is not a sub-network of {', '.join(f'{r.name} {r.ed.full_depths}' for r in runs)}")
-        # evaluated on the first checkpoint's test set, so every number in the table uses the same images
-        alone_rows.append(individual_accuracy(ind, run_data(runs[0].config, device).test, device=device))
-    rows += alone_rows
-
-    summaries = [loafing_summary(rows, r.name, r.ed.full_depths,
-                                 [a for a in alone_rows if _in_space(r, [int(d) for d in a["depths"].split(",")])])
-                 for r in runs]
-    settings = {"bn_recal_images": args.bn_recal, "seed": args.seed, "overrides": overrides,
-                "checkpoints": {r.name: str(r.path) for r in runs},
-                "individual": {i.name: str(i.path) for i in individuals},
-                "selection": "depths" if args.depths else "all" if args.all else
-                             f"sample {args.sample}" if args.sample else "default",
-                "test_images": rows[0]["n"] if rows else 0, "num_classes": runs[0].loaded.num_classes}
-    write_json({"rows": rows, "summary": summaries, "settings": settings}, out / "loafing.json")
-    write_csv(rows, out / "loafing.csv", COLUMNS)
-    write_csv(summaries, out / "loafing_summary.csv")
-    plot_loafing(rows, out / "loafing.png", bn_images=args.bn_recal, chance=100.0 / runs[0].loaded.num_classes,
-                 colors=run_colors([r.name for r in runs]))
-    _print_table(rows, summaries)
-    print(f"wrote {out / 'loafing.json'}, {out / 'loafing.csv'}, {out / 'loafing.png'}")
+    result = loafing_analysis(runs, individuals, depths=args.depths, all_configs=args.all, sample=args.sample,
+                              seed=args.seed, bn_images=args.bn_recal, device=resolve_device(args.device),
+                              overrides=overrides, progress=not args.no_progress)
+    paths = write_loafing(result, out)
+    print(loafing_table(result["rows"], result["summary"]))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
-
-
-def _in_space(run, depths: list[int]) -> bool:
-    try:
-        run.ed.block_modes(depths)
-    except ValueError:
-        return False
-    return True
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _print_table(rows: list[dict], summaries: list[dict]) -> None:
-    print(f"{'run':<24} {'kind':<7} {'depths':<12} {'blocks':>6} {'acc %':>7} {'acc+BN %':>9}")
-    for r in rows:
-        print(f"{r['run'][:24]:<24} {r['kind']:<7} {r['depths']:<12} {r['num_blocks']:>6} {_fmt(r['acc']):>7} "
-              f"{_fmt(r['acc_bn']):>9}")
-    for s in summaries:
-        line = (f"{s['run']}: full {_fmt(s['full_acc'])}% | {s['n_subnets']} sub-networks: mean "
-                f"{_fmt(s['mean_sub_acc'])}% (drop {_fmt(s['mean_drop'])} pts)")
-        if s["mean_sub_acc_bn"] is not None:
-            line += f", with BN re-estimation {_fmt(s['mean_sub_acc_bn'])}% (drop {_fmt(s['mean_drop_bn'])} pts)"
-        if s["gap_vs_alone"] is not None:
-            line += f" | loafing gap vs alone {_fmt(s['gap_vs_alone'])} pts"
-            if s["gap_vs_alone_bn"] is not None:
-                line += f" ({_fmt(s['gap_vs_alone_bn'])} with BN re-estimation)"
-        print(line)

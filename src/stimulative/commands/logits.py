@@ -17,25 +17,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..analysis.logits import norms_by_blocks, subnetwork_logit_norms
-from ..analysis.plots import plot_logits, run_colors
-from ..analysis.runs import (
-    add_depth_selection,
-    add_run_arguments,
-    default_out_dir,
-    load_runs,
-    resolve_device,
-    run_data,
-    select_configs,
-    split_overrides,
-)
-from ..analysis.tables import write_csv, write_json
+from .options import add_depth_selection, add_run_arguments
 
 HELP = "mean logit L2 norm of sub-networks of every depth (the motivation for KL-)"
-
-COLUMNS = ["run", "depths", "num_blocks", "norm_mean", "norm_std", "std_mean", "acc", "n"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,28 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
-    runs = load_runs(args.inputs)
-    out = default_out_dir(runs, args.out)
-    device = resolve_device(args.device)
-    if args.bn_recal < 0:
-        raise ValueError(f"--bn-recal must be >= 0, got {args.bn_recal}")
-    rows: list[dict] = []
-    for r in runs:
-        configs = select_configs(r.ed, args.depths, args.all, args.sample, args.seed, where=r.name)
-        data = run_data(r.config, device, r.loaded.num_classes)
-        rows += subnetwork_logit_norms(r.ed, configs, data.test, data.train, args.bn_recal, run=r.name,
-                                       device=device, progress=not args.no_progress)
-    grouped = norms_by_blocks(rows)
+    from ..analysis.logits import logits_analysis, logits_table, write_logits
+    from ..runs import default_out_dir, open_runs, split_overrides
+    from ..train.runtime import resolve_device
+
+    runs = open_runs(args.inputs)
     _, overrides = split_overrides(args.inputs)
-    settings = {"bn_recal_images": args.bn_recal, "seed": args.seed, "overrides": overrides,
-                "checkpoints": {r.name: str(r.path) for r in runs}}
-    write_json({"rows": rows, "by_blocks": grouped, "settings": settings}, out / "logits.json")
-    write_csv(rows, out / "logits.csv", COLUMNS)
-    plot_logits(rows, out / "logits.png", colors=run_colors([r.name for r in runs]))
-    print(f"{'run':<24} {'blocks':>6} {'configs':>7} {'mean |z|':>9} {'std |z|':>8} {'rel. full':>9}")
-    for g in grouped:
-        print(f"{g['run'][:24]:<24} {g['num_blocks']:>6} {g['configs']:>7} {g['norm_mean']:>9.3f} "
-              f"{g['norm_std']:>8.3f} {g['relative']:>9.3f}")
-    print(f"wrote {out / 'logits.json'}, {out / 'logits.csv'}, {out / 'logits.png'}")
+    result = logits_analysis(runs, depths=args.depths, all_configs=args.all, sample=args.sample, seed=args.seed,
+                             bn_images=args.bn_recal, device=resolve_device(args.device), overrides=overrides,
+                             progress=not args.no_progress)
+    paths = write_logits(result, default_out_dir(runs, args.out))
+    print(logits_table(result["by_blocks"]))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0

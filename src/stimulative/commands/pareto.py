@@ -19,7 +19,8 @@ examples:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from .options import add_bn_recal
 
 HELP = "accuracy/latency/FLOPs Pareto front of the sub-networks; pick one under a budget"
 
@@ -37,8 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--greedy", action="store_true",
                        help="greedy walk: remove one block at a time, least accuracy loss first")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
-    parser.add_argument("--bn-recal", type=int, default=2000, metavar="N",
-                        help="re-estimate BatchNorm statistics on N training images per config (default 2000)")
+    add_bn_recal(parser, "per configuration")
     parser.add_argument("--budget-ms", type=float, default=None, metavar="X",
                         help="pick the most accurate config with batch-1 CPU latency <= X ms")
     parser.add_argument("--budget-flops", type=float, default=None, metavar="F",
@@ -69,29 +69,15 @@ def _strategy(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm.auto import tqdm
 
-    from ..core.sampling import SampleSpace
-    from ..data import build_data
-    from ..export import check_format, extract_subnetwork
-    from ..pareto import (
-        ALL_LIMIT,
-        candidate_configs,
-        greedy_walk,
-        mark_fronts,
-        plot_pareto,
-        profile_config,
-        select_under_budget,
-        write_table,
-    )
-    from .export import check_classes, export_from_loaded, input_size_of, load_for_command
+    from ..deploy.export import check_format, export_run
+    from ..deploy.pareto import pareto_table, plot_pareto, select_under_budget, write_table
+    from ..runs import default_out_dir, open_run
 
     if args.export is not None:
         check_format(args.format)
         if args.budget_ms is None and args.budget_flops is None:
             raise ValueError("--export needs a budget (--budget-ms or --budget-flops) to pick the config")
-    if args.bn_recal < 0:
-        raise ValueError(f"--bn-recal must be >= 0, got {args.bn_recal}")
     if args.sample < 0:
         raise ValueError(f"--sample must be positive, got {args.sample}")
     try:
@@ -107,55 +93,15 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    loaded, cfg = load_for_command(args.checkpoint, args.overrides, args.ema)
-    if loaded.ed is None:
-        raise ValueError(f"{args.checkpoint} is an exported sub-network (depths {loaded.depths}); "
+    run = open_run(args.checkpoint, args.overrides, use_ema=args.ema)
+    if run.exported:
+        raise ValueError(f"{args.checkpoint} is an exported sub-network (depths {run.loaded.depths}); "
                          "pareto needs the full training checkpoint")
-    ed = loaded.ed
-    input_size = args.input_size or input_size_of(cfg)
-    bundle = build_data(cfg.data, cfg.batch_size, cfg.eval_batch_size, seed=cfg.seed, device="cpu")
-    check_classes(bundle, loaded, cfg)
-    strategy = _strategy(args)
-    space_size = len(SampleSpace.for_model(ed, "ordered"))
-    if strategy == "auto":
-        strategy = "all" if space_size <= ALL_LIMIT else "greedy"
-
-    rows: dict[tuple, dict] = {}
-
-    def profile(config: list[int]) -> dict:
-        key = tuple(config)
-        if key not in rows:
-            rows[key], _ = profile_config(ed, config, bundle.test, bundle.train, args.bn_recal, input_size,
-                                          batch_sizes, args.repeats, args.warmup)
-            bar.update(1)
-            bar.set_postfix_str(f"{rows[key]['label']}: {rows[key]['acc']:.2f}%")
-        return rows[key]
-
-    if strategy == "greedy":
-        with tqdm(desc="pareto (greedy walk)", unit="config") as bar:
-            order = greedy_walk(ed, lambda c: profile(c)["acc"])
-    else:
-        order = candidate_configs(ed, strategy, args.sample, args.seed)
-        with tqdm(total=len(order), desc=f"pareto ({strategy})") as bar:
-            for config in order:
-                profile(config)
-    table = [rows[tuple(c)] for c in order]
-    mark_fronts(table, [f"latency_ms_b{batch_sizes[0]}", "flops"])
+    table, meta = pareto_table(run, _strategy(args), args.sample, args.seed, args.bn_recal, args.input_size,
+                               batch_sizes, args.repeats, args.warmup)
     latency_key = f"latency_ms_b{batch_sizes[0]}"
-
-    if args.out:
-        out_dir = Path(args.out)
-    else:
-        ckpt_path = Path(args.checkpoint).expanduser()
-        out_dir = (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent) / "pareto"
-    meta = {"checkpoint": str(args.checkpoint), "model": cfg.model.name, "full_depths": ed.full_depths,
-            "strategy": strategy, "space_size": space_size, "configs": len(table), "bn_recal_images": args.bn_recal,
-            "input_size": input_size, "latency": {"device": "cpu", "threads": torch.get_num_threads(),
-                                                  "batch_sizes": batch_sizes, "repeats": args.repeats,
-                                                  "warmup": args.warmup, "statistic": "median ms"},
-            "flops_note": "FlopCounterMode, one image: convolutions and matmuls, 2 FLOPs per MAC; macs = flops/2",
-            "accuracy": "top-1 % on the test data after BN re-estimation",
-            "budget": {"ms": args.budget_ms, "flops": args.budget_flops}}
+    out_dir = default_out_dir([run], args.out, folder="pareto")
+    meta["budget"] = {"ms": args.budget_ms, "flops": args.budget_flops}
     selected, budget_error = None, None
     if args.budget_ms is not None or args.budget_flops is not None:
         try:
@@ -165,9 +111,11 @@ def run(args: argparse.Namespace) -> int:
     meta["selected"] = selected
     csv_path, json_path = write_table(table, out_dir, meta)
     png = plot_pareto(table, out_dir / "pareto.png", selected=selected, latency_key=latency_key,
-                      title=f"{cfg.model.name}: {len(table)} depth configs ({strategy}), BN re-estimated")
+                      title=f"{run.config.model.name}: {len(table)} depth configs ({meta['strategy']}), "
+                            "BN re-estimated")
     front = [r for r in table if r.get(f"front_{latency_key}")]
-    print(f"{len(table)} configs ({strategy} of {space_size}); Pareto front (accuracy vs {latency_key}):")
+    print(f"{len(table)} configs ({meta['strategy']} of {meta['space_size']}); Pareto front (accuracy vs "
+          f"{latency_key}):")
     for r in sorted(front, key=lambda r: r[latency_key]):
         print(f"  {r['label']:>12}  acc {r['acc']:6.2f}%  {r[latency_key]:8.3f} ms  {r['flops'] / 1e6:9.2f} MFLOPs  "
               f"{r['params']:,} params")
@@ -181,15 +129,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"most accurate under {budget}: depths {selected['label']} -- acc {selected['acc']:.2f}%, "
               f"{selected[latency_key]:.3f} ms, {selected['flops'] / 1e6:.2f} MFLOPs, {selected['params']:,} params")
         if args.export is not None:
-            # re-extract: the BN re-estimation sees the same images in the same order, so the weights are the
+            # re-extracted: the BN re-estimation sees the same images in the same order, so the weights are the
             # ones that were measured (keeping every profiled sub-network in memory would not scale)
-            depths = list(selected["depths"])
-            bundle.train.set_epoch(0)
-            sub = extract_subnetwork(ed, depths, bundle.train, args.bn_recal)
             metrics = {"acc": selected["acc"], "loss": selected["loss"], "n": selected["test_images"]}
-            summary = export_from_loaded(loaded, cfg, sub, depths, args.export, args.format,
-                                         input_size=input_size, bn_images=args.bn_recal, checkpoint=args.checkpoint,
-                                         bundle=bundle, metrics=metrics)
+            summary = export_run(run, selected["depths"], args.export, args.format, bn_images=args.bn_recal,
+                                 input_size=meta["input_size"], data=run.data(), metrics=metrics)
             print(f"exported {selected['label']} as {args.format} -> {args.export} "
                   f"(reload check: max |diff| {summary.get('max_abs_diff')}); summary: {summary['summary']}")
     return 0

@@ -18,8 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..analysis.report import ANALYSES, find_analyses, read_runs, write_report
-from ..analysis.runs import split_overrides
+from .options import add_bn_recal
 
 HELP = "self-contained HTML report comparing runs (curves, accuracies, config diff, loafing, logits, ERF)"
 
@@ -33,8 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loafing", action="store_true", help="compute the loafing analysis first")
     parser.add_argument("--logits", action="store_true", help="compute the logit-amplitude analysis first")
     parser.add_argument("--erf", action="store_true", help="compute the effective receptive fields first")
-    parser.add_argument("--bn-recal", type=int, default=2000, metavar="N",
-                        help="BN re-estimation images for --loafing/--logits (0: skip)")
+    add_bn_recal(parser, "per sub-network for --loafing/--logits/--erf")
     parser.add_argument("--sample", type=int, metavar="K", help="sub-networks per run for --loafing/--logits "
                         "(default: all when <= 64, else 32)")
     parser.add_argument("--erf-images", type=int, default=64, metavar="N", help="test images for --erf")
@@ -44,34 +42,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _compute(kind: str, items: list[str], out: Path, args: argparse.Namespace) -> None:
-    from ..cli import build_parser
-
-    argv = [kind, *items, "--out", str(out), "--seed", str(args.seed), "--device", args.device]
-    if kind in ("loafing", "logits"):
-        argv += ["--bn-recal", str(args.bn_recal)]
-        if args.sample:
-            argv += ["--sample", str(args.sample)]
-    else:
-        argv += ["--images", str(args.erf_images)]
-        if args.erf_sizes:
-            argv += ["--sizes", args.erf_sizes]
-    if args.no_progress:
-        argv.append("--no-progress")
-    parser, modules = build_parser()
-    print(f"computing {kind}: stimulative {' '.join(argv)}")
-    modules[kind].run(parser.parse_args(argv))
-
-
 def run(args: argparse.Namespace) -> int:
-    paths, _ = split_overrides(args.inputs)
+    from ..analysis.report import ANALYSES, compute_analysis, find_analyses, read_runs, write_report
+    from ..runs import open_runs, split_overrides
+    from ..train.runtime import resolve_device
+
+    paths, overrides = split_overrides(args.inputs)
     if not paths:
         raise ValueError("give at least one RUN_DIR")
     runs = read_runs(paths)
     out = Path(args.out).expanduser()
-    for kind in ANALYSES:
-        if getattr(args, kind):
-            _compute(kind, list(args.inputs), out, args)
+    kinds = [k for k in ANALYSES if getattr(args, k)]
+    if kinds:
+        opened = open_runs(args.inputs)
+        for kind in kinds:
+            print(f"computing {kind} of {', '.join(r.name for r in opened)} into {out}", flush=True)
+            compute_analysis(kind, opened, out, bn_images=args.bn_recal, sample=args.sample, seed=args.seed,
+                             device=resolve_device(args.device), erf_images=args.erf_images,
+                             erf_sizes=args.erf_sizes, overrides=overrides, progress=not args.no_progress)
     analyses = find_analyses(runs, out)
     path = write_report(runs, out, analyses, title=args.title)
     included = ", ".join(k for k in ANALYSES if k in analyses) or "none"

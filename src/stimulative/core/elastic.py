@@ -395,7 +395,6 @@ class ElasticDepth:
                 m.__class__ = orig
                 if "_st_mode" in m.__dict__:
                     del m.__dict__["_st_mode"]
-        _update_depth_attributes(clone, self, modes)
         return clone
 
     def remove(self) -> nn.Module:
@@ -415,11 +414,3 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, local = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, local, new)
-
-
-def _update_depth_attributes(clone: nn.Module, ed: ElasticDepth, modes: list[list[int]]) -> None:
-    """Keep bookkeeping attributes of known architectures consistent with the blocks left in them."""
-    if hasattr(clone, "blocks_per_stage") and isinstance(clone.blocks_per_stage, list):
-        counts = [sum(m == RUN for m in row) for row in modes]
-        if len(counts) == len(clone.blocks_per_stage):
-            clone.blocks_per_stage = counts

@@ -135,6 +135,27 @@ class SampleSpace:
         return [tuple(RUN if not s else (free if self.rng.random() < 0.5 else SKIP) for s in row)
                 for row in self.skippable]
 
+    def distinct(self, k: int, seed: int = 0) -> list[list[int]]:
+        """``k`` distinct configurations of an ordered space drawn with ``seed``: the full and the smallest
+        network first, then uniform draws (every configuration when ``k >= len(self)``; ``self.rng`` untouched).
+
+        Example:
+            >>> SampleSpace.ordered([3, 3, 3]).distinct(4, seed=0)[:2]
+            [[3, 3, 3], [1, 1, 1]]
+        """
+        if self.kind != "ordered":
+            raise ValueError(f"distinct() needs an ordered space, not {self.kind!r}")
+        if k >= len(self):
+            return [list(c) for c in self]
+        rng = random.Random(seed)
+        full, smallest = list(self.full_depths), list(self.min_depths)
+        chosen = [full, smallest] if full != smallest else [full]
+        while len(chosen) < k:
+            config = [rng.randint(m, c) for m, c in zip(self.min_depths, self.full_depths)]
+            if config not in chosen:
+                chosen.append(config)
+        return chosen[:k]
+
     def __len__(self) -> int:
         if self.kind in ("ordered", "inter_stage"):
             return math.prod(self.ranges)

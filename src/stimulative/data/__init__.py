@@ -15,6 +15,7 @@ from .datasets import (
     build_data,
     collate_skipping,
     digits_dataset,
+    normalisation,
     stratified_subset,
     synthetic_dataset,
 )
@@ -22,5 +23,5 @@ from .files import DataError
 
 __all__ = [
     "DATASET_STATS", "DataBundle", "DataError", "LoaderBatches", "TensorBatches", "build_data", "collate_skipping",
-    "digits_dataset", "stratified_subset", "synthetic_dataset",
+    "digits_dataset", "normalisation", "stratified_subset", "synthetic_dataset",
 ]

@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # the config is the train layer's; data only reads the fields
 
 __all__ = [
     "DataBundle", "TensorBatches", "LoaderBatches", "build_data", "synthetic_dataset", "digits_dataset",
-    "stratified_subset", "collate_skipping", "DataError", "DATASET_STATS",
+    "stratified_subset", "collate_skipping", "normalisation", "DataError", "DATASET_STATS",
 ]
 
 DATASET_STATS = {
@@ -364,6 +364,18 @@ def _fit_size(images: torch.Tensor, size: int) -> torch.Tensor:
         x = F.interpolate(chunk.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
         out.append(x[..., top:top + size, left:left + size].round().clamp(0, 255).to(torch.uint8))
     return torch.cat(out)
+
+
+def normalisation(cfg: DataConfig, bundle: DataBundle | None = None) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std the model's inputs were normalised with (recorded with an export).
+
+    Taken from the built data when given (exact), else from ``cfg.mean``/``cfg.std`` or the dataset's defaults.
+    """
+    test = getattr(bundle, "test", None)
+    if test is not None and hasattr(test, "mean") and hasattr(test, "std"):
+        return [round(float(v), 6) for v in test.mean.flatten()], [round(float(v), 6) for v in test.std.flatten()]
+    mean, std = DATASET_STATS.get(cfg.name, DATASET_STATS["default"])
+    return list(cfg.mean or mean), list(cfg.std or std)
 
 
 def _stats(cfg: DataConfig, key: str) -> tuple[Sequence[float], Sequence[float]]:

@@ -13,8 +13,6 @@ pooling or additions; ``macs = flops / 2``.
 
 from __future__ import annotations
 
-import csv
-import random
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,23 +22,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from .core.elastic import ElasticDepth
-from .core.evaluation import evaluate
-from .core.sampling import SampleSpace
-from .export import count_parameters, extract_subnetwork, write_json
+from ..core.elastic import ElasticDepth, format_depths
+from ..core.evaluation import evaluate
+from ..core.sampling import SampleSpace
+from ..io import write_csv, write_json
+from ..runs import Run
+from .export import count_parameters, extract_subnetwork
 
 __all__ = [
     "STRATEGIES", "count_flops", "measure_latency", "forward_times", "candidate_configs", "greedy_walk", "profile_config",
-    "pareto_front", "mark_fronts", "select_under_budget", "write_table", "plot_pareto", "depth_label",
+    "pareto_front", "mark_fronts", "select_under_budget", "write_table", "plot_pareto", "pareto_table",
 ]
 
 STRATEGIES = ("auto", "all", "sample", "greedy")
 ALL_LIMIT = 64  # "auto" enumerates spaces up to this size, else walks greedily
-
-
-def depth_label(depths: Sequence[int]) -> str:
-    """``[1, 2, 3]`` -> ``"1,2,3"`` (the CLI form)."""
-    return ",".join(str(int(d)) for d in depths)
 
 
 def count_flops(model: nn.Module, input_size: int, channels: int = 3) -> int:
@@ -131,18 +126,7 @@ def candidate_configs(ed: ElasticDepth, strategy: str = "auto", sample: int = 0,
         raise ValueError("the greedy walk depends on accuracies; use greedy_walk(ed, score)")
     if sample < 1:
         raise ValueError(f"--sample needs a positive number of configurations, got {sample}")
-    full, smallest = list(ed.full_depths), list(ed.min_depths)
-    if sample >= len(space):
-        return [list(c) for c in space]
-    rng = random.Random(seed)
-    chosen = {tuple(full), tuple(smallest)}
-    ordered = [full, smallest] if full != smallest else [full]
-    while len(ordered) < sample:
-        config = tuple(rng.randint(m, c) for m, c in zip(ed.min_depths, ed.full_depths))
-        if config not in chosen:
-            chosen.add(config)
-            ordered.append(list(config))
-    return ordered[:sample]
+    return space.distinct(sample, seed)
 
 
 def greedy_walk(ed: ElasticDepth, score: Callable[[list[int]], float]) -> list[list[int]]:
@@ -199,7 +183,7 @@ def profile_config(ed: ElasticDepth, depths: Sequence[int], test: Iterable | Non
     if hasattr(bn_batches, "set_epoch"):
         bn_batches.set_epoch(0)  # the same images for every configuration
     sub = extract_subnetwork(ed, depths, bn_batches, bn_images)
-    row: dict[str, Any] = {"depths": depths, "label": depth_label(depths), "blocks": ed.num_blocks(depths),
+    row: dict[str, Any] = {"depths": depths, "label": format_depths(depths), "blocks": ed.num_blocks(depths),
                            "params": count_parameters(sub)}
     if test is not None:
         metrics = evaluate(sub, test)
@@ -278,16 +262,10 @@ def write_table(rows: Sequence[dict], out_dir: str | Path, meta: dict | None = N
                 stem: str = "pareto") -> tuple[Path, Path]:
     """Write ``<stem>.csv`` (one row per configuration) and ``<stem>.json`` (rows + ``meta``)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     keys = [k for k in _CSV_FIELDS if any(k in r for r in rows)]
     keys += sorted({k for r in rows for k in r if k.startswith(("latency_", "front_")) and k not in keys})
-    csv_path = out_dir / f"{stem}.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["depths"] + keys, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({**r, "depths": r["label"]})
-    json_path = write_json({**(meta or {}), "rows": list(rows)}, out_dir / f"{stem}.json")
+    csv_path = write_csv([{**r, "depths": r["label"]} for r in rows], out_dir / f"{stem}.csv", ["depths"] + keys)
+    json_path = write_json({**(meta or {}), "rows": list(rows)}, out_dir / f"{stem}.json", indent=2)
     return csv_path, json_path
 
 
@@ -333,3 +311,62 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, title: str = "",
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The table of one run
+# --------------------------------------------------------------------------------------------------------------
+
+def pareto_table(run: Run, strategy: str = "auto", sample: int = 0, seed: int = 0, bn_images: int = 2000,
+                 input_size: int | None = None, batch_sizes: Sequence[int] = (1, 64), repeats: int = 10,
+                 warmup: int = 2, progress: bool = True) -> tuple[list[dict], dict[str, Any]]:
+    """Profile the depth configurations of an opened run (``profile_config`` each) and mark the Pareto fronts.
+
+    Args:
+        run: the opened training checkpoint.
+        strategy: ``all``, ``sample`` (``sample`` configs drawn with ``seed``), ``greedy`` (``greedy_walk`` on
+            test accuracy) or ``auto`` (all for spaces up to 64 configurations, else greedy).
+        bn_images: BN re-estimation images per configuration (the same images for each).
+        input_size: input side for FLOPs and latency (default: the run's).
+        batch_sizes, repeats, warmup: latency measurement; the fronts use the first batch size.
+        progress: a progress bar.
+
+    Returns:
+        (one row per configuration in profiling order, the table's settings for ``write_table``).
+    """
+    from tqdm.auto import tqdm
+
+    ed, data = run.ed, run.data()
+    input_size = input_size or run.input_size
+    space_size = len(SampleSpace.for_model(ed, "ordered"))
+    if strategy == "auto":
+        strategy = "all" if space_size <= ALL_LIMIT else "greedy"
+    rows: dict[tuple, dict] = {}
+
+    def profile(config: list[int]) -> dict:
+        key = tuple(config)
+        if key not in rows:
+            rows[key], _ = profile_config(ed, config, data.test, data.train, bn_images, input_size, batch_sizes,
+                                          repeats, warmup)
+            bar.update(1)
+            bar.set_postfix_str(f"{rows[key]['label']}: {rows[key]['acc']:.2f}%")
+        return rows[key]
+
+    if strategy == "greedy":
+        with tqdm(desc="pareto (greedy walk)", unit="config", disable=not progress) as bar:
+            order = greedy_walk(ed, lambda c: profile(c)["acc"])
+    else:
+        order = candidate_configs(ed, strategy, sample, seed)
+        with tqdm(total=len(order), desc=f"pareto ({strategy})", disable=not progress) as bar:
+            for config in order:
+                profile(config)
+    table = [rows[tuple(c)] for c in order]
+    mark_fronts(table, [f"latency_ms_b{batch_sizes[0]}", "flops"])
+    meta = {"checkpoint": str(run.path), "model": run.config.model.name, "full_depths": ed.full_depths,
+            "strategy": strategy, "space_size": space_size, "configs": len(table), "bn_recal_images": bn_images,
+            "input_size": input_size, "latency": {"device": "cpu", "threads": torch.get_num_threads(),
+                                                  "batch_sizes": list(batch_sizes), "repeats": repeats,
+                                                  "warmup": warmup, "statistic": "median ms"},
+            "flops_note": "FlopCounterMode, one image: convolutions and matmuls, 2 FLOPs per MAC; macs = flops/2",
+            "accuracy": "top-1 % on the test data after BN re-estimation"}
+    return table, meta

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .core.bn import frozen_bn_stats
-from .core.elastic import ElasticDepth
-from .core.sampling import SampleSpace
+from ..core.bn import frozen_bn_stats
+from ..core.elastic import ElasticDepth
+from ..core.sampling import SampleSpace
 
 __all__ = ["StimulativeFinetune", "detection_input_scale"]
 
@@ -52,7 +52,7 @@ class StimulativeFinetune:
 
     Example:
         >>> import torch, torchvision, stimulative as st
-        >>> from stimulative.finetune import StimulativeFinetune
+        >>> from stimulative.deploy.finetune import StimulativeFinetune
         >>> model = torchvision.models.resnet18(num_classes=5)
         >>> ft = StimulativeFinetune(model, num_subnets=2, min_input_scale=0.5, seed=0)
         >>> x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 3])
