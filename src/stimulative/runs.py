@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,8 @@ from .train.runtime import resolve_device
 
 __all__ = [
     "Run", "open_run", "open_runs", "unique_names", "split_overrides", "default_out_dir", "select_configs",
-    "validate_configs", "measure", "evaluate_checkpoint", "DEFAULT_MAX_ENUMERATE", "DEFAULT_SAMPLE",
+    "validate_configs", "measure_selected", "measure", "evaluate_checkpoint", "DEFAULT_MAX_ENUMERATE",
+    "DEFAULT_SAMPLE",
 ]
 
 DEFAULT_MAX_ENUMERATE = 64   # every sub-network when the space has at most this many
@@ -229,6 +230,25 @@ def select_configs(ed: ElasticDepth, depths: Sequence[str | Sequence[int]] | Non
         if c not in unique:
             unique.append(c)
     return sorted(unique, key=lambda c: (-sum(c), [-d for d in c]))
+
+
+def measure_selected(runs: Sequence[Run], measure_configs: Callable[..., list[dict]], *,
+                     depths: Sequence[str] | None = None, all_configs: bool = False, sample: int | None = None,
+                     seed: int = 0, bn_images: int = 0, device: torch.device | str = "cpu", progress: bool = True,
+                     extra: Callable[[Run], list[list[int]]] | None = None) -> list[dict]:
+    """The rows of ``measure_configs(ed, configs, test, train, bn_images, run=, device=, progress=)`` for the
+    sub-networks of every run chosen by ``select_configs`` (plus ``extra(run)``), on each run's own data."""
+    torch.manual_seed(seed)
+    rows: list[dict] = []
+    for r in runs:
+        configs = select_configs(r.ed, depths, all_configs, sample, seed, where=r.name)
+        for c in extra(r) if extra else []:
+            if c not in configs:
+                configs.append(c)
+        data = r.data(device)
+        rows += measure_configs(r.ed, configs, data.test, data.train, bn_images, run=r.name, device=device,
+                                progress=progress)
+    return rows
 
 
 def measure(run: Run, depths: Sequence[int] | None = None, bn_images: int = 0, device: torch.device | str = "cpu",

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..core.elastic import ElasticDepth, format_depths
 from ..core.evaluation import evaluate, evaluate_depth
 from ..io import write_csv, write_json
-from ..runs import Run, select_configs
+from ..runs import Run, measure_selected
 from ..train.log import run_colors
 from .plots import plot_loafing
 
@@ -166,17 +166,12 @@ def loafing_analysis(runs: Sequence[Run], individuals: Sequence[Run] = (), *, de
     Returns:
         ``{"rows", "summary", "settings"}`` (what ``write_loafing`` writes as loafing.json).
     """
-    torch.manual_seed(seed)
-    rows: list[dict] = []
-    for r in runs:
-        configs = select_configs(r.ed, depths, all_configs, sample, seed, where=r.name)
-        for ind in individuals:  # make sure every matching alone-config is evaluated inside
-            alone = individual_depths(ind)
-            if _in_space(r, alone) and alone not in configs:
-                configs.append(alone)
-        data = r.data(device)
-        rows += subnetwork_accuracy(r.ed, configs, data.test, data.train, bn_images, run=r.name, device=device,
-                                    progress=progress)
+
+    def alone_configs(run: Run) -> list[list[int]]:  # every matching alone-config is also evaluated inside
+        return [d for d in (individual_depths(ind) for ind in individuals) if _in_space(run, d)]
+
+    rows = measure_selected(runs, subnetwork_accuracy, depths=depths, all_configs=all_configs, sample=sample,
+                            seed=seed, bn_images=bn_images, device=device, progress=progress, extra=alone_configs)
     alone_rows = []
     for ind in individuals:
         alone = individual_depths(ind)

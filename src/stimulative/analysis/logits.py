@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..core.bn import recalibrated
 from ..core.elastic import ElasticDepth, format_depths
 from ..io import write_csv, write_json
-from ..runs import Run, select_configs
+from ..runs import Run, measure_selected
 from ..train.log import run_colors
 from .plots import plot_logits
 
@@ -123,13 +123,8 @@ def logits_analysis(runs: Sequence[Run], *, depths: Sequence[str] | None = None,
     Returns:
         ``{"rows", "by_blocks", "settings"}`` (what ``write_logits`` writes as logits.json).
     """
-    torch.manual_seed(seed)
-    rows: list[dict] = []
-    for r in runs:
-        configs = select_configs(r.ed, depths, all_configs, sample, seed, where=r.name)
-        data = r.data(device)
-        rows += subnetwork_logit_norms(r.ed, configs, data.test, data.train, bn_images, run=r.name, device=device,
-                                       progress=progress)
+    rows = measure_selected(runs, subnetwork_logit_norms, depths=depths, all_configs=all_configs, sample=sample,
+                            seed=seed, bn_images=bn_images, device=device, progress=progress)
     settings = {"bn_recal_images": bn_images, "seed": seed, "overrides": list(overrides),
                 "checkpoints": {r.name: str(r.path) for r in runs}}
     return {"rows": rows, "by_blocks": norms_by_blocks(rows), "settings": settings}

@@ -10,11 +10,22 @@
 * ``engine``: ``train(cfg)``, the wiring.
 """
 
+from typing import Any
+
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint, load_model, save_checkpoint
 from .config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig, STConfig, load_config
-from .engine import train
 
 __all__ = [
     "CheckpointError", "Config", "ConfigError", "DataConfig", "LoadedModel", "ModelConfig", "OptimConfig",
     "STConfig", "load_checkpoint", "load_config", "load_model", "save_checkpoint", "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``train`` brings the data pipeline (torchvision); ``import stimulative`` (which reads ``train.config``) does
+    # not pay for it until a run is trained
+    if name == "train":
+        from .engine import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,8 @@ from ..io import atomic_write_text
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "OptimConfig", "STConfig", "ConfigError",
-    "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config",
+    "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config", "read_recipe",
+    "fill_dataclass",
 ]
 
 
@@ -174,7 +175,14 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return isinstance(value, annotation)
 
 
-def _fill(cls: type, data: dict, prefix: str) -> Any:
+def fill_dataclass(cls: type, data: dict, prefix: str = "", choices: dict[str, tuple] | None = None) -> Any:
+    """Build the (nested) dataclass ``cls`` from a dict, checking every key, type and choice.
+
+    An unknown key, a wrong type or a value outside ``choices`` (dotted key -> allowed values; default: this
+    config's) is a ``ConfigError`` naming the key. Ints in float fields become floats; YAML's ``1e-4`` strings
+    in float fields become numbers. Other configs with the same rules (``stimulative.lm``) can use it too.
+    """
+    choices = _CHOICES if choices is None else choices
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -186,7 +194,7 @@ def _fill(cls: type, data: dict, prefix: str) -> Any:
             raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(sorted(fields))}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _fill(hint, value or {}, full + ".")
+            kwargs[key] = fill_dataclass(hint, value or {}, full + ".", choices)
             continue
         if isinstance(value, int) and not isinstance(value, bool) and float in _members(hint) \
                 and int not in _members(hint):
@@ -199,8 +207,8 @@ def _fill(cls: type, data: dict, prefix: str) -> Any:
         if not _type_ok(value, hint):
             raise ConfigError(f"config key {full!r} expects {_type_name(hint)}, got {value!r} "
                               f"({type(value).__name__})")
-        if full in _CHOICES and value not in _CHOICES[full]:
-            raise ConfigError(f"config key {full!r} must be one of {', '.join(_CHOICES[full])}, got {value!r}")
+        if full in choices and value not in choices[full]:
+            raise ConfigError(f"config key {full!r} must be one of {', '.join(choices[full])}, got {value!r}")
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -211,7 +219,7 @@ def _type_name(hint: Any) -> str:
 
 def config_from_dict(data: dict) -> Config:
     """Build and validate a ``Config`` from a nested dict."""
-    cfg = _fill(Config, data or {}, "")
+    cfg = fill_dataclass(Config, data or {})
     _validate(cfg)
     return cfg
 
@@ -285,19 +293,23 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def read_recipe(path: str | Path) -> dict:
+    """The mapping in a YAML recipe file, with a one-line ``ConfigError`` when it is missing or not a mapping."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"recipe file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML recipe (or start from defaults when ``path`` is None) and apply overrides."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"recipe file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping")
+    data = read_recipe(path) if path is not None else {}
     apply_overrides(data, overrides or [])
     return config_from_dict(data)
 
