@@ -76,7 +76,8 @@ class LMConfig:
     batch_size: int = 16                  # blocks of model.context tokens per step
     eval_batch_size: int = 32
     eval_every: int = 200                 # steps between validations (and always at the end)
-    eval_depths: list | None = None       # prefix depths validated besides the full model; None = L/4, L/2, 3L/4
+    eval_depths: list | None = None       # prefix depths validated besides the full model (>= L skipped);
+    #                                       None = L/4, L/2, 3L/4
     log_every: int = 50                   # steps between console lines
     seed: int = 0
     threads: int = 0                      # torch.set_num_threads; 0 = leave as is
@@ -172,10 +173,10 @@ def _validate(cfg: LMConfig) -> None:
         raise ConfigError("LM runs need st.min_input_scale=1 and st.subnet_fraction=1 (random smaller inputs and "
                           "sample subsets are for images; the teacher has one logit row per token)")
     if cfg.eval_depths is not None:
-        bad = [d for d in cfg.eval_depths if not isinstance(d, int) or isinstance(d, bool)
-               or not 1 <= d <= m.num_hidden_layers]
+        bad = [d for d in cfg.eval_depths if not isinstance(d, int) or isinstance(d, bool) or d < 1]
         if bad:
-            raise ConfigError(f"eval_depths must be layer counts in 1..{m.num_hidden_layers}, got {bad}")
+            raise ConfigError(f"eval_depths must be positive layer counts (those >= num_hidden_layers are "
+                              f"skipped), got {bad}")
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).expanduser().exists():
         raise ConfigError(f"resume checkpoint {cfg.resume!r} does not exist (use resume=auto or a path)")
 

@@ -244,7 +244,7 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
 
     ed = elastic_depth(model)
     layers = ed.full_depths[0]
-    depths = default_eval_depths(layers) if cfg.eval_depths is None else sorted(set(cfg.eval_depths) - {layers})
+    depths = default_eval_depths(layers) if cfg.eval_depths is None else sorted({d for d in cfg.eval_depths if d < layers})
     space = SampleSpace.for_model(ed, cfg.st.sampling, ranges=cfg.st.ranges, seed=cfg.seed)
     step = StimulativeStep.from_config(cfg.st, ed, space, model=TokenLogits(model), seed=cfg.seed + 1)
     optimizer = _optimizer(model, cfg)

@@ -1,0 +1,246 @@
+"""Language models: CT vs ST (vs ST++) on a byte-level Llama, loafing by depth, and early exit in use.
+
+Trains with the shipped recipes ``recipes/lm_llama_{ct,st,stpp}.yaml`` (8 layers, width 128, context 128, the
+Python standard library's sources as the corpus, 1,000 steps of 16 x 128 tokens; same seed, data and schedule,
+only the ``st`` section differs) and a depth-4 model trained alone (the CT recipe with
+``model.num_hidden_layers=4``), all at equal steps; with ``--equal-time`` also CT for ST's training time. Every
+run goes through ``python -m stimulative.lm train`` (one thread per process, at most ``--jobs`` processes at a
+time, ``resume=auto``). Then:
+
+* loafing by depth (``stimulative.lm.loafing.lm_loafing``): validation loss/perplexity of every depth 1..8
+  inside CT, ST (and ST++), next to the depth-4 model trained alone, on the same 256 validation blocks
+  (``loafing_lm.{json,csv,png}``);
+* self-speculative decoding on CPU (``stimulative.lm.decode.decode_benchmark``): the CT and the ST model (and
+  ST++), the same prompts (evenly spaced over the validation split), greedy: plain tokens/s, and with
+  ``generate(..., assistant_early_exit=k)`` tokens/s, drafted/accepted tokens and the acceptance rate; every
+  output must equal plain greedy (the benchmark fails otherwise, after writing its records).
+
+Every finished step writes its record at once to ``benchmarks/results/lm/``: ``<run>.json`` per training run
+(setting, method, seed, steps, val_loss, per-depth losses, wall_s, exact command), ``loafing_lm.*``,
+``decode_<run>.json``; a rerun skips what is finished, so an interrupted invocation loses at most the runs in
+flight (and those resume from their last checkpoint). ``benchmarks/make_lm_table.py`` turns the files into the
+tables of docs/lm.md.
+
+    nohup python benchmarks/bench_lm.py > benchmarks/work/lm/bench_lm.log 2>&1 &
+    python benchmarks/bench_lm.py --equal-time          # later: adds CT at ST's training time
+    python benchmarks/bench_lm.py --quick --results /tmp/lm_quick --work /tmp/lm_quick_runs   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from machine import load_average, machine_info  # benchmarks/machine.py
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = {"ct": "recipes/lm_llama_ct.yaml", "st": "recipes/lm_llama_st.yaml", "stpp": "recipes/lm_llama_stpp.yaml"}
+METHODS = {"ct": "CT", "st": "ST", "stpp": "ST++"}
+QUICK = ["steps=20", "eval_every=10", "batch_size=4", "model.hidden_size=32", "model.intermediate_size=64",
+         "model.num_attention_heads=2", "model.num_key_value_heads=2", "model.context=32", "data.val_blocks=16",
+         "optim.warmup_steps=2", "log_every=10"]
+
+
+def stamp() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def write_json(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plan(args: argparse.Namespace) -> dict[str, dict]:
+    """The training runs: key -> recipe, overrides, method, setting, dependencies."""
+    runs = {}
+    for m in args.methods:
+        runs[m] = {"recipe": RECIPES[m], "extra": [], "method": METHODS[m], "setting": "equal_steps", "after": []}
+    runs["d4_alone"] = {"recipe": RECIPES["ct"], "extra": [f"model.num_hidden_layers={args.alone_depth}"],
+                        "method": "CT", "setting": f"depth-{args.alone_depth} alone, equal_steps", "after": []}
+    if args.equal_time:
+        runs["ct_time"] = {"recipe": RECIPES["ct"], "extra": [], "method": "CT", "setting": "equal_time (ST's)",
+                           "after": ["ct", "st"]}
+    # longest first: ST++/ST start at once, CT and the shallow model share the other slot
+    order = ["stpp", "st", "ct", "d4_alone", "ct_time"]
+    return {k: runs[k] for k in order if k in runs}
+
+
+def command(key: str, spec: dict, args: argparse.Namespace, results: Path) -> list[str]:
+    extra = list(spec["extra"])
+    if key == "ct_time":  # CT's steps = ST's training time / CT's time per step
+        st, ct = (json.loads((results / f"{k}.json").read_text()) for k in ("st", "ct"))
+        extra.append(f"steps={max(1, round(st['train_time_s'] / (ct['train_time_s'] / ct['steps'])))}")
+    elif args.steps:
+        extra.append(f"steps={args.steps}")
+    return [sys.executable, "-m", "stimulative.lm", "train", spec["recipe"], f"name={args.prefix}{key}",
+            f"out_dir={args.work}", f"threads={args.threads}", "device=cpu", "resume=auto", f"seed={args.seed}",
+            *(QUICK if args.quick else []), *args.set, *extra]
+
+
+def run_record(key: str, spec: dict, cmd: list[str], run_dir: Path, seconds: float, args) -> dict:
+    history = read_metrics(run_dir)
+    final = history[-1]
+    return {"kind": "train", "run": key, "method": spec["method"], "setting": spec["setting"], "seed": args.seed,
+            "steps": final["step"], "layers": args.alone_depth if key == "d4_alone" else None,
+            "val_loss": final["val_loss"], "val_ppl": final["val_ppl"],
+            **{k: v for k, v in final.items() if k.startswith(("val_loss_d", "val_ppl_d"))},
+            "train_loss_main": final["train_loss_main"], "train_time_s": final["train_time_s"],
+            "wall_s": final["wall_s"], "invocation_wall_s": seconds, "tokens_per_s": final["tokens_per_s"],
+            "val_tokens": final["val_tokens"], "run_dir": str(run_dir), "recipe": spec["recipe"],
+            "command": shlex.join(["python" if c == sys.executable else c for c in cmd]), "history": history,
+            "machine": machine_info(args.threads), "load_average_at_end": load_average()}
+
+
+def train_all(args: argparse.Namespace, results: Path) -> None:
+    runs = plan(args)
+    pending = [k for k in runs if not (results / f"{k}.json").exists()]
+    for k in runs:
+        if k not in pending:
+            print(f"[{stamp()}] {k}: finished earlier ({results / f'{k}.json'})", flush=True)
+    running: dict[str, tuple[subprocess.Popen, list[str], float]] = {}
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), TQDM_DISABLE="1")
+    failed = []
+    while pending or running:
+        for key in list(pending):
+            if len(running) >= args.jobs:
+                break
+            if any(not (results / f"{d}.json").exists() for d in runs[key]["after"]):
+                if any(d in failed for d in runs[key]["after"]):
+                    pending.remove(key)
+                continue
+            pending.remove(key)
+            cmd = command(key, runs[key], args, results)
+            log = Path(args.work) / f"{args.prefix}{key}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            print(f"[{stamp()}] start {key}: {shlex.join(cmd)} (log {log})", flush=True)
+            running[key] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT),
+                            cmd, time.perf_counter())
+        time.sleep(1 if args.quick else 5)
+        for key, (proc, cmd, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[key]
+            if proc.returncode != 0:
+                failed.append(key)
+                print(f"[{stamp()}] {key} FAILED (rc {proc.returncode}); see {args.work}/{args.prefix}{key}.log",
+                      flush=True)
+                continue
+            record = run_record(key, runs[key], cmd, Path(args.work) / f"{args.prefix}{key}", time.perf_counter() - t0,
+                                args)
+            write_json(record, results / f"{key}.json")
+            print(f"[{stamp()}] done {key}: val loss {record['val_loss']:.4f}, train {record['train_time_s']:.0f}s "
+                  f"-> {results / f'{key}.json'}", flush=True)
+    if failed:
+        raise SystemExit(f"training runs failed: {', '.join(failed)}")
+
+
+def loafing(args: argparse.Namespace, results: Path) -> None:
+    import torch
+
+    from stimulative.lm.loafing import lm_loafing
+
+    torch.set_num_threads(args.threads)
+    labels = {"ct": "CT", "st": "ST", "stpp": "ST++", "ct_time": "CT (ST's time)"}
+    runs = {labels[k]: json.loads((results / f"{k}.json").read_text())["run_dir"]
+            for k in labels if (results / f"{k}.json").exists()}
+    alone = [json.loads((results / "d4_alone.json").read_text())["run_dir"]]
+    out = results / "loafing_lm.json"
+    if out.exists():
+        old = json.loads(out.read_text())
+        if {r["path"] for r in old["rows"]} == set(runs.values()) and \
+                {r["path"] for r in old["alone"].values()} == set(alone):
+            print(f"[{stamp()}] loafing: finished earlier ({out})", flush=True)
+            return
+    t0 = time.perf_counter()
+    result = lm_loafing(runs, alone, results, device="cpu")
+    print(f"[{stamp()}] loafing done in {time.perf_counter() - t0:.0f}s -> {out}", flush=True)
+    for r in result["rows"]:
+        rel = f" ({r['rel_to_alone']:+.2%} vs alone)" if "rel_to_alone" in r else ""
+        print(f"  {r['run']:>16} depth {r['depth']}: {r['loss']:.4f}{rel}", flush=True)
+
+
+def decode(args: argparse.Namespace, results: Path) -> None:
+    import torch
+
+    from stimulative.lm.decode import decode_benchmark, prompts_from_tokens
+    from stimulative.lm.train import load_lm, load_lm_data
+
+    torch.set_num_threads(args.threads)
+    unequal = []
+    for key in ("ct", "st", "stpp"):
+        src, out = results / f"{key}.json", results / f"decode_{key}.json"
+        if not src.exists():
+            continue
+        if out.exists():
+            print(f"[{stamp()}] decode {key}: finished earlier ({out})", flush=True)
+            unequal += [key] if not all(v["equal_greedy"] for k, v in json.loads(out.read_text()).items()
+                                        if k.startswith("exit_")) else []
+            continue
+        lm = load_lm(json.loads(src.read_text())["run_dir"])
+        val = load_lm_data(lm.config, train=False).val
+        prompts = prompts_from_tokens(val, args.prompts, args.prompt_tokens)
+        t0 = time.perf_counter()
+        result = decode_benchmark(lm.model, prompts, exits=args.exits, max_new_tokens=args.new_tokens)
+        record = {"kind": "decode", "run": key, "method": METHODS[key], "source": str(src), **result,
+                  "wall_s": time.perf_counter() - t0, "command": shlex.join(["python", *sys.argv]),
+                  "machine": machine_info(args.threads), "load_average_at_end": load_average()}
+        write_json(record, out)
+        line = " | ".join(f"exit {v['exit']}: {v['tokens_per_s']:.1f} tok/s, acceptance {v['acceptance']:.1%}, "
+                          f"equal {v['equal_greedy']}" for k, v in result.items() if k.startswith("exit_"))
+        print(f"[{stamp()}] decode {key}: greedy {result['greedy']['tokens_per_s']:.1f} tok/s | {line} -> {out}",
+              flush=True)
+        if not all(v["equal_greedy"] for k, v in result.items() if k.startswith("exit_")):
+            unequal.append(key)
+    if unequal:
+        raise SystemExit(f"speculative decoding differed from plain greedy for: {', '.join(unequal)}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=["ct", "st"], choices=list(RECIPES))
+    p.add_argument("--equal-time", action="store_true", help="also CT trained for ST's training time")
+    p.add_argument("--alone-depth", type=int, default=4)
+    p.add_argument("--steps", type=int, default=0, help="optimizer steps (default: the recipes')")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--exits", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--results", default=str(REPO / "benchmarks/results/lm"))
+    p.add_argument("--work", default=str(REPO / "benchmarks/work/lm"), help="run directories (not in git)")
+    p.add_argument("--prefix", default="lm_", help="run directory name prefix")
+    p.add_argument("--quick", action="store_true", help="tiny models and few steps (smoke test; use other dirs)")
+    p.add_argument("--skip-decode", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.prompts, args.prompt_tokens, args.new_tokens = 2, 16, 16
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"[{stamp()}] bench_lm: {shlex.join(sys.argv)}; load {load_average()}", flush=True)
+    train_all(args, results)
+    loafing(args, results)
+    if not args.skip_decode:
+        decode(args, results)
+    print(f"[{stamp()}] bench_lm finished in {time.perf_counter() - t0:.0f}s; tables: "
+          f"python benchmarks/make_lm_table.py --results {results}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
