@@ -63,7 +63,10 @@ FORMAT = "stimulative-lm-v1"
 # --------------------------------------------------------------------------------------------------------------
 
 def build_lm(cfg: LMConfig, vocab_size: int, eos_token_id: int | None = None) -> nn.Module:
-    """The ``transformers`` causal LM of ``cfg.model`` (random init from the global torch seed), in train mode."""
+    """The ``transformers`` causal LM of ``cfg.model`` (random init from the global torch seed), in train mode.
+
+    A training row is ``context + 1`` tokens (``context`` next-token predictions), so the model has
+    ``context + 1`` positions."""
     import transformers
 
     m = cfg.model
@@ -75,11 +78,11 @@ def build_lm(cfg: LMConfig, vocab_size: int, eos_token_id: int | None = None) ->
                                           num_hidden_layers=m.num_hidden_layers,
                                           num_attention_heads=m.num_attention_heads,
                                           num_key_value_heads=m.num_key_value_heads or m.num_attention_heads,
-                                          max_position_embeddings=m.context, **common)
+                                          max_position_embeddings=m.context + 1, **common)
         model = transformers.LlamaForCausalLM(config)
     elif m.family == "gpt2":
         config = transformers.GPT2Config(n_embd=m.hidden_size, n_layer=m.num_hidden_layers,
-                                         n_head=m.num_attention_heads, n_positions=m.context,
+                                         n_head=m.num_attention_heads, n_positions=m.context + 1,
                                          n_inner=m.intermediate_size or None, resid_pdrop=0.0, embd_pdrop=0.0,
                                          attn_pdrop=0.0, **common)
         model = transformers.GPT2LMHeadModel(config)
