@@ -380,7 +380,7 @@ class StimulativeStep:
 
         Example:
             >>> import stimulative as st
-            >>> from stimulative.config import STConfig
+            >>> from stimulative import STConfig
             >>> ed = st.ElasticDepth(st.create_model("cifar_resnet20", num_classes=10))
             >>> step = st.StimulativeStep.from_config(STConfig(num_subnets=3, kl_schedule="cosine_up"), ed)
             >>> step.set_epoch(0, 10); step.active_kl_weight

@@ -520,7 +520,7 @@ def build_data(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int
 
     Example::
 
-        from stimulative.config import DataConfig
+        from stimulative.train.config import DataConfig
         bundle = build_data(DataConfig(name="digits", input_size=16, augment="none"), 64, 256)
         bundle.num_classes, len(bundle.train)     # (10, 22)
     """
