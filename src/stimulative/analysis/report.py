@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ..io import read_json, read_jsonl
+from ..io import atomic_write_text, read_json, read_jsonl
 from ..runs import Run, unique_names
 from ..train.checkpoint import load_checkpoint
 from ..train.log import SUBNET_METRIC_PREFIX, plot_training_curves, run_colors, subnet_metric_label
@@ -480,7 +480,5 @@ def write_report(runs: Sequence[RunRecord], out_dir: str | Path, analyses: dict[
         page.append(f"<section><h2>{html.escape(s.title)}</h2>{s.html}</section>")
         md += [f"## {s.title}", "", s.md, ""]
     page.append("</body></html>")
-    (out / "report.md").write_text("\n".join(md))
-    path = out / "report.html"
-    path.write_text("\n".join(page))
-    return path
+    atomic_write_text(out / "report.md", "\n".join(md))
+    return atomic_write_text(out / "report.html", "\n".join(page))

@@ -62,8 +62,7 @@ def train(cfg: Config) -> dict[str, Any]:
 
 
 def _train(cfg: Config, runtime: Runtime) -> dict[str, Any]:
-    device, main, run_dir = runtime.device, runtime.is_main, cfg.run_dir
-    world = runtime.dist.world_size
+    device, main, run_dir, world = runtime.device, runtime.is_main, cfg.run_dir, runtime.dist.world_size
     data = build_data(cfg.data, cfg.batch_size // world, cfg.eval_batch_size, seed=cfg.seed,
                       rank=runtime.dist.rank, world_size=world, device=device)
     num_classes = _num_classes(cfg, data.num_classes)
@@ -95,17 +94,7 @@ def _train(cfg: Config, runtime: Runtime) -> dict[str, Any]:
         console(f"warning: {run_dir} already holds a run; starting fresh and overwriting it "
                 "(pass resume=auto to continue it)")
     resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=num_classes))
-    log = None
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(resolved, run_dir / "config.yaml")
-        log = MetricsLog(run_dir, tensorboard=cfg.tensorboard)
-        log.write(state.history)
-        log.start_steps(keep_until=state.global_step)
-        what = f"resuming {source} at epoch {state.epoch + 1}" if source else "starting"
-        console(f"{what}: {cfg.model.name} on {cfg.data.name} ({data.num_classes} classes), {steps_per_epoch} "
-                f"steps/epoch x {cfg.epochs} epochs, ST sub-networks/step {cfg.st.num_subnets}, device {device}"
-                f"{f' x{world}' if runtime.dist.enabled else ''}, run dir {run_dir}")
+    log = _start_log(resolved, state, runtime, steps_per_epoch, source) if main else None
 
     record: dict[str, Any] = state.history[-1] if state.history else {}
     stopped = False
@@ -119,20 +108,14 @@ def _train(cfg: Config, runtime: Runtime) -> dict[str, Any]:
             record.update(evaluate_epoch(ed, eval_depths, data.test, data.train, cfg.bn_recal_images, device,
                                          runtime.autocast, ema_ed))
             record["eval_time_s"] = time.perf_counter() - t1
-        partial = record.get("partial", False)
-        state.epoch = epoch + (0 if partial else 1)
-        if not partial:
-            state.history.append(record)
-        is_best = record.get("test_acc") is not None and record["test_acc"] > state.best_acc
-        if is_best:
-            state.best_acc = record["test_acc"]
+        is_best = state.end_epoch(epoch, record)
         if main:
             ckpt = state.checkpoint(config_to_dict(resolved), num_classes, record, device)
             save_checkpoint(ckpt, run_dir / "last.pt")
             if is_best:
                 save_checkpoint(ckpt, run_dir / "best.pt")
             del ckpt
-            log.write(state.history + ([record] if partial else []))
+            log.write(state.history + ([record] if record.get("partial") else []))
             console(format_record(record, cfg.epochs))
 
     if main:
@@ -142,6 +125,21 @@ def _train(cfg: Config, runtime: Runtime) -> dict[str, Any]:
         console(f"done: best test acc {state.best_acc:.2f}% -> {run_dir}")
     return {"run_dir": str(run_dir), "epochs": int(record.get("epoch", state.epoch)), "step": state.global_step,
             "best_acc": state.best_acc, "final": record, "checkpoint": str(run_dir / "last.pt")}
+
+
+def _start_log(cfg: Config, state: TrainingState, runtime: Runtime, steps_per_epoch: int, source) -> MetricsLog:
+    """Rank 0: the run directory with the resolved config.yaml, the metric files so far, one console line."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    log = MetricsLog(cfg.run_dir, tensorboard=cfg.tensorboard)
+    log.write(state.history)
+    log.start_steps(keep_until=state.global_step)
+    what = f"resuming {source} at epoch {state.epoch + 1}" if source else "starting"
+    world = f" x{runtime.dist.world_size}" if runtime.dist.enabled else ""
+    console(f"{what}: {cfg.model.name} on {cfg.data.name} ({cfg.model.num_classes} classes), {steps_per_epoch} "
+            f"steps/epoch x {cfg.epochs} epochs, ST sub-networks/step {cfg.st.num_subnets}, device "
+            f"{runtime.device}{world}, run dir {cfg.run_dir}")
+    return log
 
 
 def _num_classes(cfg: Config, data_classes: int) -> int:

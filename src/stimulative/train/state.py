@@ -69,6 +69,18 @@ class TrainingState:
             "metrics": record, "history": self.history, "best_acc": self.best_acc,
         }
 
+    def end_epoch(self, epoch: int, record: dict[str, Any]) -> bool:
+        """Count epoch ``epoch`` (0-based) as done unless ``record`` is partial, keep its record, track the best
+        full-network test accuracy; returns whether this epoch is the best so far."""
+        partial = record.get("partial", False)
+        self.epoch = epoch + (0 if partial else 1)
+        if not partial:
+            self.history.append(record)
+        is_best = record.get("test_acc") is not None and record["test_acc"] > self.best_acc
+        if is_best:
+            self.best_acc = record["test_acc"]
+        return is_best
+
     def restore(self, ckpt: dict[str, Any], steps_per_epoch: int, device: torch.device, source: str | Path) -> int:
         """Load a training checkpoint into the live objects; returns the batches of the epoch already done.
 
