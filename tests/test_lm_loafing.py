@@ -1,0 +1,97 @@
+"""stimulative.lm loafing / export / decoding on tiny trained runs: table values = depth_losses, export ->
+from_pretrained = the depth-k sub-network, speculative decoding = plain greedy with counted acceptance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from test_lm_train import TINY, text_folder  # noqa: E402
+
+from stimulative.integrations import transformers as sth  # noqa: E402
+from stimulative.lm import depth_losses  # noqa: E402
+from stimulative.lm.decode import count_acceptance, decode_benchmark, prompts_from_tokens  # noqa: E402
+from stimulative.lm.export import export_lm  # noqa: E402
+from stimulative.lm.loafing import lm_loafing  # noqa: E402
+from stimulative.lm.train import load_lm, load_lm_data, train_lm  # noqa: E402
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 3-layer ST run, a 3-layer CT run and a 2-layer run trained alone (a few steps each)."""
+    tmp = tmp_path_factory.mktemp("lm")
+    common = [f"data.root={text_folder(tmp / 'text')}", f"out_dir={tmp / 'runs'}", *TINY, "steps=4", "eval_every=4"]
+    st = train_lm(REPO / "recipes/lm_llama_st.yaml", [*common, "name=st"])["run_dir"]
+    ct = train_lm(REPO / "recipes/lm_llama_ct.yaml", [*common, "name=ct"])["run_dir"]
+    alone = train_lm(REPO / "recipes/lm_llama_ct.yaml", [*common, "name=d2", "model.num_hidden_layers=2"])["run_dir"]
+    return {"st": st, "ct": ct, "alone": alone, "tmp": tmp}
+
+
+def test_loafing_table_equals_depth_losses(runs, tmp_path):
+    result = lm_loafing({"CT": runs["ct"], "ST": runs["st"]}, alone=[runs["alone"]], out_dir=tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"loafing_lm.json", "loafing_lm.csv", "loafing_lm.png"}
+    lm = load_lm(runs["st"])
+    batches = load_lm_data(lm.config, train=False).val_batches(lm.config.data.val_blocks, lm.config.eval_batch_size)
+    direct = {}
+    for label in ("CT", "ST"):
+        model = load_lm(runs[label.lower()]).model
+        direct[label] = depth_losses(sth.elastic_depth(model), batches)
+    alone_loss = depth_losses(sth.elastic_depth(load_lm(runs["alone"]).model), batches)[2]["loss"]
+    assert sorted((r["run"], r["depth"]) for r in result["rows"]) == [(m, k) for m in ("CT", "ST") for k in (1, 2, 3)]
+    for row in result["rows"]:
+        assert row["loss"] == pytest.approx(direct[row["run"]][row["depth"]]["loss"], rel=1e-6)
+        assert row["tokens"] == direct[row["run"]][row["depth"]]["tokens"]
+        assert row["method"] == row["run"]
+    assert result["alone"][2]["loss"] == pytest.approx(alone_loss, rel=1e-6)
+    row = next(r for r in result["rows"] if r["run"] == "ST" and r["depth"] == 2)
+    assert row["rel_to_alone"] == pytest.approx(row["loss"] / alone_loss - 1)
+    # the full-depth loss is the one train_lm logged at the end (same validation blocks)
+    final = json.loads((Path(runs["st"]) / "metrics.jsonl").read_text().splitlines()[-1])
+    assert direct["ST"][3]["loss"] == pytest.approx(final["val_loss"], rel=1e-5)
+    assert json.loads((tmp_path / "loafing_lm.json").read_text())["rows"][0]["loss"] == result["rows"][0]["loss"]
+
+
+def test_export_loads_with_from_pretrained_and_equals_the_sub_network(runs, tmp_path):
+    info = export_lm(runs["st"], 2, tmp_path / "d2", evaluate=True)
+    assert info["num_hidden_layers"] == 2 and (tmp_path / "d2" / "stimulative_lm.json").is_file()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "d2").eval()
+    assert hf.config.num_hidden_layers == 2 and len(hf.model.layers) == 2
+    lm = load_lm(runs["st"])
+    ed = sth.elastic_depth(lm.model)
+    ids = load_lm_data(lm.config, train=False).val_batches(4, 4)[0]
+    with torch.no_grad(), ed.depth([2]):
+        expected = ed.model(ids)
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, expected, atol=1e-5)
+    # its validation loss is the depth-2 loss inside the run
+    batches = load_lm_data(lm.config, train=False).val_batches(lm.config.data.val_blocks, lm.config.eval_batch_size)
+    assert info["val_loss"] == pytest.approx(depth_losses(ed, batches, [2])[2]["loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="depth"):
+        export_lm(runs["st"], 4, tmp_path / "bad")
+
+
+def test_speculative_decoding_of_a_trained_run_equals_greedy(runs, tmp_path):
+    lm = load_lm(runs["st"])
+    prompts = prompts_from_tokens(load_lm_data(lm.config, train=False).val, 2, 6)
+    result = decode_benchmark(lm.model, prompts, exits=[1, 2], max_new_tokens=10, warmup=False)
+    assert result["greedy"]["tokens"] > 0
+    for k in (1, 2):
+        r = result[f"exit_{k}"]
+        assert r["equal_greedy"] and r["tokens"] == result["greedy"]["tokens"]
+        assert r["rounds"] > 0 and 0 <= r["accepted"] <= r["drafted"] and 0 <= r["acceptance"] <= 1
+    # the exported prefix as an assistant model gives the plain greedy output too, and counts the same way
+    export_lm(runs["st"], 1, tmp_path / "d1")
+    draft = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "d1").eval()
+    kwargs = {"max_new_tokens": 10, "do_sample": False, "pad_token_id": lm.model.generation_config.pad_token_id}
+    p = prompts[0].reshape(1, -1)
+    with count_acceptance() as counts:
+        assisted = lm.model.generate(p, assistant_model=draft, **kwargs)
+    assert torch.equal(assisted, lm.model.generate(p, **kwargs)) and counts["rounds"] > 0
