@@ -4,6 +4,7 @@
     accelerate launch examples/accelerate_st.py --data digits --epochs 5 --mixed-precision bf16
     accelerate launch --multi_gpu --num_processes 2 examples/accelerate_st.py --data ./cifar_folder/train \\
         --model cifar_resnet20 --epochs 200 --batch-size 64 --num-subnets 6 --kl layer --min-input-scale 0.43
+    torchrun --nproc_per_node 2 examples/accelerate_st.py --cpu              # 2 CPU processes (gloo)
 
 The whole integration is two hooks of ``st.StimulativeStep``::
 
@@ -94,7 +95,7 @@ def cosine_lambda(total_steps: int):
 def train(model: nn.Module, loader: DataLoader, *, epochs: int = 2, lr: float = 0.1, momentum: float = 0.9,
           weight_decay: float = 5e-4, st_options: Mapping[str, Any] | None = None, seed: int = 0,
           clip_grad: float = 0.0, accelerator: Accelerator | None = None, mixed_precision: str = "no",
-          log_every: int = 0) -> dict[str, Any]:
+          cpu: bool = False, log_every: int = 0) -> dict[str, Any]:
     """Train ``model`` with ST/ST++ under Accelerate; returns a dict of what a caller needs.
 
     ``model`` (unwrapped, trained in place), ``step`` (the ``StimulativeStep``), ``losses`` (one dict per
@@ -105,7 +106,7 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int = 2, lr: float = 
     """
     if accelerator is None:
         # sub-networks skip blocks: DDP must look for unused parameters
-        accelerator = Accelerator(mixed_precision=mixed_precision,
+        accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu,
                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     options = dict(ST_PLUS_PLUS if st_options is None else st_options)
     sampling, ranges = options.pop("sampling", "ordered"), options.pop("ranges", None)
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--sampling", default="ordered")
     p.add_argument("--clip-grad", type=float, default=0.0)
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--cpu", action="store_true", help="train on CPU (needed for several CPU processes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0)
     args = p.parse_args(argv)
@@ -178,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     st_options = dict(num_subnets=args.num_subnets, kl=args.kl, amplitude=amplitude,
                       min_input_scale=args.min_input_scale, sampling=args.sampling)
     result = train(model, loader, epochs=args.epochs, lr=args.lr, st_options=st_options, seed=args.seed,
-                   clip_grad=args.clip_grad, mixed_precision=args.mixed_precision, log_every=10)
+                   clip_grad=args.clip_grad, mixed_precision=args.mixed_precision, cpu=args.cpu,
+                   log_every=10)
     ed = result["step"].ed
     if held_out is not None and result["accelerator"].is_main_process:
         smallest = ed.min_depths

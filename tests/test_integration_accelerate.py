@@ -4,16 +4,22 @@ The script's training function runs in this process (one CPU process: ``accelera
 context, ``accelerator.backward`` calls ``loss.backward()``) and its parameters and BN buffers after 4 optimiser
 steps equal the plain loop's with the same seeds and data, ST++ options on. With ``mixed_precision="bf16"`` the
 reference runs the model's forward under ``torch.autocast("cpu", torch.bfloat16)`` as Accelerate does.
+In two forked CPU processes (Accelerate's MULTI_CPU, gloo DDP) it equals one process on the whole batch.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from conftest import NUM_CLASSES, batch, randomize_bn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -46,9 +52,9 @@ def fresh_accelerator_state():
     GradientState._reset_state()
 
 
-def tiny_model() -> nn.Module:
+def tiny_model(dtype: torch.dtype = torch.float64) -> nn.Module:
     torch.manual_seed(0)
-    return randomize_bn(st.create_model("cifar_resnet_tiny", num_classes=NUM_CLASSES))
+    return randomize_bn(st.create_model("cifar_resnet_tiny", num_classes=NUM_CLASSES)).to(dtype)
 
 
 class AutocastForward(nn.Module):
@@ -97,11 +103,12 @@ def assert_states_close(got: dict, expected: dict, tol: float) -> None:
 @pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
 def test_train_function_equals_plain_loop(mixed_precision):
     script = load_script()
-    x, y = batch(SAMPLES, seed=7)
-    reference = tiny_model()
+    dtype = torch.float64 if mixed_precision == "no" else torch.float32   # float64: see the Lightning test
+    x, y = batch(SAMPLES, seed=7, dtype=dtype)
+    reference = tiny_model(dtype)
     expected_drawn = plain_loop(reference, x, y, autocast=mixed_precision == "bf16")
 
-    model = tiny_model()
+    model = tiny_model(dtype)
     accelerator = accelerate.Accelerator(cpu=True, mixed_precision=mixed_precision)
     result = script.train(model, DataLoader(TensorDataset(x, y), batch_size=BATCH), epochs=EPOCHS, lr=LR,
                           st_options=ST_OPTIONS, seed=SEED, accelerator=accelerator)
@@ -110,7 +117,7 @@ def test_train_function_equals_plain_loop(mixed_precision):
     assert result["drawn"] == expected_drawn
     assert any(size != (32, 32) for _, sizes in result["drawn"] for size in sizes)
     assert result["step"].backward == accelerator.backward
-    assert_states_close(model.state_dict(), reference.state_dict(), 1e-5 if mixed_precision == "no" else 1e-4)
+    assert_states_close(model.state_dict(), reference.state_dict(), 1e-9 if mixed_precision == "no" else 1e-4)
 
 
 def test_script_main_runs_offline(capsys):
@@ -120,3 +127,90 @@ def test_script_main_runs_offline(capsys):
     assert len(result["losses"]) == 2
     assert all(math.isfinite(loss["loss"]) for loss in result["losses"])
     assert "held-out accuracy" in capsys.readouterr().out
+
+
+def gn_model() -> nn.Module:
+    """float64 cifar_resnet_tiny with GroupNorm instead of BatchNorm: two half batches == the whole batch."""
+    torch.manual_seed(0)
+    model = st.create_model("cifar_resnet_tiny", num_classes=NUM_CLASSES)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                gn = nn.GroupNorm(2, child.num_features)
+                with torch.no_grad():
+                    gn.weight.uniform_(0.5, 1.5)
+                    gn.bias.normal_(0, 0.1)
+                setattr(module, name, gn)
+    return model.double()
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    script = load_script()
+    accelerator = accelerate.Accelerator(
+        cpu=True, kwargs_handlers=[accelerate.DistributedDataParallelKwargs(find_unused_parameters=True)])
+    assert accelerator.num_processes == world_size
+    buckets = []                                   # every gradient all-reduce, by bucket index
+
+    def count_all_reduces(state, bucket):
+        buckets.append(bucket.index())
+        fut = dist.all_reduce(bucket.buffer().div_(world_size), async_op=True).get_future()
+        return fut.then(lambda f: f.value()[0])
+
+    prepare = accelerator.prepare
+
+    def prepare_and_count(*objects):
+        prepared = prepare(*objects)
+        prepared[0].register_comm_hook(None, count_all_reduces)
+        return prepared
+
+    accelerator.prepare = prepare_and_count
+    x, y = batch(SAMPLES, seed=7, dtype=torch.float64)
+    model = gn_model()
+    # Accelerate gives process r the batches r, r + 2, ... of the loader: together one batch of BATCH per step
+    result = script.train(model, DataLoader(TensorDataset(x, y), batch_size=BATCH // world_size), epochs=EPOCHS,
+                          lr=LR, st_options=ST_OPTIONS, seed=SEED, accelerator=accelerator)
+    torch.save({"state": model.state_dict(), "drawn": result["drawn"],
+                "ddp": isinstance(result["step"].model, nn.parallel.DistributedDataParallel), "buckets": buckets},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    accelerator.end_training()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
+def test_two_processes_equal_one_process_on_whole_batch(tmp_path):
+    import torch._dynamo  # noqa: F401  (DDP imports it: once here, not in every forked child)
+
+    context = mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
+                                 start_method="fork")
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.terminate()
+            pytest.fail("Accelerate workers did not finish in 120 s")
+
+    x, y = batch(SAMPLES, seed=7, dtype=torch.float64)
+    reference = gn_model()
+    expected_drawn = plain_loop(reference, x, y)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert result["ddp"]                                   # the step called the DDP wrapper
+        assert result["drawn"] == expected_drawn
+        assert_states_close(result["state"], reference.state_dict(), 1e-9)
+        # no_sync: every bucket all-reduced once per step (3 passes per step, one synchronised)
+        buckets = result["buckets"]
+        assert buckets and len(buckets) == len(expected_drawn) * len(set(buckets)), buckets
