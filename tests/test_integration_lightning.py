@@ -220,3 +220,18 @@ def test_ddp_two_processes_equal_one_process_on_whole_batch(tmp_path):
             assert buckets and sorted(buckets) == sorted(set(buckets)), per_step
     assert_states_close(module.model.state_dict(), expected)   # the parent got rank 0's weights back
     assert any(sum(c) < 6 for configs, _ in expected_drawn for c in configs)   # sub-networks skip blocks
+
+
+def test_example_runs_offline():
+    """examples/lightning_st.py (synthetic data) trains with Trainer(max_epochs=...) and validates."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "lightning_st.py"
+    spec = importlib.util.spec_from_file_location("lightning_st", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    t, module = example.main(["--samples", "40", "--batch-size", "16", "--epochs", "1", "--model",
+                              "cifar_resnet_tiny", "--accelerator", "cpu", "--devices", "1"])
+    assert t.global_step == 2 and t.current_epoch == 1
+    assert {"train/loss_epoch", "val/acc", "val/acc@1-1-1"} <= set(t.callback_metrics)

@@ -89,7 +89,8 @@ class StimulativeModule(pl.LightningModule):
         epochs: length of the ``kl_schedule`` in epochs; default ``trainer.max_epochs``.
         clip_grad: max gradient norm (``self.clip_gradients``); 0 = off (``Trainer(gradient_clip_val=...)``
             does not apply to manual optimisation).
-        eval_depths: sub-networks evaluated in ``validation_step`` besides the full network, e.g. ``[[1, 1, 1]]``.
+        eval_depths: sub-networks evaluated in ``validation_step`` besides the full network, e.g. ``[[1, 1, 1]]``;
+            "min" stands for the smallest one (``ed.min_depths``).
 
     Attributes:
         ed, step: the ``ElasticDepth`` and ``StimulativeStep`` (after ``setup()`` / ``build()``).
@@ -100,7 +101,7 @@ class StimulativeModule(pl.LightningModule):
                  optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
                  scheduler: str | Callable[[torch.optim.Optimizer, int], Any] | None = "cosine",
                  seed: int = 0, stages: Any = None, epochs: int | None = None, clip_grad: float = 0.0,
-                 eval_depths: Sequence[Sequence[int]] = ()):
+                 eval_depths: Sequence[Sequence[int] | str] = ()):
         super().__init__()
         self.automatic_optimization = False
         self.model = model
@@ -114,7 +115,7 @@ class StimulativeModule(pl.LightningModule):
         self.optimizer_factory = optimizer or _default_optimizer
         self.scheduler_factory = scheduler
         self.seed, self.stages, self.epochs, self.clip_grad = seed, stages, epochs, clip_grad
-        self.eval_depths = [list(d) for d in eval_depths]
+        self.eval_depths = [d if isinstance(d, str) else list(d) for d in eval_depths]
         self.ed: st.ElasticDepth | None = None
         self.step: st.StimulativeStep | None = None
         self.last_losses: dict[str, float] = {}
@@ -208,7 +209,7 @@ class StimulativeModule(pl.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch[0], batch[1]
         ed = self.build().ed
-        for depth in [None, *self.eval_depths]:
+        for depth in [None, *(ed.min_depths if d == "min" else d for d in self.eval_depths)]:
             with ed.depth(depth):
                 logits = self.model(x)
             suffix = "" if depth is None else f"@{_depth_key(depth)}"
