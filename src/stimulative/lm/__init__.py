@@ -10,6 +10,17 @@
 * ``depth_losses`` (``stimulative.lm.evaluate``): validation loss/perplexity of every prefix depth inside one
   model (loafing by depth).
 
+Runs (import the submodules; they need ``transformers``):
+
+* ``stimulative.lm.train``: ``train_lm(recipe, overrides)`` trains/resumes a CT/ST/ST++ run of a ``task: lm`` recipe
+  (``stimulative.lm.config``: ``LMConfig``, ``load_lm_config``); ``load_lm(run_dir)`` loads it back.
+* ``stimulative.lm.loafing``: ``lm_loafing(runs, alone, out_dir)``: loss of every depth inside each run vs depth-k
+  models trained alone (table and figure).
+* ``stimulative.lm.export``: ``export_lm(run, k, out_dir)``: the first k layers as a ``save_pretrained`` directory.
+* ``stimulative.lm.decode``: ``decode_benchmark``: self-speculative decoding (``assistant_early_exit=k``) speed,
+  acceptance, equality with plain greedy.
+* ``python -m stimulative.lm {train,loafing,export}``: the same from the command line (docs/lm.md).
+
 Models come from ``transformers`` (optional extra); their layers are found and cut by
 ``stimulative.integrations.transformers``. Nothing here imports ``transformers`` except ``load_tokenizer`` for a
 local tokenizer directory.
