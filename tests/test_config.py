@@ -18,7 +18,9 @@ from stimulative.train.config import (
     save_config,
 )
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+# the image-classification recipes (``stimulative train``); ``task: lm`` recipes belong to stimulative.lm
+RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")
+                 if "task" not in (yaml.safe_load(p.read_text()) or {}))
 REQUIRED_RECIPES = [
     "imagenet_resnet50_ct", "imagenet_resnet50_st", "imagenet_resnet50_stpp_a1", "imagenet_resnet50_stpp_a2",
     "cifar100_resnet50_stpp", "cifar100_mobilenetv3_stpp", "imagenet_vit_st",

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 __all__ = ["ElasticDepth", "Stage", "RUN", "SKIP", "BRANCH", "DepthConfig", "find_stages", "parse_depths",
-           "format_depths"]
+           "format_depths", "gated_subclass"]
 
 RUN, SKIP, BRANCH = 1, 0, 2
 _MODE_NAMES = {RUN: "run", SKIP: "skip", BRANCH: "branch"}
@@ -173,22 +174,27 @@ def _gated_forward(self, x, *args, **kwargs):
     return out
 
 
+def gated_subclass(cls: type, forward: Callable, **attrs: Any) -> type:
+    """A subclass of block class ``cls`` whose ``forward`` is ``forward``; the original stays callable as
+    ``self._st_orig_forward`` and the class as ``_st_original_class`` (what ``extract``/``remove`` restore).
+
+    Same name, module and qualname as ``cls``, so ``isinstance``, ``repr`` and pickling by reference behave;
+    ``attrs`` become further class attributes (adapters for other block signatures use them).
+    """
+    orig_forward = cls.forward
+
+    def _st_orig_forward(self, *args, **kwargs):
+        return orig_forward(self, *args, **kwargs)
+
+    return type(cls.__name__, (cls,), {"forward": forward, "_st_orig_forward": _st_orig_forward,
+                                       "_st_original_class": cls, "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__, **attrs})
+
+
 def _gated_class(cls: type) -> type:
     gated = _GATED_CLASSES.get(cls)
     if gated is None:
-        orig_forward = cls.forward
-
-        def _st_orig_forward(self, *args, **kwargs):
-            return orig_forward(self, *args, **kwargs)
-
-        gated = type(cls.__name__, (cls,), {
-            "forward": _gated_forward,
-            "_st_orig_forward": _st_orig_forward,
-            "_st_original_class": cls,
-            "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__,
-        })
-        _GATED_CLASSES[cls] = gated
+        gated = _GATED_CLASSES[cls] = gated_subclass(cls, _gated_forward)
     return gated
 
 
