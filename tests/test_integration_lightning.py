@@ -136,14 +136,7 @@ def test_trainer_equals_plain_loop(tmp_path):
 
 def test_recipe_section_and_pickling():
     """``st=`` also takes a recipe's ``st`` section (STConfig); the unfitted module pickles (``ddp_spawn``)."""
-    try:
-        from stimulative import STConfig
-    except ImportError:
-        try:
-            from stimulative.train import STConfig
-        except ImportError:
-            from stimulative.config import STConfig
-    module = StimulativeModule(bn_model(), st=STConfig(num_subnets=3, kl="layer", kl_schedule="cosine_up",
+    module = StimulativeModule(bn_model(), st=st.STConfig(num_subnets=3, kl="layer", kl_schedule="cosine_up",
                                                        start_epoch=1, sampling="inter_stage", ranges=[1, 1, 1]))
     clone = pickle.loads(pickle.dumps(module))
     step = clone.build()
@@ -235,3 +228,17 @@ def test_example_runs_offline():
                               "cifar_resnet_tiny", "--accelerator", "cpu", "--devices", "1"])
     assert t.global_step == 2 and t.current_epoch == 1
     assert {"train/loss_epoch", "val/acc", "val/acc@1-1-1"} <= set(t.callback_metrics)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
+def test_ddp_without_find_unused_parameters_is_refused(tmp_path):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    module = StimulativeModule(gn_model(), st=ST_OPTIONS, optimizer=optimizer)
+    strategy = DDPStrategy(start_method="fork", process_group_backend="gloo", find_unused_parameters=False,
+                           timeout=datetime.timedelta(seconds=60))
+    t = trainer(devices=2, strategy=strategy, default_root_dir=str(tmp_path))
+    x, y = batch(SAMPLES, seed=7, dtype=torch.float64)
+    with pytest.raises(Exception, match="find_unused_parameters=True"):
+        t.fit(module, DataLoader(TensorDataset(x, y), batch_size=BATCH))
