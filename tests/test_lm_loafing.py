@@ -95,3 +95,18 @@ def test_speculative_decoding_of_a_trained_run_equals_greedy(runs, tmp_path):
     with count_acceptance() as counts:
         assisted = lm.model.generate(p, assistant_model=draft, **kwargs)
     assert torch.equal(assisted, lm.model.generate(p, **kwargs)) and counts["rounds"] > 0
+
+
+def test_command_line(runs, tmp_path, capsys):
+    from stimulative.lm.__main__ import main
+    from stimulative.lm.cli import is_lm_recipe, is_lm_run
+
+    assert is_lm_run(runs["st"]) and is_lm_run(Path(runs["st"]) / "last.pt") and not is_lm_run(tmp_path)
+    assert is_lm_recipe(REPO / "recipes/lm_llama_ct.yaml")
+    assert main(["loafing", runs["ct"], runs["st"], "--alone", runs["alone"], "-o", str(tmp_path / "l")]) == 0
+    assert "vs alone" in capsys.readouterr().out and (tmp_path / "l" / "loafing_lm.png").is_file()
+    assert main(["export", runs["ct"], "--depth", "1", "-o", str(tmp_path / "e")]) == 0
+    assert json.loads(capsys.readouterr().out)["num_hidden_layers"] == 1
+    args = [f"data.root={runs['tmp'] / 'text'}", f"out_dir={tmp_path}", "name=c", *TINY, "steps=1"]
+    assert main(["train", str(REPO / "recipes/lm_llama_ct.yaml"), *args]) == 0
+    assert "finished step 1/1" in capsys.readouterr().out and is_lm_run(tmp_path / "c")

@@ -10,7 +10,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
@@ -34,29 +33,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--evaluate", action="store_true", help="also report the export's validation loss")
     args = parser.parse_args(argv)
 
-    if args.command == "train":
-        from .train import train_lm
+    from . import cli
 
+    if args.command == "train":
         recipe, overrides = args.recipe, list(args.overrides)
         if recipe is not None and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
             recipe, overrides = None, [recipe, *overrides]
-        summary = train_lm(recipe, overrides)
-        final = summary["final"]
-        print(f"finished step {summary['step']}/{summary['steps']}: val loss {final.get('val_loss', float('nan')):.4f}"
-              f"; run in {summary['run_dir']}", flush=True)
-    elif args.command == "loafing":
-        from .loafing import lm_loafing
-
-        result = lm_loafing(args.runs, args.alone, args.out, val_blocks=args.val_blocks)
-        for row in result["rows"]:
-            rel = f" ({row['rel_to_alone']:+.1%} vs alone)" if "rel_to_alone" in row else ""
-            print(f"{row['run']:>24} depth {row['depth']:>2}: loss {row['loss']:.4f} ppl {row['ppl']:.3f}{rel}")
-        print(f"wrote {args.out}/loafing_lm.json, .csv, .png")
-    else:
-        from .export import export_lm
-
-        print(json.dumps(export_lm(args.run, args.depth, args.output, evaluate=args.evaluate), indent=1))
-    return 0
+        return cli.train_command(recipe, overrides)
+    if args.command == "loafing":
+        return cli.loafing_command(args.runs, args.alone, args.out, args.val_blocks)
+    return cli.export_command(args.run, args.depth, args.output, args.evaluate)
 
 
 if __name__ == "__main__":
