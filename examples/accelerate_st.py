@@ -40,9 +40,9 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 ST_PLUS_PLUS = dict(num_subnets=6, kl="layer", amplitude="adaptive", min_input_scale=0.43)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # data (offline by default)
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 def synthetic_data(n: int, num_classes: int = 10, size: int = 32, seed: int = 0) -> TensorDataset:
     """Learnable random images: a fixed random template per class plus noise."""
@@ -83,9 +83,9 @@ def build_data(name: str, samples: int, seed: int) -> tuple[Dataset, Dataset | N
     return train, None, len(train.classes)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # training
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 def cosine_lambda(total_steps: int):
     """Per-iteration cosine from the base LR to 0 (for ``LambdaLR``)."""
@@ -99,10 +99,10 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int = 2, lr: float = 
     """Train ``model`` with ST/ST++ under Accelerate; returns a dict of what a caller needs.
 
     ``model`` (unwrapped, trained in place), ``step`` (the ``StimulativeStep``), ``losses`` (one dict per
-    step), ``drawn`` (the sub-network configs and input sizes of every step) and ``accelerator``. ``st_options`` are
-    ``StimulativeStep`` options plus ``sampling``/``ranges`` (default: ST++). ``lr`` follows a per-iteration
-    cosine over ``epochs * len(loader)`` (the loader before sharding: Accelerate steps the scheduler once per
-    process and step).
+    step), ``drawn`` (the sub-network configs and input sizes of every step) and ``accelerator``.
+    ``st_options`` are ``StimulativeStep`` options plus ``sampling``/``ranges`` (default: ST++). ``lr``
+    follows a per-iteration cosine over ``epochs * len(loader)`` (the loader before sharding: Accelerate
+    steps the scheduler once per process and step).
     """
     if accelerator is None:
         # sub-networks skip blocks: DDP must look for unused parameters
@@ -140,7 +140,8 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int = 2, lr: float = 
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, ed: st.ElasticDepth, data: Dataset, depth=None, batch_size: int = 256) -> float:
+def accuracy(model: nn.Module, ed: st.ElasticDepth, data: Dataset, depth=None,
+             batch_size: int = 256) -> float:
     model.eval()
     correct = total = 0
     with ed.depth(depth):

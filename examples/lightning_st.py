@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> tuple[L.Trainer, StimulativeModule]:
                                eval_depths=["min"])
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                               num_workers=args.workers)
-    val_loader = DataLoader(val_set, batch_size=256, num_workers=args.workers) if val_set is not None else None
+    val_loader = None if val_set is None else DataLoader(val_set, batch_size=256, num_workers=args.workers)
     trainer = L.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=args.devices,
                         strategy=args.strategy, precision=args.precision, log_every_n_steps=5,
                         enable_checkpointing=False,

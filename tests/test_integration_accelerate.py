@@ -1,9 +1,10 @@
 """Accelerate integration: ``examples/accelerate_st.py``'s ``train()`` == the plain ``StimulativeStep`` loop.
 
 The script's training function runs in this process (one CPU process: ``accelerator.no_sync`` is a null
-context, ``accelerator.backward`` calls ``loss.backward()``) and its parameters and BN buffers after 4 optimiser
-steps equal the plain loop's with the same seeds and data, ST++ options on. With ``mixed_precision="bf16"`` the
-reference runs the model's forward under ``torch.autocast("cpu", torch.bfloat16)`` as Accelerate does.
+context, ``accelerator.backward`` calls ``loss.backward()``) and its parameters and BN buffers after 4
+optimiser steps equal the plain loop's with the same seeds and data, ST++ options on. With
+``mixed_precision="bf16"`` the reference runs the model's forward under
+``torch.autocast("cpu", torch.bfloat16)`` as Accelerate does.
 In two forked CPU processes (Accelerate's MULTI_CPU, gloo DDP) it equals one process on the whole batch.
 """
 
@@ -29,7 +30,8 @@ import stimulative as st
 accelerate = pytest.importorskip("accelerate")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "accelerate_st.py"
-ST_OPTIONS = dict(num_subnets=2, kl="layer", amplitude="adaptive", min_input_scale=0.5, kl_schedule="cosine_down")
+ST_OPTIONS = dict(num_subnets=2, kl="layer", amplitude="adaptive", min_input_scale=0.5,
+                  kl_schedule="cosine_down")
 EPOCHS, SAMPLES, BATCH, LR, SEED = 2, 16, 8, 0.1, 3
 
 
@@ -78,7 +80,8 @@ def plain_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: boo
                               **ST_OPTIONS)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
     total = EPOCHS * SAMPLES // BATCH
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / total, 1.0))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / total, 1.0))))
     drawn = []
     for epoch in range(EPOCHS):
         step.set_epoch(epoch, EPOCHS)
@@ -95,7 +98,8 @@ def assert_states_close(got: dict, expected: dict, tol: float) -> None:
     assert set(got) == set(expected)
     for name, value in expected.items():
         if value.is_floating_point():
-            assert torch.allclose(got[name], value, rtol=tol, atol=tol), (name, (got[name] - value).abs().max())
+            assert torch.allclose(got[name], value, rtol=tol, atol=tol), \
+                (name, (got[name] - value).abs().max())
         else:
             assert torch.equal(got[name], value), name
 
@@ -123,7 +127,8 @@ def test_train_function_equals_plain_loop(mixed_precision):
 def test_script_main_runs_offline(capsys):
     """The command line (synthetic data, default ST++ options at a small size) trains and reports accuracy."""
     script = load_script()
-    result = script.main(["--samples", "32", "--batch-size", "16", "--epochs", "1", "--model", "cifar_resnet_tiny"])
+    result = script.main(["--samples", "32", "--batch-size", "16", "--epochs", "1",
+                          "--model", "cifar_resnet_tiny"])
     assert len(result["losses"]) == 2
     assert all(math.isfinite(loss["loss"]) for loss in result["losses"])
     assert "held-out accuracy" in capsys.readouterr().out
@@ -174,10 +179,12 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     x, y = batch(SAMPLES, seed=7, dtype=torch.float64)
     model = gn_model()
     # Accelerate gives process r the batches r, r + 2, ... of the loader: together one batch of BATCH per step
-    result = script.train(model, DataLoader(TensorDataset(x, y), batch_size=BATCH // world_size), epochs=EPOCHS,
-                          lr=LR, st_options=ST_OPTIONS, seed=SEED, accelerator=accelerator)
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH // world_size)
+    result = script.train(model, loader, epochs=EPOCHS, lr=LR, st_options=ST_OPTIONS, seed=SEED,
+                          accelerator=accelerator)
     torch.save({"state": model.state_dict(), "drawn": result["drawn"],
-                "ddp": isinstance(result["step"].model, nn.parallel.DistributedDataParallel), "buckets": buckets},
+                "ddp": isinstance(result["step"].model, nn.parallel.DistributedDataParallel),
+                "buckets": buckets},
                os.path.join(out_dir, f"rank{rank}.pt"))
     accelerator.end_training()
 
@@ -188,7 +195,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="needs torch.distributed gloo")
 @pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
 def test_two_processes_equal_one_process_on_whole_batch(tmp_path):
     import torch._dynamo  # noqa: F401  (DDP imports it: once here, not in every forked child)

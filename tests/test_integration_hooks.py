@@ -1,5 +1,5 @@
-"""StimulativeStep's framework hooks: ``backward=`` (every backward goes through it) and ``no_sync=`` (the main
-pass and all sub-network passes but the last run in it), as Lightning and Accelerate use them."""
+"""StimulativeStep's framework hooks: ``backward=`` (every backward goes through it) and ``no_sync=`` (the
+main pass and all sub-network passes but the last run in it), as Lightning and Accelerate use them."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class Recorder:
-    """A ``backward`` that records every call (and whether a ``no_sync`` context was open) and a ``no_sync``."""
+    """A ``backward`` recording every call (and whether a ``no_sync`` context was open), and a ``no_sync``."""
 
     def __init__(self):
         self.inside = 0

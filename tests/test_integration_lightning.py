@@ -15,6 +15,7 @@ measured to move some steps' gradients by 4e-4; in float64 the runs agree to 1e-
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import pickle
 
@@ -31,7 +32,8 @@ import stimulative as st
 pl = pytest.importorskip("lightning.pytorch")
 from stimulative.integrations.lightning import StimulativeModule, cosine_schedule  # noqa: E402
 
-ST_OPTIONS = dict(num_subnets=2, kl="layer", amplitude="adaptive", min_input_scale=0.5, kl_schedule="cosine_down")
+ST_OPTIONS = dict(num_subnets=2, kl="layer", amplitude="adaptive", min_input_scale=0.5,
+                  kl_schedule="cosine_down")
 EPOCHS, SAMPLES, BATCH = 2, 16, 8          # 2 steps per epoch, 4 optimiser steps
 SEED = 3                                   # sampler seed; input sizes: SEED + 1
 
@@ -96,14 +98,16 @@ class Drawn(pl.Callback):
     def on_train_end(self, trainer, module):
         if self.out_dir is not None:
             state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
-            torch.save({"state": state, "drawn": self.drawn}, os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+            path = os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt")
+            torch.save({"state": state, "drawn": self.drawn}, path)
 
 
 def assert_states_close(got: dict, expected: dict) -> None:
     assert set(got) == set(expected)
     for name, value in expected.items():
         if value.is_floating_point():
-            assert torch.allclose(got[name], value, rtol=1e-9, atol=1e-10), (name, (got[name] - value).abs().max())
+            assert torch.allclose(got[name], value, rtol=1e-9, atol=1e-10), \
+                (name, (got[name] - value).abs().max())
         else:
             assert torch.equal(got[name], value), name
 
@@ -131,16 +135,18 @@ def test_trainer_equals_plain_loop(tmp_path):
         assert key in metrics, sorted(metrics)
     assert float(metrics["train/main_step"]) == pytest.approx(expected_losses["main"])
     assert float(metrics["train/kl_weight"]) == pytest.approx(0.5)
-    assert float(metrics["train/lr"]) == pytest.approx(0.1 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 3 / 4))))
+    assert float(metrics["train/lr"]) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))   # step 4
 
 
 def test_recipe_section_and_pickling():
-    """``st=`` also takes a recipe's ``st`` section (STConfig); the unfitted module pickles (``ddp_spawn``)."""
-    module = StimulativeModule(bn_model(), st=st.STConfig(num_subnets=3, kl="layer", kl_schedule="cosine_up",
-                                                       start_epoch=1, sampling="inter_stage", ranges=[1, 1, 1]))
+    """``st=`` also takes a recipe's ``st`` section (STConfig); the unfitted module pickles (ddp_spawn)."""
+    section = st.STConfig(num_subnets=3, kl="layer", kl_schedule="cosine_up", start_epoch=1,
+                          sampling="inter_stage", ranges=[1, 1, 1])
+    module = StimulativeModule(bn_model(), st=section)
     clone = pickle.loads(pickle.dumps(module))
     step = clone.build()
-    assert (step.num_subnets, step.kl, step.kl_schedule, step.space.kind) == (3, "layer", "cosine_up", "inter_stage")
+    assert (step.num_subnets, step.kl, step.kl_schedule) == (3, "layer", "cosine_up")
+    assert step.space.kind == "inter_stage"
     step.set_epoch(0, 4)
     assert step.active_kl_weight == 0.0 and step.active_subnets == 0
     with pytest.raises(ValueError, match="set by StimulativeModule"):
@@ -185,7 +191,8 @@ class AllReduceCounter(pl.Callback):
         torch.save(self.per_step, path)
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="needs torch.distributed gloo")
 @pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
 def test_ddp_two_processes_equal_one_process_on_whole_batch(tmp_path):
     import torch._dynamo  # noqa: F401  (DDP imports it: once here, not in every forked child)
@@ -230,7 +237,8 @@ def test_example_runs_offline():
     assert {"train/loss_epoch", "val/acc", "val/acc@1-1-1"} <= set(t.callback_metrics)
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="needs torch.distributed gloo")
 @pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
 def test_ddp_without_find_unused_parameters_is_refused(tmp_path):
     from lightning.pytorch.strategies import DDPStrategy

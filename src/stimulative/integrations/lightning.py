@@ -16,8 +16,9 @@ What it does per batch: the main network and every sub-network forward/backward 
 sub-network passes but the last run in ``strategy.block_backward_sync()`` (gradients all-reduced once per
 step); then ``optimizer.step()``, ``zero_grad()`` and ``scheduler.step()`` (per iteration). At the start of
 every epoch ``step.set_epoch(current_epoch, max_epochs)`` applies the recipe's ``start_epoch`` and
-``kl_schedule``. Logged with ``self.log``: ``train/loss``, ``train/main``, ``train/subnet``, ``train/kl_weight``,
-``train/lr``; on validation ``val/loss``, ``val/acc`` and ``val/acc@<depth>`` for every ``eval_depths`` entry.
+``kl_schedule``. Logged with ``self.log``: ``train/loss``, ``train/main``, ``train/subnet``,
+``train/kl_weight``, ``train/lr``; on validation ``val/loss``, ``val/acc`` and ``val/acc@<depth>`` for
+every ``eval_depths`` entry.
 
 ``ElasticDepth`` patches the model in place and patched blocks cannot be pickled, so the module builds it (and
 the step) in ``setup()``, on every process after the launcher started it (``ddp_spawn`` pickles the module).
@@ -83,14 +84,15 @@ class StimulativeModule(pl.LightningModule):
             weight decay 5e-4). Or override ``configure_optimizers`` as usual.
         scheduler: "cosine" (per-iteration cosine to 0 over ``trainer.estimated_stepping_batches``), None
             (constant LR) or ``scheduler(optimizer, total_steps) -> LRScheduler``. Stepped every iteration.
-        seed: seeds the sub-network sampler (``seed``) and the input-size generator (``seed + 1``). The same on
-            every process, so all ranks draw the same sub-networks and sizes (as ``stimulative train`` does).
+        seed: seeds the sub-network sampler (``seed``) and the input-size generator (``seed + 1``). The same
+            on every process, so all ranks draw the same sub-networks and sizes (as ``stimulative train``
+            does).
         stages: optional ``ElasticDepth`` stage spec for models it does not discover by itself.
         epochs: length of the ``kl_schedule`` in epochs; default ``trainer.max_epochs``.
         clip_grad: max gradient norm (``self.clip_gradients``); 0 = off (``Trainer(gradient_clip_val=...)``
             does not apply to manual optimisation).
-        eval_depths: sub-networks evaluated in ``validation_step`` besides the full network, e.g. ``[[1, 1, 1]]``;
-            "min" stands for the smallest one (``ed.min_depths``).
+        eval_depths: sub-networks evaluated in ``validation_step`` besides the full network, e.g.
+            ``[[1, 1, 1]]``; "min" stands for the smallest one (``ed.min_depths``).
 
     Attributes:
         ed, step: the ``ElasticDepth`` and ``StimulativeStep`` (after ``setup()`` / ``build()``).
@@ -109,7 +111,8 @@ class StimulativeModule(pl.LightningModule):
         if isinstance(self.st_options, Mapping):
             owned = sorted(set(self.st_options) & set(_OWNED))
             if owned:
-                raise ValueError(f"st options {owned} are set by StimulativeModule (seed: its seed= argument)")
+                raise ValueError(f"st options {owned} are set by StimulativeModule "
+                                 "(seed: its seed= argument)")
         if not (scheduler is None or scheduler == "cosine" or callable(scheduler)):
             raise ValueError(f"scheduler must be 'cosine', None or a callable, got {scheduler!r}")
         self.optimizer_factory = optimizer or _default_optimizer
@@ -136,7 +139,8 @@ class StimulativeModule(pl.LightningModule):
                                              ranges=space_args.get("ranges"), seed=self.seed)
             self.step = st.StimulativeStep(self.ed, space, **options, **hooks)
         else:
-            self.step = st.StimulativeStep.from_config(self.st_options, self.ed, space_seed=self.seed, **hooks)
+            self.step = st.StimulativeStep.from_config(self.st_options, self.ed, space_seed=self.seed,
+                                                       **hooks)
         return self.step
 
     def setup(self, stage: str) -> None:
@@ -171,7 +175,8 @@ class StimulativeModule(pl.LightningModule):
         if (isinstance(wrapped, nn.parallel.DistributedDataParallel) and not wrapped.find_unused_parameters
                 and self.build().num_subnets > 0):
             raise ValueError("sub-networks skip blocks, so DDP needs find_unused_parameters=True: use "
-                             "strategy='ddp_find_unused_parameters_true' or DDPStrategy(find_unused_parameters=True)")
+                             "strategy='ddp_find_unused_parameters_true' or "
+                             "DDPStrategy(find_unused_parameters=True)")
 
     def on_train_epoch_start(self) -> None:
         epochs = self.epochs or self.trainer.max_epochs
