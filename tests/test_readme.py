@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -24,6 +25,35 @@ def test_readme_api_example_runs():
         assert torch.allclose(ed.extract([3, 3, 3]).eval()(x), model(x), atol=1e-5)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in scope["model"].parameters())
     assert set(losses) >= {"loss", "main", "subnet"} and losses["subnet"] > 0
+
+
+def _integration_blocks() -> list[str]:
+    text = README.read_text()
+    section = text.split("## Use it in your trainer", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.mark.parametrize("index,needs", [(0, "lightning"), (1, "accelerate"), (2, "transformers")])
+def test_readme_integration_examples_run(index, needs, tmp_path, monkeypatch):
+    pytest.importorskip(needs)
+    blocks = _integration_blocks()
+    assert len(blocks) == 3, "README 'Use it in your trainer' should show Lightning, Accelerate and HF"
+    assert needs in blocks[index]
+    monkeypatch.chdir(tmp_path)  # examples may write files (save_pretrained)
+    torch.manual_seed(0)
+    scope: dict = {}
+    exec(compile(blocks[index], "README.md", "exec"), scope)
+    if needs == "lightning":
+        assert scope["module"].ed.full_depths == [3, 3, 3] and scope["trainer"].global_step == 4
+        assert sum(p.numel() for p in scope["small"].parameters()) < sum(
+            p.numel() for p in scope["model"].parameters())
+    elif needs == "accelerate":
+        assert scope["step"].last_configs and len(scope["step"].last_configs) == 2
+    else:
+        import transformers
+
+        loaded = transformers.ResNetForImageClassification.from_pretrained(tmp_path / "resnet-2-1")
+        assert loaded.config.depths == [2, 1]
 
 
 def test_readme_results_match_benchmark_json():
