@@ -119,11 +119,17 @@ def plot_loafing_lm(result: dict[str, Any], path: str | Path, title: str | None 
 
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
-    colors = {"CT": "tab:blue", "ST": "tab:red", "ST++": "tab:green"}
+    preferred = {"CT": "tab:blue", "ST": "tab:red", "ST++": "tab:green"}
+    spare = ["tab:purple", "tab:orange", "tab:brown", "tab:cyan", "tab:olive", "tab:pink", "tab:gray"]
+    used: set[str] = set()
     for name in dict.fromkeys(r["run"] for r in result["rows"]):
         pts = sorted((r["depth"], r["loss"], r["method"]) for r in result["rows"] if r["run"] == name)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, lw=1.6,
-                color=colors.get(pts[0][2]), label=f"{name}: depth k inside the model")
+        color = preferred.get(pts[0][2])
+        if color is None or color in used:  # a second run of the same method gets its own colour
+            color = next(c for c in spare if c not in used)
+        used.add(color)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, lw=1.6, color=color,
+                label=f"{name}: depth k inside the model")
     alone = sorted(result["alone"].values(), key=lambda r: r["depth"]) if isinstance(result["alone"], dict) else []
     if alone:
         ax.plot([r["depth"] for r in alone], [r["loss"] for r in alone], ls="none", marker="s", ms=7,
