@@ -48,8 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..core.elastic import format_depths, parse_depths
     from ..deploy.export import check_format, export_run
+    from ..lm.cli import is_lm_run
     from ..runs import open_run
 
+    if is_lm_run(args.checkpoint):  # a language model: a save_pretrained directory with --depth layers
+        from ..lm.cli import export_command
+
+        return export_command(args.checkpoint, args.depth, args.output, evaluate=args.evaluate)
     fmt = check_format(args.format)
     depths = parse_depths(args.depth) if args.depth is not None else None
     run = open_run(args.checkpoint, args.overrides, use_ema=args.ema)

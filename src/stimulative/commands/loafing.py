@@ -42,9 +42,15 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.individual import train_individuals
     from ..analysis.loafing import loafing_analysis, loafing_table, write_loafing
     from ..core.elastic import format_depths
+    from ..lm.cli import is_lm_run
     from ..runs import default_out_dir, open_run, open_runs, select_configs, split_overrides, unique_names
     from ..train.runtime import resolve_device
 
+    lm_inputs = [p for p in args.inputs if "=" not in p]
+    if lm_inputs and all(is_lm_run(p) for p in lm_inputs):  # language-model runs: loss by depth
+        from ..lm.cli import loafing_command
+
+        return loafing_command(lm_inputs, args.individual, args.out)
     runs = open_runs(args.inputs)
     out = default_out_dir(runs, args.out)
     _, overrides = split_overrides(args.inputs)

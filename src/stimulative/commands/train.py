@@ -8,6 +8,7 @@ examples:
   stimulative train recipes/cifar10_resnet20_ct.yaml resume=auto            # continue after a crash
   stimulative train data.name=synthetic model.name=cifar_resnet_tiny epochs=2  # defaults + overrides only
   torchrun --nproc_per_node 4 -m stimulative train recipes/imagenet_resnet50_stpp_a1.yaml data.root=/data/imagenet
+  stimulative train recipes/lm_llama_st.yaml                            # a language model (task: lm, docs/lm.md)
 """
 
 from __future__ import annotations
@@ -28,11 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    from ..lm.cli import is_lm_recipe
     from ..train.config import config_to_dict, load_config
 
     recipe, overrides = args.recipe, list(args.overrides)
     if recipe is not None and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
         recipe, overrides = None, [recipe, *overrides]  # `stimulative train key=value ...`
+    if is_lm_recipe(recipe):  # `task: lm`: a causal language model (stimulative.lm)
+        from ..lm.cli import train_command
+
+        return train_command(recipe, overrides, print_config=args.print_config)
     cfg = load_config(recipe, overrides)
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
