@@ -48,6 +48,8 @@ def main() -> None:
     p.add_argument("--labels", nargs="+")
     p.add_argument("--out", type=Path, default=Path("docs/figures/step_stats"))
     p.add_argument("--title", default=None)
+    p.add_argument("--smooth", type=int, default=1,
+                   help="moving average over this many instrumented steps (the JSON keeps the raw values)")
     args = p.parse_args()
     labels = args.labels or [r.name for r in args.runs]
     if len(labels) != len(args.runs):
@@ -68,7 +70,10 @@ def main() -> None:
         for i, key, style, suffix in panels:
             pts = [(x, y) for x, y in zip(s["step"], s[key]) if y is not None]
             if pts:
-                axes[i].plot(*zip(*pts), style, color=color, label=f"{label}{suffix}")
+                xs, ys = zip(*pts)
+                k = max(1, args.smooth)
+                ys = [statistics.mean(ys[max(0, j - k + 1):j + 1]) for j in range(len(ys))]
+                axes[i].plot(xs, ys, style, color=color, label=f"{label}{suffix}")
     titles = ["main-network CE loss", "gradient norm per loss", "logit std over classes",
               "sum of sub-network grad norms / main grad norm",
               "cosine(sub-network gradient, main gradient)"]
@@ -78,6 +83,8 @@ def main() -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[1].set_yscale("log")
+    axes[3].set_yscale("log")
+    axes[4].axhline(0.0, color="black", linewidth=0.8)
     if args.title:
         fig.suptitle(args.title)
     fig.tight_layout()
