@@ -110,7 +110,7 @@ def write_record(plan_name: str, plan: dict, variant: str, method: str, seed: in
         "test_acc_d1-1-1": final.get("test_acc_d1-1-1"), "wall_s": round(wall_s, 1),
         "train_time_s": round(sum(r["epoch_time_s"] for r in records), 1),
         "train_loss_main": final["train_loss_main"],
-        "command": " ".join(["stimulative", *shown[2:]]).replace(str(REPO) + "/", ""),
+        "command": " ".join(["stimulative", *shown[1:]]).replace(str(REPO) + "/", ""),
         "machine": machine_info(args.threads), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     path = record_path(plan_name, name)

@@ -177,23 +177,27 @@ def evidence_section(plan: str, records: list[dict]) -> list[str]:
     acc = {v: [r["test_acc"] for r in rs] for v, rs in by_variant.items()}
     ct = statistics.mean(acc["ct"]) if "ct" in acc else None
     base = statistics.mean(acc["stpp"]) if "stpp" in acc else None
-    example = records[0]["command"]
+    # the example command without this machine's paths
+    example = " ".join(w for w in records[0]["command"].split() if not w.startswith(("out_dir=", "data.root=")))
     lines = [
         f"#### {records[0]['setting']}",
         "",
-        f"`python benchmarks/bench_ablation.py --plan {plan} --seeds ...` (each run is one `stimulative train`, "
-        f"e.g. `{example}`). Records: `benchmarks/results/ablation/{plan}/`. Test accuracy of the full network, "
-        "mean ± std over seeds; (1,1,1): the smallest sub-network inside it, BN re-estimated on 1,000 images; "
-        "train time per run on the shared 2-core machine (2 runs at a time, 1 thread each).",
+        f"`python benchmarks/bench_ablation.py --plan {plan} --seeds ... --data <CIFAR-10 archive>` (each run is "
+        f"one `stimulative train`, e.g. `{example}`). Records, one per run with its exact command: "
+        f"`benchmarks/results/ablation/{plan}/`. Test accuracy of the full network, mean ± std over seeds; "
+        "(1,1,1): the smallest sub-network inside it, BN statistics re-estimated for it; train time per run "
+        "on the shared 2-core machine (several runs and other work at a time: times are indicative only).",
         "",
-        "| variant | method | change vs the ST++ baseline | seeds | test acc (%) | − CT (pts) | − ST++ base (pts) "
+        "| variant | method | change vs the ST++ baseline | seeds | test acc (%) | Δ vs CT (pts) | Δ vs ST++ (pts) "
         "| (1,1,1) (%) | train min |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for v, rs in by_variant.items():
+    order = list(plan_variants)
+    for v, rs in sorted(by_variant.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         m = statistics.mean(acc[v])
         recipe, overrides = plan_variants[v][1:] if v in plan_variants else ("?", [])
         change = " ".join(f"`{o}`" for o in overrides) if recipe == stpp else f"recipe `{recipe}`"
+        change = change or "— (the baseline: recipe `" + stpp + "`)"
         small = [r["test_acc_d1-1-1"] for r in rs if r.get("test_acc_d1-1-1") is not None]
         lines.append(
             f"| {v} | {rs[0]['method']} | {change} | {', '.join(str(r['seed']) for r in rs)} | "
