@@ -131,25 +131,6 @@ def test_cache_is_created_then_reused_without_decoding(tmp_path, monkeypatch):
     assert torch.equal(first.test.labels, second.test.labels)
 
 
-def test_cache_goes_next_to_a_writable_archive(tmp_path):
-    path = make_archive(make_folder(tmp_path / "ds"), tmp_path / "ds.zip")
-    build_data(cfg_for(path, tmp_path, cache_dir=None), 4, 4)
-    assert len(list(tmp_path.glob("ds.zip.stimulative-*.pt"))) == 1
-
-
-def test_cache_avoids_a_read_only_directory(tmp_path, monkeypatch):
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    path = make_archive(make_folder(tmp_path / "ds"), shared / "ds.zip")
-    shared.chmod(0o555)   # read-only for everyone (root could still write; the cache must not)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    try:
-        where = data_files.cache_path(data_files.ImageSource(path))
-    finally:
-        shared.chmod(0o755)
-    assert where.parent == tmp_path / "home" / ".cache" / "stimulative"
-
-
 def test_changed_archive_gets_a_new_cache_key(tmp_path):
     path = make_archive(make_folder(tmp_path / "ds"), tmp_path / "ds.zip")
     source = data_files.ImageSource(path)

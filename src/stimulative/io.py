@@ -24,8 +24,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_torch_save", "jsonable", "write_json", "read_json",
-           "write_jsonl", "read_jsonl", "write_csv"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_torch_save", "remove_stale_temps", "writable_dir", "jsonable",
+           "write_json", "read_json", "write_jsonl", "read_jsonl", "write_csv"]
+
+_TEMP_GLOB = ".*.tmp"   # the temp files of ``atomic_path``: ".<name>.<random>.tmp"
 
 
 @contextlib.contextmanager
@@ -65,6 +67,35 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
         torch.save(obj, f)
         f.flush()
     return Path(path)
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temp files that interrupted atomic writes (a kill between write and rename) left in ``folder``.
+
+    Only call it while no other process writes there (the training run holds the run directory's lock).
+    """
+    removed = []
+    for tmp in Path(folder).glob(_TEMP_GLOB):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def writable_dir(path: str | Path) -> bool:
+    """Whether files may be created in directory ``path`` (or, when it does not exist yet, in the nearest existing
+    folder above it, where it would be created).
+
+    The directory must be writable for us and not marked read-only for everyone: root may write anywhere, but a
+    folder with mode r-x says "don't" (a shared dataset folder, a read-only mount).
+    """
+    path = Path(path).expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return path.is_dir() and os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+    except OSError:
+        return False
 
 
 def jsonable(value: Any) -> Any:

@@ -19,7 +19,8 @@ Datasets (``data.name``):
   RGB, a fixed seeded stratified 80/20 train/test split.
 * ``synthetic``: tiny learnable images generated in memory (tests).
 
-Small images (<= 64 px with ``data.in_memory``) are decoded once into a cached uint8 tensor file and served by
+Small images (<= 64 px with ``data.in_memory``) are decoded once, each resized on its own to ``data.input_size``
+(at most 64 px), into a cached uint8 tensor file (``data.cache``, ``data.cache_dir``) and served by
 ``TensorBatches``, which augments whole batches (pad-crop + flip) with tensor ops, so a 2-core CPU is never
 waiting for per-image PIL work. Large images go through a multi-worker ``DataLoader`` (``LoaderBatches``) with
 the paper's ImageNet pipeline (``data.augment=imagenet``, see ``stimulative.data.transforms``).
@@ -453,12 +454,15 @@ def _files_bundle(name: str, stats_key: str, c: _Common) -> DataBundle:
     source = ImageSource(cfg.root)
     mean, std = _stats(cfg, stats_key)
     if cfg.in_memory:
-        cached = source.kind != "folder" and cache_path(source, cfg.cache_dir).is_file()
-        size = None if cached else source.probe_size()
-        if cached or size is None or max(size) <= SMALL_IMAGE_MAX:
+        # small images are decoded once, each resized on its own to the input size (at most SMALL_IMAGE_MAX px:
+        # a larger input size is reached per batch), and cached
+        size = min(cfg.input_size, SMALL_IMAGE_MAX)
+        cached = cfg.cache and source.kind != "folder" and cache_path(source, cfg.cache_dir, size).is_file()
+        probe = None if cached else source.probe_size()
+        if cached or probe is None or max(probe) <= SMALL_IMAGE_MAX:
             workers = max(1, min(cfg.workers, os.cpu_count() or 1))
             decoded = load_decoded(source, cfg.cache_dir, workers=workers, strict=cfg.strict, rank=c.rank,
-                                   world_size=c.world_size)
+                                   world_size=c.world_size, size=size, cache=cfg.cache)
             _check_classes(name, source.root, decoded.classes)
             return _memory_bundle(decoded.train_images, decoded.train_labels, decoded.test_images,
                                   decoded.test_labels, decoded.classes, (mean, std), c)

@@ -4,15 +4,19 @@ archives laid out as ``[top/]{train,test|val}/<class>/<image>``.
 Two ways to read them:
 
 * ``load_decoded`` decodes every image once (PIL, a process pool over the CPU cores, archives streamed without
-  extracting to disk) into uint8 NCHW tensors and caches them in one ``torch.save`` file keyed by the source's
-  path, size and modification time. Later runs load the cache in a second. Used for small images (CIFAR-sized).
+  extracting to disk), resizes each image on its own to the requested size (cover + center crop; images of
+  mixed sizes never take the size of one of them) into uint8 NCHW tensors, and caches them in one ``torch.save``
+  file keyed by the source's path, size and modification time and the image size, in the user's cache directory
+  (``$XDG_CACHE_HOME/stimulative`` or ``~/.cache/stimulative``; never next to the dataset). Later runs load the
+  cache in a second; a cache location that cannot be written costs one warning, never the run. Used for small
+  images (CIFAR-sized).
 * ``FileImageDataset`` reads one image per ``__getitem__`` (folders, zip archives and uncompressed tars, which
   allow random access) for the DataLoader pipeline of large images.
 
 Example::
 
     source = ImageSource("/data/cifar10-jpeg.tar.xz")
-    decoded = load_decoded(source, cache_dir=None, workers=2, strict=False)
+    decoded = load_decoded(source, cache_dir=None, workers=2, strict=False, size=32)
     decoded.train_images.shape      # torch.Size([50000, 3, 32, 32])
 """
 
@@ -29,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -38,7 +43,7 @@ import torch.utils.data
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, writable_dir
 
 
 class DataError(ValueError):
@@ -47,14 +52,14 @@ class DataError(ValueError):
 
 __all__ = [
     "DataError", "IMAGE_EXTENSIONS", "SMALL_IMAGE_MAX", "ImageSource", "DecodedImages", "SplitIndex", "FileImageDataset",
-    "is_archive", "looks_like_image_folder", "load_decoded", "cache_path", "decode_image",
+    "is_archive", "looks_like_image_folder", "load_decoded", "cache_path", "user_cache_dir", "decode_image",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".zip")
 TEST_SPLITS = ("test", "val")  # preferred order
 SMALL_IMAGE_MAX = 64            # images up to this many pixels per side are decoded into memory
-CACHE_FORMAT = "stimulative-images-v1"
+CACHE_FORMAT = "stimulative-images-v2"   # v2: every image resized on its own to the size in the key
 _CHUNK = 256                    # images per decode task
 
 
@@ -99,12 +104,14 @@ def decode_image(data: bytes | str) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def _decode_chunk(items: list[bytes | str]) -> list[np.ndarray | str]:
-    """Decode a chunk in a worker; an unreadable image becomes its error message."""
+def _decode_chunk(items: list[bytes | str], size: int | None = None) -> list[np.ndarray | str]:
+    """Decode a chunk in a worker, each image resized on its own to ``size`` x ``size`` (None: as stored); an
+    unreadable image becomes its error message."""
     out: list[np.ndarray | str] = []
     for item in items:
         try:
-            out.append(decode_image(item))
+            img = decode_image(item)
+            out.append(img if size is None or img.shape[:2] == (size, size) else _fit(img, size, size))
         except Exception as err:  # noqa: BLE001 - any decoder failure means an unreadable image
             out.append(f"{type(err).__name__}: {err}")
     return out
@@ -300,26 +307,16 @@ class _Layout:
 
 # --- decoding into memory + cache ------------------------------------------------------------------------------
 
-def cache_path(source: ImageSource, cache_dir: str | Path | None = None) -> Path:
-    """Where the decoded copy of ``source`` lives: ``cache_dir``, else next to the source when that directory is
-    writable, else ``~/.cache/stimulative``. The name carries a hash of the source's fingerprint."""
-    key = hashlib.sha1(f"{CACHE_FORMAT}|{source.fingerprint()}".encode()).hexdigest()[:16]
-    name = f"{source.root.name}.stimulative-{key}.pt"
-    if cache_dir:
-        return Path(cache_dir).expanduser() / name
-    parent = source.root.resolve().parent
-    if _writable(parent):
-        return parent / name
-    return Path.home() / ".cache" / "stimulative" / name
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/stimulative``, or ``~/.cache/stimulative``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "stimulative"
 
 
-def _writable(directory: Path) -> bool:
-    """Writable for us, and not marked read-only for everyone (root may write anywhere; a r-x directory says
-    "don't")."""
-    try:
-        return os.access(directory, os.W_OK) and bool(directory.stat().st_mode & 0o222)
-    except OSError:
-        return False
+def cache_path(source: ImageSource, cache_dir: str | Path | None = None, size: int | None = None) -> Path:
+    """Where the decoded copy of ``source`` at ``size`` px lives: in ``cache_dir``, else ``user_cache_dir()``. The
+    name carries a hash of the source's fingerprint (path, size, modification time) and ``size``."""
+    key = hashlib.sha1(f"{CACHE_FORMAT}|{source.fingerprint()}|{size}".encode()).hexdigest()[:16]
+    return Path(cache_dir or user_cache_dir()).expanduser() / f"{source.root.name}.stimulative-{key}.pt"
 
 
 def _pool(workers: int) -> ProcessPoolExecutor | None:
@@ -341,16 +338,18 @@ def _fit(img: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def decode_source(source: ImageSource, workers: int = 2, strict: bool = False,
-                  decoder: Callable[[list], list] | None = None) -> DecodedImages:
-    """Decode every image of ``source`` into uint8 NCHW tensors (all resized to the first image's size).
+                  decoder: Callable[[list], list] | None = None, size: int | None = None) -> DecodedImages:
+    """Decode every image of ``source`` into uint8 NCHW tensors, each resized on its own to ``size`` x ``size``.
 
     Args:
         source: the folder or archive.
         workers: decoding processes (1 = decode in this process).
         strict: an unreadable image raises ``DataError`` naming it; otherwise it is skipped and counted.
         decoder: chunk decoder (defaults to the PIL one; tests replace it).
+        size: the side every image is resized to (cover, then center crop). None keeps the stored sizes, which
+            must then all be the same (``DataError`` otherwise: nothing is resized to another image's size).
     """
-    decoder = decoder or _decode_chunk
+    decoder = decoder or partial(_decode_chunk, size=size)
     layout = _Layout(source)
     results: list[np.ndarray | str] = []
     names: list[str] = []
@@ -409,7 +408,10 @@ def decode_source(source: ImageSource, workers: int = 2, strict: bool = False,
             img = results[i]
             if isinstance(img, str):
                 continue
-            arrays.append(img if img.shape[:2] == (h, w) else _fit(img, h, w))
+            if img.shape[:2] != (h, w):
+                raise DataError(f"images of {str(source.root)!r} have different sizes ({names[i]} is "
+                                f"{img.shape[1]}x{img.shape[0]}, others {w}x{h}); give the size to decode them at")
+            arrays.append(img)
             labels.append(label)
         if not arrays:
             raise DataError(f"no readable {split} images in {str(source.root)!r}")
@@ -429,6 +431,19 @@ def _save_cache(decoded: DecodedImages, path: Path, source: ImageSource) -> None
     path.chmod(0o644)   # the temp file is private (mkstemp); a shared cache must be readable by other users
 
 
+def _write_cache(decoded: DecodedImages, path: Path, source: ImageSource) -> None:
+    """Save the cache; a location that cannot be written costs one warning (the run goes on without a cache)."""
+    problem = None if writable_dir(path.parent) else "the folder is read-only"
+    if problem is None:
+        try:
+            _save_cache(decoded, path, source)
+        except OSError as err:
+            problem = err.strerror or str(err)
+    if problem is not None:
+        warnings.warn(f"not caching the decoded dataset in {str(path.parent)!r} ({problem}); set data.cache_dir "
+                      "to a writable folder, or data.cache=false", stacklevel=3)
+
+
 def _load_cache(path: Path) -> DecodedImages | None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -443,31 +458,33 @@ def _load_cache(path: Path) -> DecodedImages | None:
 
 
 def load_decoded(source: ImageSource, cache_dir: str | Path | None = None, workers: int = 2,
-                 strict: bool = False, rank: int = 0, world_size: int = 1) -> DecodedImages:
+                 strict: bool = False, rank: int = 0, world_size: int = 1, size: int | None = None,
+                 cache: bool = True) -> DecodedImages:
     """The decoded images of ``source``, from the cache when present, otherwise decoded now and cached.
 
     Unreadable images are skipped with one warning that counts them (every load, also from the cache), or raise
     ``DataError`` naming the file when ``strict``. With ``torch.distributed`` initialised, rank 0 decodes and the
-    other ranks wait for its cache file.
+    other ranks wait for its cache file (and decode themselves when there is none).
 
     Args:
         source: the folder or archive.
-        cache_dir: cache directory (None: next to the source if writable, else ``~/.cache/stimulative``).
+        cache_dir: cache directory (None: ``user_cache_dir()``). One that cannot be written gives one warning and
+            the images are decoded without a cache.
         workers: decoding processes.
         strict: raise on unreadable images instead of skipping them.
         rank, world_size: DDP position (only rank 0 decodes).
+        size: resize every image on its own to ``size`` x ``size`` (``decode_source``).
+        cache: read and write the cache at all.
     """
-    path = cache_path(source, cache_dir)
+    path = cache_path(source, cache_dir, size)
     distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed and rank != 0:
         torch.distributed.barrier()
-    decoded = _load_cache(path) if path.is_file() else None
+    decoded = _load_cache(path) if cache and path.is_file() else None
     if decoded is None:
-        decoded = decode_source(source, workers=workers, strict=strict)
-        try:
-            _save_cache(decoded, path, source)
-        except OSError as err:
-            warnings.warn(f"could not write the dataset cache {str(path)!r}: {err}", stacklevel=2)
+        decoded = decode_source(source, workers=workers, strict=strict, size=size)
+        if cache and (rank == 0 or not distributed):
+            _write_cache(decoded, path, source)
     if distributed and rank == 0:
         torch.distributed.barrier()
     if decoded.skipped:

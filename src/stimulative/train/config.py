@@ -57,7 +57,8 @@ class DataConfig:
     lighting: float = 0.1
     uniform_augment: bool = False
     in_memory: bool = True                # small-image datasets held as uint8 tensors
-    cache_dir: str | None = None          # where decoded archives are cached (default: next to the archive or ~/.cache)
+    cache: bool = True                    # cache decoded small-image folders/archives (false: decode every run)
+    cache_dir: str | None = None          # where (default: $XDG_CACHE_HOME/stimulative or ~/.cache/stimulative)
     workers: int = 4
     strict: bool = False                  # unreadable images: error (true) or skip with a warning (false)
     mean: list | None = None              # per-channel normalisation; None = dataset default
@@ -120,6 +121,7 @@ class Config:
     eval_depths: list = field(default_factory=list)   # sub-networks evaluated during training, e.g. [[1,1,1]]
     bn_recal_images: int = 0              # re-estimate BN stats on N train images before each eval; 0 = off
     resume: str | None = None             # null | auto | path/to/last.pt
+    overwrite: bool = False               # a fresh run may replace the checkpoints and logs already in the run dir
     log_every: int = 50                   # steps between progress-bar postfix updates
     stats_every: int = 0                  # every K steps append gradient norms / logit stds to steps.jsonl; 0 = off
     tensorboard: bool = False
@@ -245,7 +247,11 @@ def _validate(cfg: Config) -> None:
     for key, value, low in (("eval_every", cfg.eval_every, 1), ("log_every", cfg.log_every, 1),
                             ("eval_batch_size", cfg.eval_batch_size, 1), ("threads", cfg.threads, 0),
                             ("bn_recal_images", cfg.bn_recal_images, 0), ("max_steps", cfg.max_steps, 0),
-                            ("st.start_epoch", cfg.st.start_epoch, 0)):
+                            ("stats_every", cfg.stats_every, 0), ("st.start_epoch", cfg.st.start_epoch, 0),
+                            ("data.input_size", cfg.data.input_size, 1), ("data.train_subset", cfg.data.train_subset, 0),
+                            ("data.test_subset", cfg.data.test_subset, 0), ("data.padding", cfg.data.padding, 0),
+                            ("data.val_resize", cfg.data.val_resize, 0), ("data.val_crop", cfg.data.val_crop, 0),
+                            ("data.workers", cfg.data.workers, 0)):
         if value < low:
             raise ConfigError(f"{key} must be >= {low}, got {value}")
     if not 0 <= cfg.ema < 1:
@@ -266,6 +272,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"eval_depths must be a list of depth lists like [[1,1,1],[2,2,2]], got entry {d!r}")
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).expanduser().exists():
         raise ConfigError(f"resume checkpoint {cfg.resume!r} does not exist (use resume=auto or a path to last.pt)")
+    if cfg.overwrite and cfg.resume is not None:
+        raise ConfigError(f"overwrite=true starts the run afresh, resume={cfg.resume!r} continues it: give one of them")
 
 
 def _set_path(data: dict, dotted: str, value: Any) -> None:
@@ -294,16 +302,22 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def read_recipe(path: str | Path) -> dict:
-    """The mapping in a YAML recipe file, with a one-line ``ConfigError`` when it is missing or not a mapping."""
+    """The mapping in a YAML recipe file, with a one-line ``ConfigError`` naming the file when it is missing,
+    not text, not YAML, empty (a recipe that sets nothing is a mistake: omit it to train on the defaults) or not a
+    mapping."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"recipe file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe {str(path)!r} is not a text (UTF-8 YAML) file") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {' '.join(str(err).split())}") from None
+    if data is None:
+        raise ConfigError(f"recipe {str(path)!r} is empty (no keys set); omit the recipe to train on the defaults")
     if not isinstance(data, dict):
-        raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping")
+        raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping of keys, got {type(data).__name__}")
     return data
 
 
