@@ -2,7 +2,8 @@
 
 Each command lives in ``stimulative.commands.<name>`` and defines ``HELP``, ``add_arguments(parser)`` and
 ``run(args) -> int``; options several commands share are declared once in ``stimulative.commands.options``. Expected errors (bad config key, missing file, bad depth spec, NaN loss) print one line
-``stimulative <command>: error: ...`` and exit with status 2; ``--traceback`` shows the full trace instead.
+``stimulative <command>: error: ...`` and exit with status 2; ``--traceback`` shows the full trace instead. Under
+torchrun only rank 0 prints it (every rank exits with status 2; see ``Runtime.main_first``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 from .commands.options import check
@@ -82,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except EXPECTED_ERRORS as err:
         if args.traceback:
             raise
-        print(f"stimulative {args.command}: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            message = " ".join(line.strip() for line in str(err).splitlines())  # one line, always
+            print(f"stimulative {args.command}: error: {message}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         print(f"stimulative {args.command}: interrupted", file=sys.stderr)

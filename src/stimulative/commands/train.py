@@ -30,11 +30,13 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from ..lm.cli import is_lm_recipe
-    from ..train.config import config_to_dict, load_config
+    from ..train.config import config_to_dict, load_config, read_recipe
 
     recipe, overrides = args.recipe, list(args.overrides)
     if recipe is not None and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
         recipe, overrides = None, [recipe, *overrides]  # `stimulative train key=value ...`
+    if recipe is not None:
+        read_recipe(recipe)  # missing, binary, empty, not a mapping: one line naming the file, before dispatching
     if is_lm_recipe(recipe):  # `task: lm`: a causal language model (stimulative.lm)
         from ..lm.cli import train_command
 

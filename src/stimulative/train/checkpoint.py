@@ -1,9 +1,14 @@
 """Checkpoint files: atomic writes, safe loads (``weights_only=True``), finding the one to resume, and rebuilding
 the model of a checkpoint (a training run's or an exported sub-network's; the dict layout is ``state.py``'s).
+
+A run directory stands for its best checkpoint, as ``last.pt`` records it (``run_checkpoint``): ``last.pt``
+itself when its epoch is the best (also when a kill stopped the ``best.pt`` write after it), else ``best.pt``,
+which must then be the checkpoint ``last.pt`` names.
 """
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +19,11 @@ from torch import nn
 from ..core.elastic import ElasticDepth
 from ..io import atomic_torch_save
 from ..models import create_model
-from .config import Config, config_from_dict
+from .config import Config, ConfigError, config_from_dict
 from .state import SavedRun, model_weights
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "build_model", "resume_path", "LoadedModel",
-           "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "build_model", "elastic", "resume_path",
+           "run_checkpoint", "peek_checkpoint", "LoadedModel", "CheckpointError"]
 
 
 class CheckpointError(ValueError):
@@ -30,22 +35,68 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
     return atomic_torch_save(obj, path)
 
 
+def _unreadable(path: Path, err: BaseException) -> CheckpointError:
+    """Our own message for a file ``torch.load(weights_only=True)`` refused (never torch's advice to load it
+    unsafely)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        why = "the file is empty"
+    elif isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+        why = "it holds Python objects that a safe load (weights_only=True) refuses to run"
+    elif head.startswith(b"PK"):
+        why = "the file is truncated or corrupt (an interrupted write or copy?)"
+    else:
+        why = "it is not a PyTorch checkpoint file"
+    return CheckpointError(f"{str(path)!r} is not a readable stimulative checkpoint: {why}")
+
+
+def peek_checkpoint(path: str | Path) -> SavedRun | None:
+    """What a checkpoint says about its run (epoch, step, best) without reading its tensors (``mmap``); None
+    when it cannot be read."""
+    try:
+        return SavedRun.of(torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True))
+    except Exception:  # noqa: BLE001 - any failure: the caller falls back to a full load and its clear error
+        return None
+
+
+def run_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint a run directory stands for: its best one, as ``last.pt`` records it.
+
+    Raises:
+        CheckpointError: no checkpoint, or a ``best.pt`` that is not the one ``last.pt`` names.
+    """
+    run_dir = Path(run_dir)
+    last, best = run_dir / "last.pt", run_dir / "best.pt"
+    if not last.is_file():
+        if best.is_file():
+            return best
+        raise CheckpointError(f"no best.pt or last.pt in run directory {str(run_dir)!r}")
+    saved = peek_checkpoint(last)
+    if saved is None or saved.is_best or not best.is_file():
+        return last
+    if saved.best is None:   # no best recorded (an older checkpoint format): prefer best.pt as before
+        return best
+    held = peek_checkpoint(best)
+    if held is None or held.position != saved.best:
+        found = f"epoch {held.epoch}, step {held.step}" if held is not None else "unreadable"
+        raise CheckpointError(f"{str(best)!r} ({found}) is not the best checkpoint that last.pt records (epoch "
+                              f"{saved.best['epoch']}, step {saved.best['step']}); give last.pt explicitly")
+    return best
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict with ``torch.load(weights_only=True)`` and a clear error on failure."""
+    """Load a checkpoint dict (a ``.pt`` file, or a run directory: ``run_checkpoint``) with
+    ``torch.load(weights_only=True)`` and a clear one-line ``CheckpointError`` on failure."""
     path = Path(path).expanduser()
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise CheckpointError(f"no best.pt or last.pt in run directory {str(path)!r}")
+        path = run_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {str(err).splitlines()[0]}") from None
+        raise _unreadable(path, err) from None
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{str(path)!r} is not a stimulative checkpoint (no 'model' entry)")
     return obj
@@ -71,6 +122,19 @@ def build_model(cfg: Config, num_classes: int, pretrained: bool = False) -> nn.M
     return create_model(cfg.model.name, num_classes=num_classes, pretrained=pretrained, **kwargs)
 
 
+def elastic(model: nn.Module, cfg: Config) -> ElasticDepth:
+    """``ElasticDepth`` of the model of ``cfg`` (stages from ``model.stages``); a model without residual stages is
+    a ``ConfigError`` that names the recipe key."""
+    try:
+        return ElasticDepth(model, stages=cfg.model.stages)
+    except ValueError as err:
+        if "no residual stage" not in str(err):
+            raise
+        raise ConfigError(f"model {cfg.model.name!r} has no residual stage with a skippable block (a stage of at "
+                          "least 2 blocks where a block after the first has an identity shortcut); name its stages "
+                          "with the recipe key model.stages, e.g. model.stages=[layer1,layer2,layer3]") from None
+
+
 def load_model(path: str | Path, use_ema: bool = False, map_location: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model of a checkpoint (training or exported sub-network) and load its weights.
 
@@ -87,7 +151,7 @@ def load_model(path: str | Path, use_ema: bool = False, map_location: str | torc
     if num_classes <= 0:
         raise CheckpointError(f"checkpoint {str(path)!r} does not record num_classes")
     model = build_model(cfg, num_classes)
-    ed: ElasticDepth | None = ElasticDepth(model, stages=cfg.model.stages)
+    ed: ElasticDepth | None = elastic(model, cfg)
     if saved.depths is not None:
         model = ed.extract(saved.depths)
         ed = None

@@ -1,8 +1,10 @@
 """``train(cfg)``: the wiring of one training run (CT, ST or ST++) on CPU, one GPU or DDP.
 
-It builds data, model, optimizer, schedule and the recipe's ``StimulativeStep`` from a ``Config``, resumes when
-asked, and then per epoch: ``loop.train_one_epoch``, every ``eval_every`` epochs (and at the end)
-``loop.evaluate_epoch``, ``last.pt`` (and ``best.pt`` on the best full-network accuracy) written atomically,
+Rank 0 first checks, locks and prepares the run directory (``rundir.open_run_dir``: a resume whose config the
+checkpoint cannot continue, a second writer or a directory holding another run is refused before anything is
+written). It builds data, model, optimizer, schedule and the recipe's ``StimulativeStep`` from a ``Config``,
+resumes when asked, and then per epoch: ``loop.train_one_epoch``, every ``eval_every`` epochs (and at the end)
+``loop.evaluate_epoch``, ``last.pt`` (then ``best.pt`` on the best full-network accuracy) written atomically,
 ``metrics.jsonl``/``.csv``; at the end ``training.png``. Resuming gives the same weights as an uninterrupted
 run (on CPU): see ``state.py``.
 
@@ -22,13 +24,14 @@ from ..core.elastic import ElasticDepth
 from ..core.sampling import SampleSpace
 from ..core.step import StimulativeStep
 from ..data import build_data
-from .checkpoint import build_model, load_checkpoint, resume_path, save_checkpoint
-from .config import Config, config_to_dict, save_config
+from .checkpoint import build_model, elastic, load_checkpoint, resume_path, save_checkpoint
+from .config import Config, ConfigError, config_to_dict, save_config
 from .log import MetricsLog, console, format_record, plot_training_curves
 from .loop import CrossEntropyWithAccuracy, evaluate_epoch, train_one_epoch
 from .optim import build_optimizer, build_scheduler
+from .rundir import RunStart, open_run_dir
 from .runtime import Runtime
-from .state import TrainingState
+from .state import SavedRun, TrainingState
 
 __all__ = ["train"]
 
@@ -45,6 +48,8 @@ def train(cfg: Config) -> dict[str, Any]:
 
     Raises:
         NonFiniteLossError: a NaN/inf loss; ``last.pt`` keeps the last good epoch.
+        RunDirError: the run directory is read-only, in use by another run, or holds another run.
+        ConfigError: a resume with a config the checkpoint cannot continue (``train.resume``).
 
     Example:
         >>> import stimulative as st
@@ -55,28 +60,42 @@ def train(cfg: Config) -> dict[str, Any]:
         ['best_acc', 'checkpoint', 'epochs', 'final', 'run_dir', 'step']
     """
     runtime = Runtime.start(cfg)
+    start = None
     try:
-        return _train(cfg, runtime)
+        start = runtime.main_first(lambda: open_run_dir(cfg, runtime.device))
+        return _train(cfg, runtime, start)
     finally:
+        if start is not None:
+            start.lock.release()
         runtime.close()
 
 
-def _train(cfg: Config, runtime: Runtime) -> dict[str, Any]:
+def _train(cfg: Config, runtime: Runtime, start: RunStart | None) -> dict[str, Any]:
     device, main, run_dir, world = runtime.device, runtime.is_main, cfg.run_dir, runtime.dist.world_size
+    for note in start.notes if start is not None else []:
+        console(note)
     data = build_data(cfg.data, cfg.batch_size // world, cfg.eval_batch_size, seed=cfg.seed,
                       rank=runtime.dist.rank, world_size=world, device=device)
     num_classes = _num_classes(cfg, data.num_classes)
     steps_per_epoch = len(data.train)
     if steps_per_epoch == 0:
         raise ValueError(f"the training set has fewer images than one batch ({cfg.batch_size}); lower batch_size")
+    source = start.source if start is not None else resume_path(cfg)
+    ckpt = start.checkpoint if start is not None else None
+    if source is not None and ckpt is None:  # ranks > 0 read the checkpoint rank 0 checked
+        ckpt = load_checkpoint(source, map_location=device)
+    saved_classes = SavedRun.of(ckpt).num_classes if ckpt is not None else None
+    if saved_classes and saved_classes != num_classes:
+        raise ConfigError(f"cannot resume {str(source)!r}: the checkpoint has {saved_classes} classes, the data "
+                          f"{cfg.data.name!r} has {num_classes}")
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, num_classes, pretrained=cfg.model.pretrained)
-    ed = ElasticDepth(model, stages=cfg.model.stages)
+    ed = elastic(model, cfg)
     eval_depths = _checked_depths(ed, cfg.eval_depths)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
-    ema_ed = ElasticDepth(ema.module, stages=cfg.model.stages) if ema is not None else None
+    ema_ed = elastic(ema.module, cfg) if ema is not None else None
     forward = runtime.wrap(model, cfg.compile, find_unused_parameters=cfg.st.num_subnets > 0)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
@@ -85,14 +104,18 @@ def _train(cfg: Config, runtime: Runtime) -> dict[str, Any]:
     step = StimulativeStep.from_config(cfg.st, ed, space, model=None if forward is model else forward,
                                        criterion=criterion, scaler=scaler, seed=cfg.seed + 1,
                                        stats_every=cfg.stats_every)
-    state = TrainingState(model, optimizer, build_scheduler(optimizer, cfg, steps_per_epoch), step, ema, scaler)
+    state = TrainingState(model, optimizer, build_scheduler(optimizer, cfg, steps_per_epoch), step, ema, scaler,
+                          steps_per_epoch)
 
-    skip, source = 0, resume_path(cfg)
-    if source is not None:
-        skip = state.restore(load_checkpoint(source, map_location=device), steps_per_epoch, device, source)
-    elif main and (run_dir / "last.pt").exists():
-        console(f"warning: {run_dir} already holds a run; starting fresh and overwriting it "
-                "(pass resume=auto to continue it)")
+    skip = 0
+    if ckpt is not None:
+        skip = state.restore(ckpt, device, source)
+        ckpt = None
+        if start is not None:
+            start.checkpoint = None
+            if start.applied:
+                console(f"resume: applying {'; '.join(start.applied)}; the LR schedule follows the new config from "
+                        f"step {state.global_step} (lr now {optimizer.param_groups[0]['lr']:.4g})")
     resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=num_classes))
     log = _start_log(resolved, state, runtime, steps_per_epoch, source) if main else None
 

@@ -2,7 +2,8 @@
 
 ``train_one_epoch`` runs the ``StimulativeStep`` (``st.num_subnets=0`` is common training through the same code
 path) on every batch, then gradient clipping, ``optimizer.step()``, the per-iteration LR step and the EMA update,
-and returns the epoch's record. ``evaluate_epoch`` measures the full network, the ``eval_depths`` sub-networks
+and returns the epoch's record. A NaN/inf stops it at the step where it is seen: the loss (already on the host)
+at every step, the weights and BatchNorm statistics every ``log_every`` steps and at the end of the epoch. ``evaluate_epoch`` measures the full network, the ``eval_depths`` sub-networks
 and the EMA model, with BatchNorm re-estimation on ``bn_recal_images`` training images (on a copy of the
 buffers), without touching the training RNG.
 
@@ -12,6 +13,7 @@ Console: a tqdm bar per epoch (loss, accuracy, img/s) on a terminal only (off wh
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -33,6 +35,8 @@ from .state import TrainingState
 
 __all__ = ["CrossEntropyWithAccuracy", "train_one_epoch", "evaluate_epoch", "seed_epoch", "all_finite",
            "stop_message"]
+
+_NON_FINITE_MODEL = "the weights or BatchNorm statistics contain NaN/inf; lower the learning rate"
 
 
 class CrossEntropyWithAccuracy:
@@ -56,8 +60,10 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
 
 
 def all_finite(model: nn.Module) -> bool:
-    """Parameters and floating buffers (BN running statistics overflow before the loss does) are finite."""
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+    """Parameters and floating buffers (BN running statistics overflow before the loss does) are finite (one
+    device sync)."""
+    checks = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 def stop_message(run_dir: Path, epoch: int, step: int, reason: str) -> str:
@@ -121,6 +127,11 @@ def train_one_epoch(cfg: Config, runtime: Runtime, state: TrainingState, forward
             ema.update_parameters(state.model)
         optimizer.zero_grad(set_to_none=True)
         state.global_step += 1
+        if not math.isfinite(losses["loss"]):
+            raise NonFiniteLossError(stop_message(run_dir, epoch + 1, state.global_step,
+                                                  f"the loss is {losses['loss']}; lower the learning rate"))
+        if state.global_step % cfg.log_every == 0 and not all_finite(state.model):
+            raise NonFiniteLossError(stop_message(run_dir, epoch + 1, state.global_step, _NON_FINITE_MODEL))
         n = y.shape[0]
         seen += n
         sum_main += losses["main"] * n
@@ -153,9 +164,9 @@ def train_one_epoch(cfg: Config, runtime: Runtime, state: TrainingState, forward
     if stopped and batches_done < steps_per_epoch:
         record["partial"] = True
     if not all_finite(state.model):
-        raise NonFiniteLossError(stop_message(run_dir, epoch + 1, state.global_step, "the weights or BatchNorm "
-                                              "statistics contain NaN/inf; lower the learning rate"))
+        raise NonFiniteLossError(stop_message(run_dir, epoch + 1, state.global_step, _NON_FINITE_MODEL))
     return record, stopped
+
 
 
 def evaluate_epoch(ed: ElasticDepth, eval_depths: list, test, train, bn_images: int, device: torch.device,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from .config import Config
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "start_schedule_at"]
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -72,3 +73,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epo
     min_ratio = o.min_lr / o.lr if o.lr > 0 else 0.0
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: lr_factor(i, total, warmup, o.schedule, min_ratio))
+
+
+def start_schedule_at(scheduler, step: int) -> None:
+    """Move a freshly built schedule to iteration ``step``: the optimizer's LR (and one-cycle momentum) become those
+    of that iteration, as if ``scheduler.step()`` had been called ``step`` times.
+
+    Every schedule here is a closed-form function of the iteration, so a resumed run rebuilds its schedule from
+    the config and starts it at the checkpoint's step: bit-identical LRs when nothing changed, and a changed
+    ``optim.lr``/``epochs``/``warmup_epochs``/``min_lr`` takes effect from that step.
+    """
+    if step <= 0:
+        return
+    scheduler.last_epoch = step - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": no optimizer step is skipped
+        scheduler.step()

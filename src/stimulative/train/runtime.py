@@ -2,13 +2,16 @@
 
 ``resolve_device`` is the package's only device resolver (training, evaluation and every command use it).
 ``Runtime.start(cfg)`` joins torchrun's process group when there is one and applies ``threads``,
-``deterministic`` and ``amp``; ``runtime.wrap(model)`` adds autocast, ``torch.compile`` and DDP around the model.
+``deterministic`` and ``amp``; ``runtime.wrap(model)`` adds autocast, ``torch.compile`` and DDP around the model;
+``runtime.main_first(fn)`` runs a check on rank 0 alone and makes every rank fail with it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -16,7 +19,14 @@ from torch import nn
 
 from .config import Config
 
-__all__ = ["DistInfo", "Runtime", "resolve_device", "setup_distributed", "amp_dtype", "AutocastForward"]
+__all__ = ["DistInfo", "Runtime", "RankZeroError", "resolve_device", "setup_distributed", "amp_dtype",
+           "AutocastForward"]
+
+T = TypeVar("T")
+
+
+class RankZeroError(ValueError):
+    """Rank 0's error, raised on the other ranks too, so that all processes stop together (rank 0 prints it)."""
 
 
 @dataclass
@@ -149,6 +159,24 @@ class Runtime:
                 forward, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=find_unused_parameters)
         return forward
+
+    def main_first(self, fn: Callable[[], T]) -> T | None:
+        """``fn()`` on rank 0 only (its result; None on the other ranks). When it raises, every rank raises: rank 0
+        its error, the others ``RankZeroError`` with the same message, so no process waits for a dead one."""
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as err:  # noqa: BLE001 - shared with the other ranks, then re-raised
+                error = err
+        if self.dist.enabled:
+            box = [None if error is None else str(error)]
+            dist.broadcast_object_list(box, src=0)
+            if error is None and box[0] is not None:
+                raise RankZeroError(box[0])
+        if error is not None:
+            raise error
+        return result
 
     def all_reduce(self, values: list[float]) -> list[float]:
         """Sum ``values`` over the processes (float64; unchanged in a single process)."""

@@ -6,7 +6,12 @@ A training checkpoint (``last.pt``, ``best.pt``) is a dict::
      "config": config dict, "num_classes": int, "epoch": completed epochs, "step": optimizer steps,
      "optimizer": ..., "scheduler": ..., "scaler": ... | None, "rng": {torch, cuda, python, numpy},
      "space_rng": sampler state, "step_rng": input-size generator state, "metrics": last epoch's record,
-     "history": all epoch records, "best_acc": float}
+     "history": all epoch records, "best_acc": float, "best": {"epoch", "step"} of best.pt | None,
+     "steps_per_epoch": int}
+
+``last.pt`` is written first, then ``best.pt`` (when the epoch is the best): ``best`` in ``last.pt`` names the
+checkpoint that ``best.pt`` must be, so a kill between the two writes is detected (``best`` is then ``last.pt``
+itself) and repaired on resume.
 
 An exported sub-network has ``format``, ``model`` (the state_dict of the architecture with the skipped blocks
 removed), ``config``, ``num_classes``, ``depths`` (the config it was cut at), ``ema: None`` and the export's own
@@ -14,7 +19,9 @@ entries (metrics, normalisation, ...). Every other module reads checkpoints thro
 and writes them through ``TrainingState`` and ``exported_checkpoint``.
 
 Reproducibility: the global RNGs are re-seeded from (seed, epoch, rank) at every epoch start, so only a
-checkpoint taken in the middle of an epoch (``max_steps``) needs the saved RNG state to resume exactly.
+checkpoint taken in the middle of an epoch (``max_steps``) needs the saved RNG state to resume exactly. The LR
+schedule is not restored but rebuilt from the config at the saved step (``optim.start_schedule_at``), and the
+optimizer's hyper-parameters are the config's: what ``train.resume`` lets a resumed run change takes effect.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from ..core.step import StimulativeStep
+from .optim import start_schedule_at
 
 __all__ = ["FORMAT", "TrainingState", "SavedRun", "model_weights", "exported_checkpoint"]
 
@@ -41,7 +49,8 @@ class TrainingState:
     """Everything a training run carries from one step to the next, and its checkpoint dict.
 
     ``epoch`` counts completed epochs, ``global_step`` optimizer steps; ``history`` holds one record per
-    completed epoch. ``step.space`` is the sub-network sampler.
+    completed epoch; ``best`` is the (epoch, step) of the best epoch so far (what ``best.pt`` holds).
+    ``step.space`` is the sub-network sampler.
     """
 
     model: nn.Module
@@ -50,9 +59,11 @@ class TrainingState:
     step: StimulativeStep
     ema: AveragedModel | None = None
     scaler: torch.amp.GradScaler | None = None
+    steps_per_epoch: int = 0
     epoch: int = 0
     global_step: int = 0
     best_acc: float = -1.0
+    best: dict[str, int] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def checkpoint(self, config: dict, num_classes: int, record: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -66,7 +77,8 @@ class TrainingState:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": _rng_state(device), "space_rng": self.step.space.rng.getstate(), "step_rng": self.step.rng.getstate(),
-            "metrics": record, "history": self.history, "best_acc": self.best_acc,
+            "metrics": record, "history": self.history, "best_acc": self.best_acc, "best": self.best,
+            "steps_per_epoch": self.steps_per_epoch,
         }
 
     def end_epoch(self, epoch: int, record: dict[str, Any]) -> bool:
@@ -79,17 +91,30 @@ class TrainingState:
         is_best = record.get("test_acc") is not None and record["test_acc"] > self.best_acc
         if is_best:
             self.best_acc = record["test_acc"]
+            self.best = {"epoch": self.epoch, "step": self.global_step}
         return is_best
 
-    def restore(self, ckpt: dict[str, Any], steps_per_epoch: int, device: torch.device, source: str | Path) -> int:
+    def restore(self, ckpt: dict[str, Any], device: torch.device, source: str | Path) -> int:
         """Load a training checkpoint into the live objects; returns the batches of the epoch already done.
 
+        The optimizer keeps its moments but takes its hyper-parameters (lr, momentum, weight decay, betas) from
+        the config it was built with, and the LR schedule restarts at the saved step (``start_schedule_at``).
+
         Raises:
-            ValueError: the checkpoint's step does not fit ``steps_per_epoch`` (data or batch size changed).
+            ValueError: the checkpoint's steps per epoch differ from ``steps_per_epoch`` (data or batch size
+                changed).
         """
+        steps_per_epoch = self.steps_per_epoch
+        saved_steps = ckpt.get("steps_per_epoch")
+        if saved_steps and int(saved_steps) != steps_per_epoch:
+            raise ValueError(f"cannot resume {str(source)!r}: it was trained with {saved_steps} steps per epoch, "
+                             f"the data now gives {steps_per_epoch} (did the data or the number of processes "
+                             "change?)")
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        for group, values in zip(self.optimizer.param_groups, configured):
+            group.update(values)
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None and ckpt.get("ema") is not None:
@@ -100,6 +125,8 @@ class TrainingState:
         self.epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["step"])
         self.step.calls = self.global_step  # one call per optimizer step: keeps subnet_every / stats_every in phase
         self.best_acc, self.history = float(ckpt.get("best_acc", -1.0)), list(ckpt.get("history", []))
+        self.best = ckpt.get("best")
+        start_schedule_at(self.scheduler, self.global_step)
         skip = self.global_step - self.epoch * steps_per_epoch
         if not 0 <= skip < steps_per_epoch:
             raise ValueError(f"cannot resume {str(source)!r}: it stopped at step {self.global_step} of epoch "
@@ -122,13 +149,25 @@ class SavedRun:
     step: int | None
     best_acc: float | None
     history: list[dict[str, Any]]
+    best: dict[str, int] | None = None   # (epoch, step) that best.pt holds; None: no best yet, or an older format
 
     @classmethod
     def of(cls, ckpt: dict[str, Any]) -> SavedRun:
         history = list(ckpt.get("history") or ([ckpt["metrics"]] if ckpt.get("metrics") else []))
         num_classes = ckpt.get("num_classes")
         return cls(ckpt.get("config"), int(num_classes) if num_classes else None, ckpt.get("depths"),
-                   ckpt.get("ema") is not None, ckpt.get("epoch"), ckpt.get("step"), ckpt.get("best_acc"), history)
+                   ckpt.get("ema") is not None, ckpt.get("epoch"), ckpt.get("step"), ckpt.get("best_acc"), history,
+                   ckpt.get("best"))
+
+    @property
+    def position(self) -> dict[str, int | None]:
+        """Where in training this checkpoint was taken: ``{"epoch", "step"}`` (compare with ``best``)."""
+        return {"epoch": self.epoch, "step": self.step}
+
+    @property
+    def is_best(self) -> bool:
+        """This checkpoint is the run's best one (``best.pt`` must equal it)."""
+        return self.best is not None and self.best == self.position
 
 
 def model_weights(ckpt: dict[str, Any], use_ema: bool = False) -> dict[str, torch.Tensor]:

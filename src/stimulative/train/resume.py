@@ -1,0 +1,84 @@
+"""What a resumed run may change: the per-key policy, checked before the run directory is touched.
+
+Resuming continues the run saved in a checkpoint: its weights, optimizer moments, RNG states and step counter. Each
+key of the new config that differs from the checkpoint's (resolved) config is one of:
+
+* **free** (``FREE``): where and how the run executes and what it evaluates and logs; the trajectory of the
+  weights does not depend on them (``device``, ``threads``, ``eval_*``, ``log_every``, ``max_steps``,
+  ``data.root`` for the same data moved elsewhere, ...).
+* **applied** (``APPLIED``): the optimizer's hyper-parameters and the schedule's length. The optimizer's groups
+  take the new values and the LR schedule is rebuilt for the new config at the checkpoint's step
+  (``optim.start_schedule_at``): a lower ``optim.lr`` after a NaN stop is used from the next step, and
+  ``epochs`` may grow (the schedule becomes that of a run started with the new ``epochs``, e.g. a cosine LR
+  rises to the longer schedule's value at this step). One console line lists what was applied.
+* **refused**: everything else (batch size, model, data, ``st.*``, ``seed``, ``optim.name``/``schedule``, ...):
+  a ``ConfigError`` listing every ``key: old -> new``; nothing in the run directory has changed.
+
+``epochs`` below the epochs the checkpoint has completed is refused too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .config import Config, ConfigError, config_to_dict
+
+__all__ = ["FREE", "APPLIED", "resume_changes"]
+
+FREE = frozenset({
+    "name", "out_dir", "resume", "overwrite", "device", "threads", "compile", "channels_last", "deterministic",
+    "eval_every", "eval_depths", "bn_recal_images", "eval_batch_size", "log_every", "stats_every", "tensorboard",
+    "max_steps", "model.pretrained", "data.root", "data.download", "data.cache", "data.cache_dir", "data.workers",
+    "data.strict", "data.test_subset", "data.val_resize", "data.val_crop",
+})
+APPLIED = frozenset({
+    "epochs", "optim.lr", "optim.momentum", "optim.nesterov", "optim.weight_decay", "optim.betas", "optim.min_lr",
+    "optim.warmup_epochs", "optim.clip_grad", "optim.label_smoothing",
+})
+_SECTIONS = ("model", "data", "optim", "st")
+
+
+def _flat(config: dict) -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def resume_changes(saved: dict, cfg: Config, completed_epochs: int, source: str) -> list[str]:
+    """Compare the checkpoint's config with ``cfg`` under the policy above.
+
+    Args:
+        saved: the checkpoint's resolved config (``SavedRun.config``).
+        cfg: the new run's config.
+        completed_epochs: epochs the checkpoint has completed.
+        source: the checkpoint's path, for the message.
+
+    Returns:
+        ``key: old -> new`` of every applied change (empty when nothing changed).
+
+    Raises:
+        ConfigError: a refused key differs (all of them listed), or ``epochs`` is below ``completed_epochs``.
+    """
+    old, new = _flat(saved), _flat(config_to_dict(cfg))
+    if new.get("model.num_classes") is None:  # null means "from the dataset": checked against the data later
+        new["model.num_classes"] = old.get("model.num_classes")
+    changed = [k for k in new if k in old and old[k] != new[k]]
+    refused = [k for k in changed if k not in FREE and k not in APPLIED]
+    if refused:
+        listing = ", ".join(f"{k}: {_show(old[k])} -> {_show(new[k])}" for k in refused)
+        raise ConfigError(f"cannot resume {source}: the config differs from the checkpoint's in {listing}; a "
+                          "resumed run must keep these keys (see docs/reliability.md); start a new run with "
+                          "another name instead")
+    if cfg.epochs < completed_epochs:
+        raise ConfigError(f"cannot resume {source}: epochs: {_show(old.get('epochs'))} -> {cfg.epochs}, but the "
+                          f"checkpoint has already completed {completed_epochs} epochs")
+    return [f"{k}: {_show(old[k])} -> {_show(new[k])}" for k in changed if k in APPLIED]

@@ -1,0 +1,151 @@
+"""Issue 14, resume: a changed lr / weight decay is applied, any other changed key is refused before the run
+directory is touched, extending a one-cycle run rebuilds its schedule, best.pt and last.pt stay a consistent pair,
+stale temp files are removed, and a run killed with SIGKILL resumes to the uninterrupted run's weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_engine import STEPS_PER_EPOCH, assert_same_state, tiny_config
+
+import stimulative.train.engine as engine
+from stimulative.io import read_jsonl
+from stimulative.train.checkpoint import build_model, load_checkpoint, peek_checkpoint, run_checkpoint
+from stimulative.train.config import ConfigError
+from stimulative.train.optim import build_optimizer, build_scheduler
+
+CONSTANT = ["optim.schedule=constant", "epochs=2"]
+
+
+def snapshot(run_dir) -> dict:
+    """Every file of a run directory with its bytes and modification time."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run_dir.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    """A run stopped after its first epoch (max_steps), constant LR 0.05, weight decay 5e-4."""
+    out = tmp_path_factory.mktemp("runs")
+    engine.train(tiny_config(out, "half", *CONSTANT, f"max_steps={STEPS_PER_EPOCH}"))
+    return out
+
+
+def test_resume_applies_a_new_lr_and_weight_decay_and_says_so(tmp_path, one_epoch, capsys):
+    import shutil
+
+    shutil.copytree(one_epoch / "half", tmp_path / "half")
+    engine.train(tiny_config(tmp_path, "half", *CONSTANT, "resume=auto", "optim.lr=0.01", "optim.weight_decay=0.001"))
+    out = capsys.readouterr().out
+    assert "optim.lr: 0.05 -> 0.01" in out and "optim.weight_decay: 0.0005 -> 0.001" in out
+    ckpt = load_checkpoint(tmp_path / "half" / "last.pt")
+    groups = ckpt["optimizer"]["param_groups"]
+    assert {g["lr"] for g in groups} == {0.01}
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.001}      # BN/bias group keeps no decay
+    assert [r["lr"] for r in read_jsonl(tmp_path / "half" / "metrics.jsonl")] == [0.05, 0.01]
+
+
+@pytest.mark.parametrize("change, key", [
+    ("batch_size=64", "batch_size"),
+    ("model.name=cifar_resnet20", "model.name"),
+    ("optim.name=adamw", "optim.name"),
+    ("st.num_subnets=2", "st.num_subnets"),
+    ("seed=3", "seed"),
+])
+def test_resume_refuses_a_changed_key_before_touching_the_run_dir(one_epoch, change, key):
+    run_dir = one_epoch / "half"
+    before = snapshot(run_dir)
+    with pytest.raises(ConfigError, match=rf"{key}: .* -> "):
+        engine.train(tiny_config(one_epoch, "half", *CONSTANT, "resume=auto", change))
+    assert snapshot(run_dir) == before and not (run_dir / ".lock").exists()
+
+
+def test_resume_refuses_fewer_epochs_than_completed(tmp_path):
+    engine.train(tiny_config(tmp_path, "done", *CONSTANT))
+    before = snapshot(tmp_path / "done")
+    with pytest.raises(ConfigError, match="epochs: 2 -> 1.*completed 2 epochs"):
+        engine.train(tiny_config(tmp_path, "done", "optim.schedule=constant", "epochs=1", "resume=auto"))
+    assert snapshot(tmp_path / "done") == before
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_extending_epochs_rebuilds_the_schedule_for_the_new_length(tmp_path, schedule):
+    """2 epochs, then epochs=3: from step 8 on the LR is the 3-epoch schedule's (not torch's "Tried to step")."""
+    engine.train(tiny_config(tmp_path, "r", f"optim.schedule={schedule}", "epochs=2", "optim.warmup_epochs=1"))
+    longer = tiny_config(tmp_path, "r", f"optim.schedule={schedule}", "epochs=3", "optim.warmup_epochs=1",
+                         "resume=auto")
+    engine.train(dataclasses.replace(longer, max_steps=2 * STEPS_PER_EPOCH + 1))
+    optimizer = build_optimizer(build_model(longer, 10), longer)
+    scheduler = build_scheduler(optimizer, longer, STEPS_PER_EPOCH)
+    for _ in range(2 * STEPS_PER_EPOCH + 1):
+        optimizer.step()
+        scheduler.step()
+    saved = load_checkpoint(tmp_path / "r" / "last.pt")["optimizer"]["param_groups"]
+    assert [g["lr"] for g in saved] == [g["lr"] for g in optimizer.param_groups]
+    engine.train(longer)
+    assert [r["step"] for r in read_jsonl(tmp_path / "r" / "metrics.jsonl")] == [4, 8, 12]
+    assert "epochs: 3" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+def test_kill_between_last_and_best_is_detected_and_repaired(tmp_path, monkeypatch):
+    """Each epoch is the best so far; the run dies writing epoch 2's best.pt. The run directory then stands for
+    last.pt (epoch 2), not for the stale best.pt (epoch 1); resuming rewrites best.pt and removes temp files."""
+    monkeypatch.setattr(engine, "evaluate_epoch", lambda *a, **k: {"test_acc": float(time.monotonic())})
+    real_save = engine.save_checkpoint
+    saves = []
+
+    def dies_writing_second_best(ckpt, path):
+        saves.append(path.name)
+        if saves.count("best.pt") == 2:
+            raise KeyboardInterrupt   # stands for SIGKILL: the atomic write never replaced best.pt
+        return real_save(ckpt, path)
+
+    monkeypatch.setattr(engine, "save_checkpoint", dies_writing_second_best)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(tiny_config(tmp_path, "r", "epochs=2"))
+    run_dir = tmp_path / "r"
+    assert peek_checkpoint(run_dir / "best.pt").epoch == 1 and peek_checkpoint(run_dir / "last.pt").epoch == 2
+    assert run_checkpoint(run_dir) == run_dir / "last.pt"
+    assert load_checkpoint(run_dir)["epoch"] == 2
+    leftover = run_dir / ".last.pt.k1ll3d.tmp"
+    leftover.write_bytes(b"half of a checkpoint")
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    engine.train(tiny_config(tmp_path, "r", "epochs=2", "resume=auto"))
+    assert peek_checkpoint(run_dir / "best.pt").epoch == 2 and not leftover.exists()
+    assert run_checkpoint(run_dir) == run_dir / "last.pt"
+
+
+def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """A CLI run killed with SIGKILL once its first checkpoint exists leaves a loadable last.pt and a stale lock;
+    resume=auto takes the lock over and ends with the uninterrupted run's weights, bit for bit."""
+    args = ["epochs=3", "st.num_subnets=1"]
+    cfg = tiny_config(tmp_path, "killed", *args)
+    overrides = [f"{k}={v}" for k, v in (("data.name", "synthetic"), ("model.name", "cifar_resnet_tiny"),
+                                         ("data.input_size", 16), ("data.train_subset", 128),
+                                         ("data.test_subset", 64), ("batch_size", 32), ("eval_batch_size", 64),
+                                         ("threads", 1), ("device", "cpu"), ("out_dir", tmp_path),
+                                         ("name", "killed"), ("optim.lr", 0.05))] + args
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "stimulative", "train", *overrides], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = cfg.run_dir / "last.pt"
+    deadline = time.monotonic() + 180
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = load_checkpoint(last)
+    assert killed_at["epoch"] >= 1 and (cfg.run_dir / ".lock").exists()
+
+    engine.train(tiny_config(tmp_path, "killed", *args, "resume=auto"))
+    engine.train(tiny_config(tmp_path, "full", *args))
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)
+    assert a["step"] == b["step"] == 3 * STEPS_PER_EPOCH
+    assert_same_state(a["model"], b["model"])
+    assert not (cfg.run_dir / ".lock").exists()
