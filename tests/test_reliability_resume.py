@@ -1,6 +1,7 @@
 """Issue 14, resume: a changed lr / weight decay is applied, any other changed key is refused before the run
 directory is touched, extending a one-cycle run rebuilds its schedule, best.pt and last.pt stay a consistent pair,
-stale temp files are removed, and a run killed with SIGKILL resumes to the uninterrupted run's weights."""
+stale temp files are removed, and a run killed with SIGKILL (while a second writer is refused) resumes to the
+uninterrupted run's weights."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import sys
 import time
 
 import pytest
+from test_cli_train import tiny
 from test_engine import STEPS_PER_EPOCH, assert_same_state, tiny_config
 
 import stimulative.train.engine as engine
 from stimulative.io import read_jsonl
 from stimulative.train.checkpoint import build_model, load_checkpoint, peek_checkpoint, run_checkpoint
-from stimulative.train.config import ConfigError
+from stimulative.train.config import ConfigError, load_config
 from stimulative.train.optim import build_optimizer, build_scheduler
+from stimulative.train.rundir import RunDirError
 
 CONSTANT = ["optim.schedule=constant", "epochs=2"]
 
@@ -121,31 +124,29 @@ def test_kill_between_last_and_best_is_detected_and_repaired(tmp_path, monkeypat
 
 
 def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path):
-    """A CLI run killed with SIGKILL once its first checkpoint exists leaves a loadable last.pt and a stale lock;
-    resume=auto takes the lock over and ends with the uninterrupted run's weights, bit for bit."""
-    args = ["epochs=3", "st.num_subnets=1"]
-    cfg = tiny_config(tmp_path, "killed", *args)
-    overrides = [f"{k}={v}" for k, v in (("data.name", "synthetic"), ("model.name", "cifar_resnet_tiny"),
-                                         ("data.input_size", 16), ("data.train_subset", 128),
-                                         ("data.test_subset", 64), ("batch_size", 32), ("eval_batch_size", 64),
-                                         ("threads", 1), ("device", "cpu"), ("out_dir", tmp_path),
-                                         ("name", "killed"), ("optim.lr", 0.05))] + args
+    """A CLI run holds its run directory (a second writer is refused naming its pid); killed with SIGKILL once
+    its first checkpoint exists, it leaves a loadable last.pt and a stale lock; resume=auto takes the lock over
+    and ends with the uninterrupted run's weights, bit for bit."""
+    args = ["epochs=4", "st.num_subnets=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "stimulative", "train", *overrides], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = cfg.run_dir / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "stimulative", "train", *tiny(tmp_path, "killed"), *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "killed"
     deadline = time.monotonic() + 180
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not (run_dir / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        with pytest.raises(RunDirError, match=rf"in use by another run \(pid {proc.pid} "):
+            engine.train(load_config(None, [*tiny(tmp_path, "killed"), *args]))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = load_checkpoint(last)
-    assert killed_at["epoch"] >= 1 and (cfg.run_dir / ".lock").exists()
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] >= 1 and (run_dir / ".lock").exists()
 
-    engine.train(tiny_config(tmp_path, "killed", *args, "resume=auto"))
-    engine.train(tiny_config(tmp_path, "full", *args))
-    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)
-    assert a["step"] == b["step"] == 3 * STEPS_PER_EPOCH
+    engine.train(load_config(None, [*tiny(tmp_path, "killed"), *args, "resume=auto"]))
+    engine.train(load_config(None, [*tiny(tmp_path, "full"), *args]))
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(run_dir / "last.pt")
+    assert a["step"] == b["step"] == 4 * STEPS_PER_EPOCH
     assert_same_state(a["model"], b["model"])
-    assert not (cfg.run_dir / ".lock").exists()
+    assert not (run_dir / ".lock").exists()

@@ -42,7 +42,8 @@ STPP_SETTINGS: dict = {"num_subnets": 3, "kl": "layer", "amplitude": "adaptive",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo); a rerun replaces "
+                        "the runs OUT/ct and OUT/stpp")
     parser.add_argument("--epochs", type=int, default=15, help="training epochs of each run (default: 15)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny smoke-test setting (tiny model, 1 epoch, few images): seconds")
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     runs = {}
     for name, st_settings in (("ct", {"num_subnets": 0}), ("stpp", STPP_SETTINGS)):
         raw = _base_config(args, data_name)
-        raw.update(name=name, st=dict(st_settings))
+        raw.update(name=name, st=dict(st_settings), overwrite=True)
         cfg = config_from_dict(raw)
         print(f"stimulative demo: training {name.upper()} ({cfg.model.name}, {cfg.epochs} epochs, "
               f"{cfg.st.num_subnets} sub-networks/step) -> {cfg.run_dir}", flush=True)
