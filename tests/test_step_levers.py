@@ -146,3 +146,36 @@ def test_stats_cosine_of_subnet_gradient_to_main_gradient():
     main = torch.cat([p.grad.reshape(-1) for p in ref.parameters()])
     expected = float(F.cosine_similarity(total - main, main, dim=0))
     assert step.last_stats["cos_sub"] == [pytest.approx(expected, abs=1e-5)]
+
+
+def test_project_conflicts_removes_the_opposing_component():
+    model, ed = tiny()
+    x, y = batch(8)
+    plain, projected = copy.deepcopy(model), copy.deepcopy(model)
+    # gradients of the main loss alone and of main + sub-networks (same draws: same seeds)
+    st.StimulativeStep(st.ElasticDepth(plain), st.SampleSpace.ordered(ed.full_depths), num_subnets=0)(x, y)
+    g_main = torch.cat([p.grad.reshape(-1) for p in plain.parameters()])
+    plain.zero_grad()
+    opts = dict(num_subnets=3, kl="layer", amplitude="adaptive", seed=0)
+    st.StimulativeStep(st.ElasticDepth(plain), st.SampleSpace.ordered(ed.full_depths, seed=1), **opts)(x, y)
+    g_total = torch.cat([p.grad.reshape(-1) for p in plain.parameters()])
+    step = st.StimulativeStep(st.ElasticDepth(projected), st.SampleSpace.ordered(ed.full_depths, seed=1),
+                              project_conflicts=True, stats_every=1, **opts)
+    step(x, y)
+    got = torch.cat([p.grad.reshape(-1) for p in projected.parameters()])
+    g_sub = g_total - g_main
+    dot = torch.dot(g_sub, g_main)
+    expected = g_main + (g_sub - dot / torch.dot(g_main, g_main) * g_main if dot < 0 else g_sub)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert step.last_stats["projected"] and dot < 0  # this seed draws a conflicting sub-network gradient
+    assert torch.dot(got - g_main, g_main) >= -1e-6 * float(g_main.norm()) ** 2  # never against the main gradient
+
+
+def test_project_conflicts_refuses_distributed_sync():
+    import contextlib
+
+    _, ed = tiny()
+    step = st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths), num_subnets=1, project_conflicts=True,
+                              no_sync=contextlib.nullcontext)
+    with pytest.raises(ValueError, match="project_conflicts"):
+        step(*batch(4))

@@ -113,6 +113,7 @@ def stimulative_step(
     check_finite: bool = True,
     stats: dict | None = None,
     grad_norms: bool = False,
+    project_conflicts: bool = False,
 ) -> dict[str, float]:
     """One stimulative training step: main network + ``num_subnets`` sub-networks, gradients accumulated.
 
@@ -130,6 +131,10 @@ def stimulative_step(
             (``grad_main``, ``grad_sub``: the norm of each backward's own contribution) and the cosine between
             each sub-network's gradient and the main loss's (``cos_sub``: < 0 means the sub-network pulls the
             shared weights against the main objective); costs one copy of the gradients per pass.
+        project_conflicts: when the summed sub-network gradient points against the main loss's gradient
+            (negative dot product), remove that component (PCGrad's projection, Yu et al. 2020,
+            https://arxiv.org/abs/2001.06782): the sub-networks then never undo the main network's descent
+            direction to first order. Needs the whole gradient on one process (not with DDP / ``no_sync``).
 
     Returns:
         ``{"loss", "main", "subnet"}`` as Python floats (for logging).
@@ -158,6 +163,12 @@ def stimulative_step(
 
     if grad_norms and stats is None:
         raise ValueError("grad_norms=True needs a stats dict to write into")
+    project = project_conflicts and n > 0
+    if project and no_sync is not None:
+        raise ValueError("project_conflicts needs the whole gradient on one process; it does not support "
+                         "DistributedDataParallel / no_sync")
+    proj_params = [p for p in ed.model.parameters() if p.requires_grad] if project else []
+    grad_start = _grad_vector(proj_params) if project else None
     params = [p for p in ed.model.parameters() if p.requires_grad] if grad_norms else []
     previous = _grad_vector(params) if grad_norms else None
 
@@ -191,6 +202,7 @@ def stimulative_step(
         if check_finite:
             _check_finite(main, "main network")
         run_backward(main)
+    grad_after_main = _grad_vector(proj_params) if project else None
     teacher = logits.detach()
     del logits, main_logits
     if stats is not None:
@@ -228,8 +240,28 @@ def stimulative_step(
             stats["loss_sub"].append(float(value.detach()))
             if grad_norms:
                 stats["grad_sub"].append(grad_norm_since())
+    if project:
+        dot = _project_out_conflict(proj_params, grad_start, grad_after_main)
+        if stats is not None:
+            stats["projected"] = dot < 0
     main_value = float(main.detach())
     return {"loss": main_value + subnet_total, "main": main_value, "subnet": subnet_total}
+
+
+def _project_out_conflict(params: list[torch.Tensor], start: torch.Tensor, after_main: torch.Tensor) -> float:
+    """Remove from the sub-network gradient its component along -main gradient; returns their dot product."""
+    total = _grad_vector(params)
+    main, sub = after_main - start, total - after_main
+    dot = float(torch.dot(sub, main))
+    if dot < 0:
+        sub = sub - dot / float(torch.dot(main, main)) * main
+        new, offset = start + main + sub, 0
+        for p in params:
+            n = p.numel()
+            if p.grad is not None:
+                p.grad.copy_(new[offset:offset + n].view_as(p.grad).to(p.grad.dtype))
+            offset += n
+    return dot
 
 
 def _check_options(ed: ElasticDepth, space: SampleSpace, num_subnets: int, kl: str, loss: str,
@@ -265,7 +297,7 @@ def _forward_subnet(model: nn.Module, x: torch.Tensor, size: tuple[int, int], fu
 # Options of ``StimulativeStep`` that ``from_config`` reads from a recipe's ``st`` section.
 _CONFIG_FIELDS = ("num_subnets", "kl", "amplitude", "temperature", "kl_weight", "kl_schedule", "start_epoch",
                   "loss", "normalize_main", "min_input_scale", "subnet_fraction", "subnet_every",
-                  "freeze_subnet_bn")
+                  "freeze_subnet_bn", "project_conflicts")
 
 
 @dataclass
@@ -298,6 +330,8 @@ class StimulativeStep:
         subnet_fraction: sub-networks see only the first ``ceil(fraction * batch)`` samples (cost lever).
         subnet_every: train sub-networks on every k-th call only (cost lever; 1 = every step).
         freeze_subnet_bn: sub-network passes do not update BatchNorm running statistics (default True).
+        project_conflicts: remove the part of the sub-network gradient that opposes the main gradient
+            (``stimulative_step``; not with DDP).
         model: the module to call (e.g. the ``DistributedDataParallel`` wrapper); default ``ed.model``.
         criterion: main loss ``criterion(logits, y)``; default cross-entropy (``label_smoothing`` applies).
         label_smoothing: for the default main criterion.
@@ -338,6 +372,7 @@ class StimulativeStep:
     subnet_fraction: float = 1.0
     subnet_every: int = 1
     freeze_subnet_bn: bool = True
+    project_conflicts: bool = False
     model: nn.Module | None = None
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     label_smoothing: float = 0.0
@@ -422,7 +457,7 @@ class StimulativeStep:
             subnet_fraction=self.subnet_fraction, freeze_subnet_bn=self.freeze_subnet_bn, model=self.model,
             criterion=self.criterion, label_smoothing=self.label_smoothing, scaler=self.scaler,
             backward=self.backward, no_sync=self.no_sync, rng=self.rng, check_finite=self.check_finite,
-            stats=stats, grad_norms=want_stats)
+            stats=stats, grad_norms=want_stats, project_conflicts=self.project_conflicts)
         self.last_configs, self.last_sizes = stats["configs"], stats["sizes"]
         self.last_stats = stats if want_stats else None
         return losses

@@ -100,6 +100,7 @@ class STConfig:
     min_input_scale: float = 1.0          # random smaller sub-network inputs (0.43 on ImageNet); 1 = off
     subnet_fraction: float = 1.0          # sub-networks see the first ceil(f * batch) samples (cost lever)
     subnet_every: int = 1                 # sub-networks on every k-th step only (cost lever)
+    project_conflicts: bool = False       # drop the sub-network gradient's component against the main one
     freeze_subnet_bn: bool = True         # sub-network passes don't update BN running stats
 
 
