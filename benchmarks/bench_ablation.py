@@ -53,6 +53,9 @@ R20_PROXY = {
         "stpp_scale1": ("ST++", STPP, ["st.min_input_scale=1.0"]),
         "stpp_n1": ("ST++", STPP, ["st.num_subnets=1"]),
         "stpp_interssr": ("ST++", STPP, ["st.sampling=inter_stage", "st.ranges=[2,2,2]"]),
+        # the instrumented runs show sub-network gradients pointing against the main one (negative cosine):
+        # remove that component (PCGrad projection) and see whether the main network recovers
+        "stpp_proj": ("ST++", STPP, ["st.project_conflicts=true"]),
         "stpp_frac50": ("ST++", STPP, ["st.subnet_fraction=0.5"]),
         "stpp_every2": ("ST++", STPP, ["st.subnet_every=2"]),
     },
@@ -64,7 +67,7 @@ DIGITS_DEMO = {
     "common": ["data.name=digits", "data.input_size=16", "data.padding=2", "batch_size=64", "epochs=15",
                "bn_recal_images=500", "eval_depths=[[1,1,1]]", "data.train_subset=0", "data.test_subset=0"],
     "variants": {k: R20_PROXY["variants"][k] for k in ("ct", "stpp", "stpp_layersg", "stpp_plainkl", "stpp_w1n",
-                                                       "stpp_cosup")},
+                                                       "stpp_cosup", "stpp_proj")},
 }
 PLANS = {"r20_proxy": R20_PROXY, "digits_demo": DIGITS_DEMO}
 
