@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,14 +15,23 @@ import time
 
 import pytest
 from test_cli_train import tiny
+from test_data import make_folder
 from test_engine import STEPS_PER_EPOCH, assert_same_state, tiny_config
 
 import stimulative.train.engine as engine
 from stimulative.io import read_jsonl
-from stimulative.train.checkpoint import build_model, load_checkpoint, peek_checkpoint, run_checkpoint
+from stimulative.train.checkpoint import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    peek_checkpoint,
+    run_checkpoint,
+    save_checkpoint,
+)
 from stimulative.train.config import ConfigError, load_config
 from stimulative.train.optim import build_optimizer, build_scheduler
 from stimulative.train.rundir import RunDirError
+from stimulative.train.state import exported_checkpoint
 
 CONSTANT = ["optim.schedule=constant", "epochs=2"]
 
@@ -40,8 +50,6 @@ def one_epoch(tmp_path_factory):
 
 
 def test_resume_applies_a_new_lr_and_weight_decay_and_says_so(tmp_path, one_epoch, capsys):
-    import shutil
-
     shutil.copytree(one_epoch / "half", tmp_path / "half")
     engine.train(tiny_config(tmp_path, "half", *CONSTANT, "resume=auto", "optim.lr=0.01", "optim.weight_decay=0.001"))
     out = capsys.readouterr().out
@@ -150,3 +158,23 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path):
     assert a["step"] == b["step"] == 4 * STEPS_PER_EPOCH
     assert_same_state(a["model"], b["model"])
     assert not (run_dir / ".lock").exists()
+
+
+def test_resume_refuses_other_data_classes_and_exported_checkpoints(tmp_path):
+    """data.root may move (a free key), but not to data with other classes; an exported network cannot be
+    resumed. Both are one clear error, before the model is loaded."""
+    three = make_folder(tmp_path / "three")
+    two = make_folder(tmp_path / "two")
+    shutil.rmtree(two / "train" / "emu")
+    shutil.rmtree(two / "test" / "emu")
+    data = ["data.name=folder", "data.augment=none", "data.input_size=8", f"data.cache_dir={tmp_path / 'cache'}",
+            "data.workers=1", "batch_size=4", "eval_batch_size=4", "epochs=2", "max_steps=3", "threads=1",
+            "device=cpu", "model.name=cifar_resnet_tiny", f"out_dir={tmp_path}", "name=r"]
+    engine.train(load_config(None, [*data, f"data.root={three}"]))
+    with pytest.raises(ConfigError, match="checkpoint has 3 classes, the data 'folder' has 2"):
+        engine.train(load_config(None, [*data, f"data.root={two}", "resume=auto", "max_steps=0"]))
+    ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
+    exported = save_checkpoint(exported_checkpoint(build_model(load_config(None, data), 3), ckpt["config"], 3,
+                                                   [1, 1, 1]), tmp_path / "exported.pt")
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        engine.train(load_config(None, [*data, "name=e", f"data.root={three}", f"resume={exported}"]))

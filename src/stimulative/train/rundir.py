@@ -212,8 +212,9 @@ def open_run_dir(cfg: Config, device: torch.device | str = "cpu") -> RunStart:
         if source is not None:
             start.checkpoint = load_checkpoint(source, map_location=device)
             saved = SavedRun.of(start.checkpoint)
-            if saved.config is None:
-                raise CheckpointError(f"cannot resume {str(source)!r}: it has no 'config' entry")
+            if saved.config is None or not saved.resumable:
+                raise CheckpointError(f"cannot resume {str(source)!r}: it is not a training checkpoint (an exported "
+                                      "network?); resume from a run's last.pt")
             start.applied = resume_changes(saved.config, cfg, int(saved.epoch or 0), repr(str(source)))
         old = _old_run(run_dir)
         if old is not None and (source is None or source.resolve().parent != run_dir.resolve()):

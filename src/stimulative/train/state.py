@@ -42,6 +42,7 @@ from .optim import start_schedule_at
 __all__ = ["FORMAT", "TrainingState", "SavedRun", "model_weights", "exported_checkpoint"]
 
 FORMAT = "stimulative-v1"
+_RESUMABLE = ("optimizer", "epoch", "step", "rng", "space_rng", "step_rng")
 
 
 @dataclass
@@ -150,6 +151,7 @@ class SavedRun:
     best_acc: float | None
     history: list[dict[str, Any]]
     best: dict[str, int] | None = None   # (epoch, step) that best.pt holds; None: no best yet, or an older format
+    resumable: bool = False              # a training checkpoint (optimizer, step, RNGs), not an exported network
 
     @classmethod
     def of(cls, ckpt: dict[str, Any]) -> SavedRun:
@@ -157,7 +159,7 @@ class SavedRun:
         num_classes = ckpt.get("num_classes")
         return cls(ckpt.get("config"), int(num_classes) if num_classes else None, ckpt.get("depths"),
                    ckpt.get("ema") is not None, ckpt.get("epoch"), ckpt.get("step"), ckpt.get("best_acc"), history,
-                   ckpt.get("best"))
+                   ckpt.get("best"), all(k in ckpt for k in _RESUMABLE))
 
     @property
     def position(self) -> dict[str, int | None]:
