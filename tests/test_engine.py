@@ -130,15 +130,15 @@ def test_training_reduces_loss_with_st(tmp_path):
     assert summary["final"]["train_acc"] > 20  # chance: 10%
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    """NaN images in epoch 2: a clear NonFiniteLossError naming the epoch; last.pt still holds epoch 1."""
+def tamper_training_batches(monkeypatch, tamper) -> None:
+    """Make ``engine.train`` see its training batches through ``tamper(epoch, i, x) -> x`` (0-based)."""
     real_build = engine.build_data
 
-    def build_with_nan(*args, **kwargs):
+    def build_tampered(*args, **kwargs):
         bundle = real_build(*args, **kwargs)
         clean = bundle.train
 
-        class NanInEpoch2:
+        class Tampered:
             def __len__(self):
                 return len(clean)
 
@@ -148,12 +148,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
             def __iter__(self):
                 for i, (x, y) in enumerate(clean):
-                    yield (x * float("nan") if self.epoch == 1 and i == 1 else x), y
+                    yield tamper(self.epoch, i, x), y
 
-        bundle.train = NanInEpoch2()
+        bundle.train = Tampered()
         return bundle
 
-    monkeypatch.setattr(engine, "build_data", build_with_nan)
+    monkeypatch.setattr(engine, "build_data", build_tampered)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    """NaN images in epoch 2: a clear NonFiniteLossError naming the epoch; last.pt still holds epoch 1."""
+    tamper_training_batches(monkeypatch, lambda epoch, i, x: x * float("nan") if epoch == 1 and i == 1 else x)
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 6.*last.pt keeps the last good epoch"):
         engine.train(tiny_config(tmp_path, "nan", "epochs=3", "st.num_subnets=1"))
     ckpt = state(tmp_path / "nan" / "last.pt")

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 from test_cli_train import tiny
-from test_engine import tiny_config
+from test_engine import tamper_training_batches, tiny_config
 
 import stimulative.train.engine as engine
 from stimulative.cli import main
@@ -111,36 +111,20 @@ def test_non_finite_batchnorm_statistics_stop_at_the_step(tmp_path, monkeypatch)
     """BatchNorm running statistics overflow while the (train-mode) loss stays finite: stopped within log_every
     steps, naming the step, not at the end of the epoch."""
     models = []
-    real_build_model, real_build_data = engine.build_model, engine.build_data
+    real_build_model = engine.build_model
 
     def keep_model(*args, **kwargs):
         models.append(real_build_model(*args, **kwargs))
         return models[-1]
 
-    def overflow_at_step_6(*args, **kwargs):
-        bundle = real_build_data(*args, **kwargs)
-        clean = bundle.train
-
-        class Overflowing:
-            def __len__(self):
-                return len(clean)
-
-            def set_epoch(self, epoch):
-                self.epoch = epoch
-                clean.set_epoch(epoch)
-
-            def __iter__(self):
-                for i, batch in enumerate(clean):
-                    if self.epoch == 1 and i == 1:   # step 6 (epoch 2, second batch)
-                        bn = next(m for m in models[0].modules() if isinstance(m, torch.nn.BatchNorm2d))
-                        bn.running_var.fill_(float("inf"))
-                    yield batch
-
-        bundle.train = Overflowing()
-        return bundle
+    def overflow_at_step_6(epoch, i, x):
+        if epoch == 1 and i == 1:   # step 6 (epoch 2, second batch)
+            bn = next(m for m in models[0].modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var.fill_(float("inf"))
+        return x
 
     monkeypatch.setattr(engine, "build_model", keep_model)
-    monkeypatch.setattr(engine, "build_data", overflow_at_step_6)
+    tamper_training_batches(monkeypatch, overflow_at_step_6)
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 6: the weights or BatchNorm statistics"):
         engine.train(tiny_config(tmp_path, "nan", "epochs=2", "log_every=1"))
     assert load_checkpoint(tmp_path / "nan" / "last.pt")["epoch"] == 1
