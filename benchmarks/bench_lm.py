@@ -12,7 +12,8 @@ time, ``resume=auto``). Then:
   (``loafing_lm.{json,csv,png}``);
 * self-speculative decoding on CPU (``stimulative.lm.decode.decode_benchmark``): the CT and the ST model (and
   ST++), the same prompts (evenly spaced over the validation split), greedy: plain tokens/s, and with
-  ``generate(..., assistant_early_exit=k)`` tokens/s, drafted/accepted tokens and the acceptance rate; every
+  ``generate(..., assistant_early_exit=k)`` tokens/s, drafted/accepted tokens and the acceptance rate (the modes
+  interleaved per prompt, 3 passes, speed-up = median time ratio, so a load change hits all modes alike); every
   output must equal plain greedy (the benchmark fails otherwise, after writing its records).
 
 Every finished step writes its record at once to ``benchmarks/results/lm/``: ``<run>.json`` per training run
@@ -192,7 +193,8 @@ def decode(args: argparse.Namespace, results: Path) -> None:
         val = load_lm_data(lm.config, train=False).val
         prompts = prompts_from_tokens(val, args.prompts, args.prompt_tokens)
         t0 = time.perf_counter()
-        result = decode_benchmark(lm.model, prompts, exits=args.exits, max_new_tokens=args.new_tokens)
+        result = decode_benchmark(lm.model, prompts, exits=args.exits, max_new_tokens=args.new_tokens,
+                                  repeats=args.repeats)
         record = {"kind": "decode", "run": key, "method": METHODS[key], "source": str(src), **result,
                   "wall_s": time.perf_counter() - t0, "command": shlex.join(["python", *sys.argv]),
                   "machine": machine_info(args.threads), "load_average_at_end": load_average()}
@@ -221,6 +223,7 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=96, help="prompt + new tokens within the trained context")
     p.add_argument("--exits", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--repeats", type=int, default=3, help="decoding passes per prompt and mode (interleaved)")
     p.add_argument("--results", default=str(REPO / "benchmarks/results/lm"))
     p.add_argument("--work", default=str(REPO / "benchmarks/work/lm"), help="run directories (not in git)")
     p.add_argument("--prefix", default="lm_", help="run directory name prefix")
@@ -228,7 +231,7 @@ def main() -> None:
     p.add_argument("--skip-decode", action="store_true")
     args = p.parse_args()
     if args.quick:
-        args.prompts, args.prompt_tokens, args.new_tokens = 2, 16, 16
+        args.prompts, args.prompt_tokens, args.new_tokens, args.repeats = 2, 16, 16, 1
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     Path(args.work).mkdir(parents=True, exist_ok=True)
