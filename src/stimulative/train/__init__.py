@@ -5,6 +5,8 @@
 * ``optim``: optimizer and LR schedule.
 * ``state``: ``TrainingState`` and the checkpoint layout (the only module that knows it).
 * ``checkpoint``: checkpoint files: atomic save, safe load, ``load_model``.
+* ``resume``: what a resumed run may change (free, applied and refused keys).
+* ``rundir``: the run directory: writable check, lock, fresh vs existing run, leftovers of interrupted writes.
 * ``loop``: ``train_one_epoch`` and ``evaluate_epoch``.
 * ``log``: metrics files, console lines, training curves.
 * ``engine``: ``train(cfg)``, the wiring.
