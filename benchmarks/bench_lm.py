@@ -90,7 +90,8 @@ def command(key: str, spec: dict, args: argparse.Namespace, results: Path) -> li
             *(QUICK if args.quick else []), *args.set, *extra]
 
 
-def run_record(key: str, spec: dict, cmd: list[str], run_dir: Path, seconds: float, args) -> dict:
+def run_record(key: str, spec: dict, cmd: list[str], run_dir: Path, seconds: float, args,
+               load_at_start: list[float] | None = None) -> dict:
     history = read_metrics(run_dir)
     final = history[-1]
     return {"kind": "train", "run": key, "method": spec["method"], "setting": spec["setting"], "seed": args.seed,
@@ -101,7 +102,8 @@ def run_record(key: str, spec: dict, cmd: list[str], run_dir: Path, seconds: flo
             "wall_s": final["wall_s"], "invocation_wall_s": seconds, "tokens_per_s": final["tokens_per_s"],
             "val_tokens": final["val_tokens"], "run_dir": str(run_dir), "recipe": spec["recipe"],
             "command": shlex.join(["python" if c == sys.executable else c for c in cmd]), "history": history,
-            "machine": machine_info(args.threads), "load_average_at_end": load_average()}
+            "machine": {**machine_info(args.threads), "load_average_at_start": load_at_start},
+            "load_average_at_end": load_average()}
 
 
 def train_all(args: argparse.Namespace, results: Path) -> None:
@@ -110,7 +112,7 @@ def train_all(args: argparse.Namespace, results: Path) -> None:
     for k in runs:
         if k not in pending:
             print(f"[{stamp()}] {k}: finished earlier ({results / f'{k}.json'})", flush=True)
-    running: dict[str, tuple[subprocess.Popen, list[str], float]] = {}
+    running: dict[str, tuple[subprocess.Popen, list[str], float, list[float] | None]] = {}
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), TQDM_DISABLE="1")
     failed = []
     while pending or running:
@@ -127,9 +129,9 @@ def train_all(args: argparse.Namespace, results: Path) -> None:
             log.parent.mkdir(parents=True, exist_ok=True)
             print(f"[{stamp()}] start {key}: {shlex.join(cmd)} (log {log})", flush=True)
             running[key] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT),
-                            cmd, time.perf_counter())
+                            cmd, time.perf_counter(), load_average())
         time.sleep(1 if args.quick else 5)
-        for key, (proc, cmd, t0) in list(running.items()):
+        for key, (proc, cmd, t0, load0) in list(running.items()):
             if proc.poll() is None:
                 continue
             del running[key]
@@ -139,7 +141,7 @@ def train_all(args: argparse.Namespace, results: Path) -> None:
                       flush=True)
                 continue
             record = run_record(key, runs[key], cmd, Path(args.work) / f"{args.prefix}{key}", time.perf_counter() - t0,
-                                args)
+                                args, load0)
             write_json(record, results / f"{key}.json")
             print(f"[{stamp()}] done {key}: val loss {record['val_loss']:.4f}, train {record['train_time_s']:.0f}s "
                   f"-> {results / f'{key}.json'}", flush=True)
