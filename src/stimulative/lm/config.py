@@ -14,16 +14,15 @@ ST schedule (``kl_schedule``, ``start_epoch``) runs in fractional epochs of the 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from ..io import atomic_write_text
-from ..train.config import ConfigError, STConfig, apply_overrides
+from ..train.config import _CHOICES as TRAIN_CHOICES
+from ..train.config import ConfigError, STConfig, apply_overrides, fill_dataclass, read_recipe
 
 __all__ = ["LMConfig", "LMModelConfig", "LMDataConfig", "LMOptimConfig", "load_lm_config", "lm_config_from_dict",
            "lm_config_to_dict", "save_lm_config", "is_lm_recipe", "default_eval_depths", "ConfigError"]
@@ -94,51 +93,8 @@ class LMConfig:
         return Path(self.out_dir).expanduser() / self.name
 
 
-_CHOICES = {"task": ("lm",), "model.family": FAMILIES, "optim.name": ("adamw", "sgd"),
-            "optim.schedule": ("cosine", "onecycle", "constant")}
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    if hint is Any:
-        return True
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, typing.get_origin(hint) or hint)
-
-
-def _fill(cls: type, data: Any, prefix: str = "") -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        full = prefix + str(key)
-        if key not in names:
-            raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(sorted(names))}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _fill(hint, value or {}, full + ".")
-            continue
-        if isinstance(value, str) and hint is float:
-            try:
-                value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
-            except ValueError:
-                pass
-        if not _type_ok(value, hint):
-            raise ConfigError(f"config key {full!r} expects {str(hint).replace('typing.', '')}, got {value!r}")
-        if hint is float and isinstance(value, int):
-            value = float(value)
-        if full in _CHOICES and value not in _CHOICES[full]:
-            raise ConfigError(f"config key {full!r} must be one of {', '.join(_CHOICES[full])}, got {value!r}")
-        kwargs[key] = value
-    return cls(**kwargs)
+# the image config's choices (st.*, optim.*) plus the LM's own
+_CHOICES = {**TRAIN_CHOICES, "task": ("lm",), "model.family": FAMILIES}
 
 
 def _validate(cfg: LMConfig) -> None:
@@ -183,7 +139,7 @@ def _validate(cfg: LMConfig) -> None:
 
 def lm_config_from_dict(data: dict | None) -> LMConfig:
     """Build and validate an ``LMConfig`` from a nested dict."""
-    cfg = _fill(LMConfig, dict(data or {}))
+    cfg = fill_dataclass(LMConfig, dict(data or {}), choices=_CHOICES)
     _validate(cfg)
     return cfg
 
@@ -192,32 +148,19 @@ def lm_config_to_dict(cfg: LMConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _read_recipe(path: str | Path) -> dict:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"recipe file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping")
-    return data
-
-
 def is_lm_recipe(path: str | Path | None) -> bool:
     """True when ``path`` is a YAML recipe with ``task: lm`` (what ``stimulative train`` dispatches on)."""
     if path is None or not str(path).endswith((".yaml", ".yml")) or not Path(path).is_file():
         return False
     try:
-        return _read_recipe(path).get("task") == "lm"
+        return read_recipe(path).get("task") == "lm"
     except ConfigError:
         return False
 
 
 def load_lm_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> LMConfig:
     """Read a recipe (or start from the defaults when ``path`` is None) and apply ``key=value`` overrides."""
-    data = _read_recipe(path) if path is not None else {}
+    data = read_recipe(path) if path is not None else {}
     apply_overrides(data, list(overrides))
     return lm_config_from_dict(data)
 
