@@ -70,3 +70,18 @@ def test_readme_results_match_benchmark_json():
     start, end = text.index(make_table.EV_START), text.index(make_table.EV_END) + len(make_table.EV_END)
     assert text[start:end] == make_table.build_evidence(), \
         "README 'When does ST++ help?' is stale: run python benchmarks/make_table.py"
+
+
+def test_readme_and_lm_doc_tables_match_lm_results():
+    # the "Language models" tables in README.md and docs/lm.md are what benchmarks/make_lm_table.py builds
+    import importlib.util
+
+    path = README.parent / "benchmarks" / "make_lm_table.py"
+    spec = importlib.util.spec_from_file_location("make_lm_table", path)
+    make_lm_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_lm_table)
+    expected = make_lm_table.markdown(README.parent / "benchmarks" / "results" / "lm")
+    for doc in (README, README.parent / "docs" / "lm.md"):
+        text = doc.read_text()
+        start = text.index(make_lm_table.START) + len(make_lm_table.START) + 1
+        assert text[start:text.index(make_lm_table.END)] == expected, f"{doc.name}: run make_lm_table.py --write"
