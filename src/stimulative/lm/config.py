@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from ..io import atomic_write_text
-from ..train.config import _CHOICES as TRAIN_CHOICES
-from ..train.config import ConfigError, STConfig, apply_overrides, fill_dataclass, read_recipe
+from ..train.config import CHOICES as TRAIN_CHOICES
+from ..train.config import ConfigError, RunPaths, STConfig, apply_overrides, fill_dataclass, read_recipe
 
 __all__ = ["LMConfig", "LMModelConfig", "LMDataConfig", "LMOptimConfig", "load_lm_config", "lm_config_from_dict",
            "lm_config_to_dict", "save_lm_config", "is_lm_recipe", "default_eval_depths", "ConfigError"]
@@ -66,7 +66,7 @@ class LMOptimConfig:
 
 
 @dataclass
-class LMConfig:
+class LMConfig(RunPaths):
     task: str = "lm"
     name: str = "lm"
     out_dir: str = "runs"                 # the run writes to out_dir/name
@@ -88,9 +88,6 @@ class LMConfig:
     optim: LMOptimConfig = field(default_factory=LMOptimConfig)
     st: STConfig = field(default_factory=STConfig)
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir).expanduser() / self.name
 
 
 # the image config's choices (st.*, optim.*) plus the LM's own

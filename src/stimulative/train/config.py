@@ -24,7 +24,7 @@ from ..io import atomic_write_text
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "OptimConfig", "STConfig", "ConfigError",
     "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config", "read_recipe",
-    "fill_dataclass",
+    "fill_dataclass", "RunPaths", "CHOICES",
 ]
 
 
@@ -104,8 +104,19 @@ class STConfig:
     freeze_subnet_bn: bool = True         # sub-network passes don't update BN running stats
 
 
+class RunPaths:
+    """``run_dir`` = ``out_dir/name`` for every run config (image and language-model runs)."""
+
+    out_dir: str
+    name: str
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir).expanduser() / self.name
+
+
 @dataclass
-class Config:
+class Config(RunPaths):
     name: str = "run"
     out_dir: str = "runs"                 # the run writes to out_dir/name
     epochs: int = 10
@@ -133,13 +144,10 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     st: STConfig = field(default_factory=STConfig)
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir).expanduser() / self.name
 
 
 # The st.* choices are the method's own lists, so a new KL- variant or loss is a valid recipe value at once.
-_CHOICES = {
+CHOICES = {
     "data.name": ("cifar10", "cifar100", "folder", "synthetic", "digits"),
     "data.augment": ("cifar", "imagenet", "none"),
     "optim.name": ("sgd", "adamw"),
@@ -185,7 +193,7 @@ def fill_dataclass(cls: type, data: dict, prefix: str = "", choices: dict[str, t
     config's) is a ``ConfigError`` naming the key. Ints in float fields become floats; YAML's ``1e-4`` strings
     in float fields become numbers. Other configs with the same rules (``stimulative.lm``) can use it too.
     """
-    choices = _CHOICES if choices is None else choices
+    choices = CHOICES if choices is None else choices
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
