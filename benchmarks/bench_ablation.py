@@ -73,7 +73,7 @@ DIGITS_DEMO = {
 }
 # The confirmation of the ablations' winner against CT: the same setting, 3 FRESH seeds (10, 11, 12), not the
 # seeds (0, 1) the winner was chosen on.
-R20_CONFIRM = {**R20_PROXY, "variants": {k: R20_PROXY["variants"][k] for k in ("ct", "stpp_w1n", "stpp_w1n_cosup")}}
+R20_CONFIRM = {**R20_PROXY, "setting": R20_PROXY["setting"] + "; confirmation on fresh seeds", "variants": {k: R20_PROXY["variants"][k] for k in ("ct", "stpp_w1n", "stpp_w1n_cosup")}}
 PLANS = {"r20_proxy": R20_PROXY, "r20_confirm": R20_CONFIRM, "digits_demo": DIGITS_DEMO}
 
 
