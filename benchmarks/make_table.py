@@ -167,8 +167,8 @@ def load_ablation() -> dict[str, list[dict]]:
 def evidence_section(plan: str, records: list[dict]) -> list[str]:
     """One table per plan: every variant with mean ± std over its seeds, deltas to CT and to the ST++ baseline."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded from elsewhere (tests)
-    from bench_ablation import PLANS, STPP  # benchmarks/bench_ablation.py
-    stpp = STPP
+    from bench_ablation import PLANS, STPP, STPP_BASE  # benchmarks/bench_ablation.py
+    stpp, stpp_base = STPP, STPP_BASE
 
     plan_variants = PLANS.get(plan, {}).get("variants", {})
     by_variant: dict[str, list[dict]] = {}
@@ -196,8 +196,9 @@ def evidence_section(plan: str, records: list[dict]) -> list[str]:
     for v, rs in sorted(by_variant.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         m = statistics.mean(acc[v])
         recipe, overrides = plan_variants[v][1:] if v in plan_variants else ("?", [])
-        change = " ".join(f"`{o}`" for o in overrides) if recipe == stpp else f"recipe `{recipe}`"
-        change = change or "— (the baseline: recipe `" + stpp + "`)"
+        own = [o for o in overrides if o not in stpp_base]
+        change = " ".join(f"`{o}`" for o in own) if recipe == stpp else f"recipe `{recipe}`"
+        change = change or "— (the baseline: recipe `" + stpp + "` with " + " ".join(f"`{b}`" for b in stpp_base) + ")"
         small = [r["test_acc_d1-1-1"] for r in rs if r.get("test_acc_d1-1-1") is not None]
         lines.append(
             f"| {v} | {rs[0]['method']} | {change} | {', '.join(str(r['seed']) for r in rs)} | "

@@ -321,7 +321,9 @@ class StimulativeStep:
         kl: logit normalisation before the sub-network loss: "plain" (ST), "layer", "layer_sg" or "l2" (KL-).
         amplitude: KL- amplitude (float or "adaptive": the teacher's per-sample logit std).
         temperature: softmax temperature T (loss multiplied by T^2).
-        kl_weight: lambda, the base coefficient of every sub-network loss.
+        kl_weight: lambda, the base coefficient of every sub-network loss. The paper uses 1 per sub-network;
+            on short CIFAR budgets 1/num_subnets measured better (the sub-network gradients together then weigh
+            as much as one and no longer stall the main network early in training; docs/evidence.md).
         kl_schedule: "constant", "cosine_up" or "cosine_down": lambda per epoch (``set_epoch``).
         start_epoch: first epoch that trains sub-networks (``set_epoch``).
         loss: sub-network loss: "kl" (default), "soft_ce", "ce" (ground truth), "mse", "dkd".
