@@ -70,6 +70,9 @@ R20_PROXY = {
         "stpp_w1n_cosup": stpp("st.kl_weight=0.3333", "st.kl_schedule=cosine_up"),
         "stpp_frac50": stpp("st.subnet_fraction=0.5"),
         "stpp_every2": stpp("st.subnet_every=2"),
+        # cost levers on the winner (lambda = 1/N, the recipes' default now): can its cost be cut?
+        "stpp_w1n_frac50": stpp("st.kl_weight=0.3333", "st.subnet_fraction=0.5"),
+        "stpp_w1n_every2": stpp("st.kl_weight=0.3333", "st.subnet_every=2"),
     },
 }
 # The offline demo's setting (``stimulative demo``: scikit-learn digits, 16 px), for fast instrumented traces of
