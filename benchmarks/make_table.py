@@ -178,7 +178,9 @@ def evidence_section(plan: str, records: list[dict]) -> list[str]:
     ct = statistics.mean(acc["ct"]) if "ct" in acc else None
     base = statistics.mean(acc["stpp"]) if "stpp" in acc else None
     # the example command without this machine's paths
-    example = " ".join(w for w in records[0]["command"].split() if not w.startswith(("out_dir=", "data.root=")))
+    first = min(records, key=lambda r: (list(plan_variants).index(r["variant"])
+                                        if r["variant"] in plan_variants else len(plan_variants), r["seed"]))
+    example = " ".join(w for w in first["command"].split() if not w.startswith(("out_dir=", "data.root=")))
     lines = [
         f"#### {records[0]['setting']}",
         "",
@@ -197,7 +199,8 @@ def evidence_section(plan: str, records: list[dict]) -> list[str]:
         m = statistics.mean(acc[v])
         recipe, overrides = plan_variants[v][1:] if v in plan_variants else ("?", [])
         own = [o for o in overrides if o not in stpp_base]
-        change = " ".join(f"`{o}`" for o in own) if recipe == stpp else f"recipe `{recipe}`"
+        change = " ".join(f"`{o}`" for o in own) if recipe == stpp else \
+            " ".join([f"recipe `{recipe}`", *(f"`{o}`" for o in own)])
         change = change or "— (the baseline: recipe `" + stpp + "` with " + " ".join(f"`{b}`" for b in stpp_base) + ")"
         small = [r["test_acc_d1-1-1"] for r in rs if r.get("test_acc_d1-1-1") is not None]
         lines.append(
@@ -209,7 +212,12 @@ def evidence_section(plan: str, records: list[dict]) -> list[str]:
 
 def build_evidence() -> str:
     plans = load_ablation()
-    parts = [evidence_section(plan, recs) for plan, recs in plans.items()]
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_ablation import PLANS  # the plans' own order: proxy ablation, confirmation, demo setting
+
+    order = list(PLANS)
+    parts = [evidence_section(plan, plans[plan])
+             for plan in sorted(plans, key=lambda p: order.index(p) if p in order else len(order))]
     body = "\n\n".join("\n".join(p) for p in parts) if parts else "_No ablation results yet._"
     return f"{EV_START}\n{GENERATED}\n\n{body}\n\n{EV_END}"
 
