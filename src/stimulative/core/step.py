@@ -111,6 +111,7 @@ def stimulative_step(
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
     rng: random.Random | None = None,
     check_finite: bool = True,
+    draws: list | None = None,
     stats: dict | None = None,
     grad_norms: bool = False,
     project_conflicts: bool = False,
@@ -124,6 +125,8 @@ def stimulative_step(
 
     Args:
         rng: generator of the random input sizes (``random.Random``); a fresh unseeded one if None.
+        draws: if a list is passed, ``(config, size)`` of every sub-network pass is appended (cheap: no
+            extra computation; ``StimulativeStep`` keeps them as ``last_configs``/``last_sizes``).
         stats: if a dict is passed, it is filled with what this step drew and saw: ``configs`` and ``sizes`` of
             the sub-networks, every sub-network loss (``loss_sub``), the mean per-sample logit std of the teacher
             and of every student (``std_main``, ``std_sub``).
@@ -233,6 +236,8 @@ def stimulative_step(
                 _check_finite(value, f"sub-network {config}")
             run_backward(value)
         subnet_total += float(value.detach())
+        if draws is not None:
+            draws.append((config, tuple(size)))
         if stats is not None:
             stats["configs"].append(config)
             stats["sizes"].append(tuple(size))
@@ -449,7 +454,8 @@ class StimulativeStep:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Forward/backward of the main network and the sub-networks; returns float losses for logging."""
         want_stats = self.stats_every > 0 and self.calls % self.stats_every == 0
-        stats: dict = {}
+        stats: dict | None = {} if want_stats else None  # diagnostics cost syncs: only on instrumented steps
+        draws: list = []
         n = self.active_subnets
         self.calls += 1
         losses = stimulative_step(
@@ -459,7 +465,8 @@ class StimulativeStep:
             subnet_fraction=self.subnet_fraction, freeze_subnet_bn=self.freeze_subnet_bn, model=self.model,
             criterion=self.criterion, label_smoothing=self.label_smoothing, scaler=self.scaler,
             backward=self.backward, no_sync=self.no_sync, rng=self.rng, check_finite=self.check_finite,
-            stats=stats, grad_norms=want_stats, project_conflicts=self.project_conflicts)
-        self.last_configs, self.last_sizes = stats["configs"], stats["sizes"]
-        self.last_stats = stats if want_stats else None
+            draws=draws, stats=stats, grad_norms=want_stats, project_conflicts=self.project_conflicts)
+        self.last_configs = [config for config, _ in draws]
+        self.last_sizes = [size for _, size in draws]
+        self.last_stats = stats
         return losses
