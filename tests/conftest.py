@@ -193,3 +193,22 @@ def batch(n: int = 4, size: int = 32, seed: int = 0, dtype=torch.float32) -> tup
     x = torch.randn(n, 3, size, size, generator=g, dtype=dtype)
     y = torch.randint(0, NUM_CLASSES, (n,), generator=g)
     return x, y
+
+
+def groupnorm_tiny() -> nn.Module:
+    """cifar_resnet_tiny (seed 0) with GroupNorm(2, C) for every BatchNorm2d, in train mode.
+
+    GroupNorm is per-sample, so two half batches give the same gradients as the whole batch: the model of the
+    distributed-equality tests (same init on every rank).
+    """
+    torch.manual_seed(0)
+    model = st.create_model("cifar_resnet_tiny", num_classes=NUM_CLASSES)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                gn = nn.GroupNorm(2, child.num_features)
+                with torch.no_grad():
+                    gn.weight.uniform_(0.5, 1.5)
+                    gn.bias.normal_(0, 0.1)
+                setattr(module, name, gn)
+    return model.train()

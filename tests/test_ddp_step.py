@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import NUM_CLASSES, batch
+from conftest import batch, groupnorm_tiny
 from torch import nn
 
 import stimulative as st
@@ -30,19 +30,6 @@ SPACE_SEED = 2
 TIMEOUT_S = 120
 
 
-def make_model() -> nn.Module:
-    """cifar_resnet_tiny with GroupNorm(2, C) instead of every BatchNorm2d (same init on every rank)."""
-    torch.manual_seed(0)
-    model = st.create_model("cifar_resnet_tiny", num_classes=NUM_CLASSES)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.BatchNorm2d):
-                gn = nn.GroupNorm(2, child.num_features)
-                with torch.no_grad():
-                    gn.weight.uniform_(0.5, 1.5)
-                    gn.bias.normal_(0, 0.1)
-                setattr(module, name, gn)
-    return model.train()
 
 
 def make_step(model: nn.Module, ddp: nn.Module | None = None) -> st.StimulativeStep:
@@ -59,7 +46,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     try:
         result = {}
         # find_unused_parameters=False must be refused with a clear error (num_subnets=0 is fine)
-        plain = make_model()
+        plain = groupnorm_tiny()
         ddp_strict = nn.parallel.DistributedDataParallel(plain, find_unused_parameters=False)
         ed = st.ElasticDepth(plain)
         try:
@@ -69,7 +56,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             result["strict_error"] = str(err)
         st.StimulativeStep(ed, st.SampleSpace.for_model(ed), num_subnets=0, model=ddp_strict)
 
-        model = make_model()
+        model = groupnorm_tiny()
         ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
         step = make_step(model, ddp)
         x, y = batch(8, seed=3)
@@ -119,7 +106,7 @@ def test_ddp_step_equals_single_process_on_whole_batch(tmp_path):
         assert result["strict_error"] is not None and "find_unused_parameters=True" in result["strict_error"]
 
     # single process, whole batch, same seeds
-    model = make_model()
+    model = groupnorm_tiny()
     step = make_step(model)
     x, y = batch(8, seed=3)
     step(x, y)

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import NUM_CLASSES, batch, randomize_bn
+from conftest import NUM_CLASSES, batch, groupnorm_tiny, randomize_bn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -135,18 +135,8 @@ def test_script_main_runs_offline(capsys):
 
 
 def gn_model() -> nn.Module:
-    """float64 cifar_resnet_tiny with GroupNorm instead of BatchNorm: two half batches == the whole batch."""
-    torch.manual_seed(0)
-    model = st.create_model("cifar_resnet_tiny", num_classes=NUM_CLASSES)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.BatchNorm2d):
-                gn = nn.GroupNorm(2, child.num_features)
-                with torch.no_grad():
-                    gn.weight.uniform_(0.5, 1.5)
-                    gn.bias.normal_(0, 0.1)
-                setattr(module, name, gn)
-    return model.double()
+    """float64 GroupNorm tiny ResNet: two half batches == the whole batch."""
+    return groupnorm_tiny().double()
 
 
 def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:

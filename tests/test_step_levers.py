@@ -23,6 +23,17 @@ def tiny():
     return model, st.ElasticDepth(model)
 
 
+def flat_grad(model) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def main_gradient(model, x, y) -> torch.Tensor:
+    """The gradient of the main loss alone (a step without sub-networks) of ``model`` on (x, y)."""
+    ed = st.ElasticDepth(model)
+    st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths), num_subnets=0)(x, y)
+    return flat_grad(model)
+
+
 def grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -109,10 +120,8 @@ def test_stats_gradient_norms_are_each_pass_contribution():
     stats = step.last_stats
     assert set(stats) >= {"grad_main", "grad_sub", "std_main", "std_sub", "loss_sub", "configs"}
     assert len(stats["grad_sub"]) == len(stats["std_sub"]) == len(stats["loss_sub"]) == 2
-    total = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-    # main-only gradient of the same weights and batch
-    st.StimulativeStep(st.ElasticDepth(ref), st.SampleSpace.ordered(ed.full_depths), num_subnets=0)(x, y)
-    main = torch.cat([p.grad.reshape(-1) for p in ref.parameters()])
+    total = flat_grad(model)
+    main = main_gradient(ref, x, y)
     assert stats["grad_main"] == pytest.approx(float(main.norm()), rel=1e-5)
     assert stats["grad_sub"][0] > 0 and float(total.norm()) != pytest.approx(stats["grad_main"])
     assert stats["std_main"] == pytest.approx(float(ref(x).detach().std(-1, unbiased=False).mean()), rel=1e-4)
@@ -141,9 +150,8 @@ def test_stats_cosine_of_subnet_gradient_to_main_gradient():
     ref = copy.deepcopy(model)
     step = st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths, seed=0), num_subnets=1, stats_every=1)
     step(x, y)
-    total = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-    st.StimulativeStep(st.ElasticDepth(ref), st.SampleSpace.ordered(ed.full_depths), num_subnets=0)(x, y)
-    main = torch.cat([p.grad.reshape(-1) for p in ref.parameters()])
+    total = flat_grad(model)
+    main = main_gradient(ref, x, y)
     expected = float(F.cosine_similarity(total - main, main, dim=0))
     assert step.last_stats["cos_sub"] == [pytest.approx(expected, abs=1e-5)]
 
@@ -154,15 +162,15 @@ def test_project_conflicts_removes_the_opposing_component():
     plain, projected = copy.deepcopy(model), copy.deepcopy(model)
     # gradients of the main loss alone and of main + sub-networks (same draws: same seeds)
     st.StimulativeStep(st.ElasticDepth(plain), st.SampleSpace.ordered(ed.full_depths), num_subnets=0)(x, y)
-    g_main = torch.cat([p.grad.reshape(-1) for p in plain.parameters()])
+    g_main = flat_grad(plain)
     plain.zero_grad()
     opts = dict(num_subnets=3, kl="layer", amplitude="adaptive", seed=0)
     st.StimulativeStep(st.ElasticDepth(plain), st.SampleSpace.ordered(ed.full_depths, seed=1), **opts)(x, y)
-    g_total = torch.cat([p.grad.reshape(-1) for p in plain.parameters()])
+    g_total = flat_grad(plain)
     step = st.StimulativeStep(st.ElasticDepth(projected), st.SampleSpace.ordered(ed.full_depths, seed=1),
                               project_conflicts=True, stats_every=1, **opts)
     step(x, y)
-    got = torch.cat([p.grad.reshape(-1) for p in projected.parameters()])
+    got = flat_grad(projected)
     g_sub = g_total - g_main
     dot = torch.dot(g_sub, g_main)
     expected = g_main + (g_sub - dot / torch.dot(g_main, g_main) * g_main if dot < 0 else g_sub)
