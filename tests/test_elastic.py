@@ -90,11 +90,24 @@ class TinyCNN(nn.Module):
 @pytest.mark.parametrize("make", [
     lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)),
     TinyCNN,
-    lambda: st.create_model("timm/resnet10t", num_classes=10),  # one block per stage: nothing to skip
-], ids=["sequential", "tiny_cnn", "timm_resnet10t"])
+], ids=["sequential", "tiny_cnn"])
 def test_model_without_residual_stage_is_rejected(make):
     with pytest.raises(ValueError, match="no residual stage"):
         st.ElasticDepth(make())
+
+
+@pytest.mark.parametrize("name", ["timm/resnet10t", "cifar_resnet20"])
+def test_one_block_per_stage_has_one_configuration(name):
+    """A ResNet-8 (or timm's resnet10t) has nothing to skip: one configuration, so it can be trained alone."""
+    kwargs = {"blocks_per_stage": 1} if name.startswith("cifar") else {}
+    model = st.create_model(name, num_classes=10, **kwargs).eval()
+    ed = st.ElasticDepth(model)
+    assert ed.full_depths == ed.min_depths == [1] * ed.num_stages
+    x = torch.randn(2, 3, 32, 32)
+    with ed.depth(ed.full_depths), torch.no_grad():
+        assert torch.equal(model(x), ed.extract(None)(x))
+    with pytest.raises(ValueError, match="outside"):
+        ed.block_modes([0] * ed.num_stages)
 
 
 def test_depth_outside_range_names_valid_depths(r20):

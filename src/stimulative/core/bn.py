@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .droppath import drop_path_paused
+
 __all__ = ["frozen_bn_stats", "recalibrate_bn", "recalibrated", "has_batchnorm"]
 
 
@@ -83,22 +85,23 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, num_images: int = 2000,
 
         it = tqdm(batches, desc="BN re-estimation", leave=False)
     try:
-        for batch in it:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            if seen >= num_images:
-                break
-            x = x[: num_images - seen]
-            # running = (1 - b / (seen + b)) * running + b / (seen + b) * batch: the average over all images
-            # seen, each image weighted alike (momentum=None would weight a short last batch like a full one)
-            for m in bns:
-                m.momentum = x.shape[0] / (seen + x.shape[0])
-            if device is not None:
-                x = x.to(device, non_blocking=True)
-            if forward is None:
-                model(x)
-            else:
-                forward(model, x)
-            seen += x.shape[0]
+        with drop_path_paused(model):  # train mode for BN statistics, but no stochastic depth
+            for batch in it:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                if seen >= num_images:
+                    break
+                x = x[: num_images - seen]
+                # running = (1 - b / (seen + b)) * running + b / (seen + b) * batch: the average over all images
+                # seen, each image weighted alike (momentum=None would weight a short last batch like a full one)
+                for m in bns:
+                    m.momentum = x.shape[0] / (seen + x.shape[0])
+                if device is not None:
+                    x = x.to(device, non_blocking=True)
+                if forward is None:
+                    model(x)
+                else:
+                    forward(model, x)
+                seen += x.shape[0]
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom

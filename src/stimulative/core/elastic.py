@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .droppath import drop_residual
+
 __all__ = ["ElasticDepth", "Stage", "RUN", "SKIP", "BRANCH", "DepthConfig", "find_stages", "parse_depths",
            "format_depths", "gated_subclass"]
 
@@ -171,7 +173,7 @@ def _gated_forward(self, x, *args, **kwargs):
     out = self._st_orig_forward(x, *args, **kwargs)
     if mode == BRANCH:
         return out - x
-    return out
+    return drop_residual(self, x, out)  # stochastic depth / LayerDrop when a rate is set (core.droppath)
 
 
 def gated_subclass(cls: type, forward: Callable, **attrs: Any) -> type:
@@ -233,6 +235,7 @@ class ElasticDepth:
         spec = self._resolve_spec(model, modules, stages)
         skippable = dict(skippable or {})
         self.stages: list[Stage] = []
+        found: list[Stage] = []
         for stage_name, block_names in spec:
             blocks, flags = [], []
             for bname in block_names:
@@ -246,8 +249,12 @@ class ElasticDepth:
                     flag = stages is not None  # manual spec: trust the user; auto: unknown blocks are kept
                 blocks.append(block)
                 flags.append(bool(flag))
+            found.append(Stage(stage_name, blocks, list(block_names), flags))
             if len(blocks) >= 2 and any(flags[1:]):
-                self.stages.append(Stage(stage_name, blocks, list(block_names), flags))
+                self.stages.append(found[-1])
+        if not self.stages and found and all(s.depth == 1 for s in found):
+            # every stage has one block (a ResNet-8): one configuration, the full network, e.g. to train it alone
+            self.stages = found
         if not self.stages:
             raise ValueError(
                 f"{type(model).__name__} has no residual stage with a skippable block (a stage of at least 2 "

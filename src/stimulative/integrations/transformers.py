@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 import stimulative as st
+from stimulative.core.droppath import drop_residual
 
 try:
     import transformers
@@ -151,11 +152,13 @@ def _tuple_len_from_annotation(cls: type) -> int | None:
 def _adapter_forward(self, *args, **kwargs):
     cls = type(self)
     mode = self._st_mode
+    x = args[0] if args else kwargs[cls._st_input_name]
     if mode == st.RUN:
         out = self._st_orig_forward(*args, **kwargs)
         cls._st_tuple_len = len(out) if isinstance(out, tuple) else None  # learn what the caller expects
-        return out
-    x = args[0] if args else kwargs[cls._st_input_name]
+        if isinstance(out, tuple):  # stochastic depth / LayerDrop / LayerSkip when a rate is set
+            return (drop_residual(self, x, out[0]),) + tuple(out[1:])
+        return drop_residual(self, x, out)
     if mode == st.SKIP:
         n = cls._st_tuple_len
         return x if n is None else (x,) + (None,) * (n - 1)

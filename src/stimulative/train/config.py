@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..core.droppath import DROP_PATH_SCHEDULES
 from ..core.losses import KL_NORMS, KL_SCHEDULES, SUBNET_LOSSES
 from ..core.sampling import SAMPLING_KINDS
 from ..io import atomic_write_text
@@ -39,6 +40,8 @@ class ModelConfig:
     pretrained: bool = False
     kwargs: dict = field(default_factory=dict)   # extra builder arguments (e.g. {shortcut: B})
     stages: list | None = None            # manual ElasticDepth stage spec; None = auto-discovery
+    drop_path: float = 0.0                # per-sample drop rate of the residual blocks (0 = off); peers of ST
+    drop_path_schedule: str = "linear"    # linear (stochastic depth, p at the last block) | uniform (LayerDrop)
 
 
 @dataclass
@@ -150,6 +153,7 @@ class Config(RunPaths):
 CHOICES = {
     "data.name": ("cifar10", "cifar100", "folder", "synthetic", "digits"),
     "data.augment": ("cifar", "imagenet", "none"),
+    "model.drop_path_schedule": DROP_PATH_SCHEDULES,
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "onecycle", "constant"),
     "st.sampling": SAMPLING_KINDS,
@@ -265,6 +269,9 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be >= {low}, got {value}")
     if not 0 <= cfg.ema < 1:
         raise ConfigError(f"ema must be in [0, 1) (an EMA decay such as 0.999; 0 = off), got {cfg.ema}")
+    if not 0 <= cfg.model.drop_path < 1:
+        raise ConfigError(f"model.drop_path must be in [0, 1) (e.g. 0.5 for stochastic depth, 0.2 for LayerDrop), "
+                          f"got {cfg.model.drop_path}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.optim.warmup_epochs < 0 or cfg.optim.min_lr < 0 or cfg.optim.clip_grad < 0 or cfg.optim.weight_decay < 0:

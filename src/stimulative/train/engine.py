@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ..core.droppath import set_drop_path
 from ..core.elastic import ElasticDepth
 from ..core.sampling import SampleSpace
 from ..core.step import StimulativeStep
@@ -92,6 +93,11 @@ def _train(cfg: Config, runtime: Runtime, start: RunStart | None) -> dict[str, A
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, num_classes, pretrained=cfg.model.pretrained)
     ed = elastic(model, cfg)
+    if cfg.st.num_subnets and ed.full_depths == ed.min_depths:
+        raise ConfigError(f"model {cfg.model.name!r} has one block per stage ({ed.full_depths}): there is no "
+                          "sub-network to train; use st.num_subnets=0 (CT)")
+    if cfg.model.drop_path:  # stochastic depth / LayerDrop: the peers, alone or combined with ST
+        set_drop_path(ed, cfg.model.drop_path, cfg.model.drop_path_schedule)
     eval_depths = _checked_depths(ed, cfg.eval_depths)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None

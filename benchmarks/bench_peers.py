@@ -1,0 +1,281 @@
+"""Peers side by side (issue 19): ST / ST++ against stochastic depth, LayerDrop and depths trained alone, for the
+main network and for every depth, at equal epochs and at equal time.
+
+Setting: the ``r20_confirm`` setting of bench_ablation.py (CIFAR-10 ResNet-20, 5,000 training images, 2,000 test
+images, 15 epochs, batch 128, one-cycle lr 0.1, BN re-estimated on 1,000 images). Every run goes through
+``stimulative train`` (a shipped recipe + ``key=value`` overrides); when it ends, all 27 depth configurations of
+its last checkpoint are measured with ``stimulative loafing --all`` (BN re-estimated per configuration) and
+their FLOPs counted, and one record is written to ``benchmarks/results/peers/<run>.json`` with ``setting``,
+``method``, ``variant``, ``budget``, ``seed``, ``epochs``, ``test_acc``, ``train_s``, ``depth_acc``,
+``depth_mflops`` and the commands. A run whose record exists is skipped; a run that trained but was not
+measured is measured on the next invocation.
+
+Equal time: ``--measure-times`` times one engine epoch of every cost class (CT, stochastic depth, LayerDrop, ST,
+ST++ and its cheaper variants) on the same synthetic in-memory batches, interleaved and repeated (median), on one
+thread, and writes ``step_times.json``; an equal-time variant trains for ``round(15 * t(ST++) / t(its class))``
+epochs. The ratio, not the wall clock of runs made beside other work, fixes the budget.
+
+    python benchmarks/bench_peers.py --measure-times                 # once, on a quiet machine
+    python benchmarks/bench_peers.py --seeds 0 1 --variants sd05 sd01 ld02 ld01
+    python benchmarks/bench_peers.py --seeds 10 11 12                # every cell of the plan
+    python benchmarks/bench_peers.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_ablation import CT, STPP, finished_epochs, read_metrics  # benchmarks/bench_ablation.py
+from machine import machine_info  # benchmarks/machine.py
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "peers"
+TIMES = RESULTS / "step_times.json"
+ST = "cifar10_resnet20_st"
+EPOCHS = 15
+SETTING = ("CIFAR-10 ResNet-20, 5k-image subset, 15 ep, bs 128, one-cycle lr 0.1, 2k test images, "
+           "BN re-estimated on 1k images")
+COMMON = ["data.train_subset=5000", "data.test_subset=2000", f"epochs={EPOCHS}", "bn_recal_images=1000",
+          "eval_depths=[[1,1,1]]"]
+BN_IMAGES = 1000  # per depth configuration, as the setting's bn_recal_images
+
+
+def sd(p: float) -> list[str]:  # stochastic depth, Huang et al.: 0 -> p over the blocks
+    return [f"model.drop_path={p}", "model.drop_path_schedule=linear"]
+
+
+def ld(p: float) -> list[str]:  # LayerDrop, Fan et al.: one rate for every block
+    return [f"model.drop_path={p}", "model.drop_path_schedule=uniform"]
+
+
+def alone(d: int) -> list[str]:  # the depth (d, d, d) trained alone with CT
+    return [f"model.kwargs={{blocks_per_stage: [{d}, {d}, {d}]}}"]
+
+
+# cost classes: what one epoch costs (measured by --measure-times); an equal-time variant names its class
+COST = {
+    "CT": (CT, []), "SD": (CT, sd(0.5)), "LD": (CT, ld(0.2)), "ST": (ST, []), "ST++": (STPP, []),
+    "ST++ frac50": (STPP, ["st.subnet_fraction=0.5"]), "ST++ every2": (STPP, ["st.subnet_every=2"]),
+    "ST++ SD": (STPP, sd(0.5)),
+}
+# name: (method, recipe, overrides, budget, cost class or None for equal epochs)
+VARIANTS: dict[str, tuple[str, str, list[str], str, str | None]] = {
+    "ct": ("CT", CT, [], "equal epochs", None),
+    "sd05": ("stochastic depth", CT, sd(0.5), "equal epochs", None),
+    "sd01": ("stochastic depth", CT, sd(0.1), "equal epochs", None),
+    "ld02": ("LayerDrop", CT, ld(0.2), "equal epochs", None),
+    "ld01": ("LayerDrop", CT, ld(0.1), "equal epochs", None),
+    "st": ("ST", ST, [], "equal epochs", None),
+    "stpp": ("ST++", STPP, [], "equal epochs", None),
+    "alone8": ("alone", CT, alone(1), "equal epochs", None),
+    "alone14": ("alone", CT, alone(2), "equal epochs", None),
+    # given ST++'s time
+    "ct_time": ("CT", CT, [], "equal time", "CT"),
+    "sd05_time": ("stochastic depth", CT, sd(0.5), "equal time", "SD"),
+    "sd01_time": ("stochastic depth", CT, sd(0.1), "equal time", "SD"),
+    "ld02_time": ("LayerDrop", CT, ld(0.2), "equal time", "LD"),
+    "ld01_time": ("LayerDrop", CT, ld(0.1), "equal time", "LD"),
+    # ST's best chances at equal time: combined with stochastic depth, and with a cost lever
+    "stpp_sd_time": ("ST++", STPP, sd(0.5), "equal time", "ST++ SD"),
+    "stpp_frac50_time": ("ST++", STPP, ["st.subnet_fraction=0.5"], "equal time", "ST++ frac50"),
+    "stpp_every2_time": ("ST++", STPP, ["st.subnet_every=2"], "equal time", "ST++ every2"),
+}
+# seeds 0-1 choose each peer's rate and ST++'s cost lever (as lambda = 1/N was chosen); 10-12 are the claim
+TUNING = ["sd05", "sd01", "ld02", "ld01", "stpp_frac50_time", "stpp_every2_time"]
+
+
+def time_ratios() -> dict[str, float]:
+    """t(ST++) / t(class) from step_times.json (the epochs multiplier of an equal-time variant)."""
+    if not TIMES.exists():
+        sys.exit(f"{TIMES.relative_to(REPO)} is missing: run python benchmarks/bench_peers.py --measure-times first")
+    times = json.loads(TIMES.read_text())["epoch_s"]
+    return {k: times["ST++"] / v for k, v in times.items()}
+
+
+def variant_epochs(cost: str | None) -> tuple[int, float | None]:
+    if cost is None:
+        return EPOCHS, None
+    ratio = time_ratios()[cost]
+    return max(1, round(EPOCHS * ratio)), round(ratio, 3)
+
+
+def train_command(variant: str, name: str, seed: int, args: argparse.Namespace) -> list[str]:
+    _, recipe, overrides, _, cost = VARIANTS[variant]
+    epochs, _ = variant_epochs(cost)
+    return [sys.executable, "-m", "stimulative", "train", str(REPO / "recipes" / f"{recipe}.yaml"), f"name={name}",
+            f"out_dir={args.runs}", f"data.root={args.data}", *COMMON, *overrides, f"epochs={epochs}",
+            f"seed={seed}", f"threads={args.threads}", "device=cpu", "eval_every=1000"]
+
+
+def eval_command(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "stimulative", "loafing", str(run_dir / "last.pt"), "--all", "--bn-recal",
+            str(BN_IMAGES), "--out", str(run_dir / "depths"), "--no-progress"]
+
+
+def shown(cmd: list[str]) -> str:
+    text = " ".join(["stimulative", *cmd[3:]]) if cmd[0] == sys.executable else " ".join(cmd)
+    return text.replace(str(REPO) + "/", "")
+
+
+_FLOPS: dict[tuple, float] = {}
+
+
+def depth_mflops(run_dir: Path, configs: list[str]) -> dict[str, float]:
+    """MFLOPs of each configuration (convolutions and matmuls, 2 per MAC) of the run's model, 32 px input."""
+    from stimulative.deploy.pareto import count_flops
+    from stimulative.train.checkpoint import load_model
+
+    loaded = load_model(run_dir / "last.pt")
+    key = (type(loaded.model).__name__, tuple(loaded.ed.full_depths))
+    out = {}
+    for c in configs:
+        if (key, c) not in _FLOPS:
+            _FLOPS[(key, c)] = count_flops(loaded.ed.extract([int(v) for v in c.split(",")]), 32) / 1e6
+        out[c] = round(_FLOPS[(key, c)], 3)
+    return out
+
+
+def write_record(variant: str, seed: int, name: str, args: argparse.Namespace, train_cmd: list[str]) -> dict:
+    run_dir = Path(args.runs) / name
+    records = read_metrics(run_dir)
+    final = records[-1]
+    depths = json.loads((run_dir / "depths" / "loafing.json").read_text())
+    rows = [r for r in depths["rows"] if r["kind"] == "inside"]
+    method, _, _, budget, cost = VARIANTS[variant]
+    epochs, ratio = variant_epochs(cost)
+    rec = {
+        "setting": SETTING, "variant": variant, "method": method, "budget": budget, "seed": seed,
+        "epochs": final["epoch"], "time_ratio": ratio, "test_acc": final["test_acc"],
+        "train_s": round(sum(r["epoch_time_s"] for r in records), 1),
+        "depth_acc": {r["depths"]: r["acc_bn"] for r in rows},
+        "depth_acc_own_bn": {r["depths"]: r["acc"] for r in rows},
+        "depth_mflops": depth_mflops(run_dir, [r["depths"] for r in rows]),
+        "command": shown(train_cmd), "eval_command": shown(eval_command(run_dir)),
+        "machine": machine_info(args.threads), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    assert rec["epochs"] == epochs, (name, rec["epochs"], epochs)
+    path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rec, indent=2) + "\n")
+    tmp.replace(path)
+    return rec
+
+
+def measure_times(args: argparse.Namespace) -> None:
+    """One engine epoch per cost class on synthetic in-memory batches, interleaved, median of --repeats."""
+    import torch
+
+    from stimulative.train import train
+    from stimulative.train.config import load_config
+
+    torch.set_num_threads(args.threads)
+    os.environ["TQDM_DISABLE"] = "1"
+    tmp = tempfile.mkdtemp(prefix="bench_peers_")
+
+    def epoch(cls: str, images: int) -> float:
+        recipe, overrides = COST[cls]
+        cfg = load_config(REPO / "recipes" / f"{recipe}.yaml", [
+            *overrides, "data.name=synthetic", f"data.train_subset={images}", "data.test_subset=128", "epochs=1",
+            "eval_depths=[]", "bn_recal_images=0", "device=cpu", f"threads={args.threads}", f"out_dir={tmp}",
+            f"name=t{time.monotonic_ns()}"])
+        return float(train(cfg)["final"]["epoch_time_s"])
+
+    for cls in COST:  # untimed warm-up of every code path
+        epoch(cls, 256)
+    times: dict[str, list[float]] = {c: [] for c in COST}
+    for r in range(args.repeats):
+        for cls in COST:
+            times[cls].append(epoch(cls, args.images))
+            print(f"repeat {r + 1}/{args.repeats} {cls:<12} {times[cls][-1]:6.2f} s", flush=True)
+    med = {c: statistics.median(v) for c, v in times.items()}
+    out = {"command": "python benchmarks/bench_peers.py --measure-times " + " ".join(sys.argv[2:]),
+           "images_per_epoch": args.images, "batch_size": 128, "threads": args.threads,
+           "epoch_s": {c: round(v, 3) for c, v in med.items()},
+           "epoch_s_all_repeats": {c: [round(x, 3) for x in v] for c, v in times.items()},
+           "cost_x_ct": {c: round(v / med["CT"], 3) for c, v in med.items()},
+           "equal_time_epochs": {c: max(1, round(EPOCHS * med["ST++"] / v)) for c, v in med.items()},
+           "machine": machine_info(args.threads), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    TIMES.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out["cost_x_ct"]), "\n", json.dumps(out["equal_time_epochs"]), f"\n-> {TIMES}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", help="variants to run (default: all but the seed-0/1 tuning ones)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12])
+    p.add_argument("--data", default=str(REPO.parent / "shared/datasets/cifar10-jpeg.tar.xz"))
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", default=str(REPO / "benchmarks" / "runs" / "peers"))
+    p.add_argument("--list", action="store_true", help="print the variants")
+    p.add_argument("--measure-times", action="store_true", help="measure the epoch time of every cost class")
+    p.add_argument("--repeats", type=int, default=3, help="--measure-times: interleaved repeats")
+    p.add_argument("--images", type=int, default=1280, help="--measure-times: images per timed epoch")
+    args = p.parse_args()
+    if args.list:
+        for v, (method, recipe, ov, budget, _) in VARIANTS.items():
+            print(f"  {v:<18}{method:<18}{budget:<14}{recipe} {' '.join(ov)}")
+        return
+    if args.measure_times:
+        measure_times(args)
+        return
+    if not Path(args.data).expanduser().exists():
+        sys.exit(f"--data {args.data!r} does not exist (give the CIFAR-10 archive or folder)")
+    variants = args.variants or [v for v in VARIANTS if v not in TUNING]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
+    Path(args.runs).mkdir(parents=True, exist_ok=True)
+    queue = []
+    for seed in args.seeds:  # seed-major: every variant gets one seed before any gets two
+        for v in variants:
+            name = f"peers_{v}_s{seed}"
+            if not (RESULTS / f"{name}.json").exists():
+                queue.append((v, seed, name))
+    print(f"{len(queue)} runs to make ({args.jobs} at a time)", flush=True)
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    running: dict[str, tuple] = {}
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            v, seed, name = queue.pop(0)
+            run_dir = Path(args.runs) / name
+            cmd = train_command(v, name, seed, args)
+            epochs = variant_epochs(VARIANTS[v][4])[0]
+            stage = "eval" if finished_epochs(run_dir) == epochs else "train"
+            if stage == "train" and run_dir.exists():
+                cmd.append("resume=auto")  # an interrupted run continues
+            todo = [cmd, eval_command(run_dir)] if stage == "train" else [eval_command(run_dir)]
+            log = Path(args.runs) / f"{name}.log"
+            script = " && ".join(" ".join(f"'{c}'" for c in t) for t in todo)
+            print(f"[{time.strftime('%H:%M:%S')}] start {name} ({stage}, {epochs} epochs)", flush=True)
+            proc = subprocess.Popen(["bash", "-c", script], stdout=open(log, "a"), stderr=subprocess.STDOUT,
+                                    env=env)
+            running[name] = (proc, v, seed, train_command(v, name, seed, args), log)
+        time.sleep(5)
+        for name, (proc, v, seed, cmd, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            if proc.returncode:
+                tail = "\n".join(log.read_text().splitlines()[-8:])
+                print(f"[{time.strftime('%H:%M:%S')}] FAILED {name} (exit {proc.returncode}):\n{tail}", flush=True)
+                continue
+            rec = write_record(v, seed, name, args, cmd)
+            small = rec["depth_acc"].get("1,1,1")
+            print(f"[{time.strftime('%H:%M:%S')}] done  {name}: test {rec['test_acc']:.2f}% (1,1,1) {small}, "
+                  f"{rec['train_s']:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

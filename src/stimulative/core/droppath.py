@@ -1,0 +1,114 @@
+"""Stochastic depth and LayerDrop on the residual blocks that ``ElasticDepth`` found.
+
+The peers of stimulative training: per sample, a block's residual increment ``block(x) - x`` is dropped with
+probability ``p_l`` during training (the sample goes through the identity path) and scaled by ``1 / (1 - p_l)``
+when kept, so the eval-mode network is the plain one. The drop itself is torchvision's
+``torchvision.ops.stochastic_depth(..., mode="row")``; this module only chooses the rates.
+
+Schedules over the ``L`` blocks of the elastic stages in network order (block ``l = 1..L``):
+
+* ``linear`` -- stochastic depth (Huang et al. 2016, https://arxiv.org/abs/1603.09382): ``p_l = p * l / L``,
+  rising to ``p`` at the last block (the paper's ``p_L = 0.5``);
+* ``uniform`` -- LayerDrop (Fan et al. 2019, https://arxiv.org/abs/1909.11556): ``p_l = p`` for every block
+  (the paper's ``p = 0.2``);
+* ``exponential`` -- LayerSkip's depth curve (Elhoushi et al. 2024, https://arxiv.org/abs/2404.16710):
+  ``p_l = p * (exp((l - 1) * ln 2 / (L - 1)) - 1)``, 0 at the first block and ``p`` at the last.
+
+Blocks that cannot be skipped (they change shape) keep their place in the count but are never dropped.
+BatchNorm re-estimation (``recalibrate_bn``) runs in train mode and pauses the drops (``drop_path_paused``).
+
+Example:
+    >>> import torch, stimulative as st
+    >>> from stimulative.core.droppath import set_drop_path
+    >>> model = st.create_model("cifar_resnet20", num_classes=10)
+    >>> ed = st.ElasticDepth(model)
+    >>> rates = set_drop_path(ed, 0.5, "linear")       # stochastic depth with p_L = 0.5
+    >>> [round(r, 3) for r in rates][:3]
+    [0.056, 0.111, 0.167]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+from torchvision.ops import stochastic_depth
+
+__all__ = ["DROP_PATH_SCHEDULES", "drop_path_rates", "set_drop_path", "drop_path_paused", "drop_residual"]
+
+DROP_PATH_SCHEDULES = ("linear", "uniform", "exponential")
+
+
+def drop_path_rates(num_blocks: int, p: float, schedule: str = "linear") -> list[float]:
+    """The drop probability of each of ``num_blocks`` blocks in network order (see the module docstring).
+
+    Args:
+        num_blocks: number of blocks ``L``.
+        p: the largest rate (``linear``/``exponential``: the last block's; ``uniform``: every block's), in [0, 1).
+        schedule: ``linear`` (stochastic depth), ``uniform`` (LayerDrop) or ``exponential`` (LayerSkip).
+    """
+    if schedule not in DROP_PATH_SCHEDULES:
+        raise ValueError(f"drop-path schedule {schedule!r} is not one of {', '.join(DROP_PATH_SCHEDULES)}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"drop-path rate must be in [0, 1), got {p}")
+    n = int(num_blocks)
+    if schedule == "uniform":
+        return [float(p)] * n
+    if schedule == "linear":
+        return [p * (i + 1) / n for i in range(n)]
+    if n == 1:
+        return [float(p)]
+    return [p * (math.exp(i * math.log(2) / (n - 1)) - 1.0) for i in range(n)]
+
+
+def _blocks(ed) -> list[tuple[nn.Module, bool]]:
+    return [(b, flag) for stage in ed.stages for b, flag in zip(stage.blocks, stage.skippable)]
+
+
+def set_drop_path(ed, p: float, schedule: str = "linear", rates: Sequence[float] | None = None) -> list[float]:
+    """Set the per-sample drop rate of every skippable block of an ``ElasticDepth`` (``p = 0`` turns it off).
+
+    Args:
+        ed: the model's ``ElasticDepth`` (its stages give the blocks and their order).
+        p: the schedule's largest rate.
+        schedule: ``linear``, ``uniform`` or ``exponential``.
+        rates: explicit per-block rates instead of ``p``/``schedule`` (one per block of ``ed``'s stages).
+
+    Returns:
+        The rate of every block in network order (0 for blocks that cannot be skipped).
+    """
+    blocks = _blocks(ed)
+    if rates is None:
+        rates = drop_path_rates(len(blocks), p, schedule)
+    elif len(rates) != len(blocks):
+        raise ValueError(f"rates has {len(rates)} entries but the model has {len(blocks)} blocks")
+    out = []
+    for (block, flag), r in zip(blocks, rates):
+        r = float(r) if flag else 0.0
+        block._st_drop = r
+        out.append(r)
+    return out
+
+
+@contextlib.contextmanager
+def drop_path_paused(model: nn.Module) -> Iterator[None]:
+    """Inside, no block of ``model`` drops its residual (BatchNorm re-estimation runs in train mode)."""
+    saved = [(m, m.__dict__["_st_drop"]) for m in model.modules() if m.__dict__.get("_st_drop")]
+    for m, _ in saved:
+        m._st_drop = 0.0
+    try:
+        yield
+    finally:
+        for m, r in saved:
+            m._st_drop = r
+
+
+def drop_residual(block: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` with the block's residual increment dropped per sample at the block's rate (training only)."""
+    p = block.__dict__.get("_st_drop", 0.0)
+    if not p or not block.training:
+        return out
+    return x + stochastic_depth(out - x, p, mode="row", training=True)

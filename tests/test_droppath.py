@@ -1,0 +1,153 @@
+"""Stochastic depth and LayerDrop (core.droppath): the schedules, the measured drop fraction of every block, identity
+at eval, determinism under a seed, BN re-estimation without drops, the recipe keys, and exact resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_engine import STEPS_PER_EPOCH, assert_same_state, tiny_config
+
+import stimulative as st
+import stimulative.train.engine as engine
+from stimulative.core.droppath import drop_path_paused, drop_path_rates, set_drop_path
+from stimulative.train.checkpoint import load_checkpoint
+from stimulative.train.config import ConfigError
+
+torch.set_num_threads(1)
+
+
+def test_schedules():
+    assert drop_path_rates(4, 0.5, "linear") == pytest.approx([0.125, 0.25, 0.375, 0.5])  # Huang et al.: p_l = p l/L
+    assert drop_path_rates(3, 0.2, "uniform") == [0.2, 0.2, 0.2]                           # LayerDrop
+    exp = drop_path_rates(5, 0.1, "exponential")                                          # LayerSkip's D(l)
+    assert exp[0] == 0.0 and exp[-1] == pytest.approx(0.1)
+    assert exp[2] == pytest.approx(0.1 * (math.sqrt(2) - 1))
+    assert all(a < b for a, b in zip(exp, exp[1:]))
+
+
+@pytest.mark.parametrize("bad", [dict(schedule="cosine"), dict(p=1.0), dict(p=-0.1)])
+def test_bad_schedule_or_rate_is_refused(bad):
+    kwargs = {"num_blocks": 3, "p": 0.2, "schedule": "linear", **bad}
+    with pytest.raises(ValueError, match="linear" if "schedule" in bad else "rate"):
+        drop_path_rates(**kwargs)
+
+
+def _tiny():
+    torch.manual_seed(0)
+    model = st.create_model("cifar_resnet_tiny", num_classes=10)
+    return model, st.ElasticDepth(model)
+
+
+def test_measured_drop_fraction_matches_the_schedule():
+    """A dropped sample leaves its block unchanged (output == input); count them per block over 3,000 samples."""
+    model, ed = _tiny()
+    rates = set_drop_path(ed, 0.6, "linear")
+    blocks = [b for s in ed.stages for b in s.blocks]
+    seen: dict[int, float] = {}
+
+    def hook(i):
+        def fn(module, inputs, out):
+            x = inputs[0]
+            same = (out == x).flatten(1).all(1) if out.shape == x.shape else torch.zeros(len(x), dtype=torch.bool)
+            seen[i] = same.float().mean().item()
+        return fn
+
+    handles = [b.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
+    model.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model(torch.randn(3000, 3, 16, 16))
+    for h in handles:
+        h.remove()
+    for i, rate in enumerate(rates):
+        tol = 4 * math.sqrt(max(rate * (1 - rate), 0.01) / 3000)
+        assert seen[i] == pytest.approx(rate, abs=tol), (i, seen[i], rate)
+    assert rates[2] == 0.0  # the first block of stage 2 changes shape: never dropped
+    assert max(rates) == pytest.approx(0.6)
+
+
+def test_identity_at_eval_and_deterministic_under_a_seed():
+    model, ed = _tiny()
+    x = torch.randn(16, 3, 16, 16)
+    model.eval()
+    plain = model(x)
+    set_drop_path(ed, 0.5, "uniform")
+    assert torch.equal(model(x), plain)  # eval mode: the plain network
+    model.train()
+    outs = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(seed)
+        with torch.no_grad(), st.frozen_bn_stats(model):
+            outs.append(model(x))
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], outs[2])
+    set_drop_path(ed, 0.0)
+    with torch.no_grad(), st.frozen_bn_stats(model):
+        assert torch.allclose(model(x), model(x))  # rate 0: no randomness left
+
+
+def test_bn_reestimation_and_gradients_with_drops():
+    model, ed = _tiny()
+    batches = [torch.randn(32, 3, 16, 16) for _ in range(2)]
+    st.recalibrate_bn(model, batches, 64)
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    set_drop_path(ed, 0.5, "uniform")
+    st.recalibrate_bn(model, batches, 64)  # drops paused: the same statistics
+    assert_same_state(want, model.state_dict())
+    with drop_path_paused(model):
+        assert all(b.__dict__.get("_st_drop", 0.0) == 0.0 for b in model.modules())
+    assert ed.stages[0].blocks[1]._st_drop == 0.5  # restored
+    model.train()
+    torch.manual_seed(0)
+    model(batches[0]).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())  # dropped samples still reach every block
+
+
+def test_hf_layers_drop_in_train_mode_only():
+    transformers = pytest.importorskip("transformers")
+    from stimulative.integrations.transformers import elastic_depth
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    hf = transformers.LlamaForCausalLM(cfg)
+    ed = elastic_depth(hf)
+    ids = torch.randint(0, 64, (64, 5))
+    hf.eval()
+    with torch.no_grad():
+        plain = ed.model(ids, use_cache=False)
+        set_drop_path(ed, 0.99, "uniform")
+        assert torch.equal(ed.model(ids, use_cache=False), plain)
+        hf.train()
+        with ed.depth([(1, 1, 1, 1)]):
+            # every layer dropped for almost every sample: the logits are the embeddings' through norm + head
+            dropped = ed.model(ids, use_cache=False)
+        with ed.depth([(1, 0, 0, 0)]), drop_path_paused(hf):
+            hf.eval()
+            first_only = ed.model(ids, use_cache=False)
+    assert not torch.allclose(dropped, plain)
+    assert not torch.allclose(dropped, first_only)  # at 0.99 some layer still runs for some sample, not all
+
+
+def test_recipe_keys_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="model.drop_path"):
+        tiny_config(tmp_path, "x", "model.drop_path=1.5")
+    with pytest.raises(ConfigError, match="model.drop_path_schedule"):
+        tiny_config(tmp_path, "x", "model.drop_path_schedule=cosine")
+
+
+DROP = ["model.drop_path=0.5", "st.num_subnets=1", "bn_recal_images=32", "eval_depths=[[1,1,1]]"]
+
+
+def test_engine_uses_the_rates_and_resume_is_exact(tmp_path):
+    engine.train(tiny_config(tmp_path, "full", "epochs=2", *DROP))
+    engine.train(tiny_config(tmp_path, "plain", "epochs=2", *DROP[1:]))
+    cut = STEPS_PER_EPOCH + 2
+    engine.train(tiny_config(tmp_path, "cut", "epochs=2", f"max_steps={cut}", *DROP))
+    engine.train(tiny_config(tmp_path, "cut", "epochs=2", "resume=auto", *DROP))
+    full, cut_ = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert_same_state(full["model"], cut_["model"])
+    plain = load_checkpoint(tmp_path / "plain" / "last.pt")
+    assert not torch.equal(full["model"]["conv1.weight"], plain["model"]["conv1.weight"])  # the drops acted
