@@ -54,7 +54,7 @@ def test_recipe_model_space_and_eval_depths_fit(recipe):
     import torch
 
     import stimulative as st
-    from stimulative.train.checkpoint import build_model
+    from stimulative.train.model import build_model
 
     cfg = load_config(recipe)
     torch.manual_seed(0)

@@ -23,8 +23,9 @@ import torch
 
 import stimulative.train.engine as engine
 from stimulative.io import read_jsonl as read_metrics
-from stimulative.train.checkpoint import build_model, load_checkpoint
+from stimulative.train.checkpoint import load_checkpoint
 from stimulative.train.config import load_config
+from stimulative.train.model import build_model
 
 VIT = "{img_size: 16, patch_size: 4, depth: 3, embed_dim: 32, num_heads: 2}"
 

@@ -22,13 +22,13 @@ import stimulative.train.engine as engine
 from stimulative.io import read_jsonl
 from stimulative.train.checkpoint import (
     CheckpointError,
-    build_model,
     load_checkpoint,
     peek_checkpoint,
     run_checkpoint,
     save_checkpoint,
 )
 from stimulative.train.config import ConfigError, load_config
+from stimulative.train.model import build_model
 from stimulative.train.optim import build_optimizer, build_scheduler
 from stimulative.train.rundir import RunDirError
 from stimulative.train.state import exported_checkpoint

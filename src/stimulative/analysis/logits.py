@@ -135,7 +135,8 @@ def write_logits(result: dict, out: str | Path) -> list[Path]:
     out = Path(out)
     colors = run_colors(list(result["settings"]["checkpoints"]))
     return [write_json(result, out / "logits.json"), write_csv(result["rows"], out / "logits.csv", COLUMNS),
-            plot_logits(result["rows"], out / "logits.png", colors=colors)]
+            plot_logits(result["rows"], result.get("by_blocks") or norms_by_blocks(result["rows"]), out / "logits.png",
+                        colors=colors)]
 
 
 def logits_table(grouped: Sequence[dict]) -> str:

@@ -1,5 +1,8 @@
 """Figures of the analyses, drawn from the same rows that are written to JSON/CSV.
 
+Plots take data, the analyses compute it: every function here gets its rows ready-made (``plot_logits`` both the
+per-config rows and ``logits.norms_by_blocks`` of them) and imports no analysis module.
+
 Matplotlib's object API (``matplotlib.figure.Figure``) is used, not pyplot, so nothing depends on a display or
 on global backend state. Every function writes one PNG and returns its path. The training curves are drawn by
 ``stimulative.train.log.plot_training_curves`` (the same figure for one run and for a report).
@@ -85,16 +88,16 @@ def plot_loafing(rows: Sequence[dict], path: str | Path, bn_images: int = 0, cha
     return _save(fig, path)
 
 
-def plot_logits(rows: Sequence[dict], path: str | Path, colors: dict[str, str] | None = None) -> Path:
+def plot_logits(rows: Sequence[dict], grouped: Sequence[dict], path: str | Path,
+                colors: dict[str, str] | None = None) -> Path:
     """Mean logit L2 norm vs number of blocks (absolute and relative to the full network), runs overlaid.
 
     Args:
-        rows: per-config logit rows (``run``, ``num_blocks``, ``norm_mean``, ``norm_std``).
+        rows: per-config logit rows (``run``, ``num_blocks``, ``norm_mean``, ``norm_std``): the faint dots.
+        grouped: the same rows averaged per number of blocks (``logits.norms_by_blocks(rows)``: ``run``,
+            ``num_blocks``, ``norm_mean``, ``norm_std``, ``relative``): the lines.
         path: PNG to write.
     """
-    from .logits import norms_by_blocks
-
-    grouped = norms_by_blocks(rows)
     colors = colors or run_colors([r["run"] for r in rows])
     fig = Figure(figsize=(12, 4.6), layout="constrained")
     ax_abs, ax_rel = fig.subplots(1, 2)

@@ -30,7 +30,7 @@ from ..train.log import SUBNET_METRIC_PREFIX, plot_training_curves, run_colors, 
 from ..train.state import SavedRun
 from .erf import erf_analysis, write_erf
 from .loafing import loafing_analysis, write_loafing
-from .logits import logits_analysis, write_logits
+from .logits import logits_analysis, norms_by_blocks, write_logits
 from .plots import plot_erf, plot_loafing, plot_logits
 
 __all__ = ["RunRecord", "read_run", "read_runs", "config_diff", "final_accuracy_rows", "find_analyses", "write_report",
@@ -368,11 +368,9 @@ def _loafing_finding(summaries: Sequence[dict]) -> str:
 
 
 def _logits_section(data: dict, out: Path, colors: dict[str, str]) -> _Section:
-    from .logits import norms_by_blocks
-
-    png = plot_logits(data["rows"], out / "logits.png", colors=colors)
-    fig_html, fig_md = _figure(png, "logit norms", CAPTIONS["logits"])
     grouped = norms_by_blocks(data["rows"])
+    png = plot_logits(data["rows"], grouped, out / "logits.png", colors=colors)
+    fig_html, fig_md = _figure(png, "logit norms", CAPTIONS["logits"])
     runs = list(dict.fromkeys(g["run"] for g in grouped))
     blocks = sorted({g["num_blocks"] for g in grouped})
     lookup = {(g["run"], g["num_blocks"]): g for g in grouped}

@@ -1,12 +1,14 @@
 """Data: datasets as in-memory uint8 tensors with batch-level augmentation, or DataLoaders for large images.
 
+* ``config``: ``DataConfig``, the ``data`` section of a run's config (``stimulative.train.config`` builds it).
 * ``datasets``: ``build_data(cfg.data, ...)`` -> ``DataBundle`` (train/test batches, classes, input size).
 * ``files``: ImageFolder directories and archives; decoded once into a cache file (``stimulative.io``).
 * ``transforms``: the per-image ImageNet pipeline (crop, flip, jitter, lighting, UniformAugment).
 
-The package reads the fields of the config's ``data`` section but imports nothing above ``stimulative.io``.
+The package imports nothing above ``stimulative.io``.
 """
 
+from .config import DataConfig
 from .datasets import (
     DATASET_STATS,
     DataBundle,
@@ -22,6 +24,6 @@ from .datasets import (
 from .files import DataError
 
 __all__ = [
-    "DATASET_STATS", "DataBundle", "DataError", "LoaderBatches", "TensorBatches", "build_data", "collate_skipping",
-    "digits_dataset", "normalisation", "stratified_subset", "synthetic_dataset",
+    "DATASET_STATS", "DataBundle", "DataConfig", "DataError", "LoaderBatches", "TensorBatches", "build_data",
+    "collate_skipping", "digits_dataset", "normalisation", "stratified_subset", "synthetic_dataset",
 ]

@@ -33,12 +33,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
+from .config import DataConfig
 from .files import (
     SMALL_IMAGE_MAX,
     DataError,
@@ -52,12 +53,9 @@ from .files import (
 )
 from .transforms import eval_transform, imagenet_train_transform, resize_train_transform
 
-if TYPE_CHECKING:  # the config is the train layer's; data only reads the fields of ``cfg.data``
-    from ..train.config import DataConfig
-
 __all__ = [
     "DataBundle", "TensorBatches", "LoaderBatches", "build_data", "synthetic_dataset", "digits_dataset",
-    "stratified_subset", "collate_skipping", "normalisation", "DataError", "DATASET_STATS",
+    "stratified_subset", "collate_skipping", "normalisation", "DataError", "DATASET_STATS", "DataConfig",
 ]
 
 DATASET_STATS = {
@@ -524,7 +522,7 @@ def build_data(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int
 
     Example::
 
-        from stimulative.train.config import DataConfig
+        from stimulative.data import DataConfig
         bundle = build_data(DataConfig(name="digits", input_size=16, augment="none"), 64, 256)
         bundle.num_classes, len(bundle.train)     # (10, 22)
     """

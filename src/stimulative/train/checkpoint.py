@@ -1,5 +1,6 @@
 """Checkpoint files: atomic writes, safe loads (``weights_only=True``), finding the one to resume, and rebuilding
-the model of a checkpoint (a training run's or an exported sub-network's; the dict layout is ``state.py``'s).
+the model of a checkpoint (a training run's or an exported sub-network's; the dict layout is ``state.py``'s, the
+model is built by ``model.py``'s ``build_model``).
 
 A run directory stands for its best checkpoint, as ``last.pt`` records it (``run_checkpoint``): ``last.pt``
 itself when its epoch is the best (also when a kill stopped the ``best.pt`` write after it), else ``best.pt``,
@@ -18,12 +19,12 @@ from torch import nn
 
 from ..core.elastic import ElasticDepth
 from ..io import atomic_torch_save
-from ..models import create_model
-from .config import Config, ConfigError, config_from_dict
+from .config import Config, config_from_dict
+from .model import build_model, elastic
 from .state import SavedRun, model_weights
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "build_model", "elastic", "resume_path",
-           "run_checkpoint", "peek_checkpoint", "LoadedModel", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "resume_path", "run_checkpoint", "peek_checkpoint",
+           "LoadedModel", "CheckpointError"]
 
 
 class CheckpointError(ValueError):
@@ -114,25 +115,6 @@ class LoadedModel:
     num_classes: int
     depths: list | None = None
     saved: SavedRun | None = None
-
-
-def build_model(cfg: Config, num_classes: int, pretrained: bool = False) -> nn.Module:
-    """The model described by ``cfg.model`` (no checkpoint weights; ``pretrained`` loads the library's own)."""
-    kwargs = dict(cfg.model.kwargs)
-    return create_model(cfg.model.name, num_classes=num_classes, pretrained=pretrained, **kwargs)
-
-
-def elastic(model: nn.Module, cfg: Config) -> ElasticDepth:
-    """``ElasticDepth`` of the model of ``cfg`` (stages from ``model.stages``); a model without residual stages is
-    a ``ConfigError`` that names the recipe key."""
-    try:
-        return ElasticDepth(model, stages=cfg.model.stages)
-    except ValueError as err:
-        if "no residual stage" not in str(err):
-            raise
-        raise ConfigError(f"model {cfg.model.name!r} has no residual stage with a skippable block (a stage of at "
-                          "least 2 blocks where a block after the first has an identity shortcut); name its stages "
-                          "with the recipe key model.stages, e.g. model.stages=[layer1,layer2,layer3]") from None
 
 
 def load_model(path: str | Path, use_ema: bool = False, map_location: str | torch.device = "cpu") -> LoadedModel:

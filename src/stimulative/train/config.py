@@ -20,6 +20,7 @@ import yaml
 from ..core.droppath import DROP_PATH_SCHEDULES
 from ..core.losses import KL_NORMS, KL_SCHEDULES, SUBNET_LOSSES
 from ..core.sampling import SAMPLING_KINDS
+from ..data.config import DataConfig  # the data layer's; re-exported here
 from ..io import atomic_write_text
 
 __all__ = [
@@ -42,30 +43,6 @@ class ModelConfig:
     stages: list | None = None            # manual ElasticDepth stage spec; None = auto-discovery
     drop_path: float = 0.0                # per-sample drop rate of the residual blocks (0 = off); peers of ST
     drop_path_schedule: str = "linear"    # linear (stochastic depth, p at the last block) | uniform (LayerDrop)
-
-
-@dataclass
-class DataConfig:
-    name: str = "cifar10"                 # cifar10 | cifar100 | folder | synthetic | digits
-    root: str = "./data"                  # dataset dir, ImageFolder dir, or .tar/.tar.gz/.tar.xz/.zip archive
-    download: bool = False                # torchvision download for cifar10/cifar100
-    train_subset: int = 0                 # use the first N (stratified by seed) training images; 0 = all
-    test_subset: int = 0
-    input_size: int = 32                  # train crop / image size fed to the model
-    val_resize: int = 0                   # ImageNet pipeline: resize before center crop (0 = input_size/0.875)
-    val_crop: int = 0                     # ImageNet pipeline: center crop (0 = input_size)
-    augment: str = "cifar"                # cifar (pad-crop+flip on tensors) | imagenet | none
-    padding: int = 4
-    color_jitter: float = 0.4
-    lighting: float = 0.1
-    uniform_augment: bool = False
-    in_memory: bool = True                # small-image datasets held as uint8 tensors
-    cache: bool = True                    # cache decoded small-image folders/archives (false: decode every run)
-    cache_dir: str | None = None          # where (default: $XDG_CACHE_HOME/stimulative or ~/.cache/stimulative)
-    workers: int = 4
-    strict: bool = False                  # unreadable images: error (true) or skip with a warning (false)
-    mean: list | None = None              # per-channel normalisation; None = dataset default
-    std: list | None = None
 
 
 @dataclass

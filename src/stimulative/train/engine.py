@@ -25,10 +25,11 @@ from ..core.elastic import ElasticDepth
 from ..core.sampling import SampleSpace
 from ..core.step import StimulativeStep
 from ..data import build_data
-from .checkpoint import build_model, elastic, load_checkpoint, resume_path, save_checkpoint
+from .checkpoint import load_checkpoint, resume_path, save_checkpoint
 from .config import Config, ConfigError, config_to_dict, save_config
 from .log import MetricsLog, console, format_record, plot_training_curves
 from .loop import CrossEntropyWithAccuracy, evaluate_epoch, train_one_epoch
+from .model import build_model, elastic
 from .optim import build_optimizer, build_scheduler
 from .rundir import RunStart, open_run_dir
 from .runtime import Runtime
