@@ -37,9 +37,10 @@ from .data import (
     stdlib_files,
 )
 from .evaluate import depth_losses
+from .generate import SpeculativeOutput, generate
 from .loss import IGNORE_INDEX, TokenLogits, next_token_targets, token_batch, token_cross_entropy
 
 __all__ = [
-    "IGNORE_INDEX", "ByteTokenizer", "PackedBlocks", "TokenLogits", "corpus_files", "corpus_tokens", "depth_losses", "encode_files",
-    "load_tokenizer", "next_token_targets", "split_by_file", "stdlib_files", "token_batch", "token_cross_entropy",
+    "IGNORE_INDEX", "ByteTokenizer", "PackedBlocks", "SpeculativeOutput", "TokenLogits", "corpus_files", "corpus_tokens", "depth_losses", "encode_files",
+    "generate", "load_tokenizer", "next_token_targets", "split_by_file", "stdlib_files", "token_batch", "token_cross_entropy",
 ]

@@ -1,0 +1,130 @@
+"""Greedy text generation with self-speculative decoding that reuses the draft's work (stimulative.lm.generate).
+
+The first --exit layers (+ final norm + LM head) draft tokens; the remaining layers verify them starting from
+the draft's own layer-k hidden states, so nothing is computed twice, and the output is the model's plain greedy
+output. Prints the text, tokens/s, the acceptance of drafted tokens and the new tokens per full forward.
+--compare also decodes the prompt with plain greedy and with transformers' generate(assistant_early_exit=K)
+and says whether the three outputs are identical (exit status 1 if not).
+
+RUN is an LM run directory (stimulative.lm train) or a transformers model directory (stimulative export of an
+LM run, or any save_pretrained Llama / GPT-2); the tokenizer is the run's, the one saved in the directory, the
+one named in its stimulative_lm.json, or else the byte tokenizer.
+
+examples:
+  stimulative generate runs/lm_llama_st --exit 2 --prompt "def main(" --max-new-tokens 96
+  stimulative generate lm_st_export --exit 4 --prompt "import " --compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = "greedy text generation with early-exit drafts verified by the rest of the model (LM runs)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="RUN", help="an LM run directory or an exported transformers directory")
+    parser.add_argument("--exit", dest="exit_layer", type=int, required=True, metavar="K",
+                        help="draft with the first K layers (1 <= K < number of layers)")
+    parser.add_argument("--prompt", required=True, metavar="TEXT", help="the prompt text")
+    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="default: 128")
+    parser.add_argument("--max-draft-tokens", type=int, default=16, metavar="M",
+                        help="at most M drafted tokens per round (default: 16)")
+    parser.add_argument("--confidence", type=float, default=0.4, metavar="P",
+                        help="end a draft round after a token whose draft probability is below P (default: 0.4)")
+    parser.add_argument("--no-adaptive", action="store_true",
+                        help="keep drafting even when drafts are rarely accepted (no fallback to greedy steps)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also run plain greedy and generate(assistant_early_exit=K); say if identical")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--threads", type=int, default=0, metavar="N", help="torch threads (default: torch's)")
+
+
+def load_model_and_tokenizer(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
+    """The model (eval mode) and tokenizer of an LM run directory or a ``save_pretrained`` directory."""
+    from ..lm.cli import is_lm_run
+    from ..lm.data import ByteTokenizer, HFTokenizer, load_tokenizer
+
+    path = Path(path).expanduser()
+    if is_lm_run(path):
+        from ..lm.train import load_lm
+
+        lm = load_lm(path, device)
+        return lm.model, lm.tokenizer
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"RUN {str(path)!r} is neither an LM run directory nor a transformers model "
+                                "directory (no config.yaml with task: lm, no config.json)")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device).eval()
+    if (path / "tokenizer_config.json").is_file():  # stimulative export ships a transformers tokenizer here
+        return model, HFTokenizer(path)
+    info = path / "stimulative_lm.json"
+    spec = json.loads(info.read_text()).get("tokenizer", "byte") if info.is_file() else "byte"
+    tok = load_tokenizer(spec)
+    if isinstance(tok, ByteTokenizer) and model.config.vocab_size < tok.vocab_size:
+        raise ValueError(f"RUN {str(path)!r} has no tokenizer and its vocabulary ({model.config.vocab_size}) is "
+                         "smaller than the byte tokenizer's (257)")
+    return model, tok
+
+
+def _hf_generate(model: Any, ids: Any, new: int, **extra: Any) -> tuple[Any, float]:
+    import torch
+
+    pad = model.generation_config.pad_token_id
+    if pad is None:
+        pad = model.generation_config.eos_token_id
+    if isinstance(pad, (list, tuple)):
+        pad = pad[0]
+    t0 = time.perf_counter()
+    # an explicit all-ones mask: generate would otherwise mask prompt tokens equal to the pad token
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,
+                         pad_token_id=pad, **extra)
+    return out[0, ids.shape[1]:], time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..lm.generate import generate
+
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load_model_and_tokenizer(args.model, args.device)
+    prompt = tok.encode(args.prompt)
+    if not prompt:
+        raise ValueError("--prompt must encode to at least one token")
+    ids = torch.tensor([prompt], dtype=torch.long, device=next(model.parameters()).device)
+    options = {"max_draft_tokens": args.max_draft_tokens, "confidence_threshold": args.confidence,
+               "adaptive": not args.no_adaptive}
+    generate(model, ids, args.exit_layer, min(4, args.max_new_tokens), **options)  # warm-up (and argument checks)
+    out = generate(model, ids, args.exit_layer, args.max_new_tokens, **options)
+    layers = model.config.num_hidden_layers
+    new = out.new_tokens.tolist()
+    print(args.prompt + tok.decode(new))
+    print("---")
+    print(f"exit {args.exit_layer} of {layers}: {len(new)} new tokens in {out.time_s:.3f} s "
+          f"({out.tokens_per_s:.1f} tokens/s); acceptance {out.acceptance:.1%} ({out.accepted}/{out.drafted} "
+          f"drafted tokens, {out.rounds} rounds); {out.tokens_per_forward:.2f} tokens per full forward; "
+          f"{out.greedy_steps} plain greedy steps", flush=True)
+    if not args.compare:
+        return 0
+    same = True
+    for name, extra in (("plain greedy", {}), (f"assistant_early_exit={args.exit_layer}",
+                                               {"assistant_early_exit": args.exit_layer})):
+        _hf_generate(model, ids, min(4, args.max_new_tokens), **extra)  # warm-up
+        ref, seconds = _hf_generate(model, ids, args.max_new_tokens, **extra)
+        identical = ref.tolist() == new
+        same = same and identical
+        print(f"{name} (model.generate): {len(ref)} tokens in {seconds:.3f} s ({len(ref) / seconds:.1f} "
+              f"tokens/s); ours is {seconds / out.time_s:.2f}x as fast; identical: {'yes' if identical else 'NO'}",
+              flush=True)
+    return 0 if same else 1

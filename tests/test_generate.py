@@ -1,0 +1,205 @@
+"""stimulative.lm.generate: self-speculative decoding that reuses the draft's work equals plain greedy decoding;
+the ``stimulative generate`` command on an LM run directory and on an exported directory."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from stimulative.cli import main  # noqa: E402
+from stimulative.lm import SpeculativeOutput, generate  # noqa: E402
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+VOCAB, LAYERS, NEW = 64, 4, 30
+
+
+def tiny(family: str, variant: str = "random", impl: str = "sdpa", seed: int = 0) -> torch.nn.Module:
+    """A 4-layer model; ``agree``: the last layers' residual outputs scaled down (the early exits agree with the
+    full model), ``disagree``: scaled up (they rarely agree)."""
+    torch.manual_seed(seed)
+    if family == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
+                                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                                       attn_implementation=impl, bos_token_id=None, eos_token_id=None)
+        model = transformers.LlamaForCausalLM(cfg)
+        outs = [[layer.self_attn.o_proj, layer.mlp.down_proj] for layer in model.model.layers]
+    else:
+        cfg = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=LAYERS, n_head=2, n_positions=128,
+                                      attn_implementation=impl, bos_token_id=None, eos_token_id=None)
+        model = transformers.GPT2LMHeadModel(cfg)
+        outs = [[block.attn.c_proj, block.mlp.c_proj] for block in model.transformer.h]
+    scale = {"random": 1.0, "agree": 0.05, "disagree": 30.0}[variant]
+    with torch.no_grad():
+        for projections in outs[1:]:
+            for p in projections:
+                p.weight.mul_(scale)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+def greedy(model, prompt: torch.Tensor, new: int, **kwargs) -> torch.Tensor:
+    # an explicit mask: generate would otherwise mask prompt tokens equal to the pad token
+    return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=new,
+                          **kwargs)
+
+
+def prompts(seed: int, lengths=(1, 6, 19)) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, VOCAB, (1, n), generator=g) for n in lengths]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("variant", ["random", "agree", "disagree"])
+def test_equals_plain_greedy(family, variant):
+    model = tiny(family, variant)
+    drafted = accepted = 0
+    for p in prompts(hash((family, variant)) % 1000):
+        ref = greedy(model, p, NEW)
+        for k in range(1, LAYERS):  # k = 1 .. L - 1
+            for new in (1, 2, 9, NEW):  # greedy without EOS: a shorter output is a prefix of the longer one
+                for draft in ({}, {"max_draft_tokens": 3, "confidence_threshold": 0.0, "adaptive": False}):
+                    out = generate(model, p, exit_layer=k, max_new_tokens=new, **draft)
+                    assert torch.equal(out.sequences, ref[:, :p.shape[1] + new]), (k, new, draft)
+                    assert len(out.new_tokens) == new
+                    drafted, accepted = drafted + out.drafted, accepted + out.accepted
+    assert drafted > 0 and 0 < accepted <= drafted
+
+
+def test_acceptance_follows_agreement_and_falls_back_to_greedy():
+    p = prompts(1, lengths=(5,))[0]
+    # a random model's draft is never confident (near-uniform probabilities): one drafted token per round
+    agree = generate(tiny("llama", "agree"), p, exit_layer=1, max_new_tokens=60)
+    assert agree.acceptance > 0.9 and agree.drafted == agree.rounds
+    agree = generate(tiny("llama", "agree"), p, exit_layer=1, max_new_tokens=60, confidence_threshold=0.0)
+    assert agree.acceptance > 0.6 and agree.tokens_per_forward > 4 and agree.greedy_steps <= 1
+    model = tiny("llama", "disagree")
+    ref = greedy(model, p, 60)
+    fixed = generate(model, p, exit_layer=1, max_new_tokens=60, adaptive=False, confidence_threshold=0.0)
+    adaptive = generate(model, p, exit_layer=1, max_new_tokens=60, confidence_threshold=0.0)
+    assert torch.equal(fixed.sequences, ref) and torch.equal(adaptive.sequences, ref)
+    assert fixed.acceptance < 0.5 and fixed.greedy_steps <= 1  # the last token has no room for a draft
+    # drafting does not pay: mostly plain greedy steps, a few probing rounds
+    assert adaptive.greedy_steps > 30 and adaptive.drafted < fixed.drafted / 2
+    assert adaptive.full_forwards == adaptive.rounds + adaptive.greedy_steps
+    plain = generate(model, p, exit_layer=1, max_new_tokens=60, max_draft_tokens=0)
+    assert torch.equal(plain.sequences, ref) and plain.greedy_steps == 60 and plain.drafted == 0
+    assert plain.tokens_per_forward == 1.0
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_eos_and_max_new_tokens_inside_a_draft(family):
+    model = tiny(family, "agree")
+    long = {"confidence_threshold": 0.0, "max_draft_tokens": 16}
+    for p in prompts(2, lengths=(3, 4, 5, 6, 7, 8)):  # one whose output has a token first seen at step 6..9
+        ref = greedy(model, p, NEW)[0, p.shape[1]:].tolist()
+        pos = next((i for i in range(5, 9) if ref[i] not in ref[:i]), None)
+        if pos is not None and generate(model, p, 1, pos + 1, **long).full_forwards == 1:
+            break
+    else:
+        pytest.fail("no prompt with a fresh token inside the first draft")
+    eos = ref[pos]
+    out = generate(model, p, exit_layer=1, max_new_tokens=NEW, eos_token_id=eos, **long)
+    assert out.new_tokens.tolist() == ref[:pos + 1]
+    assert torch.equal(out.sequences, greedy(model, p, NEW, eos_token_id=eos))
+    assert out.full_forwards == 1  # EOS was drafted and accepted in the first round
+    out = generate(model, p, exit_layer=1, max_new_tokens=NEW, eos_token_id=[VOCAB + 5, eos])  # a list works too
+    assert out.new_tokens.tolist() == ref[:pos + 1]
+    model.generation_config.eos_token_id = eos  # the default comes from the generation config
+    assert generate(model, p, exit_layer=2, max_new_tokens=NEW).new_tokens.tolist() == ref[:pos + 1]
+    model.generation_config.eos_token_id = None
+    # the budget ends inside what one draft round would cover: 4 drafted tokens + the full model's next one
+    out = generate(model, p, exit_layer=1, max_new_tokens=5, **long)
+    assert out.new_tokens.tolist() == ref[:5] and out.full_forwards == 1 and out.drafted == 4
+    out = generate(model, p, exit_layer=1, max_new_tokens=0)
+    assert torch.equal(out.sequences, p) and out.full_forwards == 0
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_eager_attention_float64_and_one_dimensional_prompt(impl):
+    model = tiny("llama", "random", impl=impl, seed=3).double()
+    p = prompts(3, lengths=(7,))[0]
+    ref = greedy(model, p, 25)
+    out = generate(model, p[0], exit_layer=2, max_new_tokens=25, confidence_threshold=0.0, adaptive=False)
+    assert isinstance(out, SpeculativeOutput) and torch.equal(out.sequences, ref)
+    stats = out.stats()
+    assert stats["new_tokens"] == 25 and stats["drafted"] == out.drafted and stats["tokens_per_s"] > 0
+
+
+def test_bad_inputs_name_the_argument():
+    model = tiny("gpt2")
+    p = torch.tensor([[1, 2, 3]])
+    for k in (0, LAYERS, -1, 2.0, True):
+        with pytest.raises(ValueError, match="exit_layer"):
+            generate(model, p, exit_layer=k)
+    with pytest.raises(ValueError, match="input_ids.*batch size 1"):
+        generate(model, torch.tensor([[1, 2], [3, 4]]), exit_layer=1)
+    with pytest.raises(ValueError, match="input_ids"):
+        generate(model, torch.zeros(1, 0, dtype=torch.long), exit_layer=1)
+    with pytest.raises(ValueError, match="input_ids"):
+        generate(model, torch.tensor([[0.5, 1.0]]), exit_layer=1)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, p, exit_layer=1, max_new_tokens=-1)
+    with pytest.raises(ValueError, match="max_new_tokens"):  # GPT-2 has 128 positions
+        generate(model, p, exit_layer=1, max_new_tokens=126)
+    with pytest.raises(ValueError, match="max_draft_tokens"):
+        generate(model, p, exit_layer=1, max_draft_tokens=-2)
+    with pytest.raises(ValueError, match="confidence_threshold"):
+        generate(model, p, exit_layer=1, confidence_threshold=1.5)
+    with pytest.raises(ValueError, match="model"):
+        generate(torch.nn.Linear(2, 2), p, exit_layer=1)
+
+
+# ---- the command line ----------------------------------------------------------------------------------------
+
+TINY_LM = ["model.num_hidden_layers=3", "model.hidden_size=16", "model.intermediate_size=32",
+           "model.num_attention_heads=2", "model.num_key_value_heads=0", "model.context=16", "batch_size=4",
+           "eval_batch_size=8", "data.val_blocks=4", "optim.warmup_steps=1", "log_every=1000", "threads=1",
+           "device=cpu", "eval_depths=[1]", "steps=2", "eval_every=2"]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory) -> Path:
+    from stimulative.lm.train import train_lm
+
+    root = tmp_path_factory.mktemp("lm")
+    rng = random.Random(0)
+    words = ["def", "return", "self", "x", "=", "(", ")", ":", "for", "in", "if", "print"]
+    text = root / "text"
+    text.mkdir()
+    for i in range(4):
+        (text / f"f{i}.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(6)) for _ in range(30)))
+    summary = train_lm(REPO / "recipes/lm_llama_st.yaml", [f"data.root={text}", f"out_dir={root / 'runs'}",
+                                                           "name=st", *TINY_LM])
+    return Path(summary["run_dir"])
+
+
+def test_cli_generate_on_a_run_and_an_export(lm_run, tmp_path, capsys):
+    assert main(["generate", str(lm_run), "--exit", "1", "--prompt", "def f(", "--max-new-tokens", "12",
+                 "--compare", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    text, stats = out.split("\n---\n")
+    assert text.startswith("def f(")
+    assert "tokens/s" in stats and "acceptance" in stats and "tokens per full forward" in stats
+    assert stats.count("identical: yes") == 2 and "plain greedy" in stats and "assistant_early_exit=1" in stats
+    export = tmp_path / "export"
+    assert main(["export", str(lm_run), "-o", str(export)]) == 0  # all 3 layers as a save_pretrained directory
+    capsys.readouterr()
+    assert main(["generate", str(export), "--exit", "2", "--prompt", "x = ", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("x = ") and "exit 2 of 3" in out and "acceptance" in out
+
+
+def test_cli_generate_errors(lm_run, tmp_path, capsys):
+    assert main(["generate", str(lm_run), "--exit", "3", "--prompt", "x"]) == 2
+    assert "exit_layer must be an int in 1..2" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path), "--exit", "1", "--prompt", "x"]) == 2
+    assert "neither an LM run directory nor a transformers model directory" in capsys.readouterr().err
+    assert main(["generate", str(lm_run), "--exit", "1", "--prompt", ""]) == 2
+    assert "--prompt" in capsys.readouterr().err
