@@ -2,8 +2,10 @@
 
 Each command lives in ``stimulative.commands.<name>`` and defines ``HELP``, ``add_arguments(parser)`` and
 ``run(args) -> int``; options several commands share are declared once in ``stimulative.commands.options``. Expected errors (bad config key, missing file, bad depth spec, NaN loss) print one line
-``stimulative <command>: error: ...`` and exit with status 2; ``--traceback`` shows the full trace instead. Under
-torchrun only rank 0 prints it (every rank exits with status 2; see ``Runtime.main_first``).
+``stimulative <command>: error: ...`` and exit with status 2, and so does a missing optional dependency (the
+``pip install "stimulative[extra]"`` line); ``--traceback`` shows the full trace instead. Under torchrun each
+error is printed once, by the rank that raised it (``error: [rank 1] ...``; every rank exits with status 2; see
+``train.runtime.distributed_error_line``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import importlib.util
 import os
 import sys
 
+from ._extras import missing_extra
 from .commands.options import check
 
 __all__ = ["main", "COMMANDS", "EXPECTED_ERRORS", "build_parser", "intermix_positionals"]
 
-COMMANDS = ["train", "eval", "demo", "loafing", "logits", "erf", "report", "export", "pareto", "generate"]
+COMMANDS = ["train", "eval", "demo", "loafing", "logits", "erf", "report", "export", "pareto"]
 
 # The errors reported as one clean line (no traceback): ValueError covers ConfigError, CheckpointError, DataError
 # and the API's validation errors; FloatingPointError covers NonFiniteLossError.
@@ -81,11 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check(args)
         return int(modules[args.command].run(args) or 0)
-    except EXPECTED_ERRORS as err:
-        if args.traceback:
+    except (*EXPECTED_ERRORS, ModuleNotFoundError) as caught:
+        # a missing optional dependency is the pip line of its extra; any other missing module is a bug: traceback
+        err = missing_extra(caught) if isinstance(caught, ModuleNotFoundError) else caught
+        if err is None or args.traceback:
             raise
-        if os.environ.get("RANK", "0") == "0":
-            message = " ".join(line.strip() for line in str(err).splitlines())  # one line, always
+        message: str | None = " ".join(line.strip() for line in str(err).splitlines())  # one line, always
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: once, by the rank that raised it ([rank N])
+            from .train.runtime import distributed_error_line
+
+            message = distributed_error_line(err, str(message))
+        if message is not None:
             print(f"stimulative {args.command}: error: {message}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._extras import MissingExtraError, require
 from ..core.bn import recalibrated
 from ..core.elastic import ElasticDepth
 from ..data import normalisation
@@ -222,6 +223,7 @@ class OnnxFormat(Format):
     name = "onnx"
 
     def write(self, model: nn.Module, path: Path, target: ExportTarget) -> list[Path]:
+        require("onnx", "onnx", "the onnx export format")   # torch.onnx.export writes through it
         with _quiet_export(), torch.no_grad(), atomic_path(path) as tmp:
             torch.onnx.export(model, (_example_input(target.input_size),), tmp, opset_version=ONNX_OPSET,
                               dynamo=False, input_names=["input"], output_names=["logits"],
@@ -230,11 +232,9 @@ class OnnxFormat(Format):
 
     def verify(self, model: nn.Module, path: Path, target: ExportTarget) -> dict[str, Any]:
         try:
-            import onnxruntime as ort
-        except ImportError:
-            import onnx
-
-            onnx.checker.check_model(str(path))
+            ort = require("onnxruntime", "onnx", "verifying an onnx export")
+        except MissingExtraError:
+            require("onnx", "onnx", "verifying an onnx export").checker.check_model(str(path))
             return {"max_abs_diff": None, "verified_with": "onnx.checker (onnxruntime not installed)"}
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -248,8 +248,7 @@ class SafetensorsFormat(Format):
     name = "safetensors"
 
     def write(self, model: nn.Module, path: Path, target: ExportTarget) -> list[Path]:
-        from safetensors.torch import save_file
-
+        save_file = require("safetensors.torch", "safetensors", "the safetensors export format").save_file
         meta = target.meta(model)
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         with atomic_path(path) as tmp:
@@ -257,8 +256,7 @@ class SafetensorsFormat(Format):
         return [path, write_json({"format": "safetensors", **meta}, sidecar_path(path), indent=2)]
 
     def verify(self, model: nn.Module, path: Path, target: ExportTarget) -> dict[str, Any]:
-        from safetensors.torch import load_file
-
+        load_file = require("safetensors.torch", "safetensors", "the safetensors export format").load_file
         reloaded, how = target.plain(model), "safetensors load_file + plain architecture, strict load_state_dict"
         if reloaded is None:
             reloaded, how = copy.deepcopy(model), "safetensors load_file + strict load_state_dict"

@@ -32,13 +32,16 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.strategies import ParallelStrategy
 from torch import nn
 
 import stimulative as st
+from stimulative._extras import require
+
+pl = require("lightning.pytorch", "lightning", "stimulative.integrations.lightning")
+ParallelStrategy = require("lightning.pytorch.strategies", "lightning", "stimulative.integrations.lightning"
+                           ).ParallelStrategy
 
 __all__ = ["StimulativeModule", "cosine_schedule"]
 

@@ -35,13 +35,10 @@ import torch
 from torch import nn
 
 import stimulative as st
+from stimulative._extras import require
 from stimulative.core.droppath import drop_residual
 
-try:
-    import transformers
-except ImportError as err:  # pragma: no cover - exercised only without the extra
-    raise ImportError('stimulative.integrations.transformers needs transformers: pip install "stimulative[transformers]"'
-                      ) from err
+transformers = require("transformers", "transformers", "stimulative.integrations.transformers")
 
 __all__ = [
     "Logits", "HFElasticDepth", "LayerStage", "find_layer_stages", "elastic_depth", "extract_pretrained",

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from .._extras import require
+
 __all__ = ["ByteTokenizer", "HFTokenizer", "load_tokenizer", "corpus_files", "split_by_file", "encode_files", "corpus_tokens",
            "PackedBlocks", "stdlib_files", "TEXT_SUFFIXES"]
 
@@ -61,9 +63,8 @@ class HFTokenizer:
     """A local ``transformers`` tokenizer directory behind the ``ByteTokenizer`` interface."""
 
     def __init__(self, path: str | Path):
-        from transformers import AutoTokenizer  # optional extra
-
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        auto_tokenizer = require("transformers", "transformers", "a tokenizer directory (lm data.tokenizer)").AutoTokenizer
+        self.tokenizer = auto_tokenizer.from_pretrained(str(path), local_files_only=True)
         self.vocab_size = len(self.tokenizer)
         eos = self.tokenizer.eos_token_id
         self.eos_token_id = int(eos) if eos is not None else None

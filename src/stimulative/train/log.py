@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._extras import require
 from ..core.elastic import DepthConfig, format_depths
 from ..io import read_jsonl, write_csv, write_jsonl
 
@@ -67,9 +68,8 @@ class MetricsLog:
         self.records: list[dict[str, Any]] = []
         self.writer = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            tensorboard_module = require("torch.utils.tensorboard", "tensorboard", "tensorboard=true")
+            self.writer = tensorboard_module.SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
     def write(self, records: Sequence[dict[str, Any]]) -> None:
         """Rewrite the JSONL and CSV files with ``records``; new epochs also go to TensorBoard."""

@@ -4,13 +4,17 @@
 ``Runtime.start(cfg)`` joins torchrun's process group when there is one and applies ``threads``,
 ``deterministic`` and ``amp``; ``runtime.wrap(model)`` adds autocast, ``torch.compile`` and DDP around the model;
 ``runtime.main_first(fn)`` runs a check on rank 0 alone and makes every rank fail with it.
+``distributed_error_line(err, message)`` is how the CLI reports an error under torchrun: once per job, from the
+rank that raised it (``[rank N] ...``), so an error of rank 1 alone is not lost when all ranks exit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -20,7 +24,7 @@ from torch import nn
 from .config import Config
 
 __all__ = ["DistInfo", "Runtime", "RankZeroError", "resolve_device", "setup_distributed", "amp_dtype",
-           "AutocastForward"]
+           "AutocastForward", "distributed_error_line"]
 
 T = TypeVar("T")
 
@@ -193,3 +197,34 @@ class Runtime:
         """Leave the process group if this run joined it."""
         if self.dist.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _first_report(message: str, timeout_s: float = 3.0) -> bool:
+    """Whether this process is the first of its torchrun job to report ``message``: the job's store (torchrun's
+    agent store at ``MASTER_ADDR:MASTER_PORT``) counts the reports. True without a store or when it cannot be
+    reached within ``timeout_s`` (then every rank that raised prints its line)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true" or "MASTER_PORT" not in os.environ:
+        return True
+    try:
+        store = dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"]),
+                              is_master=False, timeout=timedelta(seconds=timeout_s))
+        key = "stimulative/reported/" + hashlib.sha1(message.encode()).hexdigest()
+        return int(store.add(key, 1)) == 1
+    except Exception:  # noqa: BLE001 - no store: report rather than lose the error
+        return True
+
+
+def distributed_error_line(err: BaseException, message: str) -> str | None:
+    """The error line this process of a distributed run prints for ``err`` (``message``: its one-line text), or
+    None when another process reports it.
+
+    Every rank that raised an error prints it, prefixed with its rank (``[rank 1] ...``), so an error raised on a
+    non-zero rank alone is not lost when torchrun stops all ranks; an error several ranks raise alike (a missing
+    dataset) is printed once, by the first to report it; ``RankZeroError`` (rank 0's error, re-raised on the
+    other ranks by ``Runtime.main_first``) is left to rank 0.
+    """
+    if isinstance(err, RankZeroError):
+        return None
+    if not _first_report(message):
+        return None
+    return f"[rank {os.environ.get('RANK', '0')}] {message}"
