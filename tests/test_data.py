@@ -442,3 +442,43 @@ def test_imagenet_train_transform_output():
     tf = imagenet_train_transform(20, 0.4, 0.1, True, DATASET_STATS["imagenet"][0], DATASET_STATS["imagenet"][1])
     out = tf(Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8)))
     assert type(out) is torch.Tensor and out.shape == (3, 20, 20) and out.dtype == torch.float32
+
+
+# --- in memory or not: decided by a sample of images -------------------------------------------------------------
+
+def test_one_thumbnail_in_front_does_not_pull_a_folder_of_photos_into_memory(tmp_path):
+    """The first image in storage order (test/cat/0.png) is a thumbnail, every other one a photo: the folder
+    goes through the DataLoader pipeline, not into memory."""
+    root = make_folder(tmp_path / "photos", size=96)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "test" / "cat" / "0.png")
+    source = data_files.ImageSource(root)
+    assert next(source.stream())[0] == "test/cat/0.png"
+    assert source.probe_size() == (96, 96)
+    bundle = build_data(cfg_for(root, tmp_path / "cache", input_size=32), 4, 4)
+    assert isinstance(bundle.train, LoaderBatches)
+    assert not list((tmp_path / "cache").glob("*.pt"))   # nothing decoded into a cache
+
+
+@pytest.mark.parametrize("archive", [None, "ds.zip", "ds.tar", "ds.tar.gz"])
+def test_probe_reads_a_sample_spread_over_the_source(tmp_path, archive):
+    """Small images with one large photo in front stay in memory; the probe opens each sampled file once."""
+    root = make_folder(tmp_path / "small", size=8, per_class={"train": 10, "test": 2})
+    Image.fromarray(np.zeros((300, 200, 3), dtype=np.uint8)).save(root / "test" / "cat" / "0.png")
+    source = data_files.ImageSource(root if archive is None else make_archive(root, tmp_path / archive))
+    assert source.probe_size() == (8, 8)
+    if archive is None:
+        opened = []
+        real_open = Image.open
+
+        def counting_open(fp, *args, **kwargs):
+            opened.append(str(fp))
+            return real_open(fp, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("stimulative.data.files.Image.open", counting_open)
+            assert source.probe_size(samples=4) == (8, 8)
+        # 36 images: 4 evenly spaced (every 9th, from the first), headers only
+        assert [Path(p).relative_to(root).as_posix() for p in opened] == \
+            ["test/cat/0.png", "train/cat/3.png", "train/dog/2.png", "train/emu/1.png"]
+    bundle = build_data(cfg_for(source.root, tmp_path / "cache", input_size=8), 4, 4)
+    assert isinstance(bundle.train, TensorBatches)

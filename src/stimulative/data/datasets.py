@@ -19,7 +19,8 @@ Datasets (``data.name``):
   RGB, a fixed seeded stratified 80/20 train/test split.
 * ``synthetic``: tiny learnable images generated in memory (tests).
 
-Small images (<= 64 px with ``data.in_memory``) are decoded once, each resized on its own to ``data.input_size``
+Small images (<= 64 px with ``data.in_memory``: the median of up to 16 images spread over the dataset, read from
+their headers) are decoded once, each resized on its own to ``data.input_size``
 (at most 64 px), into a cached uint8 tensor file (``data.cache``, ``data.cache_dir``) and served by
 ``TensorBatches``, which augments whole batches (pad-crop + flip) with tensor ops, so a 2-core CPU is never
 waiting for per-image PIL work. Large images go through a multi-worker ``DataLoader`` (``LoaderBatches``) with
@@ -453,7 +454,8 @@ def _files_bundle(name: str, stats_key: str, c: _Common) -> DataBundle:
     mean, std = _stats(cfg, stats_key)
     if cfg.in_memory:
         # small images are decoded once, each resized on its own to the input size (at most SMALL_IMAGE_MAX px:
-        # a larger input size is reached per batch), and cached
+        # a larger input size is reached per batch), and cached; "small" is the median of 16 images spread over
+        # the source (their headers only), so a thumbnail in front does not pull a folder of photos into memory
         size = min(cfg.input_size, SMALL_IMAGE_MAX)
         cached = cfg.cache and source.kind != "folder" and cache_path(source, cfg.cache_dir, size).is_file()
         probe = None if cached else source.probe_size()

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import multiprocessing
@@ -35,7 +36,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ class DataError(ValueError):
 
 
 __all__ = [
-    "DataError", "IMAGE_EXTENSIONS", "SMALL_IMAGE_MAX", "ImageSource", "DecodedImages", "SplitIndex", "FileImageDataset",
+    "DataError", "IMAGE_EXTENSIONS", "SMALL_IMAGE_MAX", "PROBE_IMAGES", "ImageSource", "DecodedImages", "SplitIndex", "FileImageDataset",
     "is_archive", "looks_like_image_folder", "load_decoded", "cache_path", "user_cache_dir", "decode_image",
 ]
 
@@ -59,8 +60,16 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".zip")
 TEST_SPLITS = ("test", "val")  # preferred order
 SMALL_IMAGE_MAX = 64            # images up to this many pixels per side are decoded into memory
+PROBE_IMAGES = 16               # images whose size decides that (ImageSource.probe_size)
 CACHE_FORMAT = "stimulative-images-v2"   # v2: every image resized on its own to the size in the key
 _CHUNK = 256                    # images per decode task
+
+
+def _evenly_spaced(items: list[Any], count: int) -> list[Any]:
+    """``count`` items spread evenly over ``items``, the first included (all of them when there are fewer)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
 
 
 def is_archive(path: str | Path) -> bool:
@@ -208,18 +217,64 @@ class ImageSource:
         """A readable name for a file of this source (``archive:member`` for archives)."""
         return str(self.root / rel) if self.kind == "folder" else f"{self.root}:{rel}"
 
-    def probe_size(self) -> tuple[int, int] | None:
-        """(height, width) of the first readable image, or None when the source has no readable image."""
+    def probe_size(self, samples: int = PROBE_IMAGES) -> tuple[int, int] | None:
+        """(height, width) of the source's typical image: the median, by longer side, of up to ``samples`` images
+        spread evenly over the source (one small thumbnail does not stand for a folder of photos). Only the
+        image headers are read (PIL's lazy ``Image.open(...).size``). Compressed tar archives, which cannot seek,
+        sample their first ``samples`` images. None when no image is readable.
+
+        Raises:
+            DataError: an unreadable archive.
+        """
+        sizes: list[tuple[int, int]] = []
         try:
-            for _, data in self.stream():
-                try:
-                    img = decode_image(data)
-                except Exception:  # noqa: BLE001 - corrupt first image: try the next
-                    continue
-                return img.shape[0], img.shape[1]
+            with contextlib.ExitStack() as stack:
+                for item in self._sample(samples, stack):
+                    try:
+                        with Image.open(io.BytesIO(item) if isinstance(item, bytes) else item) as img:
+                            width, height = img.size
+                    except Exception:  # noqa: BLE001 - a corrupt image does not decide
+                        continue
+                    sizes.append((height, width))
+            if not sizes:   # every sampled image is corrupt: the first readable one, wherever it is
+                for _, data in self.stream():
+                    try:
+                        img = decode_image(data)
+                    except Exception:  # noqa: BLE001 - corrupt: try the next
+                        continue
+                    return img.shape[0], img.shape[1]
         except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as err:
             raise DataError(f"cannot read archive {str(self.root)!r}: {err}") from None
-        return None
+        if not sizes:
+            return None
+        return sorted(sizes, key=max)[len(sizes) // 2]
+
+    def _sample(self, samples: int, stack: contextlib.ExitStack) -> Iterator[bytes | str | IO[bytes]]:
+        """Up to ``samples`` images evenly spaced over the source (the first ones for a compressed tar), each as a
+        path, an open member or bytes; archives stay open in ``stack``."""
+        if self.kind == "compressed-tar":
+            for i, (_, data) in enumerate(self.stream()):
+                if i >= samples:
+                    return
+                yield data
+            return
+        if self.kind == "folder":
+            refs: list[Any] = [path for rel, path in self._folder_files() if _classify(rel)]
+        elif self.kind == "zip":
+            zf = stack.enter_context(zipfile.ZipFile(self.root))
+            refs = [info for info in zf.infolist() if not info.is_dir() and _classify(info.filename)]
+        else:
+            tf = stack.enter_context(tarfile.open(self.root, "r:"))
+            refs = [m for m in tf.getmembers() if m.isfile() and _classify(m.name)]
+        for ref in _evenly_spaced(refs, samples):
+            if self.kind == "folder":
+                yield ref
+            elif self.kind == "zip":
+                yield stack.enter_context(zf.open(ref))
+            else:
+                fh = tf.extractfile(ref)
+                if fh is not None:
+                    yield fh
 
     def fingerprint(self) -> str:
         """Identifies the content: path + size + mtime for archives; every file's name, size, mtime for folders."""
