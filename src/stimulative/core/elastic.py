@@ -70,6 +70,8 @@ def _is_skippable(block: nn.Module) -> bool | None:
     cls = type(block).__name__
     if cls in {"Block", "ResPostBlock", "ParallelScalingBlock", "LayerScaleBlock"} and hasattr(block, "attn"):
         return True  # timm ViT/DeiT/CaiT blocks: x + attn(x) + mlp(x), shape preserving
+    if cls == "EncoderBlock" and hasattr(block, "self_attention"):
+        return True  # torchvision ViT blocks: x + attn(ln(x)), then + mlp(ln(.)), shape preserving
     if cls == "ConvNeXtBlock":
         return getattr(block, "shortcut", None) is None or isinstance(block.shortcut, nn.Identity)
     return None
@@ -84,8 +86,8 @@ def find_stages(model: nn.Module) -> list[tuple[str, list[str]]]:
     """Discover residual stages: a list of (stage name, [qualified block names]).
 
     Supported: torchvision ResNet/ResNeXt/Wide-ResNet and our CIFAR ResNets (``layer1..``), timm ResNets,
-    torchvision MobileNetV2/V3 (``features``: runs of inverted residuals, each run starting with the block that
-    changes shape), timm EfficientNet/MobileNetV3 (``blocks`` of stage Sequentials), timm ViT/DeiT (``blocks``:
+    torchvision ViT (``encoder.layers``: one stage), torchvision MobileNetV2/V3 (``features``: runs of
+    inverted residuals, each run starting with the block that changes shape), timm EfficientNet/MobileNetV3 (``blocks`` of stage Sequentials), timm ViT/DeiT (``blocks``:
     one stage), timm ConvNeXt (``stages[i].blocks``).
     """
     stages: list[tuple[str, list[str]]] = []
@@ -106,6 +108,10 @@ def find_stages(model: nn.Module) -> list[tuple[str, list[str]]]:
             return stages
         names, _ = _children_list(blocks)
         return [("blocks", [f"blocks.{c}" for c in names])]
+    encoder_layers = getattr(getattr(model, "encoder", None), "layers", None)
+    if isinstance(encoder_layers, nn.Sequential) and len(encoder_layers) > 0:  # torchvision ViT: one stage
+        names, _ = _children_list(encoder_layers)
+        return [("encoder.layers", [f"encoder.layers.{c}" for c in names])]
     timm_stages = getattr(model, "stages", None)
     if isinstance(timm_stages, nn.Sequential):
         for sname, stage in timm_stages.named_children():

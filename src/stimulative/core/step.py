@@ -31,6 +31,7 @@ from torch import nn
 
 from .bn import frozen_bn_stats
 from .elastic import ElasticDepth
+from .exits import PrefixExits
 from .losses import (
     KL_NORMS,
     KL_SCHEDULES,
@@ -42,7 +43,7 @@ from .losses import (
 )
 from .sampling import SampleSpace
 
-__all__ = ["StimulativeStep", "stimulative_step", "random_input_size", "resize_input", "NonFiniteLossError"]
+__all__ = ["StimulativeStep", "stimulative_step", "prefix_step_applies", "random_input_size", "resize_input", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -115,6 +116,7 @@ def stimulative_step(
     stats: dict | None = None,
     grad_norms: bool = False,
     project_conflicts: bool = False,
+    exits: PrefixExits | None = None,
 ) -> dict[str, float]:
     """One stimulative training step: main network + ``num_subnets`` sub-networks, gradients accumulated.
 
@@ -138,6 +140,9 @@ def stimulative_step(
             (negative dot product), remove that component (PCGrad's projection, Yu et al. 2020,
             https://arxiv.org/abs/2001.06782): the sub-networks then never undo the main network's descent
             direction to first order. Needs the whole gradient on one process (not with DDP / ``no_sync``).
+        exits: a ``PrefixExits``: when this step's sub-networks are prefixes at full input size
+            (``prefix_step_applies``), they are read off the main forward and all losses go through one backward
+            (same losses and gradients as separate passes, one forward instead of ``1 + num_subnets``).
 
     Returns:
         ``{"loss", "main", "subnet"}`` as Python floats (for logging).
@@ -189,6 +194,10 @@ def stimulative_step(
             stats["cos_sub"].append(float(F.cosine_similarity(delta, main_grad, dim=0)))
         return float(delta.norm())
 
+    if exits is not None and n > 0 and prefix_step_applies(space, min_input_scale, subnet_fraction,
+                                                          project_conflicts, grad_norms):
+        return _prefix_step(exits, space, model, x, y, n, kl, amplitude, temperature, kl_weight, loss,
+                            normalize_main, criterion, label_smoothing, run_backward, check_finite, draws, stats)
     # Every backward but the last runs in ``no_sync``, so gradients are all-reduced once per step.
     outer = no_sync() if (no_sync is not None and n > 0) else contextlib.nullcontext()
     with outer:
@@ -250,6 +259,49 @@ def stimulative_step(
         if stats is not None:
             stats["projected"] = dot < 0
     main_value = float(main.detach())
+    return {"loss": main_value + subnet_total, "main": main_value, "subnet": subnet_total}
+
+
+def prefix_step_applies(space: SampleSpace, min_input_scale: float = 1.0, subnet_fraction: float = 1.0,
+                        project_conflicts: bool = False, grad_norms: bool = False) -> bool:
+    """Whether a step's sub-networks can be read off the main forward: one stage sampled as prefixes (ordered or
+    inter-stage sampling), full-size inputs, the whole batch, and no per-loss gradient surgery or diagnostics."""
+    return (len(space.full_depths) == 1 and getattr(space, "kind", None) in ("ordered", "inter_stage")
+            and min_input_scale >= 1
+            and subnet_fraction >= 1 and not project_conflicts and not grad_norms)
+
+
+def _prefix_step(exits: PrefixExits, space: SampleSpace, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 n: int, kl: str, amplitude: float | str, temperature: float, kl_weight: float, loss: str,
+                 normalize_main: bool, criterion, label_smoothing: float, run_backward, check_finite: bool,
+                 draws: list | None, stats: dict | None) -> dict[str, float]:
+    """``stimulative_step`` with prefix sub-networks read off one forward and one backward of the summed loss."""
+    configs = [space.sample() for _ in range(n)]
+    logits, students = exits(model, x, [c[0] for c in configs])
+    main_logits = normalize_logits(logits, kl, amplitude) if normalize_main else logits
+    if criterion is not None:
+        main = criterion(main_logits, y)
+    else:
+        main = F.cross_entropy(at_least_fp32(main_logits), y, label_smoothing=label_smoothing)
+    if check_finite:
+        _check_finite(main, "main network")
+    teacher = logits.detach()
+    values = []
+    for config, student in zip(configs, students):
+        value = kl_weight * subnet_loss(student, teacher, y, kind=loss, norm=kl, amplitude=amplitude,
+                                        temperature=temperature)
+        if check_finite:
+            _check_finite(value, f"sub-network {config}")
+        values.append(value)
+    run_backward(main + sum(values))  # autograd sums the paths: the gradients of separate backward passes
+    full_size = tuple(x.shape[-2:])
+    if stats is not None:
+        stats.update(std_main=_logit_std(teacher), std_sub=[_logit_std(s) for s in students],
+                     loss_sub=[float(v.detach()) for v in values], configs=configs, sizes=[full_size] * n)
+    if draws is not None:
+        draws.extend((config, full_size) for config in configs)
+    main_value = float(main.detach())
+    subnet_total = sum(float(v.detach()) for v in values)
     return {"loss": main_value + subnet_total, "main": main_value, "subnet": subnet_total}
 
 
@@ -351,6 +403,9 @@ class StimulativeStep:
         check_finite: raise ``NonFiniteLossError`` on NaN/inf losses (before their backward).
         stats_every: every k-th call, keep that step's diagnostics (``stimulative_step``'s ``stats`` with
             ``grad_norms``) in ``last_stats``; other calls set it to None (0 = never).
+        exits: a ``PrefixExits`` (``stimulative.core.exits``): prefix sub-networks at full input size are read
+            off the main forward, one backward per step (single-stage models: LMs, ViTs); the instrumented
+            steps of ``stats_every`` and any other step keep the separate passes.
 
     Example:
         >>> import torch, stimulative as st
@@ -389,6 +444,7 @@ class StimulativeStep:
     seed: int | None = None
     check_finite: bool = True
     stats_every: int = 0
+    exits: PrefixExits | None = None
     rng: random.Random = field(init=False, repr=False)
     calls: int = field(init=False, repr=False, default=0)
     epoch_weight: float = field(init=False, repr=False, default=1.0)
@@ -465,7 +521,8 @@ class StimulativeStep:
             subnet_fraction=self.subnet_fraction, freeze_subnet_bn=self.freeze_subnet_bn, model=self.model,
             criterion=self.criterion, label_smoothing=self.label_smoothing, scaler=self.scaler,
             backward=self.backward, no_sync=self.no_sync, rng=self.rng, check_finite=self.check_finite,
-            draws=draws, stats=stats, grad_norms=want_stats, project_conflicts=self.project_conflicts)
+            draws=draws, stats=stats, grad_norms=want_stats, project_conflicts=self.project_conflicts,
+            exits=self.exits)
         self.last_configs = [config for config, _ in draws]
         self.last_sizes = [size for _, size in draws]
         self.last_stats = stats

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,12 +37,13 @@ from torch import nn
 import stimulative as st
 from stimulative._extras import require
 from stimulative.core.droppath import drop_residual
+from stimulative.core.exits import PrefixExits
 
 transformers = require("transformers", "transformers", "stimulative.integrations.transformers")
 
 __all__ = [
     "Logits", "HFElasticDepth", "LayerStage", "find_layer_stages", "elastic_depth", "extract_pretrained",
-    "StimulativeTrainer", "SUPPORTED_MODEL_TYPES", "keep_layers",
+    "StimulativeTrainer", "SUPPORTED_MODEL_TYPES", "keep_layers", "output_tail", "prefix_exits",
 ]
 
 # Model types whose layout is tested (tests/test_integration_transformers.py); others with the same layout work.
@@ -314,6 +315,56 @@ def extract_pretrained(model: nn.Module | st.ElasticDepth, depths: Sequence[Any]
     finally:
         if temporary:
             ed.remove()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prefix exits: sub-networks read off one forward
+# --------------------------------------------------------------------------------------------------------------
+
+_FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "layernorm", "final_layer_norm")
+
+
+def output_tail(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``hidden -> logits`` through the model's own final norm and head, for the single-stage models: causal
+    LMs (Llama, GPT-2 ...: final norm + ``lm_head``, logits for every position) and ViT classifiers (final
+    layer norm + ``classifier`` on the CLS token). None for other models."""
+    if isinstance(model, Logits):
+        model = model.model
+    base = getattr(model, "base_model", None)
+    norm = next((getattr(base, n) for n in _FINAL_NORMS if isinstance(getattr(base, n, None), nn.Module)), None)
+    if base is None or norm is None or base is model:
+        return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        return lambda h: head(norm(h))
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Module) and len(find_layer_stages(model)) == 1:
+        return lambda h: classifier(norm(h)[:, 0])
+    return None
+
+
+def prefix_exits(ed: st.ElasticDepth, rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                 ) -> PrefixExits | None:
+    """``PrefixExits`` of a ``transformers`` model made elastic by ``elastic_depth`` (None when its
+    sub-networks are not prefixes with a known tail: multi-stage models).
+
+    Args:
+        ed: ``elastic_depth(model)``.
+        rows: ``rows(logits, x)`` -> the rows the step's model returns (``TokenLogits.select_rows`` for token
+            losses); default: the logits as they are.
+
+    Example:
+        >>> step = st.StimulativeStep(ed, space, num_subnets=3, model=TokenLogits(hf_model),
+        ...                           exits=prefix_exits(ed, rows=TokenLogits(hf_model).select_rows))  # doctest: +SKIP
+    """
+    if ed.num_stages != 1:
+        return None
+    tail = output_tail(ed.model)
+    if tail is None:
+        return None
+    if rows is None:
+        return PrefixExits(ed, lambda h, x: tail(h))
+    return PrefixExits(ed, lambda h, x: rows(tail(h), x))
 
 
 # --------------------------------------------------------------------------------------------------------------

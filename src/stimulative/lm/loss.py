@@ -4,15 +4,16 @@ A batch is a ``(batch, time)`` tensor of token ids where padding positions hold 
 ``transformers`` label convention). ``TokenLogits(model)`` runs the causal LM on it (padding masked out of
 attention, positions counted over real tokens) and returns the next-token logits of the valid positions
 only: one row per (position t, real token at t and at t+1), shape ``(n_tokens, vocab)``, and
-``next_token_targets(ids)`` the matching next tokens, shape ``(n_tokens,)``. ``StimulativeStep`` cuts the
-inputs, targets and teacher logits to the input's first dimension (its batch), so ``token_batch(ids)`` gives
-the step ``x`` = a zero-copy ``(n_tokens, batch, time)`` expanded view of the ids (``TokenLogits`` reads
-``x[0]``) and ``y`` = the targets; the step's own losses are then exactly the token-level ones::
+``next_token_targets(ids)`` the matching next tokens, shape ``(n_tokens,)``. The step takes the ids and the
+targets as they are; its losses are then exactly the token-level ones. A sub-network of a decoder-only LM is a
+prefix of its layers, so ``prefix_exits`` reads the sub-networks off the main forward (one forward and one
+backward per step, same losses and gradients as separate passes)::
 
     ed = sth.elastic_depth(hf_model)                       # one stage of decoder layers
+    tok = TokenLogits(hf_model)
     step = st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths, seed=0), num_subnets=2, kl="layer",
-                              model=TokenLogits(hf_model))
-    losses = step(*token_batch(ids))                       # backward inside; then optimizer.step()
+                              model=tok, exits=sth.prefix_exits(ed, rows=tok.select_rows))
+    losses = step(ids, next_token_targets(ids))            # backward inside; then optimizer.step()
 
 * main: cross-entropy averaged over the valid next-token positions;
 * every sub-network: ``subnet_loss`` on the same rows, i.e. the token-level KL (``kl="plain"``) or KL-
@@ -50,12 +51,12 @@ def next_token_targets(ids: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> t
 
 
 def token_batch(ids: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` for ``StimulativeStep`` on a ``(batch, time)`` batch of ids: ``x`` is the ids expanded (no
-    copy) to ``(n_tokens, batch, time)`` so that the step's batch is the token rows, ``y`` the next tokens."""
+    """``(x, y)`` for ``StimulativeStep`` on a ``(batch, time)`` batch of ids: the ids themselves and the next
+    tokens of the valid positions (``next_token_targets``); an error when no position has two real tokens."""
     y = next_token_targets(ids, ignore_index)
     if y.numel() == 0:
         raise ValueError("the batch has no next-token position with two real tokens")
-    return ids.unsqueeze(0).expand(y.numel(), *ids.shape), y
+    return ids, y
 
 
 def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX,
@@ -89,17 +90,21 @@ class TokenLogits(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(self, ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        if ids.dim() == 3:  # token_batch's expanded view
-            ids = ids[0]
         if ids.dim() != 2:
             raise ValueError(f"token ids must be (batch, time), got shape {tuple(ids.shape)}")
         real = ids != self.ignore_index
+        tokens = ids
         if not bool(real.all()):
             mask = real.long()
             kwargs.setdefault("attention_mask", mask)
             kwargs.setdefault("position_ids", (mask.cumsum(-1) - 1).clamp_min(0))
-            ids = ids.masked_fill(~real, 0)
+            tokens = ids.masked_fill(~real, 0)
         kwargs.setdefault("use_cache", False)
-        out = self.model(ids, **kwargs)
+        out = self.model(tokens, **kwargs)
         logits = out if isinstance(out, torch.Tensor) else out.logits
-        return logits[:, :-1][real[:, :-1] & real[:, 1:]]
+        return self.select_rows(logits, ids)
+
+    def select_rows(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The rows of the valid next-token positions of ``(batch, time, vocab)`` logits of ``ids`` (the exits of
+        ``prefix_exits`` go through it, so they have the rows of the full model's output)."""
+        return logits[:, :-1][valid_next_token_mask(ids, self.ignore_index)]

@@ -10,8 +10,8 @@ One run = a ``transformers`` causal LM built from ``cfg.model`` (no download), m
 
 The hot loop, per optimizer step ``i``: the ST schedule at fractional epoch ``i / steps_per_epoch``, the batch
 of step ``i`` (``batch_size`` random windows of ``context + 1`` tokens drawn by a generator seeded with
-``(seed, i)``, so a resumed run sees the same batches), ``step(*token_batch(ids))`` (forward and backward of
-the main network and the sub-networks), gradient clipping, ``optimizer.step()``, the per-iteration LR schedule.
+``(seed, i)``, so a resumed run sees the same batches), ``step(ids, next_token_targets(ids))`` (forward and
+backward of the main network and the sub-networks; prefix sub-networks are read off the main forward), gradient clipping, ``optimizer.step()``, the per-iteration LR schedule.
 Every ``eval_every`` steps and at the end: validation loss/perplexity of the full model and of the prefix depths
 ``eval_depths`` (one ``metrics.jsonl`` record), then ``last.pt`` written atomically. The run directory holds
 ``config.yaml``, ``metrics.jsonl``/``.csv`` and ``last.pt``; ``resume=auto`` continues from ``last.pt`` and
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..core.sampling import SampleSpace
-from ..core.step import StimulativeStep
+from ..core.step import StimulativeStep, prefix_step_applies
 from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.log import MetricsLog
 from ..train.optim import lr_factor
@@ -51,7 +51,7 @@ from .config import (
 )
 from .data import PackedBlocks, corpus_files, encode_files, load_tokenizer, stdlib_files
 from .evaluate import depth_losses
-from .loss import TokenLogits, token_batch
+from .loss import TokenLogits, next_token_targets
 
 __all__ = ["train_lm", "build_lm", "LMData", "load_lm_data", "load_lm", "LoadedLM", "FORMAT"]
 
@@ -243,13 +243,20 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model = build_lm(cfg, tok.vocab_size, getattr(tok, "eos_token_id", None)).to(device)
-    from ..integrations.transformers import elastic_depth
+    from ..integrations.transformers import elastic_depth, prefix_exits
 
     ed = elastic_depth(model)
     layers = ed.full_depths[0]
     depths = default_eval_depths(layers) if cfg.eval_depths is None else sorted({d for d in cfg.eval_depths if d < layers})
     space = SampleSpace.for_model(ed, cfg.st.sampling, ranges=cfg.st.ranges, seed=cfg.seed)
-    step = StimulativeStep.from_config(cfg.st, ed, space, model=TokenLogits(model), seed=cfg.seed + 1)
+    token_logits = TokenLogits(model)
+    exits = prefix_exits(ed, rows=token_logits.select_rows) if cfg.st.prefix_exits else None
+    step = StimulativeStep.from_config(cfg.st, ed, space, model=token_logits, seed=cfg.seed + 1, exits=exits)
+    if exits is not None and cfg.st.num_subnets and prefix_step_applies(space, cfg.st.min_input_scale,
+                                                                       cfg.st.subnet_fraction,
+                                                                       cfg.st.project_conflicts):
+        _log("sub-networks are read off the main forward (prefix exits: one forward and one backward per step; "
+             "st.prefix_exits=false for separate passes)")
     optimizer = _optimizer(model, cfg)
     scheduler = _scheduler(optimizer, cfg, total)
     history: list[dict[str, Any]] = []
@@ -290,7 +297,7 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
         t0 = time.perf_counter()
         step.set_epoch(i / spe, total / spe)
         ids = data.train_batch(i, cfg.batch_size, cfg.seed).to(device)
-        losses = step(*token_batch(ids))
+        losses = step(ids, next_token_targets(ids))
         if cfg.optim.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
         optimizer.step()

@@ -82,6 +82,8 @@ class STConfig:
     subnet_every: int = 1                 # sub-networks on every k-th step only (cost lever)
     project_conflicts: bool = False       # drop the sub-network gradient's component against the main one
     freeze_subnet_bn: bool = True         # sub-network passes don't update BN running stats
+    prefix_exits: bool = True             # single-stage models (LMs, ViTs) at full input size: read the
+    #                                       sub-networks off the main forward (same losses and gradients)
 
 
 class RunPaths:

@@ -22,8 +22,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..core.droppath import set_drop_path
 from ..core.elastic import ElasticDepth
+from ..core.exits import vision_prefix_exits
 from ..core.sampling import SampleSpace
-from ..core.step import StimulativeStep
+from ..core.step import StimulativeStep, prefix_step_applies
 from ..data import build_data
 from .checkpoint import load_checkpoint, resume_path, save_checkpoint
 from .config import Config, ConfigError, config_to_dict, save_config
@@ -108,9 +109,15 @@ def _train(cfg: Config, runtime: Runtime, start: RunStart | None) -> dict[str, A
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     criterion = CrossEntropyWithAccuracy(cfg.optim.label_smoothing, device)
     space = SampleSpace.for_model(ed, cfg.st.sampling, ranges=cfg.st.ranges, seed=cfg.seed)
+    # (not under torch.compile: the exits hook the blocks at every step, which a compiled graph would not see)
+    exits = vision_prefix_exits(ed) if cfg.st.prefix_exits and cfg.st.num_subnets and not cfg.compile else None
     step = StimulativeStep.from_config(cfg.st, ed, space, model=None if forward is model else forward,
                                        criterion=criterion, scaler=scaler, seed=cfg.seed + 1,
-                                       stats_every=cfg.stats_every)
+                                       stats_every=cfg.stats_every, exits=exits)
+    if exits is not None and prefix_step_applies(space, cfg.st.min_input_scale, cfg.st.subnet_fraction,
+                                                 cfg.st.project_conflicts) and runtime.is_main:
+        console("sub-networks are read off the main forward (prefix exits: one forward and one backward per "
+                "step; st.prefix_exits=false for separate passes)")
     state = TrainingState(model, optimizer, build_scheduler(optimizer, cfg, steps_per_epoch), step, ema, scaler,
                           steps_per_epoch)
 

@@ -1,0 +1,100 @@
+"""Prefix sub-networks read off one forward of the full model ("exits").
+
+A depth-``k`` sub-network of a single-stage model (a decoder-only LM, a ViT) at full input size is its first
+``k`` blocks followed by the model's own tail (final norm + head): its forward is a prefix of the full
+forward. ``PrefixExits`` runs the full model once, keeps the hidden state after block ``k`` for every requested
+depth (forward hooks on the blocks) and passes each through the tail. The prefix activations are the very
+tensors of the full forward, so one backward of ``main + sum(lambda * subnet)`` gives the same gradients as a
+separate forward/backward per sub-network (autograd sums the paths), for the price of one tail per exit.
+
+``StimulativeStep(..., exits=PrefixExits(ed, tail))`` uses it for every step whose sub-networks are prefixes at
+full size (ordered or inter-stage sampling of one stage, ``min_input_scale=1``, ``subnet_fraction=1``); any
+other step keeps the separate forwards. ``vision_prefix_exits(ed)`` builds the tail of torchvision's and timm's
+ViTs; ``stimulative.integrations.transformers.prefix_exits`` that of ``transformers`` models.
+
+Example:
+    >>> import torch, timm, stimulative as st
+    >>> from stimulative.core.exits import vision_prefix_exits
+    >>> model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=4, num_classes=10)
+    >>> ed = st.ElasticDepth(model)
+    >>> exits = vision_prefix_exits(ed)
+    >>> x = torch.randn(2, 3, 32, 32)
+    >>> full, (two,) = exits(model.eval(), x, [2])
+    >>> with ed.depth([2]):
+    ...     torch.allclose(two, model(x), atol=1e-5)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .elastic import ElasticDepth
+
+__all__ = ["PrefixExits", "vision_prefix_exits"]
+
+Tail = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class PrefixExits:
+    """Run the full model once and return its output plus the output of each requested prefix depth.
+
+    Args:
+        ed: the model's ``ElasticDepth``; it must have exactly one stage (the prefix depths count its blocks).
+        tail: ``tail(hidden, x)`` -> the logits of the prefix whose last block output is ``hidden`` (the model's
+            own final norm and head; ``x`` is the model input, e.g. to select token rows).
+
+    Calling ``exits(model, x, depths)`` returns ``(full_output, [output of depth d for d in depths])``; a depth
+    equal to the full depth returns the full output itself. ``model`` is what computes the full output from
+    ``x`` (``ed.model``, a DDP wrapper, ``TokenLogits``...).
+    """
+
+    def __init__(self, ed: ElasticDepth, tail: Tail):
+        if ed.num_stages != 1:
+            raise ValueError(f"prefix exits need a model with one stage of blocks, got {ed.num_stages} stages "
+                             f"({ed.full_depths}); multi-stage models keep separate sub-network forwards")
+        self.ed = ed
+        self.tail = tail
+        self.blocks: list[nn.Module] = list(ed.stages[0].blocks)
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor,
+                 depths: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        depths = [int(d) for d in depths]
+        low = self.ed.min_depths[0]
+        for d in depths:
+            if not low <= d <= self.depth:
+                raise ValueError(f"exit depth {d} is outside [{low}, {self.depth}]")
+        hidden: dict[int, torch.Tensor] = {}
+        handles = []
+        for d in sorted(set(depths)):
+            if d < self.depth:
+                def keep(module, inputs, out, d=d):
+                    hidden[d] = out[0] if isinstance(out, tuple) else out
+                handles.append(self.blocks[d - 1].register_forward_hook(keep))
+        try:
+            full = model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return full, [full if d == self.depth else self.tail(hidden[d], x) for d in depths]
+
+
+def vision_prefix_exits(ed: ElasticDepth) -> PrefixExits | None:
+    """``PrefixExits`` of a torchvision or timm ViT (their final norm and classification head); None for
+    other models."""
+    model = ed.model
+    if ed.num_stages != 1:
+        return None
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None and hasattr(encoder, "ln") and hasattr(model, "heads"):  # torchvision ViT
+        return PrefixExits(ed, lambda h, x: model.heads(encoder.ln(h)[:, 0]))
+    if hasattr(model, "forward_head") and hasattr(model, "norm") and hasattr(model, "blocks"):  # timm ViT
+        return PrefixExits(ed, lambda h, x: model.forward_head(model.norm(h)))
+    return None
