@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -161,8 +162,9 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path):
 
 
 def test_resume_refuses_other_data_classes_and_exported_checkpoints(tmp_path):
-    """data.root may move (a free key), but not to data with other classes; an exported network cannot be
-    resumed. Both are one clear error, before the model is loaded."""
+    """data.root may move (a free key), but not to other data (the fingerprint) nor, for a checkpoint without a
+    fingerprint, to data with other classes; an exported network cannot be resumed. Each is one clear error,
+    before the model is loaded."""
     three = make_folder(tmp_path / "three")
     two = make_folder(tmp_path / "two")
     shutil.rmtree(two / "train" / "emu")
@@ -171,10 +173,46 @@ def test_resume_refuses_other_data_classes_and_exported_checkpoints(tmp_path):
             "data.workers=1", "batch_size=4", "eval_batch_size=4", "epochs=2", "max_steps=3", "threads=1",
             "device=cpu", "model.name=cifar_resnet_tiny", f"out_dir={tmp_path}", "name=r"]
     engine.train(load_config(None, [*data, f"data.root={three}"]))
-    with pytest.raises(ConfigError, match="checkpoint has 3 classes, the data 'folder' has 2"):
+    with pytest.raises(ConfigError, match="trained on other data"):
         engine.train(load_config(None, [*data, f"data.root={two}", "resume=auto", "max_steps=0"]))
     ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
+    del ckpt["data_fingerprint"]    # an older checkpoint: the classes are still checked
+    save_checkpoint(ckpt, tmp_path / "r" / "last.pt")
+    with pytest.raises(ConfigError, match="checkpoint has 3 classes, the data 'folder' has 2"):
+        engine.train(load_config(None, [*data, f"data.root={two}", "resume=auto", "max_steps=0"]))
     exported = save_checkpoint(exported_checkpoint(build_model(load_config(None, data), 3), ckpt["config"], 3,
                                                    [1, 1, 1]), tmp_path / "exported.pt")
     with pytest.raises(CheckpointError, match="not a training checkpoint"):
         engine.train(load_config(None, [*data, "name=e", f"data.root={three}", f"resume={exported}"]))
+
+
+def test_resume_refuses_other_data_with_the_same_classes_and_steps(tmp_path):
+    """The checkpoint records its training data's fingerprint (file count and bytes): other data with the same
+    classes and steps per epoch is refused, naming both roots; a copy elsewhere resumes; a checkpoint without a
+    fingerprint (older versions) resumes as before."""
+    first = make_folder(tmp_path / "first")
+    other = make_folder(tmp_path / "other", size=9)     # same classes and number of images, other images
+    data = ["data.name=folder", "data.augment=none", "data.input_size=8", f"data.cache_dir={tmp_path / 'cache'}",
+            "data.workers=1", "batch_size=4", "eval_batch_size=4", "epochs=3", "threads=1", "device=cpu",
+            "model.name=cifar_resnet_tiny", f"out_dir={tmp_path}", "name=r"]
+    engine.train(load_config(None, [*data, f"data.root={first}", "max_steps=3"]))
+    run_dir = tmp_path / "r"
+    last = run_dir / "last.pt"
+    recorded = load_checkpoint(last)["data_fingerprint"]
+    assert recorded["kind"] == "folder" and recorded["files"] == 12 and recorded["bytes"] > 0
+    before = snapshot(run_dir)
+    with pytest.raises(ConfigError, match=re.escape(f'trained on other data ("{first}": 12 training images of '
+                                                    f'{recorded["bytes"]} bytes in all; data.root "{other}": 12 '
+                                                    "training images of ")):
+        engine.train(load_config(None, [*data, f"data.root={other}", "resume=auto", "max_steps=4"]))
+    assert snapshot(run_dir) == before and not (run_dir / ".lock").exists()
+
+    copy = shutil.copytree(first, tmp_path / "elsewhere")    # new paths and modification times, same data
+    engine.train(load_config(None, [*data, f"data.root={copy}", "resume=auto", "max_steps=6"]))
+    assert load_checkpoint(last)["step"] == 6
+
+    old = load_checkpoint(last)
+    del old["data_fingerprint"]                               # a checkpoint of an older version
+    save_checkpoint(old, last)
+    engine.train(load_config(None, [*data, f"data.root={other}", "resume=auto"]))
+    assert load_checkpoint(last)["step"] == 9

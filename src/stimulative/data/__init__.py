@@ -16,6 +16,7 @@ from .datasets import (
     TensorBatches,
     build_data,
     collate_skipping,
+    data_fingerprint,
     digits_dataset,
     normalisation,
     stratified_subset,
@@ -25,5 +26,5 @@ from .files import DataError
 
 __all__ = [
     "DATASET_STATS", "DataBundle", "DataConfig", "DataError", "LoaderBatches", "TensorBatches", "build_data",
-    "collate_skipping", "digits_dataset", "normalisation", "stratified_subset", "synthetic_dataset",
+    "collate_skipping", "data_fingerprint", "digits_dataset", "normalisation", "stratified_subset", "synthetic_dataset",
 ]

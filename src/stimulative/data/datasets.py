@@ -57,6 +57,7 @@ from .transforms import eval_transform, imagenet_train_transform, resize_train_t
 __all__ = [
     "DataBundle", "TensorBatches", "LoaderBatches", "build_data", "synthetic_dataset", "digits_dataset",
     "stratified_subset", "collate_skipping", "normalisation", "DataError", "DATASET_STATS", "DataConfig",
+    "data_fingerprint",
 ]
 
 DATASET_STATS = {
@@ -506,6 +507,44 @@ def _torchvision_cifar(name: str, cfg: DataConfig) -> tuple:
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets).long()
 
     return (*tensors(train), *tensors(test), list(train.classes))
+
+
+_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}   # torchvision's layout
+_fingerprints: dict[tuple[str, str], dict[str, Any] | None] = {}
+
+
+def data_fingerprint(name: str, root: str, refresh: bool = False) -> dict[str, Any] | None:
+    """A cheap identity of the training data of ``data.name``/``data.root``, recorded in training checkpoints so
+    that a resume on other data is refused (``train.resume.check_same_data``).
+
+    ``{"kind", "files", "bytes"}``: an ImageFolder's ``train/`` images (count and total size), an archive's size,
+    or torchvision's CIFAR batch files; no contents are read and modification times are left out (a moved or
+    copied dataset is the same). None for generated data (``synthetic``, ``digits``) and for a root that does
+    not exist (``build_data`` reports that). Remembered per (name, resolved root) within the process;
+    ``refresh=True`` reads it again (a run does at its start).
+    """
+    if name not in _CIFAR_FOLDERS and name != "folder":
+        return None
+    path = Path(root).expanduser()
+    key = (name, str(path.resolve()))
+    if refresh or key not in _fingerprints:
+        _fingerprints[key] = _read_fingerprint(name, path)
+    found = _fingerprints[key]
+    return dict(found) if found is not None else None
+
+
+def _read_fingerprint(name: str, path: Path) -> dict[str, Any] | None:
+    try:
+        if name in _CIFAR_FOLDERS and not (is_archive(path) or looks_like_image_folder(path)):
+            folder = path / _CIFAR_FOLDERS[name]
+            if not folder.is_dir():
+                return None
+            sizes = [p.stat().st_size for p in folder.iterdir() if p.is_file()]
+            return {"kind": "cifar", "files": len(sizes), "bytes": sum(sizes)}
+        source = ImageSource(path)
+        return {"kind": "archive" if source.kind != "folder" else "folder", **source.train_files()}
+    except (DataError, OSError):
+        return None
 
 
 def build_data(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int = 0, rank: int = 0,

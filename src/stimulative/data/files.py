@@ -276,6 +276,20 @@ class ImageSource:
                 if fh is not None:
                     yield fh
 
+    def train_files(self) -> dict[str, int]:
+        """What identifies the training images cheaply (no contents read): ``{"files", "bytes"}`` of the
+        ``train/`` images of a folder (names and sizes from the listing, one ``stat`` each); an archive's own
+        size (``files`` 1). Modification times are left out, so a copied or moved dataset is the same one."""
+        if self.kind != "folder":
+            return {"files": 1, "bytes": self.root.stat().st_size}
+        files = total = 0
+        for rel, path in self._folder_files():
+            parsed = _classify(rel)
+            if parsed is not None and parsed[1] == "train":
+                files += 1
+                total += os.stat(path).st_size
+        return {"files": files, "bytes": total}
+
     def fingerprint(self) -> str:
         """Identifies the content: path + size + mtime for archives; every file's name, size, mtime for folders."""
         if self.kind != "folder":

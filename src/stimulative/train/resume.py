@@ -14,7 +14,9 @@ key of the new config that differs from the checkpoint's (resolved) config is on
 * **refused**: everything else (batch size, model, data, ``st.*``, ``seed``, ``optim.name``/``schedule``, ...):
   a ``ConfigError`` listing every ``key: old -> new``; nothing in the run directory has changed.
 
-``epochs`` below the epochs the checkpoint has completed is refused too.
+``epochs`` below the epochs the checkpoint has completed is refused too, and so is training data other than the
+checkpoint's (``check_same_data``): ``data.root`` may move, but the data there must have the fingerprint the
+checkpoint recorded (number of training files and their bytes; older checkpoints have none and are not checked).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from .config import Config, ConfigError, config_to_dict
 
-__all__ = ["FREE", "APPLIED", "resume_changes"]
+__all__ = ["FREE", "APPLIED", "resume_changes", "check_same_data"]
 
 FREE = frozenset({
     "name", "out_dir", "resume", "overwrite", "device", "threads", "compile", "channels_last", "deterministic",
@@ -82,3 +84,33 @@ def resume_changes(saved: dict, cfg: Config, completed_epochs: int, source: str)
         raise ConfigError(f"cannot resume {source}: epochs: {_show(old.get('epochs'))} -> {cfg.epochs}, but the "
                           f"checkpoint has already completed {completed_epochs} epochs")
     return [f"{k}: {_show(old[k])} -> {_show(new[k])}" for k in changed if k in APPLIED]
+
+
+def _describe(fingerprint: dict[str, Any]) -> str:
+    kind, files, size = fingerprint.get("kind"), fingerprint.get("files"), fingerprint.get("bytes")
+    if kind == "archive":
+        return f"an archive of {size} bytes"
+    what = "training images" if kind == "folder" else "files"
+    return f"{files} {what} of {size} bytes in all"
+
+
+def check_same_data(saved: dict[str, Any] | None, current: dict[str, Any] | None, saved_root: Any, root: str,
+                    source: str) -> None:
+    """Refuse to resume on training data other than the checkpoint's.
+
+    Args:
+        saved: the checkpoint's ``data_fingerprint`` (None: an older checkpoint or generated data: not checked).
+        current: the fingerprint of the data at ``root`` now (None: generated data or no data there; ``build_data``
+            reports a missing root).
+        saved_root, root: the checkpoint's ``data.root`` and the new one, for the message.
+        source: the checkpoint's path, for the message.
+
+    Raises:
+        ConfigError: the fingerprints differ; the message names both roots and what each holds.
+    """
+    if saved is None or current is None or saved == current:
+        return
+    where = f"data.root {_show(root)}" if str(saved_root) != str(root) else f"data.root {_show(root)} now"
+    raise ConfigError(f"cannot resume {source}: it was trained on other data ({_show(saved_root)}: "
+                      f"{_describe(saved)}; {where}: {_describe(current)}); a resumed run must train on the same "
+                      "data (a moved copy is fine); start a new run with another name instead")

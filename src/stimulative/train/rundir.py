@@ -6,8 +6,8 @@
 2. ``RunLock``: ``run_dir/.lock`` holds the writer's pid and host under an ``fcntl.flock`` that the kernel drops
    when the process dies, so a lock left by a killed run is stale and taken over, and a live writer (another
    process, or another host on a shared filesystem) is refused with its pid and host. Released on exit.
-3. Resuming: the checkpoint's config is compared with the new one (``train.resume``); a refusal releases the lock
-   and leaves the directory as it was.
+3. Resuming: the checkpoint's config is compared with the new one, and the fingerprint of its training data with
+   the data at ``data.root`` (``train.resume``); a refusal releases the lock and leaves the directory as it was.
 4. A fresh run into a directory that holds checkpoints is refused unless ``overwrite=true``, which first removes
    the old run's files (``RUN_FILES``, ``RUN_FOLDERS``): ``eval`` never reads another run's checkpoint.
 5. Temp files of interrupted atomic writes are removed, and a ``best.pt`` that a kill left behind ``last.pt``
@@ -27,10 +27,11 @@ from typing import Any
 
 import torch
 
+from ..data import data_fingerprint
 from ..io import remove_stale_temps, writable_dir
 from .checkpoint import CheckpointError, load_checkpoint, peek_checkpoint, resume_path, save_checkpoint
 from .config import Config
-from .resume import resume_changes
+from .resume import check_same_data, resume_changes
 from .state import SavedRun
 
 try:
@@ -216,6 +217,11 @@ def open_run_dir(cfg: Config, device: torch.device | str = "cpu") -> RunStart:
                 raise CheckpointError(f"cannot resume {str(source)!r}: it is not a training checkpoint (an exported "
                                       "network?); resume from a run's last.pt")
             start.applied = resume_changes(saved.config, cfg, int(saved.epoch or 0), repr(str(source)))
+        # the training data's fingerprint, read afresh: a resume compares it, every checkpoint of the run records it
+        current = data_fingerprint(cfg.data.name, cfg.data.root, refresh=True)
+        if source is not None:
+            check_same_data(saved.data_fingerprint, current, (saved.config.get("data") or {}).get("root"),
+                            cfg.data.root, repr(str(source)))
         old = _old_run(run_dir)
         if old is not None and (source is None or source.resolve().parent != run_dir.resolve()):
             if not cfg.overwrite:

@@ -7,7 +7,11 @@ A training checkpoint (``last.pt``, ``best.pt``) is a dict::
      "optimizer": ..., "scheduler": ..., "scaler": ... | None, "rng": {torch, cuda, python, numpy},
      "space_rng": sampler state, "step_rng": input-size generator state, "metrics": last epoch's record,
      "history": all epoch records, "best_acc": float, "best": {"epoch", "step"} of best.pt | None,
-     "steps_per_epoch": int}
+     "steps_per_epoch": int, "data_fingerprint": {"kind", "files", "bytes"} | None}
+
+``data_fingerprint`` identifies the training data (``stimulative.data.data_fingerprint``: file count and bytes,
+no contents) so that a resume on other data is refused; checkpoints written before it have none and resume as
+before.
 
 ``last.pt`` is written first, then ``best.pt`` (when the epoch is the best): ``best`` in ``last.pt`` names the
 checkpoint that ``best.pt`` must be, so a kill between the two writes is detected (``best`` is then ``last.pt``
@@ -37,6 +41,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from ..core.step import StimulativeStep
+from ..data import data_fingerprint
 from .optim import start_schedule_at
 
 __all__ = ["FORMAT", "TrainingState", "SavedRun", "model_weights", "exported_checkpoint"]
@@ -79,7 +84,7 @@ class TrainingState:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": _rng_state(device), "space_rng": self.step.space.rng.getstate(), "step_rng": self.step.rng.getstate(),
             "metrics": record, "history": self.history, "best_acc": self.best_acc, "best": self.best,
-            "steps_per_epoch": self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch, "data_fingerprint": _fingerprint(config),
         }
 
     def end_epoch(self, epoch: int, record: dict[str, Any]) -> bool:
@@ -152,6 +157,7 @@ class SavedRun:
     history: list[dict[str, Any]]
     best: dict[str, int] | None = None   # (epoch, step) that best.pt holds; None: no best yet, or an older format
     resumable: bool = False              # a training checkpoint (optimizer, step, RNGs), not an exported network
+    data_fingerprint: dict[str, Any] | None = None   # the training data's identity; None: generated data, or older
 
     @classmethod
     def of(cls, ckpt: dict[str, Any]) -> SavedRun:
@@ -159,7 +165,7 @@ class SavedRun:
         num_classes = ckpt.get("num_classes")
         return cls(ckpt.get("config"), int(num_classes) if num_classes else None, ckpt.get("depths"),
                    ckpt.get("ema") is not None, ckpt.get("epoch"), ckpt.get("step"), ckpt.get("best_acc"), history,
-                   ckpt.get("best"), all(k in ckpt for k in _RESUMABLE))
+                   ckpt.get("best"), all(k in ckpt for k in _RESUMABLE), ckpt.get("data_fingerprint"))
 
     @property
     def position(self) -> dict[str, int | None]:
@@ -182,6 +188,14 @@ def exported_checkpoint(model: nn.Module, config: dict, num_classes: int, depths
     """The checkpoint dict of an exported sub-network (loads with ``load_model``; ``extra``: metrics etc.)."""
     return {"format": FORMAT, "model": model.state_dict(), "config": config, "num_classes": num_classes,
             "depths": depths, "ema": None, **{k: v for k, v in (extra or {}).items() if k != "depths"}}
+
+
+def _fingerprint(config: dict) -> dict[str, Any] | None:
+    """The training data's fingerprint for the run's config dict (remembered since the run checked it)."""
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, dict) or not data.get("name") or data.get("root") is None:
+        return None
+    return data_fingerprint(str(data["name"]), str(data["root"]))
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
