@@ -25,10 +25,11 @@ from .options import add_bn_recal
 HELP = "offline CT vs ST++ demo on a small ResNet: main accuracy and the loafing table (a few CPU minutes)"
 
 # cifar_resnet20 at 16x16 px on digits (1437 train / 360 test images); ST++ = 3 sub-networks/step, layer-norm KL-
-# with the adaptive amplitude, sub-network inputs 12..16 px. Measured (`stimulative demo`, 2-core CPU, idle, 1 thread):
-# 108 s wall in all; CT 99.44% / ST++ 99.72% main; sub-networks inside CT: mean 90.3%, worst 60.5% ((1,1,1));
-# inside ST++: mean 99.3%, worst 98.1% (BN re-estimated on 500 images then; now --bn-recal's default, which
-# here means all 1437 training images). Under heavy load from other processes the same run took 6 minutes.
+# with the adaptive amplitude, sub-network inputs 12..16 px. Measured (`/usr/bin/time -v stimulative demo`, 1
+# thread, on a 2-core CPU shared with two background 1-thread training jobs and other benchmark work: load average
+# 4.3-5.0): 100 s wall (the demo's own line: training 72 s, total 93 s), 66% of a core; CT 99.44% / ST++ 99.72%
+# main; sub-networks inside CT: mean 90.0%, worst 59.6% ((1,1,1)); inside ST++: mean 99.3%, worst 98.3%; BN
+# re-estimated with --bn-recal's default (2000 images: here all 1437 training images).
 DEMO_SETTINGS: dict = {
     "model": {"name": "cifar_resnet20"},
     "data": {"name": "digits", "input_size": 16, "padding": 2},
