@@ -4,8 +4,8 @@ main network and for every depth, at equal epochs and at equal time.
 Setting: the ``r20_confirm`` setting of bench_ablation.py (CIFAR-10 ResNet-20, 5,000 training images, 2,000 test
 images, 15 epochs, batch 128, one-cycle lr 0.1, BN re-estimated on 1,000 images). Every run goes through
 ``stimulative train`` (a shipped recipe + ``key=value`` overrides); when it ends, all 27 depth configurations of
-its last checkpoint are measured with ``stimulative loafing --all`` (BN re-estimated per configuration) and
-their FLOPs counted, and one record is written to ``benchmarks/results/peers/<run>.json`` with ``setting``,
+its last checkpoint are measured as ``stimulative loafing --all --bn-recal 1000`` does (BN re-estimated per
+configuration; ``--eval-run``) and their FLOPs counted, and one record is written to ``benchmarks/results/peers/<run>.json`` with ``setting``,
 ``method``, ``variant``, ``budget``, ``seed``, ``epochs``, ``test_acc``, ``train_s``, ``depth_acc``,
 ``depth_mflops`` and the commands. A run whose record exists is skipped; a run that trained but was not
 measured is measured on the next invocation.
@@ -116,12 +116,34 @@ def train_command(variant: str, name: str, seed: int, args: argparse.Namespace) 
 
 
 def eval_command(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "stimulative", "loafing", str(run_dir / "last.pt"), "--all", "--bn-recal",
-            str(BN_IMAGES), "--out", str(run_dir / "depths"), "--no-progress"]
+    return [sys.executable, str(Path(__file__).resolve()), "--eval-run", str(run_dir)]
+
+
+def evaluate_run(run_dir: Path) -> Path:
+    """Every ordered depth configuration of the run's last checkpoint, BN re-estimated on BN_IMAGES training
+    images per configuration (as ``stimulative loafing --all --bn-recal 1000``, without the extra pass with the
+    saved statistics); writes ``run_dir/depths/loafing.json``."""
+    from stimulative.analysis.loafing import subnetwork_accuracy
+    from stimulative.runs import measure_selected, open_run
+
+    def bn_only(*a, **k):
+        return subnetwork_accuracy(*a, **k, own_bn=False)
+
+    run = open_run(run_dir / "last.pt")
+    rows = measure_selected([run], bn_only, all_configs=True, bn_images=BN_IMAGES, progress=False)
+    out = run_dir / "depths" / "loafing.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "settings": {"bn_recal_images": BN_IMAGES}}, indent=1) + "\n")
+    return out
 
 
 def shown(cmd: list[str]) -> str:
-    text = " ".join(["stimulative", *cmd[3:]]) if cmd[0] == sys.executable else " ".join(cmd)
+    if cmd[0] != sys.executable:
+        text = " ".join(cmd)
+    elif cmd[1] == "-m":
+        text = " ".join(["stimulative", *cmd[3:]])
+    else:
+        text = " ".join(["python", *cmd[1:]])
     return text.replace(str(REPO) + "/", "")
 
 
@@ -156,7 +178,6 @@ def write_record(variant: str, seed: int, name: str, args: argparse.Namespace, t
         "epochs": final["epoch"], "time_ratio": ratio, "test_acc": final["test_acc"],
         "train_s": round(sum(r["epoch_time_s"] for r in records), 1),
         "depth_acc": {r["depths"]: r["acc_bn"] for r in rows},
-        "depth_acc_own_bn": {r["depths"]: r["acc"] for r in rows},
         "depth_mflops": depth_mflops(run_dir, [r["depths"] for r in rows]),
         "command": shown(train_cmd), "eval_command": shown(eval_command(run_dir)),
         "machine": machine_info(args.threads), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -219,6 +240,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default=str(REPO / "benchmarks" / "runs" / "peers"))
     p.add_argument("--list", action="store_true", help="print the variants")
+    p.add_argument("--eval-run", metavar="RUN_DIR", help="measure every depth of one finished run (internal)")
     p.add_argument("--measure-times", action="store_true", help="measure the epoch time of every cost class")
     p.add_argument("--repeats", type=int, default=3, help="--measure-times: interleaved repeats")
     p.add_argument("--images", type=int, default=1280, help="--measure-times: images per timed epoch")
@@ -226,6 +248,9 @@ def main() -> None:
     if args.list:
         for v, (method, recipe, ov, budget, _) in VARIANTS.items():
             print(f"  {v:<18}{method:<18}{budget:<14}{recipe} {' '.join(ov)}")
+        return
+    if args.eval_run:
+        print(f"-> {evaluate_run(Path(args.eval_run))}")
         return
     if args.measure_times:
         measure_times(args)

@@ -151,3 +151,24 @@ def test_engine_uses_the_rates_and_resume_is_exact(tmp_path):
     assert_same_state(full["model"], cut_["model"])
     plain = load_checkpoint(tmp_path / "plain" / "last.pt")
     assert not torch.equal(full["model"]["conv1.weight"], plain["model"]["conv1.weight"])  # the drops acted
+
+
+def test_without_scale_by_keep_a_kept_block_is_unchanged():
+    """LayerSkip's layer dropout: a sample either skips the block or gets its plain output (no 1 / (1 - p))."""
+    model, ed = _tiny()
+    block = ed.stages[0].blocks[1]
+    x = torch.randn(200, 8, 16, 16)
+    model.train()
+    with torch.no_grad(), st.frozen_bn_stats(model):
+        plain = block(x)
+        set_drop_path(ed, 0.5, "uniform", scale_by_keep=False)
+        torch.manual_seed(0)
+        out = block(x)
+        set_drop_path(ed, 0.5, "uniform")
+        torch.manual_seed(0)
+        scaled = block(x)
+    dropped = (out == x).flatten(1).all(1)
+    assert 60 < int(dropped.sum()) < 140
+    assert torch.equal(out[~dropped], plain[~dropped])
+    assert torch.equal(scaled[dropped], x[dropped])
+    assert torch.allclose(scaled[~dropped] - x[~dropped], 2 * (plain[~dropped] - x[~dropped]), atol=1e-5)

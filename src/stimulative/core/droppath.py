@@ -2,8 +2,9 @@
 
 The peers of stimulative training: per sample, a block's residual increment ``block(x) - x`` is dropped with
 probability ``p_l`` during training (the sample goes through the identity path) and scaled by ``1 / (1 - p_l)``
-when kept, so the eval-mode network is the plain one. The drop itself is torchvision's
-``torchvision.ops.stochastic_depth(..., mode="row")``; this module only chooses the rates.
+when kept (``scale_by_keep``; LayerSkip does not rescale), so the eval-mode network is the plain one. The drop
+itself is timm's ``timm.layers.drop_path`` (per sample; the same draws as ``torchvision.ops.stochastic_depth(...,
+mode="row")``); this module only chooses the rates.
 
 Schedules over the ``L`` blocks of the elastic stages in network order (block ``l = 1..L``):
 
@@ -34,8 +35,8 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
+from timm.layers import drop_path
 from torch import nn
-from torchvision.ops import stochastic_depth
 
 __all__ = ["DROP_PATH_SCHEDULES", "drop_path_rates", "set_drop_path", "drop_path_paused", "drop_residual"]
 
@@ -68,7 +69,8 @@ def _blocks(ed) -> list[tuple[nn.Module, bool]]:
     return [(b, flag) for stage in ed.stages for b, flag in zip(stage.blocks, stage.skippable)]
 
 
-def set_drop_path(ed, p: float, schedule: str = "linear", rates: Sequence[float] | None = None) -> list[float]:
+def set_drop_path(ed, p: float, schedule: str = "linear", rates: Sequence[float] | None = None,
+                  scale_by_keep: bool = True) -> list[float]:
     """Set the per-sample drop rate of every skippable block of an ``ElasticDepth`` (``p = 0`` turns it off).
 
     Args:
@@ -76,6 +78,8 @@ def set_drop_path(ed, p: float, schedule: str = "linear", rates: Sequence[float]
         p: the schedule's largest rate.
         schedule: ``linear``, ``uniform`` or ``exponential``.
         rates: explicit per-block rates instead of ``p``/``schedule`` (one per block of ``ed``'s stages).
+        scale_by_keep: scale a kept residual by ``1 / (1 - rate)`` (stochastic depth, LayerDrop as timm and
+            torchvision do); False keeps it as it is (LayerSkip's layer dropout).
 
     Returns:
         The rate of every block in network order (0 for blocks that cannot be skipped).
@@ -89,6 +93,7 @@ def set_drop_path(ed, p: float, schedule: str = "linear", rates: Sequence[float]
     for (block, flag), r in zip(blocks, rates):
         r = float(r) if flag else 0.0
         block._st_drop = r
+        block._st_drop_scale = bool(scale_by_keep)
         out.append(r)
     return out
 
@@ -111,4 +116,4 @@ def drop_residual(block: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch
     p = block.__dict__.get("_st_drop", 0.0)
     if not p or not block.training:
         return out
-    return x + stochastic_depth(out - x, p, mode="row", training=True)
+    return x + drop_path(out - x, p, True, block.__dict__.get("_st_drop_scale", True))

@@ -24,7 +24,7 @@ from ..io import atomic_write_text
 from ..train.config import CHOICES as TRAIN_CHOICES
 from ..train.config import ConfigError, RunPaths, STConfig, apply_overrides, fill_dataclass, read_recipe
 
-__all__ = ["LMConfig", "LMModelConfig", "LMDataConfig", "LMOptimConfig", "load_lm_config", "lm_config_from_dict",
+__all__ = ["LMConfig", "LMModelConfig", "LayerSkipConfig", "LMDataConfig", "LMOptimConfig", "load_lm_config", "lm_config_from_dict",
            "lm_config_to_dict", "save_lm_config", "is_lm_recipe", "default_eval_depths", "ConfigError"]
 
 FAMILIES = ("llama", "gpt2")
@@ -66,6 +66,17 @@ class LMOptimConfig:
 
 
 @dataclass
+class LayerSkipConfig:
+    """LayerSkip (Elhoushi et al. 2024) instead of ST: layer dropout + early-exit loss (``stimulative.lm.layerskip``)."""
+
+    enabled: bool = False
+    p_max: float = 0.1                    # largest layer-dropout rate (last layer, end of training)
+    e_scale: float = 0.1                  # loss scale of the early exits (the last layer's is 1)
+    rotation: int = 0                     # R: early-exit loss on every R-th layer, rotating; 0 = every layer
+    time_schedule: str = "exp"            # exp (from scratch) | constant (continued pre-training)
+
+
+@dataclass
 class LMConfig(RunPaths):
     task: str = "lm"
     name: str = "lm"
@@ -87,11 +98,13 @@ class LMConfig(RunPaths):
     data: LMDataConfig = field(default_factory=LMDataConfig)
     optim: LMOptimConfig = field(default_factory=LMOptimConfig)
     st: STConfig = field(default_factory=STConfig)
+    layerskip: LayerSkipConfig = field(default_factory=LayerSkipConfig)
 
 
 
 # the image config's choices (st.*, optim.*) plus the LM's own
-_CHOICES = {**TRAIN_CHOICES, "task": ("lm",), "model.family": FAMILIES}
+_CHOICES = {**TRAIN_CHOICES, "task": ("lm",), "model.family": FAMILIES,
+            "layerskip.time_schedule": ("exp", "constant")}
 
 
 def _validate(cfg: LMConfig) -> None:
@@ -125,6 +138,12 @@ def _validate(cfg: LMConfig) -> None:
     if cfg.st.min_input_scale != 1 or cfg.st.subnet_fraction != 1:
         raise ConfigError("LM runs need st.min_input_scale=1 and st.subnet_fraction=1 (random smaller inputs and "
                           "sample subsets are for images; the teacher has one logit row per token)")
+    if cfg.layerskip.enabled:
+        if cfg.st.num_subnets:
+            raise ConfigError("layerskip.enabled and st.num_subnets > 0 are two methods; choose one "
+                              "(st.num_subnets=0 for LayerSkip)")
+        if not 0 <= cfg.layerskip.p_max < 1 or cfg.layerskip.e_scale < 0 or cfg.layerskip.rotation < 0:
+            raise ConfigError("layerskip.p_max must be in [0, 1); layerskip.e_scale and layerskip.rotation >= 0")
     if cfg.eval_depths is not None:
         bad = [d for d in cfg.eval_depths if not isinstance(d, int) or isinstance(d, bool) or d < 1]
         if bad:

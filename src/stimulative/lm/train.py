@@ -51,6 +51,7 @@ from .config import (
 )
 from .data import PackedBlocks, corpus_files, encode_files, load_tokenizer, stdlib_files
 from .evaluate import depth_losses
+from .layerskip import LayerSkipStep
 from .loss import TokenLogits, next_token_targets
 
 __all__ = ["train_lm", "build_lm", "LMData", "load_lm_data", "load_lm", "LoadedLM", "FORMAT"]
@@ -250,8 +251,12 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
     depths = default_eval_depths(layers) if cfg.eval_depths is None else sorted({d for d in cfg.eval_depths if d < layers})
     space = SampleSpace.for_model(ed, cfg.st.sampling, ranges=cfg.st.ranges, seed=cfg.seed)
     token_logits = TokenLogits(model)
-    exits = prefix_exits(ed, rows=token_logits.select_rows) if cfg.st.prefix_exits else None
+    exits = prefix_exits(ed, rows=token_logits.select_rows) if cfg.st.prefix_exits or cfg.layerskip.enabled \
+        else None
     step = StimulativeStep.from_config(cfg.st, ed, space, model=token_logits, seed=cfg.seed + 1, exits=exits)
+    ls = cfg.layerskip
+    layerskip = LayerSkipStep(ed, exits, total, p_max=ls.p_max, e_scale=ls.e_scale, rotation=ls.rotation,
+                              time_schedule=ls.time_schedule, model=token_logits) if ls.enabled else None
     if exits is not None and cfg.st.num_subnets and prefix_step_applies(space, cfg.st.min_input_scale,
                                                                        cfg.st.subnet_fraction,
                                                                        cfg.st.project_conflicts):
@@ -274,6 +279,8 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
         done, history = int(ckpt["step"]), list(ckpt.get("history", []))
         train_time, wall = float(ckpt.get("train_time_s", 0.0)), float(ckpt.get("wall_s", 0.0))
         step.calls = done
+        if layerskip is not None:
+            layerskip.calls = done
         if ckpt.get("steps") != total:
             raise ValueError(f"cannot resume {source}: it was a run of {ckpt.get('steps')} steps, this one has {total}")
     resolved = lm_config_to_dict(cfg)
@@ -285,7 +292,7 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
     _log(f"{'resuming ' + str(source) + ' at' if source else 'starting'} step {done}/{total}: "
          f"{cfg.model.family} {layers}x{cfg.model.hidden_size} ({sum(p.numel() for p in model.parameters()):,} "
          f"params), context {cfg.model.context}, batch {cfg.batch_size}, sub-networks/step {cfg.st.num_subnets} "
-         f"(kl {cfg.st.kl}), {len(data.train):,} train / {len(data.val):,} val tokens, {spe} steps/epoch, "
+         f"(kl {cfg.st.kl}){', LayerSkip' if ls.enabled else ''}, {len(data.train):,} train / {len(data.val):,} val tokens, {spe} steps/epoch, "
          f"device {device}, run dir {run_dir}")
 
     sums = {"loss": 0.0, "main": 0.0, "subnet": 0.0}
@@ -295,9 +302,12 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
     t_start = time.perf_counter()
     for i in range(done, stop_at):
         t0 = time.perf_counter()
-        step.set_epoch(i / spe, total / spe)
         ids = data.train_batch(i, cfg.batch_size, cfg.seed).to(device)
-        losses = step(ids, next_token_targets(ids))
+        if layerskip is not None:
+            losses = layerskip(ids, next_token_targets(ids))
+        else:
+            step.set_epoch(i / spe, total / spe)
+            losses = step(ids, next_token_targets(ids))
         if cfg.optim.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
         optimizer.step()

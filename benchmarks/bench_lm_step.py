@@ -1,0 +1,109 @@
+"""The cost of ST on a language model: step time / CT's step time with the sub-networks read off the main forward
+(prefix exits) and with separate sub-network forwards, for 1, 3 and 7 sub-networks (issue 20, item 1).
+
+Model and batch of the LM benchmark (``recipes/lm_llama_ct.yaml``: byte-level Llama, 8 layers, width 128, context
+128, batch 16, AdamW), random token batches, fp32 CPU, one thread. One measurement = ``--steps`` optimizer steps
+(forward, backward, clip, AdamW step) of one setting; the settings run interleaved (A, B, C, ..., A, B, C, ...)
+``--repeats`` times and the median is taken, so a load change hits every setting alike. Aims (issue 20): <= 1.15x
+CT for one exit, <= 1.3x for three. Writes ``benchmarks/results/lm/step_cost.json``.
+
+    python benchmarks/bench_lm_step.py                     # 5 repeats x 10 steps
+    python benchmarks/bench_lm_step.py --hidden-size 512   # a wider model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from machine import load_average, machine_info  # benchmarks/machine.py
+
+import stimulative as st
+from stimulative.integrations import transformers as sth
+from stimulative.lm.config import load_lm_config
+from stimulative.lm.loss import TokenLogits, next_token_targets
+from stimulative.lm.train import _optimizer, build_lm
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--hidden-size", type=int, default=0, help="override model.hidden_size (0: the recipe's)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "lm" / "step_cost.json"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    overrides = [f"model.hidden_size={args.hidden_size}", "model.intermediate_size=0"] if args.hidden_size else []
+    cfg = load_lm_config(REPO / "recipes" / "lm_llama_ct.yaml", overrides)
+    torch.manual_seed(0)
+    model = build_lm(cfg, 257, 256)
+    ed = sth.elastic_depth(model)
+    tok = TokenLogits(model)
+    exits = sth.prefix_exits(ed, rows=tok.select_rows)
+    optimizer = _optimizer(model, cfg)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 257, (cfg.batch_size, cfg.model.context + 1), generator=g) for _ in range(4)]
+
+    def setting(n: int, one_forward: bool):
+        space = st.SampleSpace.ordered(ed.full_depths, ed.min_depths, seed=0)
+        return st.StimulativeStep(ed, space, num_subnets=n, kl="plain", model=tok,
+                                  exits=exits if one_forward else None, seed=1)
+
+    settings = {"CT": setting(0, False)}
+    for n in (1, 3, 7):
+        settings[f"{n} exit{'s' if n > 1 else ''}, one forward"] = setting(n, True)
+        settings[f"{n} sub-network{'s' if n > 1 else ''}, separate forwards"] = setting(n, False)
+
+    def run(step, steps: int) -> float:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            ids = batches[i % len(batches)]
+            step(ids, next_token_targets(ids))
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - t0) / steps
+
+    model.train()
+    for step in settings.values():  # warm-up: first-call allocations of every code path
+        run(step, 1)
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    for r in range(args.repeats):
+        for name, step in settings.items():
+            times[name].append(run(step, args.steps))
+            print(f"repeat {r + 1}/{args.repeats} {name:<34} {times[name][-1] * 1000:7.1f} ms/step", flush=True)
+    med = {name: statistics.median(v) for name, v in times.items()}
+    ct = med["CT"]
+    result = {
+        "benchmark": "bench_lm_step", "command": "python benchmarks/bench_lm_step.py " + " ".join(sys.argv[1:]),
+        "model": {"family": cfg.model.family, "layers": cfg.model.num_hidden_layers,
+                  "hidden_size": cfg.model.hidden_size, "context": cfg.model.context,
+                  "batch_size": cfg.batch_size, "params": sum(p.numel() for p in model.parameters())},
+        "steps_per_measurement": args.steps, "repeats": args.repeats, "threads": args.threads,
+        "ms_per_step": {k: round(v * 1000, 2) for k, v in med.items()},
+        "cost_x_ct": {k: round(v / ct, 3) for k, v in med.items()},
+        "ms_per_step_all_repeats": {k: [round(x * 1000, 2) for x in v] for k, v in times.items()},
+        "aims": {"1 exit <= 1.15x CT": med["1 exit, one forward"] / ct <= 1.15,
+                 "3 exits <= 1.3x CT": med["3 exits, one forward"] / ct <= 1.3},
+        "machine": {**machine_info(args.threads), "load_average_at_end": load_average()},
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{'setting':<36}{'ms/step':>9}{'x CT':>7}")
+    for k, v in med.items():
+        print(f"{k:<36}{v * 1000:>9.1f}{v / ct:>7.2f}")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
