@@ -82,7 +82,15 @@ def test_eval_of_a_file_that_is_not_a_checkpoint_is_our_own_line(tmp_path, capsy
 
 def test_model_without_residual_stages_names_the_recipe_key(tmp_path):
     with pytest.raises(ConfigError, match=r"model\.stages"):
-        engine.train(tiny_config(tmp_path, "plain", "epochs=1", "model.kwargs={blocks_per_stage: 1}"))
+        engine.train(tiny_config(tmp_path, "plain", "epochs=1", "model.name=squeezenet1_0"))
+
+
+def test_one_block_per_stage_trains_alone_but_refuses_sub_networks(tmp_path):
+    """A ResNet-8 has one configuration: CT trains it (a depth trained alone), ST has nothing to sample."""
+    engine.train(tiny_config(tmp_path, "alone", "epochs=1", "model.kwargs={blocks_per_stage: 1}"))
+    with pytest.raises(ConfigError, match=r"st\.num_subnets"):
+        engine.train(tiny_config(tmp_path, "st", "epochs=1", "model.kwargs={blocks_per_stage: 1}",
+                                 "st.num_subnets=1"))
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
