@@ -96,7 +96,7 @@ def test_acceptance_follows_agreement_and_falls_back_to_greedy():
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_eos_and_max_new_tokens_inside_a_draft(family):
     model = tiny(family, "agree")
-    long = {"confidence_threshold": 0.0, "max_draft_tokens": 16}
+    long = {"confidence_threshold": 0.0, "max_draft_tokens": 16, "adaptive": False}
     for p in prompts(2, lengths=(3, 4, 5, 6, 7, 8)):  # one whose output has a token first seen at step 6..9
         ref = greedy(model, p, NEW)[0, p.shape[1]:].tolist()
         pos = next((i for i in range(5, 9) if ref[i] not in ref[:i]), None)
@@ -203,3 +203,12 @@ def test_cli_generate_errors(lm_run, tmp_path, capsys):
     assert "neither an LM run directory nor a transformers model directory" in capsys.readouterr().err
     assert main(["generate", str(lm_run), "--exit", "1", "--prompt", ""]) == 2
     assert "--prompt" in capsys.readouterr().err
+
+
+def test_drafting_pays_where_the_expected_tokens_per_layer_pass_beat_greedy():
+    from stimulative.lm.generate import _drafting_pays
+
+    # one draft from layer 2 of 8: 1 + a tokens for 1.25 full forwards
+    assert _drafting_pays(0.5, 2, 8, 16, 1.1) and not _drafting_pays(0.3, 2, 8, 16, 1.1)
+    assert not _drafting_pays(0.5, 6, 8, 16, 1.1) and _drafting_pays(0.95, 6, 8, 16, 1.1)
+    assert not _drafting_pays(0.99, 2, 8, 0, 1.0)  # no room for a draft

@@ -19,10 +19,17 @@ shallow stack (layers 1..k) and a deep stack (layers k+1..L) that share one ``tr
 
 The output is the plain greedy output of the full model (the same layers on the same keys/values; only the
 grouping of positions in the deep stack's forward differs, so an exact tie between two logits could in
-principle break the other way). If drafting does not pay off (estimated from layer passes: tokens produced per
-layer pass vs plain greedy's one token per L layer passes, decayed over the recent rounds), decoding falls
-back to plain greedy steps and probes with one draft round again after 32, 64, ... greedy tokens, so a model
-whose early exits disagree with the full model (CT) is decoded at about plain-greedy speed.
+principle break the other way).
+
+Adaptive fallback: a running estimate a of how often a drafted token agrees with the full model (over about
+the last 10 drafted tokens seen) says whether drafting pays: whether some draft length m is expected to give
+more tokens (1 + a + ... + a^m) per layer pass (m k + L) than plain greedy (1 per L), by ``min_gain``. Where
+it does not, the round is a plain greedy step, which still reads the draft head on the layer-k state it
+computes anyway, so the estimate keeps following the model and drafting resumes when the exits agree again.
+A model whose early exits disagree with the full model (CT) is so decoded at about plain-greedy speed. The
+longest draft of a round starts at 4 tokens, doubles (up to ``max_draft_tokens``) after a fully accepted round
+and drops to j + 1 after a round whose first j drafts were accepted: agreement comes in runs; within a round
+the draft's own confidence can end it earlier.
 
 Batch size 1 only. Models: ``LlamaForCausalLM`` and ``GPT2LMHeadModel`` (and models with the same layout:
 ``model.model.{embed_tokens, layers, norm, rotary_emb}`` or ``model.transformer.{wte, wpe, h, ln_f}``), with
@@ -150,6 +157,30 @@ class _Stack:
         return self.head(self.norm(h))
 
 
+_PRIOR_AGREEMENT = 0.5  # before anything is seen: enough to draft from an exit in the first 45% of the layers
+_DECAY = 0.9  # per observed draft token: the estimate follows about the last 10 of them
+_FIRST_LENGTH = 4  # the adaptive draft length starts here, doubles after a fully accepted round
+
+
+def _drafting_pays(agree: float, k: int, layers: int, m_max: int, min_gain: float) -> bool:
+    """Whether some draft length m <= m_max is expected to give ``min_gain`` times plain greedy's tokens per
+    layer pass.
+
+    A round with m drafts runs layers 1..k on m + 1 tokens and layers k+1..L once: m k + L layer passes, i.e.
+    1 + m k / L full forwards, for 1 + a + ... + a^m tokens on average if each drafted token agrees with the
+    full model with probability a (given that the previous ones did); plain greedy: 1 token per full forward.
+    """
+    tokens, term = 1.0, 1.0
+    for m in range(1, m_max + 1):
+        term *= agree
+        tokens += term
+        if tokens > min_gain * (1 + m * k / layers):
+            return True
+        if term < 1e-3:
+            break
+    return False
+
+
 def _eos_set(model: nn.Module, eos_token_id: int | Sequence[int] | None) -> set[int]:
     if eos_token_id is None:
         eos_token_id = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -163,8 +194,8 @@ def _eos_set(model: nn.Module, eos_token_id: int | Sequence[int] | None) -> set[
 @torch.no_grad()
 def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_layer: int, max_new_tokens: int = 128,
              *, max_draft_tokens: int = 16, confidence_threshold: float = 0.4,
-             eos_token_id: int | Sequence[int] | None = None, adaptive: bool = True, min_gain: float = 1.0,
-             probe_after: int = 32) -> SpeculativeOutput:
+             eos_token_id: int | Sequence[int] | None = None, adaptive: bool = True,
+             min_gain: float = 1.1) -> SpeculativeOutput:
     """Greedy decoding of one prompt with drafts from the first ``exit_layer`` layers, verified by the rest.
 
     The result is token for token the plain greedy output of the full model (``model.generate(input_ids,
@@ -179,11 +210,10 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
         max_draft_tokens: at most this many drafted tokens per round (0: plain greedy with the same code).
         confidence_threshold: end a draft round after a token whose draft probability is below this (0: never).
         eos_token_id: stop after this token (or any of these); default ``model.generation_config.eos_token_id``.
-        adaptive: fall back to plain greedy steps while drafting does not pay off (see the module docstring).
-        min_gain: drafting pays off when it is estimated to need fewer layer passes per token than plain greedy
-            by this factor (1.0: any saving).
-        probe_after: after falling back, try one draft round again after this many greedy tokens (doubling
-            after every failed try).
+        adaptive: take plain greedy steps while drafting does not pay off, judged from the running agreement
+            of the early exit with the full model, and adapt the draft length to the recent rounds (see the
+            module docstring); False: always draft up to ``max_draft_tokens``.
+        min_gain: draft only where the estimated tokens per layer pass beat plain greedy's by this factor.
 
     Returns:
         ``SpeculativeOutput``: ``.sequences`` (1, T + new) like ``model.generate``, and the counts.
@@ -238,16 +268,17 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
     cache = DynamicCache()
     done = max_new_tokens == 0
     # Invariant at the start of a round: every layer's cache holds positions 0 .. len(tokens) - 2 (all accepted
-    # tokens but the last one, the previous round's bonus token or the prompt), except at the very start
-    # (nothing cached). The last token(s) have been through no layer yet.
-    decay, gain_tokens, gain_cost = 0.7, 0.0, 0.0  # recent tokens produced / layer passes spent while drafting
-    greedy_until, backoff = -1, probe_after
+    # tokens but the last one: the previous round's bonus token), or nothing before the first round (the prompt).
+    # The tokens after the cached positions have been through no layer yet.
+    agree = _PRIOR_AGREEMENT  # running estimate: P(draft token == full model's token | previous ones accepted)
+    length = min(max_draft_tokens, _FIRST_LENGTH) if adaptive else max_draft_tokens  # this round's longest draft
     while not done:
         n = len(tokens)
         cached = cache.get_seq_length()
         budget = total - n  # new tokens still allowed; a round yields at most (drafts + 1)
-        drafting = max_draft_tokens > 0 and (not adaptive or n >= greedy_until)
-        m_max = min(max_draft_tokens, budget - 1) if drafting else 0
+        m_max = min(max_draft_tokens, budget - 1)
+        if adaptive and m_max > 0:
+            m_max = min(m_max, length) if _drafting_pays(agree, k, n_layers, m_max, min_gain) else 0
         # draft: the unprocessed tokens through the shallow stack, then one token at a time
         h = stack.run(stack.embed_at(ids.new_tensor([tokens[cached:]]), cached), shallow, cached, cache)
         pending = [h]  # layer-k hidden states of positions cached .. n - 1 + len(drafts)
@@ -261,6 +292,9 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
             pending.append(h)
             if drafts[-1] in eos or float(prob) < confidence_threshold:
                 break
+        # a plain greedy step of the adaptive mode still reads the draft head (no extra layer pass) to see
+        # whether the early exit agrees with the full model again
+        watch = int(stack.logits(h[:, -1]).argmax(-1)) if adaptive and m_max == 0 and max_draft_tokens else None
         # verify: layers k+1..L on the layer-k states of positions cached .. n - 1 + m in one forward
         m = len(drafts)
         hd = stack.run(torch.cat(pending, 1), deep, cached, cache)
@@ -276,16 +310,15 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
             # every layer now holds positions 0 .. n - 1 + m; keep the accepted ones (0 .. n - 1 + j)
             if j < m:
                 cache.crop(-(m - j))
-            if adaptive:
-                gain_tokens = decay * gain_tokens + (j + 1)
-                gain_cost = decay * gain_cost + ((m + 1) * k + (n_layers - k)) / n_layers
-                if gain_tokens < min_gain * gain_cost:  # fewer tokens than plain greedy in the same layer passes
-                    greedy_until = n + j + 1 + backoff
-                    backoff = min(2 * backoff, 1024)
-                else:
-                    backoff = probe_after
+            if adaptive:  # agreement comes in runs: longer drafts while they last, short ones after a miss
+                length = min(max_draft_tokens, 2 * length) if j == m else max(1, j + 1)
+            # what the round showed: j agreements, then a disagreement unless all were accepted
+            for seen in [True] * j + [False] * (j < m):
+                agree = _DECAY * agree + (1 - _DECAY) * seen
         else:
             out.greedy_steps += 1
+            if watch is not None:
+                agree = _DECAY * agree + (1 - _DECAY) * (watch == greedy[0])
         new = drafts[:j] + [greedy[j]]
         for i, t in enumerate(new):
             if t in eos:
