@@ -245,3 +245,40 @@ def test_depth_losses_equal_truncated_models():
             rows = torch.cat([TokenLogits(small)(b) for b in batches])
         expected = F.cross_entropy(rows, torch.cat([next_token_targets(b) for b in batches]))
         assert abs(row["loss"] - float(expected)) < 1e-5 and row["tokens"] == rows.shape[0]
+
+
+def test_text_folders_as_users_have_them(tmp_path, capsys):
+    """Every UTF-8 file is text, with or without an extension; binary files are skipped and counted."""
+    from stimulative.lm.data import is_text_file
+
+    root = tmp_path / "corpus"
+    (root / "src").mkdir(parents=True)
+    texts = {"LICENSE": "MIT License\n", "README": "# readme\n", "data.jsonl": '{"a": 1}\n', "paper.tex": "\\section{x}\n",
+             "src/main.rs": "fn main() {}\n", "src/app.ts": "let x = 1;\n", "notes.txt": "héllo wörld\n"}
+    for name, text in texts.items():
+        (root / name).write_text(text, encoding="utf-8")
+    (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (root / "model.bin").write_bytes(bytes(range(256)))
+    (root / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))  # not UTF-8
+    (root / "empty").write_bytes(b"")
+    (root / "cut.txt").write_bytes(("é" * 5000).encode("utf-8"))  # 10,000 bytes: the 8 KiB sample cuts a character
+    splits = corpus_files(root, val_fraction=0.3)
+    found = {p.relative_to(root).as_posix() for p in splits["train"] + splits["val"]}
+    assert found == set(texts) | {"cut.txt"}
+    assert splits["skipped"] == 4
+    assert is_text_file(root / "cut.txt") and not is_text_file(root / "latin1.txt")
+    # the LM trainer says it in one line
+    from stimulative.lm.config import load_lm_config
+    from stimulative.lm.train import load_lm_data
+
+    load_lm_data(load_lm_config(None, [f"data.root={root}", "model.context=8"]))
+    assert capsys.readouterr().out.count("4 binary or empty files") == 1
+
+
+def test_a_folder_without_text_is_one_clear_error(tmp_path):
+    root = tmp_path / "binary"
+    root.mkdir()
+    for i in range(3):
+        (root / f"f{i}.bin").write_bytes(bytes([0, 1, 2, i]))
+    with pytest.raises(ValueError, match=r"0 UTF-8 text files \(3 binary or empty files skipped\)"):
+        corpus_files(root)

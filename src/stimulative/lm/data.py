@@ -1,7 +1,8 @@
 """Offline LM data: a byte-level tokenizer, text files split into train/val by file, packed fixed-length blocks.
 
 ``data.root`` may be a text file (its last ``val_fraction`` of bytes is the validation split), a folder of text
-files (split into train/val by file, by a stable hash of the relative path: adding files never moves the
+files (every file that reads as UTF-8 text, with or without an extension; binary files are skipped and counted;
+split into train/val by file, by a stable hash of the relative path: adding files never moves the
 others) or a folder with ``train/`` and ``val/`` subfolders. ``stdlib_files()`` is a demo corpus that needs
 nothing outside the machine: the ``.py`` sources of the running Python's standard library.
 
@@ -30,7 +31,7 @@ from torch.utils.data import Dataset
 
 from .._extras import require
 
-__all__ = ["ByteTokenizer", "HFTokenizer", "load_tokenizer", "corpus_files", "split_by_file", "encode_files", "corpus_tokens",
+__all__ = ["ByteTokenizer", "HFTokenizer", "load_tokenizer", "corpus_files", "is_text_file", "split_by_file", "encode_files", "corpus_tokens",
            "PackedBlocks", "stdlib_files", "TEXT_SUFFIXES"]
 
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst", ".json", ".c", ".h", ".html", ".csv", ".toml", ".yaml", ".yml")
@@ -98,11 +99,36 @@ def stdlib_files() -> Path:
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", ".git"}
 
 
-def _text_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+def is_text_file(path: str | Path, sniff: int = 8192) -> bool:
+    """True when the file's first ``sniff`` bytes are UTF-8 text (no NUL byte; a multi-byte character cut at
+    the end of the sample is allowed). Empty files are not text."""
+    with open(path, "rb") as f:
+        head = f.read(sniff)
+    if not head or b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        # only a character cut by the sample's end is forgiven (a whole file must decode)
+        return len(head) == sniff and err.start >= len(head) - 3 and err.reason == "unexpected end of data"
+    return True
+
+
+def _text_files(folder: Path, suffixes: Sequence[str] | None, skipped: list[Path]) -> list[Path]:
+    """Files under ``folder`` with one of ``suffixes``, or (``None``) every file that reads as UTF-8 text; the
+    others (binary files) are appended to ``skipped``."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]  # prune: site-packages can be huge
-        found.extend(Path(dirpath) / f for f in filenames if Path(f).suffix in suffixes)
+        for name in filenames:
+            path = Path(dirpath) / name
+            if suffixes is not None:
+                if path.suffix in suffixes:
+                    found.append(path)
+            elif path.is_file() and is_text_file(path):
+                found.append(path)
+            else:
+                skipped.append(path)
     return sorted(found)
 
 
@@ -125,30 +151,38 @@ def split_by_file(files: Sequence[Path], root: Path, val_fraction: float = 0.1) 
     return {"train": sorted(p for p in files if p not in chosen), "val": sorted(val)}
 
 
-def corpus_files(root: str | Path, val_fraction: float = 0.1, suffixes: Sequence[str] = TEXT_SUFFIXES
+def corpus_files(root: str | Path, val_fraction: float = 0.1, suffixes: Sequence[str] | None = None
                  ) -> dict[str, Any]:
-    """The train/val files of ``root`` (see the module docstring): ``{"train": [...], "val": [...]}``.
+    """The train/val files of ``root`` (see the module docstring): ``{"train": [...], "val": [...], "skipped":
+    n}`` (``n`` binary files left out).
 
-    For a single text file both lists hold that file and ``"val_bytes"`` says where validation starts
-    (``encode_files`` reads the matching part).
+    A folder's text files are every file that reads as UTF-8 text, with or without an extension (``LICENSE``,
+    ``.jsonl``, ``.tex``, sources of any language); ``suffixes`` restricts them to those endings instead (the
+    standard-library corpus uses ``TEXT_SUFFIXES``). For a single text file both lists hold that file and
+    ``"val_bytes"`` says where validation starts (``encode_files`` reads the matching part).
     """
     root = Path(root)
     if root.is_file():
         size = root.stat().st_size
-        return {"train": [root], "val": [root], "val_bytes": int(size * (1 - val_fraction))}
+        return {"train": [root], "val": [root], "val_bytes": int(size * (1 - val_fraction)), "skipped": 0}
     if not root.is_dir():
         raise FileNotFoundError(f"data root {str(root)!r} is neither a text file nor a folder")
+    what = f"text files ({', '.join(suffixes)})" if suffixes is not None else "UTF-8 text files"
+    skipped: list[Path] = []
     if (root / "train").is_dir() and (root / "val").is_dir():
-        splits = {"train": _text_files(root / "train", suffixes), "val": _text_files(root / "val", suffixes)}
+        splits: dict[str, Any] = {"train": _text_files(root / "train", suffixes, skipped),
+                                  "val": _text_files(root / "val", suffixes, skipped)}
     else:
-        files = _text_files(root, suffixes)
+        files = _text_files(root, suffixes, skipped)
         if len(files) < 2:
-            raise ValueError(f"{root} has {len(files)} text files ({', '.join(suffixes)}); a folder needs at least "
-                             "two to split by file (or give a single text file, or train/ and val/ subfolders)")
+            extra = f" ({len(skipped)} binary or empty files skipped)" if skipped else ""
+            raise ValueError(f"{root} has {len(files)} {what}{extra}; a folder needs at least two to split by "
+                             "file (or give a single text file, or train/ and val/ subfolders)")
         splits = split_by_file(files, root, val_fraction)
-    for name, files in splits.items():
+    for name, files in list(splits.items()):
         if not files:
-            raise ValueError(f"data root {root} has no {name} text files ({', '.join(suffixes)})")
+            raise ValueError(f"data root {root} has no {name} {what}")
+    splits["skipped"] = len(skipped)
     return splits
 
 
@@ -179,7 +213,7 @@ def encode_files(files: Sequence[Path], tokenizer: ByteTokenizer | HFTokenizer |
 def corpus_tokens(root: str | Path, tokenizer: ByteTokenizer | HFTokenizer | None = None,
                   val_fraction: float = 0.1, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
     """``{"train": tokens, "val": tokens}`` of a data root (file, folder, or train/ and val/ subfolders)."""
-    splits = corpus_files(root, val_fraction)
+    splits = corpus_files(root, val_fraction, TEXT_SUFFIXES if Path(root) == stdlib_files() else None)
     cut = splits.get("val_bytes")
     if cut is not None:
         return {"train": encode_files(splits["train"], tokenizer, end_byte=cut, max_bytes=max_bytes),

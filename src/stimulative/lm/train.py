@@ -49,7 +49,7 @@ from .config import (
     load_lm_config,
     save_lm_config,
 )
-from .data import PackedBlocks, corpus_files, encode_files, load_tokenizer, stdlib_files
+from .data import TEXT_SUFFIXES, PackedBlocks, corpus_files, encode_files, load_tokenizer, stdlib_files
 from .evaluate import depth_losses
 from .layerskip import LayerSkipStep
 from .loss import TokenLogits, next_token_targets
@@ -95,8 +95,12 @@ def build_lm(cfg: LMConfig, vocab_size: int, eos_token_id: int | None = None) ->
 
 def _split_files(cfg: LMConfig) -> dict[str, Any]:
     root = cfg.data.root
-    return corpus_files(stdlib_files() if root in (None, "stdlib") else Path(root).expanduser(),
-                        cfg.data.val_fraction)
+    if root in (None, "stdlib"):  # the demo corpus: its source and text files, as the benchmarks were made
+        return corpus_files(stdlib_files(), cfg.data.val_fraction, TEXT_SUFFIXES)
+    splits = corpus_files(Path(root).expanduser(), cfg.data.val_fraction)
+    if splits["skipped"]:
+        _log(f"data: {splits['skipped']} binary or empty files under {root} skipped")
+    return splits
 
 
 @dataclass
