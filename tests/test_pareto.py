@@ -202,3 +202,18 @@ def test_pareto_errors_are_one_line(tiny_ckpt, tmp_path, capsys, argv, message):
     assert "Traceback" not in err and err.count("error:") == 1
     if "fits the budget" in message:   # the table is still written
         assert (tmp_path / "pareto.json").is_file()
+
+
+def test_front_area_is_the_mean_of_the_upper_front_on_a_log_axis():
+    from stimulative.deploy.pareto import front_area
+
+    acc = {"a": 40.0, "b": 60.0, "c": 55.0, "d": 70.0}
+    cost = {"a": 1.0, "b": 10.0, "c": 20.0, "d": 100.0}
+    # front: 40 on [1, 10), 60 on [10, 100): (40 * 1 + 60 * 1) / 2 decades; c is dominated by b
+    assert front_area(acc, cost) == pytest.approx(50.0)
+    assert front_area(acc, {k: 7 * v for k, v in cost.items()}) == pytest.approx(50.0)  # unit-free
+    better = {**acc, "a": 45.0}
+    assert front_area(better, cost) > front_area(acc, cost)
+    assert front_area({"x": 3.0}, {"x": 5.0}) == 3.0
+    with pytest.raises(ValueError, match="same"):
+        front_area(acc, {"a": 1.0})

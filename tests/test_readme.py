@@ -85,3 +85,18 @@ def test_readme_and_lm_doc_tables_match_lm_results():
         text = doc.read_text()
         start = text.index(make_lm_table.START) + len(make_lm_table.START) + 1
         assert text[start:text.index(make_lm_table.END)] == expected, f"{doc.name}: run make_lm_table.py --write"
+
+
+def test_readme_peers_section_matches_its_records():
+    import importlib.util
+
+    # "Which method for which goal?" is exactly what benchmarks/make_peers_table.py builds from
+    # benchmarks/results/peers/
+    path = README.parent / "benchmarks" / "make_peers_table.py"
+    spec = importlib.util.spec_from_file_location("make_peers_table", path)
+    make_peers_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_peers_table)
+    text = README.read_text()
+    start, end = text.index(make_peers_table.START), text.index(make_peers_table.END) + len(make_peers_table.END)
+    assert text[start:end] == make_peers_table.build(), \
+        "README peers section is stale: run python benchmarks/make_peers_table.py --write README.md"

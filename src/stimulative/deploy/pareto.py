@@ -31,7 +31,7 @@ from .export import count_parameters, extract_subnetwork
 
 __all__ = [
     "STRATEGIES", "count_flops", "measure_latency", "forward_times", "candidate_configs", "greedy_walk", "profile_config",
-    "pareto_front", "mark_fronts", "select_under_budget", "write_table", "plot_pareto", "pareto_table",
+    "pareto_front", "front_area", "mark_fronts", "select_under_budget", "write_table", "plot_pareto", "pareto_table",
 ]
 
 STRATEGIES = ("auto", "all", "sample", "greedy")
@@ -216,6 +216,40 @@ def pareto_front(rows: Sequence[dict], cost_key: str, acc_key: str = "acc") -> l
             front.append(i)
             best = rows[i][acc_key]
     return front
+
+
+def front_area(acc: dict[str, float], cost: dict[str, float]) -> float:
+    """One number for an accuracy-cost front: the mean accuracy of the upper front over a log-cost axis.
+
+    The upper front at cost ``c`` is the best accuracy of the configurations that cost at most ``c`` (a step
+    function that never falls); its area between the cheapest and the dearest configuration on a
+    ``log(cost)`` axis, divided by that axis's length, is an accuracy in the same unit as ``acc``. A method whose
+    every depth beats another's at equal cost has the larger area; the cheap end counts as much per halving
+    of cost as the dear end.
+
+    Args:
+        acc: configuration -> accuracy (e.g. ``"1,1,1" -> 56.2``).
+        cost: configuration -> cost (FLOPs, MFLOPs or latency; > 0), for the same configurations.
+
+    Example:
+        >>> front_area({"a": 50.0, "b": 70.0}, {"a": 10.0, "b": 100.0})   # 50 from 10 to 100 (b only at 100)
+        50.0
+        >>> round(front_area({"a": 50.0, "b": 70.0, "c": 60.0}, {"a": 10.0, "b": 100.0, "c": 10 ** 1.5}), 6)
+        55.0
+    """
+    import math
+
+    if set(acc) != set(cost) or not acc:
+        raise ValueError("acc and cost must name the same, non-empty set of configurations")
+    points = sorted((math.log(cost[k]), acc[k]) for k in acc)
+    lo, hi = points[0][0], points[-1][0]
+    if hi == lo:
+        return max(a for _, a in points)
+    area, best = 0.0, float("-inf")
+    for (x, a), (x_next, _) in zip(points, points[1:]):
+        best = max(best, a)
+        area += best * (x_next - x)
+    return area / (hi - lo)
 
 
 def mark_fronts(rows: list[dict], cost_keys: Sequence[str] = ("latency_ms_b1", "flops")) -> None:

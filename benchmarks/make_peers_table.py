@@ -1,0 +1,213 @@
+"""The peers comparison (issue 19) from its records: "Which method for which goal?" and the fronts of all depths.
+
+Reads ``benchmarks/results/peers/peers_<variant>_s<seed>.json`` (written by ``bench_peers.py``) and builds, for
+the claim seeds (10, 11, 12) and separately for the tuning seeds (0, 1):
+
+* one line per variant: method, budget, epochs, seeds, main test accuracy, mean accuracy over the 27 depth
+  configurations, the front area (``stimulative.deploy.pareto.front_area``: mean accuracy of the upper
+  accuracy-FLOPs front over a log-FLOPs axis) and the (1,1,1) accuracy, each mean ± std over seeds;
+* the goals: best main network at equal epochs, at equal time (ST++'s wall-clock), best front of depths per
+  FLOPs, cheapest usable ResNet-8 inside a ResNet-20; the measured winner of each with every method's numbers;
+* ``fronts.png``: accuracy against MFLOPs of every depth (mean over seeds) and each method's upper front.
+
+    python benchmarks/make_peers_table.py                  # print
+    python benchmarks/make_peers_table.py --write README.md   # replace the text between the peers markers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+from stimulative.deploy.pareto import front_area
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "peers"
+START, END = "<!-- peers-table:start (benchmarks/make_peers_table.py) -->", "<!-- peers-table:end -->"
+CLAIM_SEEDS, TUNING_SEEDS = (10, 11, 12), (0, 1)
+SMALLEST = "1,1,1"
+
+
+def load(results: Path = RESULTS) -> list[dict]:
+    out = []
+    for path in sorted(results.glob("peers_*_s*.json")):
+        rec = json.loads(path.read_text())
+        rec["front_area"] = front_area(rec["depth_acc"], rec["depth_mflops"]) if len(rec["depth_acc"]) > 1 else None
+        rec["mean_depth_acc"] = statistics.fmean(rec["depth_acc"].values()) if len(rec["depth_acc"]) > 1 else None
+        out.append(rec)
+    return out
+
+
+def _stat(values: list[float | None]) -> tuple[float, float, int] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+
+def _fmt(stat: tuple[float, float, int] | None) -> str:
+    if stat is None:
+        return "–"
+    mean, std, n = stat
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+
+
+def label(rec: dict) -> str:
+    """Method and its setting, e.g. ``stochastic depth p_L=0.5`` or ``ST++ + subnet_fraction 0.5``."""
+    cmd, method = rec["command"], rec["method"]
+    drop = re.search(r"model\.drop_path=([\d.]+)", cmd)
+    if rec["variant"].startswith("alone"):
+        d = re.search(r"blocks_per_stage: \[(\d)", cmd).group(1)
+        return f"ResNet-{6 * int(d) + 2} alone"
+    extra = []
+    if method in ("stochastic depth", "LayerDrop") and drop:
+        extra.append(("p_L=" if method == "stochastic depth" else "p=") + drop.group(1))
+    elif drop:
+        extra.append(f"+ stochastic depth {drop.group(1)}")
+    for key in ("subnet_fraction", "subnet_every"):
+        m = re.search(rf"st\.{key}=([\d.]+)", cmd)
+        if m:
+            extra.append(f"{key} {m.group(1)}")
+    return " ".join([method, *extra])
+
+
+def summarise(records: list[dict], seeds: tuple[int, ...]) -> list[dict]:
+    """One row per variant over ``seeds``, in the order variants first appear in bench_peers.VARIANTS."""
+    by_variant: dict[str, list[dict]] = {}
+    for rec in records:
+        if rec["seed"] in seeds:
+            by_variant.setdefault(rec["variant"], []).append(rec)
+    rows = []
+    for variant, recs in by_variant.items():
+        rows.append({
+            "variant": variant, "label": label(recs[0]), "method": recs[0]["method"], "budget": recs[0]["budget"],
+            "epochs": recs[0]["epochs"], "seeds": sorted(r["seed"] for r in recs),
+            "main": _stat([r["test_acc"] for r in recs]),
+            "mean_depth": _stat([r["mean_depth_acc"] for r in recs]),
+            "front": _stat([r["front_area"] for r in recs]),
+            "smallest": _stat([r["depth_acc"].get(SMALLEST) for r in recs]),
+            "train_s": statistics.fmean(r["train_s"] for r in recs), "command": recs[0]["command"],
+        })
+    order = {v: i for i, v in enumerate(_variant_order())}
+    return sorted(rows, key=lambda r: order.get(r["variant"], len(order)))
+
+
+def _variant_order() -> list[str]:
+    text = (REPO / "benchmarks" / "bench_peers.py").read_text()
+    block = text[text.index("VARIANTS: dict"):text.index("TUNING =")]
+    return re.findall(r'^\s+"([a-z0-9_]+)": \(', block, flags=re.M)
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| method | budget | epochs | seeds | main | mean of 27 depths | front area | ResNet-8 (1,1,1) |",
+             "|---|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['budget']} | {r['epochs']} | {','.join(map(str, r['seeds']))} | "
+                     f"{_fmt(r['main'])} | {_fmt(r['mean_depth'])} | {_fmt(r['front'])} | {_fmt(r['smallest'])} |")
+    return lines
+
+
+GOALS = [
+    ("best main network at equal epochs", "main", lambda r: r["budget"] == "equal epochs" and r["method"] != "alone"),
+    ("best main network at equal time (ST++'s wall-clock)", "main",
+     lambda r: r["budget"] == "equal time" or r["variant"] == "stpp"),
+    ("best front of all depths per FLOPs, at equal time", "front",
+     lambda r: (r["budget"] == "equal time" or r["variant"] == "stpp") and r["front"] is not None),
+    ("cheapest usable ResNet-8 inside a ResNet-20 (its (1,1,1))", "smallest", lambda r: r["smallest"] is not None),
+]
+
+
+def goals(rows: list[dict]) -> list[str]:
+    lines = ["| goal | measured winner | every method (mean ± std) |", "|---|---|---|"]
+    for goal, key, keep in GOALS:
+        cands = [r for r in rows if keep(r) and r[key] is not None]
+        if not cands:
+            continue
+        cands.sort(key=lambda r: -r[key][0])
+        win = cands[0]
+        others = "; ".join(f"{r['label']}{' (' + str(r['epochs']) + ' ep)' if r['budget'] == 'equal time' else ''} "
+                           f"{_fmt(r[key])}" for r in cands)
+        lines.append(f"| {goal} | **{win['label']}** {_fmt(win[key])} | {others} |")
+    return lines
+
+
+def build(results: Path = RESULTS) -> str:
+    records = load(results)
+    claim, tuning = summarise(records, CLAIM_SEEDS), summarise(records, TUNING_SEEDS)
+    out = [START, ""]
+    n_claim = sum(1 for r in records if r["seed"] in CLAIM_SEEDS)
+    out.append(f"CIFAR-10 ResNet-20, 5,000 training images, 15 epochs (equal time: each method given ST++'s "
+               f"wall-clock from measured epoch times), 2,000 test images; every depth's accuracy after BN "
+               f"re-estimation. {len(records)} runs so far ({n_claim} on the claim seeds 10-12). Regenerate: "
+               "`python benchmarks/make_peers_table.py --write README.md`; runs: `python benchmarks/bench_peers.py`.")
+    out.append("")
+    if claim:
+        out += ["**Which method for which goal?** (seeds 10-12)", "", *goals(claim), "", *table(claim), ""]
+    else:
+        out += ["The claim seeds (10-12) are still running; nothing is concluded yet.", ""]
+    if tuning:
+        out += ["Tuning on seeds 0-1 (each peer's rate and ST++'s cost lever are chosen here, then carried to "
+                "seeds 10-12):", "", *goals(tuning), "", *table(tuning), ""]
+    out.append(END)
+    return "\n".join(out)
+
+
+def plot_fronts(results: Path = RESULTS, seeds: tuple[int, ...] = CLAIM_SEEDS) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in load(results) if r["seed"] in seeds and len(r["depth_acc"]) > 1]
+    if not records:
+        records, seeds = [r for r in load(results) if len(r["depth_acc"]) > 1], TUNING_SEEDS
+    if not records:
+        return None
+    by_label: dict[str, list[dict]] = {}
+    for r in records:
+        by_label.setdefault(f"{label(r)} ({r['epochs']} ep)", []).append(r)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, recs in by_label.items():
+        configs = sorted(recs[0]["depth_acc"], key=lambda c: recs[0]["depth_mflops"][c])
+        flops = [recs[0]["depth_mflops"][c] for c in configs]
+        acc = [statistics.fmean(r["depth_acc"][c] for r in recs) for c in configs]
+        front, best = [], float("-inf")
+        for a in acc:
+            best = max(best, a)
+            front.append(best)
+        line = ax.step(flops, front, where="post", label=f"{name}, n={len(recs)}")[0]
+        ax.scatter(flops, acc, s=8, color=line.get_color(), alpha=0.4)
+    ax.set_xscale("log")
+    ax.set_xlabel("MFLOPs per image (32 px)")
+    ax.set_ylabel("test accuracy (%), BN re-estimated")
+    ax.set_title("CIFAR-10 ResNet-20: all 27 depths (dots) and each method's upper front (mean over seeds)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    path = results / "fronts.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--write", metavar="FILE", help="replace the text between the peers-table markers of FILE")
+    args = p.parse_args()
+    text = build()
+    if args.write:
+        doc = Path(args.write)
+        body = doc.read_text()
+        start, end = body.index(START), body.index(END) + len(END)
+        doc.write_text(body[:start] + text + body[end:])
+        print(f"wrote {args.write}")
+    else:
+        print(text)
+    print(f"-> {plot_fronts()}")
+
+
+if __name__ == "__main__":
+    main()
