@@ -41,8 +41,9 @@ from pathlib import Path
 from machine import load_average, machine_info  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = {"ct": "recipes/lm_llama_ct.yaml", "st": "recipes/lm_llama_st.yaml", "stpp": "recipes/lm_llama_stpp.yaml"}
-METHODS = {"ct": "CT", "st": "ST", "stpp": "ST++"}
+RECIPES = {"ct": "recipes/lm_llama_ct.yaml", "st": "recipes/lm_llama_st.yaml", "stpp": "recipes/lm_llama_stpp.yaml",
+           "layerskip": "recipes/lm_llama_layerskip.yaml"}
+METHODS = {"ct": "CT", "st": "ST", "stpp": "ST++", "layerskip": "LayerSkip"}
 QUICK = ["steps=20", "eval_every=10", "batch_size=4", "model.hidden_size=32", "model.intermediate_size=64",
          "model.num_attention_heads=2", "model.num_key_value_heads=2", "model.context=32", "data.val_blocks=16",
          "optim.warmup_steps=2", "log_every=10"]
@@ -71,23 +72,45 @@ def plan(args: argparse.Namespace) -> dict[str, dict]:
     runs["d4_alone"] = {"recipe": RECIPES["ct"], "extra": [f"model.num_hidden_layers={args.alone_depth}"],
                         "method": "CT", "setting": f"depth-{args.alone_depth} alone, equal_steps", "after": []}
     if args.equal_time:
-        runs["ct_time"] = {"recipe": RECIPES["ct"], "extra": [], "method": "CT", "setting": "equal_time (ST's)",
-                           "after": ["ct", "st"]}
+        ref = args.equal_time_of
+        runs["ct_time"] = {"recipe": RECIPES["ct"], "extra": [], "method": "CT",
+                           "setting": f"equal_time ({METHODS[ref]}'s)", "after": ["ct", ref]}
     # longest first: ST++/ST start at once, CT and the shallow model share the other slot
-    order = ["stpp", "st", "ct", "d4_alone", "ct_time"]
+    order = ["stpp", "st", "layerskip", "ct", "d4_alone", "ct_time"]
     return {k: runs[k] for k in order if k in runs}
 
 
 def command(key: str, spec: dict, args: argparse.Namespace, results: Path) -> list[str]:
     extra = list(spec["extra"])
-    if key == "ct_time":  # CT's steps = ST's training time / CT's time per step
-        st, ct = (json.loads((results / f"{k}.json").read_text()) for k in ("st", "ct"))
-        extra.append(f"steps={max(1, round(st['train_time_s'] / (ct['train_time_s'] / ct['steps'])))}")
+    if key == "ct_time":  # CT's steps = the reference's training time / CT's time per step
+        ref, ct = (json.loads((results / f"{k}.json").read_text()) for k in (args.equal_time_of, "ct"))
+        extra.append(f"steps={max(1, round(ref['train_time_s'] / (ct['train_time_s'] / ct['steps'])))}")
     elif args.steps:
         extra.append(f"steps={args.steps}")
+    if args.chunk_steps:  # this invocation trains at most chunk_steps more steps (resume=auto continues)
+        done = _steps_done(Path(args.work) / f"{args.prefix}{key}")
+        extra.append(f"max_steps={done + args.chunk_steps}")
     return [sys.executable, "-m", "stimulative.lm", "train", spec["recipe"], f"name={args.prefix}{key}",
             f"out_dir={args.work}", f"threads={args.threads}", "device=cpu", "resume=auto", f"seed={args.seed}",
             *(QUICK if args.quick else []), *args.set, *extra]
+
+
+def _steps_done(run_dir: Path) -> int:
+    try:
+        history = read_metrics(run_dir)
+    except FileNotFoundError:
+        return 0
+    return int(history[-1]["step"]) if history else 0
+
+
+def _finished(run_dir: Path) -> bool:
+    """The run reached its last step (not a ``max_steps`` pause): its checkpoint's step equals its steps."""
+    from stimulative.train.checkpoint import load_checkpoint
+
+    if not (run_dir / "last.pt").exists():
+        return False
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    return int(ckpt["step"]) >= int(ckpt["steps"])
 
 
 def run_record(key: str, spec: dict, cmd: list[str], run_dir: Path, seconds: float, args,
@@ -114,13 +137,13 @@ def train_all(args: argparse.Namespace, results: Path) -> None:
             print(f"[{stamp()}] {k}: finished earlier ({results / f'{k}.json'})", flush=True)
     running: dict[str, tuple[subprocess.Popen, list[str], float, list[float] | None]] = {}
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), TQDM_DISABLE="1")
-    failed = []
+    failed, paused = [], []
     while pending or running:
         for key in list(pending):
             if len(running) >= args.jobs:
                 break
             if any(not (results / f"{d}.json").exists() for d in runs[key]["after"]):
-                if any(d in failed for d in runs[key]["after"]):
+                if any(d in failed or d in paused for d in runs[key]["after"]):
                     pending.remove(key)
                 continue
             pending.remove(key)
@@ -140,6 +163,11 @@ def train_all(args: argparse.Namespace, results: Path) -> None:
                 print(f"[{stamp()}] {key} FAILED (rc {proc.returncode}); see {args.work}/{args.prefix}{key}.log",
                       flush=True)
                 continue
+            if not _finished(Path(args.work) / f"{args.prefix}{key}"):
+                paused.append(key)
+                print(f"[{stamp()}] {key} paused at step {_steps_done(Path(args.work) / f'{args.prefix}{key}')} "
+                      "(--chunk-steps); run the same command again to continue", flush=True)
+                continue
             record = run_record(key, runs[key], cmd, Path(args.work) / f"{args.prefix}{key}", time.perf_counter() - t0,
                                 args, load0)
             write_json(record, results / f"{key}.json")
@@ -147,6 +175,8 @@ def train_all(args: argparse.Namespace, results: Path) -> None:
                   f"-> {results / f'{key}.json'}", flush=True)
     if failed:
         raise SystemExit(f"training runs failed: {', '.join(failed)}")
+    if paused:
+        raise SystemExit(f"paused (not finished): {', '.join(paused)}; run the same command again to continue")
 
 
 def loafing(args: argparse.Namespace, results: Path) -> None:
@@ -155,7 +185,8 @@ def loafing(args: argparse.Namespace, results: Path) -> None:
     from stimulative.lm.loafing import lm_loafing
 
     torch.set_num_threads(args.threads)
-    labels = {"ct": "CT", "st": "ST", "stpp": "ST++", "ct_time": "CT (ST's time)"}
+    ref = METHODS[args.equal_time_of]
+    labels = {"ct": "CT", "st": "ST", "stpp": "ST++", "layerskip": "LayerSkip", "ct_time": f"CT ({ref}'s time)"}
     runs = {labels[k]: json.loads((results / f"{k}.json").read_text())["run_dir"]
             for k in labels if (results / f"{k}.json").exists()}
     alone = [json.loads((results / "d4_alone.json").read_text())["run_dir"]]
@@ -182,7 +213,7 @@ def decode(args: argparse.Namespace, results: Path) -> None:
 
     torch.set_num_threads(args.threads)
     unequal = []
-    for key in ("ct", "st", "stpp"):
+    for key in ("ct", "st", "stpp", "layerskip", "ct_time"):
         src, out = results / f"{key}.json", results / f"decode_{key}.json"
         if not src.exists():
             continue
@@ -197,7 +228,7 @@ def decode(args: argparse.Namespace, results: Path) -> None:
         t0 = time.perf_counter()
         result = decode_benchmark(lm.model, prompts, exits=args.exits, max_new_tokens=args.new_tokens,
                                   repeats=args.repeats)
-        record = {"kind": "decode", "run": key, "method": METHODS[key], "source": str(src), **result,
+        record = {"kind": "decode", "run": key, "method": METHODS.get(key, "CT"), "source": str(src), **result,
                   "wall_s": time.perf_counter() - t0, "command": shlex.join(["python", *sys.argv]),
                   "machine": machine_info(args.threads), "load_average_at_end": load_average()}
         write_json(record, out)
@@ -214,7 +245,11 @@ def decode(args: argparse.Namespace, results: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=["ct", "st"], choices=list(RECIPES))
-    p.add_argument("--equal-time", action="store_true", help="also CT trained for ST's training time")
+    p.add_argument("--equal-time", action="store_true", help="also CT trained for the training time of "
+                   "--equal-time-of")
+    p.add_argument("--equal-time-of", default="st", choices=list(RECIPES), help="reference of --equal-time")
+    p.add_argument("--chunk-steps", type=int, default=0, help="train each run at most this many more steps per "
+                   "invocation (resumable long budgets; 0 = to the end)")
     p.add_argument("--alone-depth", type=int, default=4)
     p.add_argument("--steps", type=int, default=0, help="optimizer steps (default: the recipes')")
     p.add_argument("--seed", type=int, default=0)
