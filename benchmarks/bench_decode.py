@@ -116,7 +116,7 @@ def median(values: list[float]) -> float:
 @torch.no_grad()
 def bench(model: torch.nn.Module, prompts: list[torch.Tensor], args: argparse.Namespace) -> dict:
     from stimulative.lm.decode import count_acceptance
-    from stimulative.lm.generate import generate
+    from stimulative.lm.speculative import generate
 
     pad = model.generation_config.pad_token_id
     hf = {"do_sample": False, "max_new_tokens": args.new_tokens, "pad_token_id": pad}

@@ -1,12 +1,20 @@
 """Markdown tables of the language-model benchmark from its result files (benchmarks/results/lm/).
 
-Reads ``<run>.json`` (training runs), ``loafing_lm.json`` and ``decode_<run>.json`` written by
-``benchmarks/bench_lm.py`` and prints (or writes between the markers of a document) the runs table, the
-loafing-by-depth table, the decoding speed table and the aims (depth-4 prefix vs depth-4 alone; full model vs CT).
-Every number comes from those files.
+Three blocks, each between its own markers; every number comes from the result files:
 
-    python benchmarks/make_lm_table.py                       # print
-    python benchmarks/make_lm_table.py --write docs/lm.md    # replace the text between the lm-table markers
+* ``lm-table`` (README.md and docs/lm.md): from ``<run>.json`` (training runs), ``loafing_lm.json`` and
+  ``decode_<run>.json`` written by ``benchmarks/bench_lm.py``: the runs table, the loafing-by-depth table, the
+  ``assistant_early_exit`` decoding table and the aims (depth-4 prefix vs depth-4 alone; full model vs CT).
+* ``lm-decode-table`` (docs/lm.md): from ``decode_reuse_<name>.json`` written by ``benchmarks/bench_decode.py``:
+  plain greedy vs ``assistant_early_exit=k`` vs ``stimulative.lm.generate`` (ours) per model and exit, and
+  issue 21's aims (ours >= 1.3x ``assistant_early_exit`` on the ST model at the same exit, >= 1.6x plain greedy
+  at its best exit; on CT never more than 5% slower than plain greedy).
+* ``lm-step-cost`` (docs/lm.md): from ``step_cost.json`` written by ``benchmarks/bench_lm_step.py`` (if it
+  exists): ST's step time / CT's, and issue 20's aims (<= 1.15x CT for one exit, <= 1.3x for three).
+
+    python benchmarks/make_lm_table.py                       # print the lm-table block
+    python benchmarks/make_lm_table.py --block decode        # print another block (lm, decode, step)
+    python benchmarks/make_lm_table.py --write docs/lm.md    # replace every block whose markers DOC has
 """
 
 from __future__ import annotations
@@ -20,6 +28,11 @@ START, END = "<!-- lm-table:start (benchmarks/make_lm_table.py) -->", "<!-- lm-t
 LABELS = {"ct": "CT", "st": "ST", "stpp": "ST++", "d4_alone": "depth-4 alone (CT)", "ct_time": "CT, ST's time"}
 RUN_ORDER = ["ct", "st", "stpp", "ct_time", "d4_alone"]
 LOAFING_LABELS = {"ct": "CT", "st": "ST", "stpp": "ST++", "ct_time": "CT (ST's time)"}
+DEC_START, DEC_END = "<!-- lm-decode-table:start (benchmarks/make_lm_table.py) -->", "<!-- lm-decode-table:end -->"
+STEP_START, STEP_END = "<!-- lm-step-cost:start (benchmarks/make_lm_table.py) -->", "<!-- lm-step-cost:end -->"
+# issue 21 (decoding that reuses the draft) and issue 20 (cost of an ST step) aims
+AIM_VS_HF_EXIT, AIM_VS_GREEDY, AIM_CT_SLOWDOWN = 1.3, 1.6, 0.05
+STEP_AIMS = [("1 exit, one forward", 1.15, "one exit"), ("3 exits, one forward", 1.3, "three exits")]
 
 
 def load(results: Path) -> tuple[dict, dict | None, dict]:
@@ -169,23 +182,205 @@ def markdown(results: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def _rel(path: Path) -> Path:
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
+def _model_kind(name: str) -> str | None:
+    """ST or CT from the record's name (``st``, ``stpp``, ``ct``, ``ct_disagree``, ...); None if neither."""
+    head = name.split("_", 1)[0].lower()
+    return "ST" if head in ("st", "stpp") else "CT" if head == "ct" else None
+
+
+def load_decode_reuse(results: Path) -> dict[str, dict]:
+    """``{name: record}`` of ``decode_reuse_<name>.json``: ST models first, then by name."""
+    found = {p.name[len("decode_reuse_"):-len(".json")]: p for p in results.glob("decode_reuse_*.json")}
+    order = sorted(found, key=lambda n: (_model_kind(n) != "ST", n))
+    return {name: json.loads(found[name].read_text()) for name in order}
+
+
+def _exits(record: dict) -> list[int]:
+    return sorted(record[k]["exit"] for k in record if k.startswith("ours_exit_"))
+
+
+def decode_reuse_table(records: dict[str, dict]) -> list[str]:
+    head = ["model", "decoding", "tokens/s", "speed-up vs greedy", "ours vs `assistant_early_exit`", "acceptance",
+            "tokens per full forward", "= greedy"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def row(name: str, label: str, e: dict, vs_hf: str = "", acc: str = "", tpf: str = "1.00") -> None:
+        lines.append(f"| {LABELS.get(name, name)} | {label} | {e['tokens_per_s']:.1f} | {e['speedup']:.2f}x | "
+                     f"{vs_hf} | {acc} | {tpf} | {'yes' if e['equal_greedy'] else 'NO'} |")
+
+    for name, r in records.items():
+        row(name, "plain greedy (`generate`)", r["greedy"])
+        if "greedy_ours" in r:
+            row(name, "ours, no draft", r["greedy_ours"])
+        for k in _exits(r):
+            for mode, label in ((f"hf_exit_{k}", f"`assistant_early_exit={k}`"), (f"ours_exit_{k}", f"ours, exit {k}")):
+                if mode in r:
+                    e = r[mode]
+                    row(name, label, e, f"{e['vs_hf_exit']:.2f}x" if "vs_hf_exit" in e else "",
+                        f"{e['acceptance']:.1%}", f"{e['tokens_per_full_forward']:.2f}")
+    return lines
+
+
+def decode_reuse_aims(records: dict[str, dict]) -> list[str]:
+    """Issue 21's aims, each with the numbers it is decided on."""
+    lines = []
+    st_runs = {n: r for n, r in records.items() if _model_kind(n) == "ST"}
+    ct_runs = {n: r for n, r in records.items() if _model_kind(n) == "CT"}
+    if st_runs:
+        parts, ok = [], True
+        for n, r in st_runs.items():
+            for k in _exits(r):
+                v = r[f"ours_exit_{k}"].get("vs_hf_exit")
+                if v is not None:
+                    parts.append(f"{LABELS.get(n, n)} exit {k}: {v:.2f}x")
+                    ok &= v >= AIM_VS_HF_EXIT
+        lines.append(f"- **Ours vs `assistant_early_exit` on the ST model at the same exit** (aim >= "
+                     f"{AIM_VS_HF_EXIT:.1f}x): " + ", ".join(parts) + f": {_met(ok and bool(parts))}.")
+        parts, ok = [], True
+        for n, r in st_runs.items():
+            exits = _exits(r)
+            if exits:
+                best = max(exits, key=lambda k: r[f"ours_exit_{k}"]["speedup"])
+                v = r[f"ours_exit_{best}"]["speedup"]
+                parts.append(f"{LABELS.get(n, n)} at exit {best}: {v:.2f}x")
+                ok &= v >= AIM_VS_GREEDY
+        lines.append(f"- **Ours vs plain greedy on the ST model at its best exit** (aim >= {AIM_VS_GREEDY:.1f}x): "
+                     + ", ".join(parts) + f": {_met(ok and bool(parts))}.")
+    else:
+        lines.append("- No ST model among the records: the aims on the ST model are not measured.")
+    if ct_runs:
+        parts, ok = [], True
+        for n, r in ct_runs.items():
+            cells = []
+            for k in _exits(r):
+                v = r[f"ours_exit_{k}"]["speedup"]
+                cells.append(f"exit {k} {v:.2f}x")
+                ok &= v >= 1 - AIM_CT_SLOWDOWN
+            no_draft = f" (ours, no draft: {r['greedy_ours']['speedup']:.2f}x)" if "greedy_ours" in r else ""
+            parts.append(f"{LABELS.get(n, n)} " + ", ".join(cells) + no_draft)
+        lines.append(f"- **Ours on CT never slower than plain greedy by more than {AIM_CT_SLOWDOWN:.0%}** (speed-up "
+                     f">= {1 - AIM_CT_SLOWDOWN:.2f}x at every exit): " + "; ".join(parts)
+                     + f": {_met(ok and bool(parts))}.")
+    else:
+        lines.append("- No CT model among the records: the CT aim is not measured.")
+    unequal = [f"{LABELS.get(n, n)} {m}" for n, r in records.items() for m, e in r.items()
+               if isinstance(e, dict) and e.get("equal_greedy") is False]
+    lines.append("- **Outputs**: " + ("every output equals plain greedy's." if not unequal else
+                                      "NOT equal to plain greedy: " + ", ".join(unequal) + "."))
+    return lines
+
+
+def decode_reuse_markdown(results: Path) -> str:
+    """The lm-decode-table block: ``decode_reuse_*.json`` as a table, the settings, the commands and the aims."""
+    records = load_decode_reuse(results)
+    if not records:
+        return (f"_No record yet (`{_rel(results)}/decode_reuse_*.json`): run `python benchmarks/bench_decode.py`._"
+                "\n")
+    out = []
+    for command in dict.fromkeys(r["command"] for r in records.values() if r.get("command")):
+        out += ["```bash", command, "```", ""]
+    settings = {json.dumps(r["settings"], sort_keys=True): r["settings"] for r in records.values()}
+    for s in settings.values():
+        which = [n for n, r in records.items() if r["settings"] == s]
+        prefix = "" if len(settings) == 1 else ", ".join(LABELS.get(n, n) for n in which) + ": "
+        threads = f"{s['threads']} CPU thread{'s' if s['threads'] != 1 else ''}"
+        out.append(f"{prefix}{s['prompts']} prompts of {s['prompt_tokens']} bytes, up to {s['max_new_tokens']} new "
+                   f"tokens each, greedy, {s['repeats']} passes, {threads}; ours: up to {s['max_draft_tokens']} "
+                   f"drafted tokens per round, confidence threshold {s['confidence_threshold']}, adaptive "
+                   f"{'on' if s['adaptive'] else 'off'}.")
+    for n, r in records.items():
+        if r.get("disagree_scale"):
+            layers = r["layers"]
+            out.append(f"`{n}`: `{r['model']}` with the residual outputs of layers {layers // 2 + 1}..{layers} "
+                       f"scaled by {r['disagree_scale']:g}.")
+    names = ",".join(records)
+    out += ["", *decode_reuse_table(records), "",
+            "Aims (issue 21):", "", *decode_reuse_aims(records), "",
+            f"_Generated by `python benchmarks/make_lm_table.py --write docs/lm.md` from "
+            f"`{_rel(results)}/decode_reuse_{{{names}}}.json`._"]
+    return "\n".join(out) + "\n"
+
+
+def step_cost_markdown(results: Path) -> str:
+    """The lm-step-cost block: ``step_cost.json`` (bench_lm_step.py) as a table, and issue 20's aims."""
+    path = results / "step_cost.json"
+    if not path.exists():
+        return f"_No record yet (`{_rel(path)}`): run `python benchmarks/bench_lm_step.py`._\n"
+    r = json.loads(path.read_text())
+    m = r["model"]
+    out = ["```bash", r["command"], "```", ""]
+    threads = r.get("threads")
+    out.append(f"Model: {m['family']}, {m['layers']} layers, width {m['hidden_size']}, context {m['context']}, batch "
+               f"{m['batch_size']}, {m['params']:,} parameters"
+               + (f"; {threads} CPU thread{'s' if threads != 1 else ''}" if threads else "")
+               + (f"; median of {r['repeats']} measurements of {r['steps_per_measurement']} optimizer steps each, "
+                  "the settings interleaved" if "repeats" in r and "steps_per_measurement" in r else "") + ".")
+    every = r.get("ms_per_step_all_repeats", {})
+    head = ["setting", "ms per step", "x CT"] + (["every measurement (ms per step)"] if every else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, ms in r["ms_per_step"].items():
+        cells = [name, f"{ms:.1f}", f"{r['cost_x_ct'][name]:.2f}"]
+        if every:
+            cells.append(", ".join(f"{x:.0f}" for x in every.get(name, [])))
+        lines.append("| " + " | ".join(cells) + " |")
+    out += ["", *lines, ""]
+    spread = [max(v) / min(v) for v in every.values() if v and min(v) > 0]
+    if spread:
+        out += [f"One setting's measurements differ by up to {max(spread):.1f}x between repeats (max / min).", ""]
+    out += ["Aims (issue 20):", ""]
+    for name, limit, what in STEP_AIMS:
+        if name in r["cost_x_ct"]:
+            v = r["cost_x_ct"][name]
+            out.append(f"- **{what.capitalize()} read off the main forward** (aim <= {limit:.2f}x CT): {v:.3f}x: "
+                       f"{_met(v <= limit)}.")
+        else:
+            out.append(f"- **{what.capitalize()}** (aim <= {limit:.2f}x CT): not in the record.")
+    out += ["", f"_Generated by `python benchmarks/make_lm_table.py --write docs/lm.md` from `{_rel(path)}`._"]
+    return "\n".join(out) + "\n"
+
+
+# (start marker, end marker, builder) of every block, by --block name
+BLOCKS = {"lm": (START, END, markdown), "decode": (DEC_START, DEC_END, decode_reuse_markdown),
+          "step": (STEP_START, STEP_END, step_cost_markdown)}
+
+
+def write_blocks(doc: Path, results: Path) -> list[str]:
+    """Replace the text between every pair of block markers ``doc`` has; returns the blocks written."""
+    text = doc.read_text()
+    written = []
+    for name, (start, end, build) in BLOCKS.items():
+        if start not in text or end not in text:
+            continue
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = head + start + "\n" + build(results) + end + tail
+        written.append(name)
+    if not written:
+        raise SystemExit(f"{doc} has none of the markers " + ", ".join(s for s, _, _ in BLOCKS.values()))
+    doc.write_text(text)
+    return written
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default=str(REPO / "benchmarks/results/lm"))
-    p.add_argument("--write", metavar="DOC", help="replace the text between the lm-table markers of DOC")
+    p.add_argument("--block", choices=list(BLOCKS), default="lm", help="the block to print (without --write)")
+    p.add_argument("--write", metavar="DOC", help="replace the text between each pair of block markers of DOC")
     args = p.parse_args()
-    text = markdown(Path(args.results).resolve())
+    results = Path(args.results).resolve()
     if not args.write:
-        print(text, end="")
+        print(BLOCKS[args.block][2](results), end="")
         return
-    doc = Path(args.write)
-    old = doc.read_text()
-    if START not in old or END not in old:
-        raise SystemExit(f"{doc} has no {START} ... {END} markers")
-    head, rest = old.split(START, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(head + START + "\n" + text + END + tail)
-    print(f"updated {doc}")
+    written = write_blocks(Path(args.write), results)
+    print(f"updated {args.write}: {', '.join(written)}")
 
 
 if __name__ == "__main__":

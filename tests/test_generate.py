@@ -206,7 +206,7 @@ def test_cli_generate_errors(lm_run, tmp_path, capsys):
 
 
 def test_drafting_pays_where_the_expected_tokens_per_layer_pass_beat_greedy():
-    from stimulative.lm.generate import _drafting_pays
+    from stimulative.lm.speculative import _drafting_pays
 
     # one draft from layer 2 of 8: 1 + a tokens for 1.25 full forwards
     assert _drafting_pays(0.5, 2, 8, 16, 1.1) and not _drafting_pays(0.3, 2, 8, 16, 1.1)

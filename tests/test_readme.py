@@ -87,6 +87,27 @@ def test_readme_and_lm_doc_tables_match_lm_results():
         assert text[start:text.index(make_lm_table.END)] == expected, f"{doc.name}: run make_lm_table.py --write"
 
 
+
+def test_lm_doc_decode_and_step_cost_tables_match_lm_results():
+    # docs/lm.md's decoding table (decode_reuse_*.json) and step-cost table (step_cost.json) are what
+    # benchmarks/make_lm_table.py builds
+    import importlib.util
+
+    path = README.parent / "benchmarks" / "make_lm_table.py"
+    spec = importlib.util.spec_from_file_location("make_lm_table", path)
+    make_lm_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_lm_table)
+    results = README.parent / "benchmarks" / "results" / "lm"
+    text = (README.parent / "docs" / "lm.md").read_text()
+    for start_marker, end_marker, build in ((make_lm_table.DEC_START, make_lm_table.DEC_END,
+                                             make_lm_table.decode_reuse_markdown),
+                                            (make_lm_table.STEP_START, make_lm_table.STEP_END,
+                                             make_lm_table.step_cost_markdown)):
+        start = text.index(start_marker) + len(start_marker) + 1
+        assert text[start:text.index(end_marker)] == build(results), \
+            "lm.md: run python benchmarks/make_lm_table.py --write docs/lm.md"
+
+
 def test_readme_peers_section_matches_its_records():
     import importlib.util
 

@@ -90,7 +90,7 @@ def _hf_generate(model: Any, ids: Any, new: int, **extra: Any) -> tuple[Any, flo
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..lm.generate import generate
+    from ..lm.speculative import generate
 
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")

@@ -9,6 +9,8 @@
   own sources as a demo corpus.
 * ``depth_losses`` (``stimulative.lm.evaluate``): validation loss/perplexity of every prefix depth inside one
   model (loafing by depth).
+* ``generate``, ``SpeculativeOutput`` (``stimulative.lm.speculative``): greedy self-speculative decoding whose
+  verification reuses the draft's work (equal to plain greedy; needs ``transformers`` when called).
 
 Runs (import the submodules; they need ``transformers``):
 
@@ -37,8 +39,8 @@ from .data import (
     stdlib_files,
 )
 from .evaluate import depth_losses
-from .generate import SpeculativeOutput, generate
 from .loss import IGNORE_INDEX, TokenLogits, next_token_targets, token_batch, token_cross_entropy
+from .speculative import SpeculativeOutput, generate
 
 __all__ = [
     "IGNORE_INDEX", "ByteTokenizer", "PackedBlocks", "SpeculativeOutput", "TokenLogits", "corpus_files", "corpus_tokens", "depth_losses", "encode_files",
