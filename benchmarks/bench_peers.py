@@ -2,7 +2,8 @@
 main network and for every depth, at equal epochs and at equal time.
 
 Setting: the ``r20_confirm`` setting of bench_ablation.py (CIFAR-10 ResNet-20, 5,000 training images, 2,000 test
-images, 15 epochs, batch 128, one-cycle lr 0.1, BN re-estimated on 1,000 images). Every run goes through
+images, 15 epochs, batch 128, one-cycle lr 0.1, BN re-estimated on 1,000 images); ``--setting`` grows the budget
+(5k x 45 epochs, 15k x 15, 15k x 45) for the "as the budget grows" comparison. Every run goes through
 ``stimulative train`` (a shipped recipe + ``key=value`` overrides); when it ends, all 27 depth configurations of
 its last checkpoint are measured as ``stimulative loafing --all --bn-recal 1000`` does (BN re-estimated per
 configuration; ``--eval-run``) and their FLOPs counted, and one record is written to ``benchmarks/results/peers/<run>.json`` with ``setting``,
@@ -18,6 +19,7 @@ epochs. The ratio, not the wall clock of runs made beside other work, fixes the 
     python benchmarks/bench_peers.py --measure-times                 # once, on a quiet machine
     python benchmarks/bench_peers.py --seeds 0 1 --variants sd05 sd01 ld02 ld01
     python benchmarks/bench_peers.py --seeds 10 11 12                # every cell of the plan
+    python benchmarks/bench_peers.py --setting r20_45ep --seeds 10 11 --variants ct stpp sd01
     python benchmarks/bench_peers.py --list
 """
 
@@ -41,10 +43,27 @@ RESULTS = REPO / "benchmarks" / "results" / "peers"
 TIMES = RESULTS / "step_times.json"
 ST = "cifar10_resnet20_st"
 EPOCHS = 15
-SETTING = ("CIFAR-10 ResNet-20, 5k-image subset, 15 ep, bs 128, one-cycle lr 0.1, 2k test images, "
-           "BN re-estimated on 1k images")
-COMMON = ["data.train_subset=5000", "data.test_subset=2000", f"epochs={EPOCHS}", "bn_recal_images=1000",
-          "eval_depths=[[1,1,1]]"]
+# name: (training images, epochs). "r20" is the r20_confirm setting of bench_ablation.py; the others grow the
+# budget (issue 19, item 4: where would ST++ cross?)
+SETTINGS = {"r20": (5000, 15), "r20_45ep": (5000, 45), "r20_15k": (15000, 15), "r20_15k_45ep": (15000, 45)}
+
+
+def setting_text(name: str) -> str:
+    images, epochs = SETTINGS[name]
+    return (f"CIFAR-10 ResNet-20, {images // 1000}k-image subset, {epochs} ep, bs 128, one-cycle lr 0.1, 2k test "
+            "images, BN re-estimated on 1k images")
+
+
+def common(name: str) -> list[str]:
+    images, epochs = SETTINGS[name]
+    return [f"data.train_subset={images}", "data.test_subset=2000", f"epochs={epochs}", "bn_recal_images=1000",
+            "eval_depths=[[1,1,1]]"]
+
+
+def run_name(setting: str, variant: str, seed: int) -> str:
+    return f"peers_{variant}_s{seed}" if setting == "r20" else f"peers_{setting}_{variant}_s{seed}"
+
+
 BN_IMAGES = 1000  # per depth configuration, as the setting's bn_recal_images
 
 
@@ -100,18 +119,19 @@ def time_ratios() -> dict[str, float]:
     return {k: times["ST++"] / v for k, v in times.items()}
 
 
-def variant_epochs(cost: str | None) -> tuple[int, float | None]:
+def variant_epochs(cost: str | None, setting: str = "r20") -> tuple[int, float | None]:
+    epochs = SETTINGS[setting][1]
     if cost is None:
-        return EPOCHS, None
+        return epochs, None
     ratio = time_ratios()[cost]
-    return max(1, round(EPOCHS * ratio)), round(ratio, 3)
+    return max(1, round(epochs * ratio)), round(ratio, 3)
 
 
 def train_command(variant: str, name: str, seed: int, args: argparse.Namespace) -> list[str]:
     _, recipe, overrides, _, cost = VARIANTS[variant]
-    epochs, _ = variant_epochs(cost)
+    epochs, _ = variant_epochs(cost, args.setting)
     return [sys.executable, "-m", "stimulative", "train", str(REPO / "recipes" / f"{recipe}.yaml"), f"name={name}",
-            f"out_dir={args.runs}", f"data.root={args.data}", *COMMON, *overrides, f"epochs={epochs}",
+            f"out_dir={args.runs}", f"data.root={args.data}", *common(args.setting), *overrides, f"epochs={epochs}",
             f"seed={seed}", f"threads={args.threads}", "device=cpu", "eval_every=1000"]
 
 
@@ -172,9 +192,11 @@ def write_record(variant: str, seed: int, name: str, args: argparse.Namespace, t
     depths = json.loads((run_dir / "depths" / "loafing.json").read_text())
     rows = [r for r in depths["rows"] if r["kind"] == "inside"]
     method, _, _, budget, cost = VARIANTS[variant]
-    epochs, ratio = variant_epochs(cost)
+    epochs, ratio = variant_epochs(cost, args.setting)
+    images = SETTINGS[args.setting][0]
     rec = {
-        "setting": SETTING, "variant": variant, "method": method, "budget": budget, "seed": seed,
+        "setting": setting_text(args.setting), "setting_name": args.setting, "train_images": images,
+        "image_epochs": images * final["epoch"], "variant": variant, "method": method, "budget": budget, "seed": seed,
         "epochs": final["epoch"], "time_ratio": ratio, "test_acc": final["test_acc"],
         "train_s": round(sum(r["epoch_time_s"] for r in records), 1),
         "depth_acc": {r["depths"]: r["acc_bn"] for r in rows},
@@ -223,7 +245,7 @@ def measure_times(args: argparse.Namespace) -> None:
            "epoch_s": {c: round(v, 3) for c, v in med.items()},
            "epoch_s_all_repeats": {c: [round(x, 3) for x in v] for c, v in times.items()},
            "cost_x_ct": {c: round(v / med["CT"], 3) for c, v in med.items()},
-           "equal_time_epochs": {c: max(1, round(EPOCHS * med["ST++"] / v)) for c, v in med.items()},
+           "equal_time_epochs_at_15": {c: max(1, round(EPOCHS * med["ST++"] / v)) for c, v in med.items()},
            "machine": machine_info(args.threads), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     TIMES.write_text(json.dumps(out, indent=2) + "\n")
@@ -235,6 +257,7 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", help="variants to run (default: all but the seed-0/1 tuning ones)")
     p.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12])
+    p.add_argument("--setting", default="r20", choices=list(SETTINGS), help="training images x epochs")
     p.add_argument("--data", default=str(REPO.parent / "shared/datasets/cifar10-jpeg.tar.xz"))
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
@@ -265,7 +288,7 @@ def main() -> None:
     queue = []
     for seed in args.seeds:  # seed-major: every variant gets one seed before any gets two
         for v in variants:
-            name = f"peers_{v}_s{seed}"
+            name = run_name(args.setting, v, seed)
             if not (RESULTS / f"{name}.json").exists():
                 queue.append((v, seed, name))
     print(f"{len(queue)} runs to make ({args.jobs} at a time)", flush=True)
@@ -276,7 +299,7 @@ def main() -> None:
             v, seed, name = queue.pop(0)
             run_dir = Path(args.runs) / name
             cmd = train_command(v, name, seed, args)
-            epochs = variant_epochs(VARIANTS[v][4])[0]
+            epochs = variant_epochs(VARIANTS[v][4], args.setting)[0]
             stage = "eval" if finished_epochs(run_dir) == epochs else "train"
             if stage == "train" and run_dir.exists():
                 cmd.append("resume=auto")  # an interrupted run continues

@@ -134,8 +134,69 @@ def goals(rows: list[dict]) -> list[str]:
     return lines
 
 
+def budget_rows(records: list[dict]) -> list[dict]:
+    """Delta vs CT of the same setting and seed (equal epochs): ST++ and the peers, main and mean over depths."""
+    ct = {(r.get("setting_name", "r20"), r["seed"]): r for r in records if r["variant"] == "ct"}
+    rows: dict[tuple, dict] = {}
+    for r in records:
+        key = (r.get("setting_name", "r20"), r["seed"])
+        if r["budget"] != "equal epochs" or r["variant"] in ("ct",) or r["method"] == "alone" or key not in ct:
+            continue
+        base = ct[key]
+        row = rows.setdefault((key[0], r["variant"]), {
+            "setting": key[0], "variant": r["variant"], "label": label(r), "epochs": r["epochs"],
+            "image_epochs": r.get("image_epochs", 5000 * r["epochs"]), "d_main": [], "d_depths": [], "seeds": []})
+        row["d_main"].append(r["test_acc"] - base["test_acc"])
+        if r["mean_depth_acc"] is not None and base["mean_depth_acc"] is not None:
+            row["d_depths"].append(r["mean_depth_acc"] - base["mean_depth_acc"])
+        row["seeds"].append(r["seed"])
+    return sorted(rows.values(), key=lambda r: (r["image_epochs"], r["setting"], r["variant"]))
+
+
+def budget_table(rows: list[dict]) -> list[str]:
+    lines = ["| setting | image-epochs | method | seeds | Δ main vs CT | Δ mean of depths vs CT |",
+             "|---|---:|---|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['image_epochs']:,} | {r['label']} | {','.join(map(str, r['seeds']))} | "
+                     f"{_fmt(_stat(r['d_main']))} | {_fmt(_stat(r['d_depths']))} |")
+    return lines
+
+
+def plot_budget(results: Path = RESULTS) -> Path | None:
+    """Delta vs CT against image-epochs (mean +- std over seeds), main network and mean over depths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in budget_rows(load(results)) if r["variant"] in ("stpp", "sd05", "sd01", "ld02", "ld01")]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for ax, key, title in ((axes[0], "d_main", "main network"), (axes[1], "d_depths", "mean over the 27 depths")):
+        for name in sorted({r["label"] for r in rows}):
+            pts = [(r["image_epochs"], _stat(r[key])) for r in rows if r["label"] == name and _stat(r[key])]
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts], marker="o",
+                            capsize=3, label=name)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training images x epochs")
+        ax.set_title(f"Δ vs CT at equal epochs: {title}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy points")
+    axes[0].legend(fontsize=7)
+    path = results / "budget.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def build(results: Path = RESULTS) -> str:
     records = load(results)
+    growth = budget_rows(records)
+    records = [r for r in records if r.get("setting_name", "r20") == "r20"]
     claim, tuning = summarise(records, CLAIM_SEEDS), summarise(records, TUNING_SEEDS)
     out = [START, ""]
     n_claim = sum(1 for r in records if r["seed"] in CLAIM_SEEDS)
@@ -151,6 +212,9 @@ def build(results: Path = RESULTS) -> str:
     if tuning:
         out += ["Tuning on seeds 0-1 (each peer's rate and ST++'s cost lever are chosen here, then carried to "
                 "seeds 10-12):", "", *goals(tuning), "", *table(tuning), ""]
+    if any(r["setting"] != "r20" for r in growth):
+        out += ["As the budget grows (Δ vs CT of the same seed at equal epochs; `--setting` of bench_peers.py):", "",
+                *budget_table(growth), ""]
     out.append(END)
     return "\n".join(out)
 
@@ -161,9 +225,10 @@ def plot_fronts(results: Path = RESULTS, seeds: tuple[int, ...] = CLAIM_SEEDS) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in load(results) if r["seed"] in seeds and len(r["depth_acc"]) > 1]
+    everything = [r for r in load(results) if r.get("setting_name", "r20") == "r20" and len(r["depth_acc"]) > 1]
+    records = [r for r in everything if r["seed"] in seeds]
     if not records:
-        records, seeds = [r for r in load(results) if len(r["depth_acc"]) > 1], TUNING_SEEDS
+        records = [r for r in everything if r["seed"] in TUNING_SEEDS]
     if not records:
         return None
     by_label: dict[str, list[dict]] = {}
@@ -206,7 +271,7 @@ def main() -> None:
         print(f"wrote {args.write}")
     else:
         print(text)
-    print(f"-> {plot_fronts()}")
+    print(f"-> {plot_fronts()}, {plot_budget()}")
 
 
 if __name__ == "__main__":
