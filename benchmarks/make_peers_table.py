@@ -248,7 +248,7 @@ def plot_fronts(results: Path = RESULTS, seeds: tuple[int, ...] = CLAIM_SEEDS) -
     ax.set_xscale("log")
     ax.set_xlabel("MFLOPs per image (32 px)")
     ax.set_ylabel("test accuracy (%), BN re-estimated")
-    ax.set_title("CIFAR-10 ResNet-20: all 27 depths (dots) and each method's upper front (mean over seeds)")
+    ax.set_title("CIFAR-10 ResNet-20: every depth (dots), upper fronts (mean over seeds)", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     path = results / "fronts.png"

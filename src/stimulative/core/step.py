@@ -203,20 +203,11 @@ def stimulative_step(
     with outer:
         with ed.depth(None):
             logits = model(x)
-        if normalize_main:
-            main_logits = normalize_logits(logits, kl, amplitude)
-        else:
-            main_logits = logits
-        if criterion is not None:
-            main = criterion(main_logits, y)
-        else:
-            main = F.cross_entropy(at_least_fp32(main_logits), y, label_smoothing=label_smoothing)
-        if check_finite:
-            _check_finite(main, "main network")
+        main = _main_loss(logits, y, kl, amplitude, normalize_main, criterion, label_smoothing, check_finite)
         run_backward(main)
     grad_after_main = _grad_vector(proj_params) if project else None
     teacher = logits.detach()
-    del logits, main_logits
+    del logits
     if stats is not None:
         stats.update(std_main=_logit_std(teacher), std_sub=[], loss_sub=[], configs=[], sizes=[])
         if grad_norms:
@@ -262,6 +253,19 @@ def stimulative_step(
     return {"loss": main_value + subnet_total, "main": main_value, "subnet": subnet_total}
 
 
+def _main_loss(logits: torch.Tensor, y: torch.Tensor, kl: str, amplitude: float | str, normalize_main: bool,
+               criterion, label_smoothing: float, check_finite: bool) -> torch.Tensor:
+    """The main network's loss: CE (or ``criterion``) of its logits, KL- normalised first if ``normalize_main``."""
+    main_logits = normalize_logits(logits, kl, amplitude) if normalize_main else logits
+    if criterion is not None:
+        main = criterion(main_logits, y)
+    else:
+        main = F.cross_entropy(at_least_fp32(main_logits), y, label_smoothing=label_smoothing)
+    if check_finite:
+        _check_finite(main, "main network")
+    return main
+
+
 def prefix_step_applies(space: SampleSpace, min_input_scale: float = 1.0, subnet_fraction: float = 1.0,
                         project_conflicts: bool = False, grad_norms: bool = False) -> bool:
     """Whether a step's sub-networks can be read off the main forward: one stage sampled as prefixes (ordered or
@@ -278,13 +282,7 @@ def _prefix_step(exits: PrefixExits, space: SampleSpace, model: nn.Module, x: to
     """``stimulative_step`` with prefix sub-networks read off one forward and one backward of the summed loss."""
     configs = [space.sample() for _ in range(n)]
     logits, students = exits(model, x, [c[0] for c in configs])
-    main_logits = normalize_logits(logits, kl, amplitude) if normalize_main else logits
-    if criterion is not None:
-        main = criterion(main_logits, y)
-    else:
-        main = F.cross_entropy(at_least_fp32(main_logits), y, label_smoothing=label_smoothing)
-    if check_finite:
-        _check_finite(main, "main network")
+    main = _main_loss(logits, y, kl, amplitude, normalize_main, criterion, label_smoothing, check_finite)
     teacher = logits.detach()
     values = []
     for config, student in zip(configs, students):
