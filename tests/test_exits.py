@@ -152,3 +152,16 @@ def test_multi_stage_models_have_no_prefix_exits():
     with pytest.raises(ValueError, match="one stage"):
         PrefixExits(ed, lambda h, x: h)
     assert not prefix_step_applies(st.SampleSpace.ordered(ed.full_depths))
+
+
+def test_docs_lm_one_forward_snippet_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "lm.md").read_text()
+    section = text[text.index("## One forward for all the exits"):text.index("## LayerSkip, the peer")]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    namespace: dict = {}
+    exec(compile(code, "docs/lm.md", "exec"), namespace)
+    assert set(namespace["losses"]) == {"loss", "main", "subnet"}
+    assert namespace["step"].exits is not None and len(namespace["step"].last_configs) == 3
