@@ -43,7 +43,8 @@ transformers = require("transformers", "transformers", "stimulative.integrations
 
 __all__ = [
     "Logits", "HFElasticDepth", "LayerStage", "find_layer_stages", "elastic_depth", "extract_pretrained",
-    "StimulativeTrainer", "SUPPORTED_MODEL_TYPES", "keep_layers", "output_tail", "prefix_exits",
+    "StimulativeTrainer", "SUPPORTED_MODEL_TYPES", "keep_layers", "output_tail", "prefix_exits", "is_causal_lm",
+    "TRAINER_TASKS",
 ]
 
 # Model types whose layout is tested (tests/test_integration_transformers.py); others with the same layout work.
@@ -371,14 +372,62 @@ def prefix_exits(ed: st.ElasticDepth, rows: Callable[[torch.Tensor, torch.Tensor
 # Hugging Face Trainer
 # --------------------------------------------------------------------------------------------------------------
 
+TRAINER_TASKS = ("auto", "classification", "causal_lm")
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """True for a ``transformers`` causal LM (``LlamaForCausalLM``, ``GPT2LMHeadModel``...): its
+    ``main_input_name`` is ``input_ids`` and its class is one of ``AutoModelForCausalLM``'s (or named
+    ``...ForCausalLM`` / ``...LMHeadModel``).
+
+    Args:
+        model: a ``transformers`` model (or ``Logits`` around one).
+
+    Example:
+        >>> is_causal_lm(transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2)))
+        True
+    """
+    if isinstance(model, Logits):
+        model = model.model
+    if getattr(model, "main_input_name", None) != "input_ids":
+        return False
+    names: set[str] = set()
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - older layouts: the class name decides
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES = {}
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        names.update(value if isinstance(value, (list, tuple)) else [value])
+    name = type(model).__name__
+    return name in names or name.endswith(("ForCausalLM", "LMHeadModel"))
+
+
 class StimulativeTrainer(transformers.Trainer):
     """``transformers.Trainer`` whose ``training_step`` runs ST/ST++ (``st.StimulativeStep``).
 
     Args (besides the ``Trainer`` ones; ``model`` must be a supported ``transformers`` model):
         st_options: keyword options of ``st.StimulativeStep`` (``num_subnets``, ``kl``, ``min_input_scale``,
-            ``kl_schedule``, ``start_epoch``, ``seed``...). ``backward``/``no_sync``/``model`` are set here.
+            ``kl_schedule``, ``start_epoch``, ``seed``, ``exits``...). ``backward``/``no_sync``/``model`` are set
+            here.
         space: the ``st.SampleSpace``; default ordered over ``ed.full_depths`` seeded with ``args.seed``.
-        input_key, label_key: batch keys of the inputs and the class labels.
+        task: ``"classification"`` (inputs and class labels), ``"causal_lm"`` (next-token prediction on
+            ``input_ids``) or ``"auto"`` (the default): ``"causal_lm"`` when ``is_causal_lm(model)``.
+        input_key: batch key of the inputs; default ``"pixel_values"`` (classification) or ``"input_ids"``
+            (causal LM).
+        label_key: batch key of the class labels (classification only).
+
+    Classification: ``step(batch[input_key], batch[label_key])`` through ``Logits(model)``.
+
+    Causal LM: the token-level step of ``stimulative.lm``, as ``train_lm`` runs it. The ids are
+    ``batch["input_ids"]`` with the positions where ``batch["attention_mask"]`` (if any) is 0 set to -100
+    (``IGNORE_INDEX``); ``TokenLogits(model)`` masks them out of attention and the loss (left or right
+    padding; unpadded packed blocks take the model's fast path) and the targets are
+    ``next_token_targets(ids)``: main next-token CE and, per sub-network, the token-level KL (or KL-) to the
+    detached full model, averaged over the real next-token positions of the micro-batch. ``batch["labels"]`` is
+    not read (prompt masking is not supported: every real token after the first is a target). The prefix
+    sub-networks are read off the main forward (``prefix_exits``: one forward and one backward per step) unless
+    ``st_options["exits"]`` says otherwise (None: separate passes); ``min_input_scale`` and ``subnet_fraction``
+    must stay 1.
 
     Every backward goes through ``self.accelerator.backward`` with the loss divided by the number of
     micro-batches of the optimizer step (as ``Trainer.training_step`` does), and all but the last backward of a
@@ -386,23 +435,74 @@ class StimulativeTrainer(transformers.Trainer):
     ``kl_schedule``) follows ``state.epoch``. ``self.ed`` is the ``ElasticDepth``; ``self.st_step`` the step; the
     mean main/sub-network losses are added to the logs as ``st_main`` and ``st_subnet``. Under DDP keep
     ``ddp_find_unused_parameters`` True (the default without gradient checkpointing). DeepSpeed is not supported.
+
+    Example:
+        >>> model = transformers.AutoModelForCausalLM.from_pretrained("my-llama")  # doctest: +SKIP
+        >>> data = [{"input_ids": row} for row in blocks]  # (context + 1,) token ids each  # doctest: +SKIP
+        >>> trainer = StimulativeTrainer(model, transformers.TrainingArguments("out"), train_dataset=data,
+        ...                              st_options={"num_subnets": 1, "kl": "plain"})  # doctest: +SKIP
+        >>> trainer.task, trainer.train()  # doctest: +SKIP
     """
 
     def __init__(self, model: nn.Module, *args: Any, st_options: Mapping[str, Any] | None = None,
-                 space: st.SampleSpace | None = None, input_key: str = "pixel_values", label_key: str = "labels",
-                 **kwargs: Any):
-        self.ed = elastic_depth(model)
-        super().__init__(model, *args, **kwargs)
+                 space: st.SampleSpace | None = None, input_key: str | None = None, label_key: str = "labels",
+                 task: str = "auto", **kwargs: Any):
+        if task not in TRAINER_TASKS:
+            raise ValueError(f"task must be one of {', '.join(TRAINER_TASKS)}, got {task!r}")
+        if task == "auto":
+            task = "causal_lm" if is_causal_lm(model) else "classification"
         options = dict(st_options or {})
         for name in ("backward", "no_sync", "model"):
             if name in options:
                 raise ValueError(f"st_options[{name!r}] is set by StimulativeTrainer")
+        if task == "causal_lm":
+            for name in ("min_input_scale", "subnet_fraction"):
+                if options.get(name, 1.0) != 1.0:
+                    raise ValueError(f"st_options[{name!r}] must be 1.0 with task='causal_lm' (random input sizes "
+                                     f"and sample subsets are for images), got {options[name]}")
+        self.ed = elastic_depth(model)
+        super().__init__(model, *args, **kwargs)
+        self.task = task
+        self._st_rows: Any = None
+        if task == "causal_lm":
+            from stimulative.lm.loss import TokenLogits
+
+            self._st_rows = TokenLogits(model)
+            if "exits" not in options:
+                options["exits"] = prefix_exits(self.ed, rows=self._st_rows.select_rows)
         if space is None:
             space = st.SampleSpace.ordered(self.ed.full_depths, self.ed.min_depths, seed=self.args.seed)
         self.st_step = st.StimulativeStep(self.ed, space, **options)
-        self.input_key, self.label_key = input_key, label_key
+        self.input_key = input_key or ("input_ids" if task == "causal_lm" else "pixel_values")
+        self.label_key = label_key
         self._st_sums = [0.0, 0.0, 0]
-        self._st_wrappers: dict[int, Logits] = {}
+        self._st_wrappers: dict[int, nn.Module] = {}
+
+    def _st_wrapper(self, model: nn.Module) -> nn.Module:
+        """What the step calls: ``Logits(model)``, or ``TokenLogits(model)`` for a causal LM (``model`` may be
+        the Accelerate/DDP wrapper)."""
+        wrapper = self._st_wrappers.get(id(model))
+        if wrapper is None:
+            if self.task == "causal_lm":
+                from stimulative.lm.loss import TokenLogits
+
+                wrapper = TokenLogits(model)
+            else:
+                wrapper = Logits(model)
+            self._st_wrappers[id(model)] = wrapper
+        return wrapper
+
+    def _st_batch(self, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of the step: the inputs and labels, or the masked ids and their next tokens."""
+        if self.task != "causal_lm":
+            return inputs[self.input_key], inputs[self.label_key]
+        from stimulative.lm.loss import IGNORE_INDEX, token_batch
+
+        ids = inputs[self.input_key]
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            ids = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        return token_batch(ids)
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -412,16 +512,14 @@ class StimulativeTrainer(transformers.Trainer):
         inputs = self._prepare_inputs(inputs)
         micro = max(1, int(getattr(self, "current_gradient_accumulation_steps", 1) or 1))
         step = self.st_step
-        wrapper = self._st_wrappers.get(id(model))
-        if wrapper is None:
-            wrapper = self._st_wrappers[id(model)] = Logits(model)
-        step.model = wrapper
+        step.model = self._st_wrapper(model)
         step.backward = lambda loss: self.accelerator.backward(loss / micro)
         step.no_sync = lambda: self.accelerator.no_sync(model)
         epochs = getattr(self.state, "num_train_epochs", 0) or self.args.num_train_epochs
         step.set_epoch(int(self.state.epoch or 0), epochs)
+        x, y = self._st_batch(inputs)
         with self.compute_loss_context_manager():
-            losses = step(inputs[self.input_key], inputs[self.label_key])
+            losses = step(x, y)
         self._st_sums[0] += losses["main"]
         self._st_sums[1] += losses["subnet"]
         self._st_sums[2] += 1
