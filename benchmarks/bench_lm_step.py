@@ -24,9 +24,9 @@ import torch
 from machine import load_average, machine_info  # benchmarks/machine.py
 
 import stimulative as st
+from stimulative.core.tokens import TokenLogits, next_token_targets
 from stimulative.integrations import transformers as sth
 from stimulative.lm.config import load_lm_config
-from stimulative.lm.loss import TokenLogits, next_token_targets
 from stimulative.lm.train import _optimizer, build_lm
 
 REPO = Path(__file__).resolve().parents[1]

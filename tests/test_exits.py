@@ -15,8 +15,8 @@ from stimulative.core.step import prefix_step_applies
 
 transformers = pytest.importorskip("transformers")
 
+from stimulative.core.tokens import IGNORE_INDEX, TokenLogits, next_token_targets  # noqa: E402
 from stimulative.integrations import transformers as sth  # noqa: E402
-from stimulative.lm.loss import IGNORE_INDEX, TokenLogits, next_token_targets  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -16,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 from test_lm_train import _args  # noqa: E402
 
 from stimulative.core.droppath import set_drop_path  # noqa: E402
+from stimulative.core.tokens import TokenLogits, next_token_targets  # noqa: E402
 from stimulative.integrations import transformers as sth  # noqa: E402
 from stimulative.lm.config import ConfigError, load_lm_config  # noqa: E402
 from stimulative.lm.layerskip import (  # noqa: E402
@@ -25,7 +26,6 @@ from stimulative.lm.layerskip import (  # noqa: E402
     layer_dropout_rates,
     time_scale,
 )
-from stimulative.lm.loss import TokenLogits, next_token_targets  # noqa: E402
 from stimulative.lm.train import train_lm  # noqa: E402
 from stimulative.train.checkpoint import load_checkpoint  # noqa: E402
 

@@ -18,11 +18,11 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import stimulative as st  # noqa: E402
+from stimulative.core.tokens import TokenLogits, next_token_targets  # noqa: E402
 from stimulative.integrations import transformers as sth  # noqa: E402
 from stimulative.io import read_jsonl  # noqa: E402
 from stimulative.lm.config import ConfigError, load_lm_config  # noqa: E402
 from stimulative.lm.export import export_lm  # noqa: E402
-from stimulative.lm.loss import TokenLogits, next_token_targets  # noqa: E402
 from stimulative.lm.train import HF_CONFIG_DIR, load_lm, load_lm_data, resolve_pretrained, train_lm  # noqa: E402
 
 torch.set_num_threads(1)

@@ -7,6 +7,9 @@ and evaluation. Nothing here knows about configs, files, data sets or the comman
 * ``step``: ``stimulative_step`` (the work) and ``StimulativeStep`` (options, RNG, schedule; ``from_config``).
 * ``bn``: ``frozen_bn_stats``, ``recalibrate_bn`` and ``recalibrated`` (save, re-estimate, measure, restore).
 * ``evaluation``: ``evaluate`` and ``evaluate_depth``.
+* ``droppath``: stochastic depth / LayerDrop / LayerSkip rates on the blocks (``set_drop_path``).
+* ``exits``: ``PrefixExits`` (prefix sub-networks read off one forward).
+* ``tokens``: ``TokenLogits`` and ``next_token_targets`` (the step on next-token rows of a causal LM).
 """
 
 from .bn import frozen_bn_stats, recalibrate_bn, recalibrated

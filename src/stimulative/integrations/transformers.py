@@ -465,7 +465,7 @@ class StimulativeTrainer(transformers.Trainer):
         self.task = task
         self._st_rows: Any = None
         if task == "causal_lm":
-            from stimulative.lm.loss import TokenLogits
+            from stimulative.core.tokens import TokenLogits
 
             self._st_rows = TokenLogits(model)
             if "exits" not in options:
@@ -484,7 +484,7 @@ class StimulativeTrainer(transformers.Trainer):
         wrapper = self._st_wrappers.get(id(model))
         if wrapper is None:
             if self.task == "causal_lm":
-                from stimulative.lm.loss import TokenLogits
+                from stimulative.core.tokens import TokenLogits
 
                 wrapper = TokenLogits(model)
             else:
@@ -496,7 +496,7 @@ class StimulativeTrainer(transformers.Trainer):
         """``(x, y)`` of the step: the inputs and labels, or the masked ids and their next tokens."""
         if self.task != "causal_lm":
             return inputs[self.input_key], inputs[self.label_key]
-        from stimulative.lm.loss import IGNORE_INDEX, token_batch
+        from stimulative.core.tokens import IGNORE_INDEX, token_batch
 
         ids = inputs[self.input_key]
         mask = inputs.get("attention_mask")

@@ -1,6 +1,6 @@
 """Stimulative training for decoder-only language models: token-level ST loss pieces and an offline corpus.
 
-* ``TokenLogits`` / ``token_batch`` / ``next_token_targets`` / ``token_cross_entropy`` (``stimulative.lm.loss``): run
+* ``TokenLogits`` / ``token_batch`` / ``next_token_targets`` / ``token_cross_entropy`` (``stimulative.core.tokens``): run
   ``st.StimulativeStep`` on token ids; main next-token CE and per-sub-network token-level KL (or KL-) to the
   detached full model, both averaged over the non-padding next-token positions.
 * ``ByteTokenizer``, ``load_tokenizer``, ``corpus_files``, ``corpus_tokens``, ``split_by_file``, ``encode_files``, ``PackedBlocks``,
@@ -28,6 +28,7 @@ Models come from ``transformers`` (optional extra); their layers are found and c
 local tokenizer directory.
 """
 
+from ..core.tokens import IGNORE_INDEX, TokenLogits, next_token_targets, token_batch, token_cross_entropy
 from .data import (
     ByteTokenizer,
     PackedBlocks,
@@ -39,7 +40,6 @@ from .data import (
     stdlib_files,
 )
 from .evaluate import depth_losses
-from .loss import IGNORE_INDEX, TokenLogits, next_token_targets, token_batch, token_cross_entropy
 from .speculative import SpeculativeOutput, generate
 
 __all__ = [

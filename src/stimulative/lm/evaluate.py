@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .loss import TokenLogits, next_token_targets
+from ..core.tokens import TokenLogits, next_token_targets
 
 __all__ = ["depth_losses"]
 

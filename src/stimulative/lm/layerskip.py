@@ -22,7 +22,7 @@ Example:
     >>> import torch, transformers
     >>> from stimulative.integrations import transformers as sth
     >>> from stimulative.lm.layerskip import LayerSkipStep
-    >>> from stimulative.lm.loss import TokenLogits, next_token_targets
+    >>> from stimulative.core.tokens import TokenLogits, next_token_targets
     >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
     ...                                num_attention_heads=2, max_position_embeddings=32)
     >>> model = transformers.LlamaForCausalLM(cfg)

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..core.sampling import SampleSpace
 from ..core.step import StimulativeStep, prefix_step_applies
+from ..core.tokens import TokenLogits, next_token_targets
 from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.log import MetricsLog
 from ..train.optim import lr_factor
@@ -66,7 +67,6 @@ from .data import (
 )
 from .evaluate import depth_losses
 from .layerskip import LayerSkipStep
-from .loss import TokenLogits, next_token_targets
 
 __all__ = ["train_lm", "build_lm", "resolve_pretrained", "LMData", "load_lm_data", "load_lm", "LoadedLM", "FORMAT",
            "HF_CONFIG_DIR"]

@@ -1,4 +1,4 @@
-"""The ST step on tokens, through ``st.StimulativeStep``.
+"""The ST step on tokens, through ``st.StimulativeStep``: next-token rows of a causal LM and their targets.
 
 A batch is a ``(batch, time)`` tensor of token ids where padding positions hold ``IGNORE_INDEX`` (-100, the
 ``transformers`` label convention). ``TokenLogits(model)`` runs the causal LM on it (padding masked out of
