@@ -8,7 +8,11 @@ Three blocks, each between its own markers; every number comes from the result f
 * ``lm-decode-table`` (docs/lm.md): from ``decode_reuse_<name>.json`` written by ``benchmarks/bench_decode.py``:
   plain greedy vs ``assistant_early_exit=k`` vs ``stimulative.lm.generate`` (ours) per model and exit, and
   issue 21's aims (ours >= 1.3x ``assistant_early_exit`` on the ST model at the same exit, >= 1.6x plain greedy
-  at its best exit; on CT never more than 5% slower than plain greedy).
+  at its best exit; on CT never more than 5% slower than plain greedy); records with a ``proxy`` entry (random-init
+  models, ``bench_decode.py proxy:WIDTH``) in a table of their own, labelled "proxy (random init, scaled later
+  layers)" and not counted in the aims; and from ``decode_profile.json`` (``bench_decode.py --profile``) where
+  the time of one decoding goes (matrix products, other ATen ops, Python) and plain greedy's time per token
+  against the model's width, with the verdict: bound by Python overhead or by arithmetic.
 * ``lm-step-cost`` (docs/lm.md): from ``step_cost.json`` written by ``benchmarks/bench_lm_step.py`` (if it
   exists): ST's step time / CT's, and issue 20's aims (<= 1.15x CT for one exit, <= 1.3x for three).
 
@@ -32,6 +36,9 @@ DEC_START, DEC_END = "<!-- lm-decode-table:start (benchmarks/make_lm_table.py) -
 STEP_START, STEP_END = "<!-- lm-step-cost:start (benchmarks/make_lm_table.py) -->", "<!-- lm-step-cost:end -->"
 # issue 21 (decoding that reuses the draft) and issue 20 (cost of an ST step) aims
 AIM_VS_HF_EXIT, AIM_VS_GREEDY, AIM_CT_SLOWDOWN = 1.3, 1.6, 0.05
+PROXY_LABEL = "proxy (random init, scaled later layers)"
+# decode_profile.json: below this estimated share of arithmetic in a token's time, decoding is overhead-bound
+ARITHMETIC_BOUND = 0.5
 STEP_AIMS = [("1 exit, one forward", 1.15, "one exit"), ("3 exits, one forward", 1.3, "three exits")]
 
 
@@ -197,10 +204,17 @@ def _model_kind(name: str) -> str | None:
 
 
 def load_decode_reuse(results: Path) -> dict[str, dict]:
-    """``{name: record}`` of ``decode_reuse_<name>.json``: ST models first, then by name."""
-    found = {p.name[len("decode_reuse_"):-len(".json")]: p for p in results.glob("decode_reuse_*.json")}
-    order = sorted(found, key=lambda n: (_model_kind(n) != "ST", n))
-    return {name: json.loads(found[name].read_text()) for name in order}
+    """``{name: record}`` of ``decode_reuse_<name>.json``: ST models first, then by name; proxies last."""
+    found = {p.name[len("decode_reuse_"):-len(".json")]: json.loads(p.read_text())
+             for p in results.glob("decode_reuse_*.json")}
+    order = sorted(found, key=lambda n: ("proxy" in found[n], _model_kind(n) != "ST",
+                                         found[n].get("hidden_size", 0), n))
+    return {name: found[name] for name in order}
+
+
+def _label(name: str, record: dict) -> str:
+    proxy = record.get("proxy")
+    return f"{PROXY_LABEL}, width {proxy['hidden_size']}" if proxy else LABELS.get(name, name)
 
 
 def _exits(record: dict) -> list[int]:
@@ -208,23 +222,26 @@ def _exits(record: dict) -> list[int]:
 
 
 def decode_reuse_table(records: dict[str, dict]) -> list[str]:
-    head = ["model", "decoding", "tokens/s", "speed-up vs greedy", "ours vs `assistant_early_exit`", "acceptance",
-            "tokens per full forward", "= greedy"]
+    head = ["model", "decoding", "tokens/s", "speed-up vs greedy", "ours vs `assistant_early_exit`",
+            "exit agrees with full model", "acceptance", "tokens per full forward", "= greedy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
-    def row(name: str, label: str, e: dict, vs_hf: str = "", acc: str = "", tpf: str = "1.00") -> None:
-        lines.append(f"| {LABELS.get(name, name)} | {label} | {e['tokens_per_s']:.1f} | {e['speedup']:.2f}x | "
-                     f"{vs_hf} | {acc} | {tpf} | {'yes' if e['equal_greedy'] else 'NO'} |")
+    def row(name: str, label: str, e: dict, vs_hf: str = "", agree: str = "", acc: str = "",
+            tpf: str = "1.00") -> None:
+        lines.append(f"| {_label(name, records[name])} | {label} | {e['tokens_per_s']:.1f} | {e['speedup']:.2f}x | "
+                     f"{vs_hf} | {agree} | {acc} | {tpf} | {'yes' if e['equal_greedy'] else 'NO'} |")
 
     for name, r in records.items():
         row(name, "plain greedy (`generate`)", r["greedy"])
         if "greedy_ours" in r:
             row(name, "ours, no draft", r["greedy_ours"])
         for k in _exits(r):
+            agree = r[f"ours_exit_{k}"].get("exit_agreement")
+            agree = "" if agree is None else f"{agree:.1%}"
             for mode, label in ((f"hf_exit_{k}", f"`assistant_early_exit={k}`"), (f"ours_exit_{k}", f"ours, exit {k}")):
                 if mode in r:
                     e = r[mode]
-                    row(name, label, e, f"{e['vs_hf_exit']:.2f}x" if "vs_hf_exit" in e else "",
+                    row(name, label, e, f"{e['vs_hf_exit']:.2f}x" if "vs_hf_exit" in e else "", agree,
                         f"{e['acceptance']:.1%}", f"{e['tokens_per_full_forward']:.2f}")
     return lines
 
@@ -232,8 +249,9 @@ def decode_reuse_table(records: dict[str, dict]) -> list[str]:
 def decode_reuse_aims(records: dict[str, dict]) -> list[str]:
     """Issue 21's aims, each with the numbers it is decided on."""
     lines = []
-    st_runs = {n: r for n, r in records.items() if _model_kind(n) == "ST"}
-    ct_runs = {n: r for n, r in records.items() if _model_kind(n) == "CT"}
+    trained = {n: r for n, r in records.items() if "proxy" not in r}
+    st_runs = {n: r for n, r in trained.items() if _model_kind(n) == "ST"}
+    ct_runs = {n: r for n, r in trained.items() if _model_kind(n) == "CT"}
     if st_runs:
         parts, ok = [], True
         for n, r in st_runs.items():
@@ -278,34 +296,135 @@ def decode_reuse_aims(records: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _settings_lines(records: dict[str, dict]) -> list[str]:
+    out = []
+    settings = {json.dumps(r["settings"], sort_keys=True): r["settings"] for r in records.values()}
+    for s in settings.values():
+        which = [n for n, r in records.items() if r["settings"] == s]
+        prefix = "" if len(settings) == 1 else ", ".join(_label(n, records[n]) for n in which) + ": "
+        threads = f"{s['threads']} CPU thread{'s' if s['threads'] != 1 else ''}"
+        out.append(f"{prefix}{s['prompts']} prompts of {s['prompt_tokens']} "
+                   f"{'random ' if all('proxy' in records[n] for n in which) else ''}bytes, up to "
+                   f"{s['max_new_tokens']} new tokens each, greedy, {s['repeats']} passes, {threads}; ours: up to "
+                   f"{s['max_draft_tokens']} drafted tokens per round, confidence threshold "
+                   f"{s['confidence_threshold']}, adaptive {'on' if s['adaptive'] else 'off'}.")
+    return out
+
+
+def _commands(records: dict[str, dict]) -> list[str]:
+    out = []
+    for command in dict.fromkeys(r["command"] for r in records.values() if r.get("command")):
+        out += ["```bash", command, "```", ""]
+    return out
+
+
+def _bound(profile: dict) -> tuple[float, float, float, float] | None:
+    """(arithmetic ratio, time ratio, estimated arithmetic share at the narrowest width, widest width) of plain
+    greedy in ``decode_profile.json``'s width scaling: with t(w) = overhead + c * flops(w), the arithmetic of the
+    narrowest width takes (t_wide - t_narrow) / (flops ratio - 1) of its time t_narrow."""
+    rows = sorted(profile.get("width_scaling", {}).get("rows", []), key=lambda r: r["hidden_size"])
+    if len(rows) < 2:
+        return None
+    lo, hi = rows[0], rows[-1]
+    f_ratio = hi["flops_per_token"] / lo["flops_per_token"]
+    t_ratio = hi["greedy_ms_per_token"] / lo["greedy_ms_per_token"]
+    share = max(0.0, (t_ratio - 1) / (f_ratio - 1))
+    return f_ratio, t_ratio, share, hi["hidden_size"]
+
+
+def decode_profile_lines(results: Path) -> list[str]:
+    """``decode_profile.json``: where a decoding's time goes, and time per token against width (the verdict)."""
+    path = results / "decode_profile.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    s = r["settings"]
+    labels = {"greedy": "plain greedy (`generate`)", "greedy_ours": "ours, no draft"}
+    out = [f"**Where the time goes** ({r['layers']} layers, width {r['hidden_size']}, `{r['model']}`; "
+           f"`torch.profiler`, {s['prompts']} prompts x {s['max_new_tokens']} new tokens per decoding; shares of "
+           "the profiled wall time: matrix products = `aten::mm/addmm/bmm` and the attention kernel, other ATen "
+           "ops = norms, rotary, softmax, cache concatenation, views and the like, outside ATen ops = Python "
+           "(`generate`'s and the layers' code) and the way into the ops):", "", "```bash", r["command"], "```", "",
+           "| decoding | ms per new token | profiled | matrix products | other ATen ops | outside ATen ops | "
+           "ATen ops per new token | of them matrix products |", "|---|---|---|---|---|---|---|---|"]
+    for mode, e in r["modes"].items():
+        kind, _, k = mode.partition("_exit_")
+        label = labels.get(mode) or (f"`assistant_early_exit={k}`" if kind == "hf" else f"ours, exit {k}")
+        out.append(f"| {label} | {e['ms_per_token']:.3f} | {e['ms_per_token_profiled']:.3f} | "
+                   f"{e['share_matmul']:.1%} | {e['share_other_ops']:.1%} | {e['share_outside_ops']:.1%} | "
+                   f"{e['aten_ops_per_token']:.0f} | {e['matmul_ops_per_token']:.0f} |")
+    w = r.get("width_scaling")
+    if w and w.get("rows"):
+        rows = w["rows"]
+        out += ["", f"**Time per new token against width** (random-init {rows[0]['layers']}-layer Llamas, the "
+                    f"same prompts, context {s['prompt_tokens']} + {s['max_new_tokens']} tokens; marginal time: "
+                    f"(time for {s['max_new_tokens']} new tokens - time for 1) / {s['max_new_tokens'] - 1}, "
+                    f"median over {s['prompts']} prompts x {s['repeats']} passes, widths interleaved):", "",
+                "| width | parameters | MFLOP per new token | x arithmetic | plain greedy ms per token | x time | "
+                "ours, no draft ms per token | x time |", "|---|---|---|---|---|---|---|---|"]
+        base = rows[0]
+        for row in rows:
+            out.append(f"| {row['hidden_size']} | {row['params']:,} | {row['flops_per_token'] / 1e6:.1f} | "
+                       f"{row['flops_per_token'] / base['flops_per_token']:.1f}x | {row['greedy_ms_per_token']:.3f} | "
+                       f"{row['greedy_ms_per_token'] / base['greedy_ms_per_token']:.2f}x | "
+                       f"{row['greedy_ours_ms_per_token']:.3f} | "
+                       f"{row['greedy_ours_ms_per_token'] / base['greedy_ours_ms_per_token']:.2f}x |")
+    bound = _bound(r)
+    if bound:
+        f_ratio, t_ratio, share, wide = bound
+        verdict = "overhead-bound" if share < ARITHMETIC_BOUND else "arithmetic-bound"
+        narrow = base["hidden_size"]
+        hi = next(row for row in rows if row["hidden_size"] == wide)
+        fixed_wide = base["greedy_ms_per_token"] * (1 - share) / hi["greedy_ms_per_token"]
+        matmul = r["modes"].get("greedy", {}).get("share_matmul")
+        profiled = (f"; the profile puts {matmul:.0%} of plain greedy's time in matrix products"
+                    if matmul is not None and r["hidden_size"] == narrow else "")
+        out += ["", f"**Verdict: width {narrow} is {verdict}.** Width {wide} does {f_ratio:.1f}x the arithmetic per "
+                    f"token in {t_ratio:.2f}x the time. With time per token = a fixed cost (Python, one call per op, "
+                    f"small ops) + a cost per FLOP, at most about {share:.0%} of a width-{narrow} token's time is "
+                    f"arithmetic (at most: a wider model's FLOPs cost more each once its weights outgrow the CPU "
+                    f"caches){profiled}. At width {wide} the same fixed cost is about {fixed_wide:.0%} of the "
+                    f"time: {'arithmetic-bound' if fixed_wide < 0.5 else 'still overhead-bound'} there."]
+    return out
+
+
 def decode_reuse_markdown(results: Path) -> str:
-    """The lm-decode-table block: ``decode_reuse_*.json`` as a table, the settings, the commands and the aims."""
+    """The lm-decode-table block: ``decode_reuse_*.json`` as a table, the settings, the commands and the aims;
+    the proxies' table; ``decode_profile.json``."""
     records = load_decode_reuse(results)
     if not records:
         return (f"_No record yet (`{_rel(results)}/decode_reuse_*.json`): run `python benchmarks/bench_decode.py`._"
                 "\n")
+    trained = {n: r for n, r in records.items() if "proxy" not in r}
+    proxies = {n: r for n, r in records.items() if "proxy" in r}
     out = []
-    for command in dict.fromkeys(r["command"] for r in records.values() if r.get("command")):
-        out += ["```bash", command, "```", ""]
-    settings = {json.dumps(r["settings"], sort_keys=True): r["settings"] for r in records.values()}
-    for s in settings.values():
-        which = [n for n, r in records.items() if r["settings"] == s]
-        prefix = "" if len(settings) == 1 else ", ".join(LABELS.get(n, n) for n in which) + ": "
-        threads = f"{s['threads']} CPU thread{'s' if s['threads'] != 1 else ''}"
-        out.append(f"{prefix}{s['prompts']} prompts of {s['prompt_tokens']} bytes, up to {s['max_new_tokens']} new "
-                   f"tokens each, greedy, {s['repeats']} passes, {threads}; ours: up to {s['max_draft_tokens']} "
-                   f"drafted tokens per round, confidence threshold {s['confidence_threshold']}, adaptive "
-                   f"{'on' if s['adaptive'] else 'off'}.")
-    for n, r in records.items():
-        if r.get("disagree_scale"):
-            layers = r["layers"]
-            out.append(f"`{n}`: `{r['model']}` with the residual outputs of layers {layers // 2 + 1}..{layers} "
-                       f"scaled by {r['disagree_scale']:g}.")
+    if trained:
+        out += _commands(trained) + _settings_lines(trained)
+        for n, r in trained.items():
+            if r.get("disagree_scale"):
+                layers = r["layers"]
+                out.append(f"`{n}`: `{r['model']}` with the residual outputs of layers {layers // 2 + 1}..{layers} "
+                           f"scaled by {r['disagree_scale']:g}.")
+        out += ["", *decode_reuse_table(trained), "", "Aims (issue 21):", "", *decode_reuse_aims(trained), ""]
+    if proxies:
+        out += [f"**{PROXY_LABEL[0].upper() + PROXY_LABEL[1:]}**: not trained models, and not in the aims. "
+                "A stand-in for a wider trained model, whose training is too expensive here:", ""]
+        for n, r in proxies.items():
+            x = r["proxy"]
+            first, last = x["scaled_layers"]
+            out.append(f"- `{n}`: a random-init {r['layers']}-layer Llama of width {x['hidden_size']} (byte "
+                       f"vocabulary), the residual outputs of layers {first}..{last} scaled by "
+                       f"{x['residual_scale']:g} (so its early exits agree with the full model at the rate in the "
+                       f"table) and its LM head by {x['head_scale']:g} (confident drafts, like a trained model's).")
+        out += ["", *_commands(proxies), *_settings_lines(proxies), "", *decode_reuse_table(proxies), ""]
+    profile = decode_profile_lines(results)
+    if profile:
+        out += [*profile, ""]
     names = ",".join(records)
-    out += ["", *decode_reuse_table(records), "",
-            "Aims (issue 21):", "", *decode_reuse_aims(records), "",
-            f"_Generated by `python benchmarks/make_lm_table.py --write docs/lm.md` from "
-            f"`{_rel(results)}/decode_reuse_{{{names}}}.json`._"]
+    sources = f"`{_rel(results)}/decode_reuse_{{{names}}}.json`"
+    if profile:
+        sources += f" and `{_rel(results)}/decode_profile.json`"
+    out += [f"_Generated by `python benchmarks/make_lm_table.py --write docs/lm.md` from {sources}._"]
     return "\n".join(out) + "\n"
 
 

@@ -106,6 +106,24 @@ def test_lm_doc_decode_and_step_cost_tables_match_lm_results():
         start = text.index(start_marker) + len(start_marker) + 1
         assert text[start:text.index(end_marker)] == build(results), \
             "lm.md: run python benchmarks/make_lm_table.py --write docs/lm.md"
+    # every decode_reuse record is rendered, a proxy (random-init) model with its label and outside the aims;
+    # decode_profile.json (bench_decode.py --profile) gives the profile table and the overhead/arithmetic verdict
+    import json
+
+    block = make_lm_table.decode_reuse_markdown(results)
+    aims = block[block.index("Aims (issue 21):"):]
+    aims = aims[:aims.index("\n\n", aims.index("- "))]
+    for path in results.glob("decode_reuse_*.json"):
+        record = json.loads(path.read_text())
+        assert path.name in block or path.name[len("decode_reuse_"):-len(".json")] in block
+        assert "proxy" not in record or make_lm_table.PROXY_LABEL in block
+        assert "proxy" not in record or make_lm_table._label(path.stem[len("decode_reuse_"):], record) not in aims
+    if (results / "decode_profile.json").exists():
+        profile = json.loads((results / "decode_profile.json").read_text())
+        assert "decode_profile.json" in block and profile["command"] in block
+        f_ratio, t_ratio, share, _ = make_lm_table._bound(profile)
+        verdict = "overhead-bound" if share < make_lm_table.ARITHMETIC_BOUND else "arithmetic-bound"
+        assert f"is {verdict}.**" in block and f"{t_ratio:.2f}x the time" in block
 
 
 def test_readme_peers_section_matches_its_records():
