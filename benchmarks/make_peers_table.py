@@ -35,8 +35,9 @@ def load(results: Path = RESULTS) -> list[dict]:
     out = []
     for path in sorted(results.glob("peers_*_s*.json")):
         rec = json.loads(path.read_text())
-        rec["front_area"] = front_area(rec["depth_acc"], rec["depth_mflops"]) if len(rec["depth_acc"]) > 1 else None
-        rec["mean_depth_acc"] = statistics.fmean(rec["depth_acc"].values()) if len(rec["depth_acc"]) > 1 else None
+        whole = rec["method"] != "alone" and len(rec["depth_acc"]) > 1  # a network of the full 27-depth space
+        rec["front_area"] = front_area(rec["depth_acc"], rec["depth_mflops"]) if whole else None
+        rec["mean_depth_acc"] = statistics.fmean(rec["depth_acc"].values()) if whole else None
         out.append(rec)
     return out
 
