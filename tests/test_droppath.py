@@ -98,7 +98,7 @@ def test_bn_reestimation_and_gradients_with_drops():
     assert_same_state(want, model.state_dict())
     with drop_path_paused(model):
         assert all(b.__dict__.get("_st_drop", 0.0) == 0.0 for b in model.modules())
-    assert ed.stages[0].blocks[1]._st_drop == 0.5  # restored
+    assert ed.stages[0].blocks[1].bn2._st_drop == 0.5  # restored (post-activation block: the drop is on bn2)
     model.train()
     torch.manual_seed(0)
     model(batches[0]).sum().backward()
@@ -157,7 +157,7 @@ def test_without_scale_by_keep_a_kept_block_is_unchanged():
     """LayerSkip's layer dropout: a sample either skips the block or gets its plain output (no 1 / (1 - p))."""
     model, ed = _tiny()
     block = ed.stages[0].blocks[1]
-    x = torch.randn(200, 8, 16, 16)
+    x = torch.relu(torch.randn(200, 8, 16, 16))  # a block's input follows a ReLU
     model.train()
     with torch.no_grad(), st.frozen_bn_stats(model):
         plain = block(x)
@@ -167,8 +167,42 @@ def test_without_scale_by_keep_a_kept_block_is_unchanged():
         set_drop_path(ed, 0.5, "uniform")
         torch.manual_seed(0)
         scaled = block(x)
+        with drop_path_paused(model):  # the branch of this post-activation block, as it is
+            f = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
     dropped = (out == x).flatten(1).all(1)
     assert 60 < int(dropped.sum()) < 140
     assert torch.equal(out[~dropped], plain[~dropped])
     assert torch.equal(scaled[dropped], x[dropped])
-    assert torch.allclose(scaled[~dropped] - x[~dropped], 2 * (plain[~dropped] - x[~dropped]), atol=1e-5)
+    # Huang et al. on a post-activation block: relu(x + f / (1 - p)), never the increment relu(x + f) - x scaled
+    torch.testing.assert_close(scaled[~dropped], torch.relu(x + 2 * f)[~dropped])
+    assert bool((scaled >= 0).all())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "timm/resnet18", "timm/seresnet18"])
+def test_branch_end_of_post_activation_resnets(name):
+    from stimulative.core.droppath import branch_end
+
+    model = st.create_model(name, num_classes=10)
+    ed = st.ElasticDepth(model)
+    block = ed.stages[0].blocks[1]
+    end = branch_end(block)
+    assert end is (block.se if getattr(block, "se", None) is not None else block.bn2)
+    vit = st.ElasticDepth(st.create_model("timm/vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8))
+    assert branch_end(vit.stages[0].blocks[0]) is None  # x + f(x): the increment
+
+
+def test_extract_and_remove_leave_no_drop_path():
+    model, ed = _tiny()
+    set_drop_path(ed, 0.5, "uniform")
+    small = ed.extract([1, 1, 1])
+    assert not any(k.startswith("_st_drop") for m in small.modules() for k in m.__dict__)
+    ed.remove()
+    assert not any(k.startswith("_st_drop") for m in model.modules() for k in m.__dict__)
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_explicit_rates_are_checked():
+    _, ed = _tiny()
+    n = sum(len(s.blocks) for s in ed.stages)
+    with pytest.raises(ValueError, match="rate"):
+        set_drop_path(ed, 0.0, rates=[1.0] * n)

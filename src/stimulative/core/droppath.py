@@ -1,9 +1,12 @@
 """Stochastic depth and LayerDrop on the residual blocks that ``ElasticDepth`` found.
 
-The peers of stimulative training: per sample, a block's residual increment ``block(x) - x`` is dropped with
-probability ``p_l`` during training (the sample goes through the identity path) and scaled by ``1 / (1 - p_l)``
-when kept (``scale_by_keep``; LayerSkip does not rescale), so the eval-mode network is the plain one. The drop
-itself is timm's ``timm.layers.drop_path`` (per sample; the same draws as ``torchvision.ops.stochastic_depth(...,
+The peers of stimulative training: per sample, a block's residual branch is dropped with probability ``p_l``
+during training (the sample goes through the identity path) and scaled by ``1 / (1 - p_l)`` when kept. In a
+post-activation ResNet block (``relu(x + f(x))``) the drop acts on ``f(x)`` before the addition, through a forward
+hook on the branch's last module (``branch_end``), as Huang et al. and timm's ResNets do; in a block whose output
+is ``x + f(x)`` (ViT, ConvNeXt, MobileNet, LM layers) on the increment ``block(x) - x``. The scaling of kept
+samples (``scale_by_keep``; LayerSkip does not rescale) keeps the eval-mode network the plain one. The drop itself
+is timm's ``timm.layers.drop_path`` (per sample; the same draws as ``torchvision.ops.stochastic_depth(...,
 mode="row")``); this module only chooses the rates.
 
 Schedules over the ``L`` blocks of the elastic stages in network order (block ``l = 1..L``):
@@ -38,7 +41,8 @@ import torch
 from timm.layers import drop_path
 from torch import nn
 
-__all__ = ["DROP_PATH_SCHEDULES", "drop_path_rates", "set_drop_path", "drop_path_paused", "drop_residual"]
+__all__ = ["DROP_PATH_SCHEDULES", "drop_path_rates", "set_drop_path", "drop_path_paused", "drop_residual",
+           "branch_end", "clear_drop_path"]
 
 DROP_PATH_SCHEDULES = ("linear", "uniform", "exponential")
 
@@ -69,6 +73,32 @@ def _blocks(ed) -> list[tuple[nn.Module, bool]]:
     return [(b, flag) for stage in ed.stages for b, flag in zip(stage.blocks, stage.skippable)]
 
 
+def branch_end(block: nn.Module) -> nn.Module | None:
+    """The module whose output ends the residual branch of a post-activation ResNet block (``relu(x + f(x))``:
+    torchvision, timm, HF and our CIFAR ResNets), where the drop must act so that a kept sample gets
+    ``relu(x + f(x) / (1 - p))`` as in Huang et al.; None for blocks whose output is ``x + f(x)`` (ViT, ConvNeXt,
+    MobileNet, LM layers), where dropping the increment ``block(x) - x`` is the same thing."""
+    if isinstance(getattr(block, "se", None), nn.Module) and hasattr(block, "conv1"):  # timm: bn -> se -> add
+        return block.se
+    if hasattr(block, "conv1") and hasattr(block, "downsample"):
+        for name in ("bn3", "bn2"):
+            if isinstance(getattr(block, name, None), nn.Module):
+                return getattr(block, name)
+    layer = getattr(block, "layer", None)  # transformers ResNet: shortcut + layer, activation after the add
+    if hasattr(block, "shortcut") and hasattr(block, "activation") and isinstance(layer, nn.Sequential):
+        return layer[-1]
+    return None
+
+
+def _drop_branch_hook(module: nn.Module, inputs, out: torch.Tensor) -> torch.Tensor:
+    """Forward hook on a branch end: drop its output per sample (a module-level function, so that a deep copy
+    of the model, e.g. an EMA, reads its own copy's rate)."""
+    p = module.__dict__.get("_st_drop", 0.0)
+    if not p or not module.training:
+        return out
+    return drop_path(out, p, True, module.__dict__.get("_st_drop_scale", True))
+
+
 def set_drop_path(ed, p: float, schedule: str = "linear", rates: Sequence[float] | None = None,
                   scale_by_keep: bool = True) -> list[float]:
     """Set the per-sample drop rate of every skippable block of an ``ElasticDepth`` (``p = 0`` turns it off).
@@ -89,13 +119,32 @@ def set_drop_path(ed, p: float, schedule: str = "linear", rates: Sequence[float]
         rates = drop_path_rates(len(blocks), p, schedule)
     elif len(rates) != len(blocks):
         raise ValueError(f"rates has {len(rates)} entries but the model has {len(blocks)} blocks")
+    elif not all(0.0 <= float(r) < 1.0 for r in rates):
+        raise ValueError(f"every drop-path rate must be in [0, 1), got {list(rates)}")
     out = []
     for (block, flag), r in zip(blocks, rates):
         r = float(r) if flag else 0.0
-        block._st_drop = r
-        block._st_drop_scale = bool(scale_by_keep)
+        end = branch_end(block) if flag else None
+        target = block if end is None else end
+        if end is not None and not end.__dict__.get("_st_drop_hooked"):
+            end.register_forward_hook(_drop_branch_hook)
+            end._st_drop_hooked = True
+        block._st_drop_branch = end is not None  # drop_residual leaves such blocks to their hook
+        target._st_drop = r
+        target._st_drop_scale = bool(scale_by_keep)
+        block._st_drop_rate = r
         out.append(r)
     return out
+
+
+def clear_drop_path(model: nn.Module) -> None:
+    """Remove every drop-path attribute and branch hook from ``model``'s modules (``ElasticDepth.extract`` and
+    ``remove`` call it)."""
+    for m in model.modules():
+        for name in ("_st_drop", "_st_drop_scale", "_st_drop_branch", "_st_drop_rate", "_st_drop_hooked"):
+            m.__dict__.pop(name, None)
+        for key in [k for k, fn in m._forward_hooks.items() if fn is _drop_branch_hook]:
+            del m._forward_hooks[key]
 
 
 @contextlib.contextmanager
@@ -114,6 +163,6 @@ def drop_path_paused(model: nn.Module) -> Iterator[None]:
 def drop_residual(block: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out`` with the block's residual increment dropped per sample at the block's rate (training only)."""
     p = block.__dict__.get("_st_drop", 0.0)
-    if not p or not block.training:
+    if not p or not block.training or block.__dict__.get("_st_drop_branch"):
         return out
     return x + drop_path(out - x, p, True, block.__dict__.get("_st_drop_scale", True))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .droppath import drop_residual
+from .droppath import clear_drop_path, drop_residual
 
 __all__ = ["ElasticDepth", "Stage", "RUN", "SKIP", "BRANCH", "DepthConfig", "find_stages", "parse_depths",
            "format_depths", "gated_subclass"]
@@ -414,6 +414,7 @@ class ElasticDepth:
                 m.__class__ = orig
                 if "_st_mode" in m.__dict__:
                     del m.__dict__["_st_mode"]
+        clear_drop_path(clone)  # a plain module: no stochastic depth if it is trained again
         return clone
 
     def remove(self) -> nn.Module:
@@ -424,6 +425,7 @@ class ElasticDepth:
                 if orig is not None:
                     block.__class__ = orig
                     block.__dict__.pop("_st_mode", None)
+        clear_drop_path(self.model)
         return self.model
 
 
