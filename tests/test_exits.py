@@ -99,6 +99,7 @@ def _grads(module):
 def test_one_forward_equals_separate_forwards(case, kl):
     ed, model, x, y, exits = CASES[case]()
     assert isinstance(exits, PrefixExits)
+    assert exits.matches(model, x)  # the self-check the step runs once (two forwards, eval mode)
     calls = []
     model.register_forward_hook(lambda *a: calls.append(1))
     separate = _step(ed, model, None, kl)
@@ -165,3 +166,36 @@ def test_docs_lm_one_forward_snippet_runs():
     exec(compile(code, "docs/lm.md", "exec"), namespace)
     assert set(namespace["losses"]) == {"loss", "main", "subnet"}
     assert namespace["step"].exits is not None and len(namespace["step"].last_configs) == 3
+
+
+def test_a_tail_that_is_not_the_models_falls_back_to_separate_passes():
+    """A model whose output is more than norm + head (here: soft-capped logits) fails the self-check: the step
+    warns once and runs separate passes (what evaluation computes)."""
+    ed, model, x, y, _ = _timm_vit_case()
+    wrong = PrefixExits(ed, lambda h, x: 30 * torch.tanh(model.forward_head(model.norm(h)) / 30) + 1.0)
+    step = _step(ed, model, wrong, "plain")
+    with pytest.warns(UserWarning, match="separate"):
+        step(x, y)
+    assert wrong.verified is False
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    step(x, y)
+    assert len(calls) == 4  # main + 3 separate sub-network passes
+
+
+def test_dropout_in_train_mode_keeps_separate_passes():
+    """Exits would share the main pass's dropout draws; separate passes draw their own: not the same step."""
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=4, n_head=2, n_positions=64)  # dropout 0.1
+    hf = transformers.GPT2LMHeadModel(cfg).train()
+    ed = sth.elastic_depth(hf)
+    tok = TokenLogits(hf)
+    exits = sth.prefix_exits(ed, rows=tok.select_rows)
+    from stimulative.core.exits import random_layers_active
+
+    assert random_layers_active(hf)
+    calls = []
+    tok.register_forward_hook(lambda *a: calls.append(1))
+    ids = torch.randint(0, 64, (2, 9))
+    _step(ed, tok, exits, "plain")(ids, next_token_targets(ids))
+    assert len(calls) == 4

@@ -122,11 +122,15 @@ def test_recipe_and_config_checks(tmp_path):
 
 def test_trainer_runs_layerskip_and_resumes_exactly(tmp_path):
     recipe = REPO / "recipes" / "lm_llama_layerskip.yaml"
-    full = train_lm(recipe, _args(tmp_path, "full", "steps=6", "eval_every=3"))
+    strong = ["layerskip.p_max=0.9", "layerskip.time_schedule=constant"]  # drops act at every step
+    full = train_lm(recipe, _args(tmp_path, "full", "steps=6", "eval_every=3", *strong))
     assert full["step"] == 6 and math.isfinite(full["final"]["val_loss"])
-    train_lm(recipe, _args(tmp_path, "cut", "steps=6", "eval_every=3", "max_steps=3"))
-    train_lm(recipe, _args(tmp_path, "cut", "steps=6", "eval_every=3", "resume=auto"))
+    train_lm(recipe, _args(tmp_path, "cut", "steps=6", "eval_every=3", "max_steps=3", *strong))
+    train_lm(recipe, _args(tmp_path, "cut", "steps=6", "eval_every=3", "resume=auto", *strong))
+    train_lm(recipe, _args(tmp_path, "nodrop", "steps=6", "eval_every=3", "layerskip.p_max=0"))
     a = load_checkpoint(tmp_path / "runs" / "full" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "runs" / "cut" / "last.pt")["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    c = load_checkpoint(tmp_path / "runs" / "nodrop" / "last.pt")["model"]
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the layer dropout acted

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,7 +35,7 @@ from torch import nn
 
 from .elastic import ElasticDepth
 
-__all__ = ["PrefixExits", "vision_prefix_exits"]
+__all__ = ["PrefixExits", "vision_prefix_exits", "random_layers_active"]
 
 Tail = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -59,6 +60,36 @@ class PrefixExits:
         self.ed = ed
         self.tail = tail
         self.blocks: list[nn.Module] = list(ed.stages[0].blocks)
+        self.verified: bool | None = None  # set by the first ``matches``
+
+    def matches(self, model: nn.Module, x: torch.Tensor) -> bool:
+        """Whether an exit equals the forward with the later blocks skipped, checked once on two samples of
+        ``x`` in eval mode (a tail that is not the model's real one, e.g. logit soft-capping after the head or a
+        pooler, fails it; the step then keeps separate passes and warns once)."""
+        if self.verified is None:
+            k = max(self.ed.min_depths[0], self.depth // 2)
+            if k >= self.depth:
+                self.verified = True
+                return True
+            was = [(m, m.training) for m in (model, self.ed.model)]
+            xs = x[:2]
+            try:
+                model.eval()
+                self.ed.model.eval()
+                with torch.no_grad(), self.ed.depth(None):
+                    _, (out,) = self(model, xs, [k])
+                    with self.ed.depth([k]):
+                        ref = model(xs)
+            finally:
+                for m, t in was:
+                    m.train(t)
+            self.verified = out.shape == ref.shape and bool(torch.allclose(out.float(), ref.float(), rtol=1e-3,
+                                                                            atol=1e-4))
+            if not self.verified:
+                warnings.warn(f"prefix exits: the depth-{k} exit differs from the forward with the later blocks "
+                              "skipped (the model's output is more than its final norm + head); using separate "
+                              "sub-network passes", stacklevel=3)
+        return self.verified
 
     @property
     def depth(self) -> int:
@@ -98,3 +129,20 @@ def vision_prefix_exits(ed: ElasticDepth) -> PrefixExits | None:
     if hasattr(model, "forward_head") and hasattr(model, "norm") and hasattr(model, "blocks"):  # timm ViT
         return PrefixExits(ed, lambda h, x: model.forward_head(model.norm(h)))
     return None
+
+
+def random_layers_active(model: nn.Module) -> bool:
+    """True when a forward of ``model`` is random: an active dropout (modules, or the attention-dropout rates
+    ``transformers`` layers keep as floats) or a stochastic-depth rate. Exits read off one forward share its random
+    draws, which separate sub-network passes would draw anew, so the step then keeps separate passes."""
+    for m in model.modules():
+        if not m.training:
+            continue
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        if m.__dict__.get("_st_drop", 0.0) > 0:
+            return True
+        rate = m.__dict__.get("attention_dropout")
+        if isinstance(rate, float) and rate > 0:
+            return True
+    return False

@@ -31,7 +31,7 @@ from torch import nn
 
 from .bn import frozen_bn_stats
 from .elastic import ElasticDepth
-from .exits import PrefixExits
+from .exits import PrefixExits, random_layers_active
 from .losses import (
     KL_NORMS,
     KL_SCHEDULES,
@@ -141,8 +141,10 @@ def stimulative_step(
             https://arxiv.org/abs/2001.06782): the sub-networks then never undo the main network's descent
             direction to first order. Needs the whole gradient on one process (not with DDP / ``no_sync``).
         exits: a ``PrefixExits``: when this step's sub-networks are prefixes at full input size
-            (``prefix_step_applies``), they are read off the main forward and all losses go through one backward
-            (same losses and gradients as separate passes, one forward instead of ``1 + num_subnets``).
+            (``prefix_step_applies``), the model has no active dropout or drop path (exits would share the main
+            pass's random draws) and the exits were checked to equal the skipped forward (``PrefixExits.matches``),
+            they are read off the main forward and all losses go through one backward (same losses and gradients
+            as separate passes, one forward instead of ``1 + num_subnets``).
 
     Returns:
         ``{"loss", "main", "subnet"}`` as Python floats (for logging).
@@ -195,7 +197,8 @@ def stimulative_step(
         return float(delta.norm())
 
     if exits is not None and n > 0 and prefix_step_applies(space, min_input_scale, subnet_fraction,
-                                                          project_conflicts, grad_norms):
+                                                          project_conflicts, grad_norms) \
+            and not random_layers_active(ed.model) and exits.matches(model, x):
         return _prefix_step(exits, space, model, x, y, n, kl, amplitude, temperature, kl_weight, loss,
                             normalize_main, criterion, label_smoothing, run_backward, check_finite, draws, stats)
     # Every backward but the last runs in ``no_sync``, so gradients are all-reduced once per step.
@@ -275,13 +278,19 @@ def prefix_step_applies(space: SampleSpace, min_input_scale: float = 1.0, subnet
             and subnet_fraction >= 1 and not project_conflicts and not grad_norms)
 
 
+def ed_depth_none(exits: PrefixExits):
+    """The full network, whatever depth the caller has set around the step (as the separate path's main pass)."""
+    return exits.ed.depth(None)
+
+
 def _prefix_step(exits: PrefixExits, space: SampleSpace, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  n: int, kl: str, amplitude: float | str, temperature: float, kl_weight: float, loss: str,
                  normalize_main: bool, criterion, label_smoothing: float, run_backward, check_finite: bool,
                  draws: list | None, stats: dict | None) -> dict[str, float]:
     """``stimulative_step`` with prefix sub-networks read off one forward and one backward of the summed loss."""
     configs = [space.sample() for _ in range(n)]
-    logits, students = exits(model, x, [c[0] for c in configs])
+    with ed_depth_none(exits):
+        logits, students = exits(model, x, [c[0] for c in configs])
     main = _main_loss(logits, y, kl, amplitude, normalize_main, criterion, label_smoothing, check_finite)
     teacher = logits.detach()
     values = []

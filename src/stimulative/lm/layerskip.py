@@ -13,7 +13,9 @@ the early layers of an LM good exits. Two parts, both per training step:
   early-exit loss is on for every ``R``-th layer, the pattern moving one layer per step (``R = 0`` or 1: every
   layer); the last layer is always on.
 
-All exits are read off one forward (``PrefixExits``), so a step costs one forward and one backward. Settings in
+All exits are read off one forward (``PrefixExits``), so a step costs one forward and one backward. The rates
+stay set on the layers after a step (they act in train mode only); ``set_drop_path(ed, 0.0)`` clears them. Under
+``torch.compile`` every new rate recompiles the layers (the rate is a Python float). Settings in
 the paper: ``p_max`` 0.1-0.2, ``e_scale`` 0.1-0.2, ``R`` about ``L/4``. The formulas follow the issue text and
 torchtune's ``early_exit_loss``/``layer_dropout`` modules (torchtune itself targets its own model classes, not
 ``transformers`` layers, so they are implemented here and checked against the formulas in tests/test_layerskip.py).
@@ -146,6 +148,9 @@ class LayerSkipStep:
     def __post_init__(self) -> None:
         if self.ed.num_stages != 1:
             raise ValueError("LayerSkip needs a model with one stage of layers (a decoder-only LM)")
+        if not isinstance(self.exits, PrefixExits) or self.exits.ed is not self.ed:
+            raise ValueError("exits must be the PrefixExits of the same ElasticDepth (sth.prefix_exits(ed, ...)); "
+                             "None means the model's final norm and head were not recognised")
         if not 0 <= self.p_max < 1:
             raise ValueError(f"p_max must be in [0, 1), got {self.p_max}")
         if self.e_scale < 0:
