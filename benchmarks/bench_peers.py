@@ -157,6 +157,30 @@ def evaluate_run(run_dir: Path) -> Path:
     return out
 
 
+def plan_mismatch(run_dir: Path, cmd: list[str]) -> str:
+    """The ``key: saved -> planned`` differences between an existing run dir's config and the planned command
+    (a re-measured time ratio changes an equal-time run's epochs; resuming it would change its schedule mid-run)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return ""
+    saved = yaml.safe_load(path.read_text())
+    planned: dict[str, str] = {}
+    for item in cmd:  # later overrides win, as in the command itself
+        key, sep, value = item.partition("=")
+        if sep and key not in ("name", "out_dir", "data.root", "threads", "device", "resume") and "/" not in key:
+            planned[key] = value
+    diffs = []
+    for key, value in planned.items():
+        node = saved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None and yaml.safe_load(value) != node:
+            diffs.append(f"{key}: {node} -> {value}")
+    return "; ".join(diffs)
+
+
 def shown(cmd: list[str]) -> str:
     if cmd[0] != sys.executable:
         text = " ".join(cmd)
@@ -185,7 +209,7 @@ def depth_mflops(run_dir: Path, configs: list[str]) -> dict[str, float]:
     return out
 
 
-def write_record(variant: str, seed: int, name: str, args: argparse.Namespace, train_cmd: list[str]) -> dict:
+def write_record(variant: str, seed: int, name: str, args: argparse.Namespace, train_cmd: list[str]) -> dict | None:
     run_dir = Path(args.runs) / name
     records = read_metrics(run_dir)
     final = records[-1]
@@ -204,7 +228,9 @@ def write_record(variant: str, seed: int, name: str, args: argparse.Namespace, t
         "command": shown(train_cmd), "eval_command": shown(eval_command(run_dir)),
         "machine": machine_info(args.threads), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    assert rec["epochs"] == epochs, (name, rec["epochs"], epochs)
+    if rec["epochs"] != epochs:  # never record a run of another length than the plan's
+        print(f"NOT recorded {name}: it trained {rec['epochs']} epochs, the plan wants {epochs}", flush=True)
+        return None
     path = RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
@@ -249,7 +275,7 @@ def measure_times(args: argparse.Namespace) -> None:
            "machine": machine_info(args.threads), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     TIMES.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out["cost_x_ct"]), "\n", json.dumps(out["equal_time_epochs"]), f"\n-> {TIMES}")
+    print(json.dumps(out["cost_x_ct"]), "\n", json.dumps(out["equal_time_epochs_at_15"]), f"\n-> {TIMES}")
 
 
 def main() -> None:
@@ -300,6 +326,11 @@ def main() -> None:
             run_dir = Path(args.runs) / name
             cmd = train_command(v, name, seed, args)
             epochs = variant_epochs(VARIANTS[v][4], args.setting)[0]
+            clash = plan_mismatch(run_dir, cmd)
+            if clash:
+                print(f"[{time.strftime('%H:%M:%S')}] SKIP {name}: its run dir was made with {clash}; move "
+                      f"{run_dir} away to make it again", flush=True)
+                continue
             stage = "eval" if finished_epochs(run_dir) == epochs else "train"
             if stage == "train" and run_dir.exists():
                 cmd.append("resume=auto")  # an interrupted run continues
@@ -320,6 +351,8 @@ def main() -> None:
                 print(f"[{time.strftime('%H:%M:%S')}] FAILED {name} (exit {proc.returncode}):\n{tail}", flush=True)
                 continue
             rec = write_record(v, seed, name, args, cmd)
+            if rec is None:
+                continue
             small = rec["depth_acc"].get("1,1,1")
             print(f"[{time.strftime('%H:%M:%S')}] done  {name}: test {rec['test_acc']:.2f}% (1,1,1) {small}, "
                   f"{rec['train_s']:.0f}s", flush=True)

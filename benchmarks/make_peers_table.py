@@ -77,12 +77,12 @@ def label(rec: dict) -> str:
 
 def summarise(records: list[dict], seeds: tuple[int, ...]) -> list[dict]:
     """One row per variant over ``seeds``, in the order variants first appear in bench_peers.VARIANTS."""
-    by_variant: dict[str, list[dict]] = {}
-    for rec in records:
+    by_variant: dict[tuple[str, int], list[dict]] = {}
+    for rec in records:  # one row per variant and length (a re-measured time ratio makes another row)
         if rec["seed"] in seeds:
-            by_variant.setdefault(rec["variant"], []).append(rec)
+            by_variant.setdefault((rec["variant"], rec["epochs"]), []).append(rec)
     rows = []
-    for variant, recs in by_variant.items():
+    for (variant, _), recs in by_variant.items():
         rows.append({
             "variant": variant, "label": label(recs[0]), "method": recs[0]["method"], "budget": recs[0]["budget"],
             "epochs": recs[0]["epochs"], "seeds": sorted(r["seed"] for r in recs),

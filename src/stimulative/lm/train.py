@@ -460,6 +460,8 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
         space.rng.setstate(_as_tuple(ckpt["space_rng"]))
         step.rng.setstate(_as_tuple(ckpt["step_rng"]))
         torch.set_rng_state(ckpt["torch_rng"])
+        if ckpt.get("cuda_rng") is not None and device.type == "cuda":  # layer dropout draws on the GPU
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         done, history = int(ckpt["step"]), list(ckpt.get("history", []))
         train_time, wall = float(ckpt.get("train_time_s", 0.0)), float(ckpt.get("wall_s", 0.0))
         step.calls = done
@@ -528,7 +530,9 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
                          "vocab_size": tok.vocab_size, "step": done, "steps": total,
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "space_rng": space.rng.getstate(), "step_rng": step.rng.getstate(),
-                         "torch_rng": torch.get_rng_state(), "history": history, "metrics": record,
+                         "torch_rng": torch.get_rng_state(),
+                         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                         "history": history, "metrics": record,
                          "train_time_s": train_time, "wall_s": wall}, run_dir / "last.pt")
         log.write(history)
         _log(f"eval step {done}/{total}: val loss {record['val_loss']:.4f} (ppl {record['val_ppl']:.3f})"
