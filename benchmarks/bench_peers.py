@@ -13,8 +13,8 @@ measured is measured on the next invocation.
 
 Equal time: ``--measure-times`` times one engine epoch of every cost class (CT, stochastic depth, LayerDrop, ST,
 ST++ and its cheaper variants) on the same synthetic in-memory batches, interleaved and repeated (median), on one
-thread, and writes ``step_times.json``; an equal-time variant trains for ``round(15 * t(ST++) / t(its class))``
-epochs. The ratio, not the wall clock of runs made beside other work, fixes the budget.
+thread, and writes ``step_times.json``; an equal-time variant trains for ``round(E * t(ST++) / t(its class))``
+epochs, ``E`` the setting's epochs (15 for ``r20``). The ratio, not the wall clock of runs made beside other work, fixes the budget.
 
     python benchmarks/bench_peers.py --measure-times                 # once, on a quiet machine
     python benchmarks/bench_peers.py --seeds 0 1 --variants sd05 sd01 ld02 ld01
