@@ -199,3 +199,22 @@ def test_dropout_in_train_mode_keeps_separate_passes():
     ids = torch.randint(0, 64, (2, 9))
     _step(ed, tok, exits, "plain")(ids, next_token_targets(ids))
     assert len(calls) == 4
+
+
+def test_engine_reads_a_vit_s_sub_networks_off_the_main_forward(tmp_path, capsys):
+    """`stimulative train` on a single-stage model uses the exits by default (one line says so); the run matches
+    st.prefix_exits=false up to float rounding."""
+    from test_engine import tiny_config
+
+    import stimulative.train.engine as engine
+    from stimulative.io import read_jsonl
+
+    vit = ["model.name=timm/vit_tiny_patch16_224",
+           "model.kwargs={img_size: 16, patch_size: 4, depth: 3, embed_dim: 32, num_heads: 2}",
+           "st.num_subnets=2", "epochs=1", "optim.lr=0.01"]
+    engine.train(tiny_config(tmp_path, "exits", *vit))
+    assert capsys.readouterr().out.count("read off the main forward") == 1
+    engine.train(tiny_config(tmp_path, "separate", *vit, "st.prefix_exits=false"))
+    assert "read off the main forward" not in capsys.readouterr().out
+    a, b = (read_jsonl(tmp_path / n / "metrics.jsonl")[-1] for n in ("exits", "separate"))
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
