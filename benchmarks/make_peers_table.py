@@ -211,8 +211,9 @@ def build(results: Path = RESULTS) -> str:
     else:
         out += ["The claim seeds (10-12) are still running; nothing is concluded yet.", ""]
     if tuning:
-        out += ["Tuning on seeds 0-1 (each peer's rate and ST++'s cost lever are chosen here, then carried to "
-                "seeds 10-12):", "", *goals(tuning), "", *table(tuning), ""]
+        out += ["Tuning on seeds 0-1 (ST++'s cost lever with the better main network here is the one run on seeds "
+                "10-12; both rates of each peer are run there, so each goal sees each peer's better rate):", "",
+                *goals(tuning), "", *table(tuning), ""]
     if any(r["setting"] != "r20" for r in growth):
         out += ["As the budget grows (Δ vs CT of the same seed at equal epochs; `--setting` of bench_peers.py):", "",
                 *budget_table(growth), ""]
