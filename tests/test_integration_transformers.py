@@ -272,13 +272,14 @@ def test_docs_first_snippet_runs(tmp_path, monkeypatch):
     assert saved and (saved[0] / "config.json").exists()
 
 
-@pytest.mark.parametrize("index", [1, 2])
+@pytest.mark.parametrize("index", [1, 3])
 def test_docs_other_snippets_run(index, tmp_path, monkeypatch):
-    """The Trainer and the language-model examples."""
+    """The Trainer and the language-model examples (block 2, the causal-LM Trainer on a checkpoint directory,
+    runs in tests/test_lm_pretrained.py)."""
     blocks = _python_blocks(DOCS.read_text())
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(blocks[index], str(DOCS), "exec"), namespace)
-    if index == 2:
+    if index == 3:
         assert 4 < namespace["out"].shape[1] <= 4 + 8
