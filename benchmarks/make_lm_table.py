@@ -29,9 +29,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- lm-table:start (benchmarks/make_lm_table.py) -->", "<!-- lm-table:end -->"
-LABELS = {"ct": "CT", "st": "ST", "stpp": "ST++", "d4_alone": "depth-4 alone (CT)", "ct_time": "CT, ST's time"}
-RUN_ORDER = ["ct", "st", "stpp", "ct_time", "d4_alone"]
-LOAFING_LABELS = {"ct": "CT", "st": "ST", "stpp": "ST++", "ct_time": "CT (ST's time)"}
+LABELS = {"ct": "CT", "st": "ST", "stpp": "ST++", "layerskip": "LayerSkip", "d4_alone": "depth-4 alone (CT)",
+          "ct_time": "CT, ST's time"}
+RUN_ORDER = ["ct", "st", "stpp", "layerskip", "ct_time", "d4_alone"]
+LOAFING_LABELS = {"ct": "CT", "st": "ST", "stpp": "ST++", "layerskip": "LayerSkip", "ct_time": "CT (ST's time)"}
 DEC_START, DEC_END = "<!-- lm-decode-table:start (benchmarks/make_lm_table.py) -->", "<!-- lm-decode-table:end -->"
 STEP_START, STEP_END = "<!-- lm-step-cost:start (benchmarks/make_lm_table.py) -->", "<!-- lm-step-cost:end -->"
 # issue 21 (decoding that reuses the draft) and issue 20 (cost of an ST step) aims
@@ -50,11 +51,18 @@ def load(results: Path) -> tuple[dict, dict | None, dict]:
             runs[key] = json.loads(path.read_text())
     loafing = json.loads((results / "loafing_lm.json").read_text()) if (results / "loafing_lm.json").exists() else None
     decode = {}
-    for key in ("ct", "st", "stpp"):
+    for key in ("ct", "st", "stpp", "layerskip", "ct_time"):
         path = results / f"decode_{key}.json"
         if path.exists():
             decode[key] = json.loads(path.read_text())
     return runs, loafing, decode
+
+
+def label(key: str, record: dict | None = None) -> str:
+    """The run's label; CT at another method's time names that method (``setting`` "equal_time (ST++'s)")."""
+    if key == "ct_time" and record is not None and "(" in record.get("setting", ""):
+        return f"CT, {record['setting'].split('(')[1].rstrip(')')} time"
+    return LABELS.get(key, key)
 
 
 def runs_table(runs: dict) -> list[str]:
@@ -63,7 +71,7 @@ def runs_table(runs: dict) -> list[str]:
             "train time (s)", "tokens/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, r in runs.items():
-        cells = [LABELS.get(key, key), r["setting"], str(r["steps"])]
+        cells = [label(key, r), r["setting"], str(r["steps"])]
         cells += [f"{r[f'val_loss_d{k}']:.4f}" if f"val_loss_d{k}" in r else "" for k in depths]
         cells += [f"{r['val_loss']:.4f}", f"{r['val_ppl']:.3f}", f"{r['train_time_s']:.0f}", f"{r['tokens_per_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -123,14 +131,15 @@ def aims(runs: dict, loafing: dict | None, depth: int = 4) -> list[str]:
     lines = []
     alone = runs.get("d4_alone")
     ct = runs.get("ct")
-    for key in ("ct", "st", "stpp", "ct_time"):
+    for key in ("ct", "st", "stpp", "layerskip", "ct_time"):
         r = runs.get(key)
         if r is None:
             continue
         parts = []
         row = None
         if loafing is not None:
-            row = next((x for x in loafing["rows"] if x["run"] == LOAFING_LABELS[key] and x["depth"] == depth), None)
+            name = f"CT ({label(key, r)[4:].replace(' time', '')} time)" if key == "ct_time" else LOAFING_LABELS[key]
+            row = next((x for x in loafing["rows"] if x["run"] == name and x["depth"] == depth), None)
         if row is not None and "rel_to_alone" in row:
             rel = row["rel_to_alone"]
             ct_like = r["method"] == "CT"
@@ -145,7 +154,7 @@ def aims(runs: dict, loafing: dict | None, depth: int = 4) -> list[str]:
             rel = r["val_loss"] / ct["val_loss"] - 1
             parts.append(f"full model {r['val_loss']:.4f} vs CT {ct['val_loss']:.4f}: {rel:+.2%} (aim within 1%: "
                          f"{'met' if rel <= 0.01 else 'not met'})")
-        lines.append(f"- **{LABELS[key]}**: " + "; ".join(parts) + ".")
+        lines.append(f"- **{label(key, r)}**: " + "; ".join(parts) + ".")
     return lines
 
 
