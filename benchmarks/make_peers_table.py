@@ -171,7 +171,7 @@ def plot_budget(results: Path = RESULTS) -> Path | None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in budget_rows(load(results)) if r["variant"] in ("stpp", "sd05", "sd01", "ld02", "ld01")]
-    if not rows:
+    if len({r["image_epochs"] for r in rows}) < 2:  # one budget is no curve
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for ax, key, title in ((axes[0], "d_main", "main network"), (axes[1], "d_depths", "mean over the 27 depths")):
