@@ -206,3 +206,31 @@ def test_explicit_rates_are_checked():
     n = sum(len(s.blocks) for s in ed.stages)
     with pytest.raises(ValueError, match="rate"):
         set_drop_path(ed, 0.0, rates=[1.0] * n)
+
+
+@pytest.mark.parametrize("name, kwargs, size", [
+    ("resnet18", {}, 32), ("timm/resnet18", {}, 32), ("mobilenet_v3_small", {}, 32),
+    ("timm/vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8}, 32), ("timm/convnext_atto", {}, 32),
+])
+def test_every_family_drops_in_train_mode_and_is_plain_at_eval(name, kwargs, size):
+    torch.manual_seed(0)
+    model = st.create_model(name, num_classes=10, **kwargs)
+    for m in model.modules():  # timm zero-initialises the last BN of a branch: make every branch matter
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    ed = st.ElasticDepth(model)
+    x = torch.randn(4, 3, size, size)
+    model.eval()
+    with torch.no_grad():
+        plain = model(x)
+        rates = set_drop_path(ed, 0.9, "uniform")
+        assert torch.equal(model(x), plain)
+        assert len(rates) == sum(len(s.blocks) for s in ed.stages) and max(rates) == 0.9
+        model.train()
+        with st.frozen_bn_stats(model), drop_path_paused(model):
+            torch.manual_seed(1)
+            undropped = model(x)
+        with st.frozen_bn_stats(model):
+            torch.manual_seed(1)
+            dropped = model(x)
+    assert not torch.allclose(dropped, undropped)
