@@ -121,11 +121,10 @@ def time_ratios() -> dict[str, float]:
     if not TIMES.exists():
         sys.exit(f"{TIMES.relative_to(REPO)} is missing: run python benchmarks/bench_peers.py --measure-times first")
     times = dict(json.loads(TIMES.read_text())["epoch_s"])
-    if TIMES_UPDATE.exists():
-        update = json.loads(TIMES_UPDATE.read_text())["epoch_s"]
-        for k, v in update.items():
+    if TIMES_UPDATE.exists():  # per class: its cost relative to CT in the latest measurement that timed it
+        for k, v in json.loads(TIMES_UPDATE.read_text())["cost_x_ct"].items():
             if k not in ("CT", "ST++"):
-                times[k] = times["CT"] * v / update["CT"]
+                times[k] = times["CT"] * v
     # every class does CT's work and more (a drop path computes every block): a measurement below CT is noise
     times = {k: max(v, times["CT"]) for k, v in times.items()}
     return {k: times["ST++"] / v for k, v in times.items()}
@@ -292,6 +291,12 @@ def measure_times(args: argparse.Namespace) -> None:
            "machine": machine_info(args.threads), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     target = TIMES_UPDATE if args.classes else TIMES
+    if args.classes and TIMES_UPDATE.exists():  # merge: classes timed earlier keep their latest measurement
+        old = json.loads(TIMES_UPDATE.read_text())
+        out["cost_x_ct"] = {**old["cost_x_ct"], **out["cost_x_ct"]}
+        out["earlier"] = [*old.get("earlier", []), {k: v for k, v in old.items() if k != "earlier"}]
+    elif not args.classes and TIMES_UPDATE.exists():  # a full measurement supersedes the partial ones
+        TIMES_UPDATE.rename(TIMES_UPDATE.with_name(f"step_times_update_before_{time.strftime('%Y%m%d%H%M')}.json"))
     target.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out["cost_x_ct"]), "\n", json.dumps(out["equal_time_epochs_at_15"]), f"\n-> {target}")
 
