@@ -234,3 +234,20 @@ def test_every_family_drops_in_train_mode_and_is_plain_at_eval(name, kwargs, siz
             torch.manual_seed(1)
             dropped = model(x)
     assert not torch.allclose(dropped, undropped)
+
+
+def test_a_frozen_batchnorm_does_not_turn_the_drop_off():
+    """The block's mode decides (a user may keep BatchNorm in eval while training)."""
+    model, ed = _tiny()
+    set_drop_path(ed, 0.9, "uniform")
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = model(x)
+        torch.manual_seed(1)
+        b = model(x)
+    assert not torch.allclose(a, b)

@@ -218,3 +218,30 @@ def test_engine_reads_a_vit_s_sub_networks_off_the_main_forward(tmp_path, capsys
     assert "read off the main forward" not in capsys.readouterr().out
     a, b = (read_jsonl(tmp_path / n / "metrics.jsonl")[-1] for n in ("exits", "separate"))
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+def test_self_check_under_autocast_inside_the_model_call_and_modes_kept():
+    """The engine autocasts inside the model call: the tails run under the same autocast, so the check passes;
+    a submodule the user put in eval stays in eval after the check."""
+    from stimulative.core.exits import random_layers_active
+    from stimulative.train.runtime import AutocastForward
+
+    ed, model, x, y, exits = _timm_vit_case()
+    model.float()
+    x = x.float()
+    model.blocks[0].mlp.drop1.eval()
+    wrapped = AutocastForward(model, "cpu", torch.bfloat16)
+    assert exits.matches(wrapped, x)
+    assert not model.blocks[0].mlp.drop1.training and model.blocks[1].mlp.drop1.training
+    assert not random_layers_active(model)
+    drop = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2,
+                             num_classes=5, drop_path_rate=0.3).train()
+    assert random_layers_active(drop)  # timm's DropPath
+
+
+def test_padding_only_rows_leave_the_check_for_the_next_batch():
+    ed, tok, ids, _, exits = CASES["llama_padded"]()
+    ids = ids.clone()
+    ids[:2, 1:] = IGNORE_INDEX  # rows 0-1: one real token each, no next-token position
+    assert not exits.matches(tok, ids) and exits.verified is None
+    assert exits.matches(tok, ids[2:].repeat(2, 1)) and exits.verified

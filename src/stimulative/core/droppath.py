@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -94,7 +95,8 @@ def _drop_branch_hook(module: nn.Module, inputs, out: torch.Tensor) -> torch.Ten
     """Forward hook on a branch end: drop its output per sample (a module-level function, so that a deep copy
     of the model, e.g. an EMA, reads its own copy's rate)."""
     p = module.__dict__.get("_st_drop", 0.0)
-    if not p or not module.training:
+    owner = module.__dict__.get("_st_drop_owner", module)  # the block's mode counts (a frozen BN is in eval)
+    if not p or not owner.training:
         return out
     return drop_path(out, p, True, module.__dict__.get("_st_drop_scale", True))
 
@@ -129,6 +131,11 @@ def set_drop_path(ed, p: float, schedule: str = "linear", rates: Sequence[float]
         if end is not None and not end.__dict__.get("_st_drop_hooked"):
             end.register_forward_hook(_drop_branch_hook)
             end._st_drop_hooked = True
+            end.__dict__["_st_drop_owner"] = block  # not a submodule: a plain reference (deepcopy maps it)
+        if end is None and flag and r and hasattr(block, "conv1") and hasattr(block, "downsample"):
+            warnings.warn(f"{type(block).__name__}: the end of its residual branch was not found; its increment "
+                          "block(x) - x is dropped instead (exact only when the block has no activation after "
+                          "the addition)", stacklevel=2)
         block._st_drop_branch = end is not None  # drop_residual leaves such blocks to their hook
         target._st_drop = r
         target._st_drop_scale = bool(scale_by_keep)
@@ -141,7 +148,8 @@ def clear_drop_path(model: nn.Module) -> None:
     """Remove every drop-path attribute and branch hook from ``model``'s modules (``ElasticDepth.extract`` and
     ``remove`` call it)."""
     for m in model.modules():
-        for name in ("_st_drop", "_st_drop_scale", "_st_drop_branch", "_st_drop_rate", "_st_drop_hooked"):
+        for name in ("_st_drop", "_st_drop_scale", "_st_drop_branch", "_st_drop_rate", "_st_drop_hooked",
+                     "_st_drop_owner"):
             m.__dict__.pop(name, None)
         for key in [k for k, fn in m._forward_hooks.items() if fn is _drop_branch_hook]:
             del m._forward_hooks[key]

@@ -71,7 +71,8 @@ class PrefixExits:
             if k >= self.depth:
                 self.verified = True
                 return True
-            was = [(m, m.training) for m in (model, self.ed.model)]
+            # every module's own mode, restored one by one (a user may keep some submodules in eval)
+            was = {id(m): (m, m.training) for root in (model, self.ed.model) for m in root.modules()}
             xs = x[:2]
             try:
                 model.eval()
@@ -81,10 +82,17 @@ class PrefixExits:
                     with self.ed.depth([k]):
                         ref = model(xs)
             finally:
-                for m, t in was:
-                    m.train(t)
-            self.verified = out.shape == ref.shape and bool(torch.allclose(out.float(), ref.float(), rtol=1e-3,
-                                                                            atol=1e-4))
+                for m, t in was.values():
+                    m.training = t
+            if out.numel() == 0:  # e.g. two padding-only token rows: nothing to compare, check the next batch
+                return False
+            ok = out.shape == ref.shape and bool(torch.allclose(out.float(), ref.float(), rtol=1e-3, atol=1e-4))
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # every rank must take the same path (the one-forward step has one backward, the other 1 + n)
+                flag = torch.tensor([int(ok)], device=out.device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+                ok = bool(flag.item())
+            self.verified = ok
             if not self.verified:
                 warnings.warn(f"prefix exits: the depth-{k} exit differs from the forward with the later blocks "
                               "skipped (the model's output is more than its final norm + head); using separate "
@@ -103,18 +111,27 @@ class PrefixExits:
             if not low <= d <= self.depth:
                 raise ValueError(f"exit depth {d} is outside [{low}, {self.depth}]")
         hidden: dict[int, torch.Tensor] = {}
+        amp: dict[str, tuple] = {}
         handles = []
         for d in sorted(set(depths)):
             if d < self.depth:
                 def keep(module, inputs, out, d=d):
-                    hidden[d] = out[0] if isinstance(out, tuple) else out
+                    h = out[0] if isinstance(out, tuple) else out
+                    hidden[d] = h
+                    amp["state"] = _autocast_state(h.device.type)
                 handles.append(self.blocks[d - 1].register_forward_hook(keep))
         try:
             full = model(x)
         finally:
             for h in handles:
                 h.remove()
-        return full, [full if d == self.depth else self.tail(hidden[d], x) for d in depths]
+        if not hidden:
+            return full, [full for _ in depths]
+        # the tails run under the autocast state the blocks ran in (an engine may autocast inside the model call)
+        kind, enabled, dtype = amp["state"]
+        with torch.autocast(kind, dtype=dtype, enabled=enabled):
+            outs = [full if d == self.depth else self.tail(hidden[d], x) for d in depths]
+        return full, outs
 
 
 def vision_prefix_exits(ed: ElasticDepth) -> PrefixExits | None:
@@ -131,6 +148,18 @@ def vision_prefix_exits(ed: ElasticDepth) -> PrefixExits | None:
     return None
 
 
+def _autocast_state(kind: str) -> tuple[str, bool, torch.dtype]:
+    try:
+        return kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
+    except (TypeError, AttributeError):  # torch < 2.4: per-device functions
+        if kind == "cpu":
+            return kind, torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+        return kind, torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+
+
+_RANDOM_LAYERS = {"DropPath", "StochasticDepth", "PatchDropout", "DropBlock2d"}
+
+
 def random_layers_active(model: nn.Module) -> bool:
     """True when a forward of ``model`` is random: an active dropout (modules, or the attention-dropout rates
     ``transformers`` layers keep as floats) or a stochastic-depth rate. Exits read off one forward share its random
@@ -142,6 +171,10 @@ def random_layers_active(model: nn.Module) -> bool:
             return True
         if m.__dict__.get("_st_drop", 0.0) > 0:
             return True
+        for attr in ("drop_prob", "p", "prob"):  # timm DropPath / torchvision StochasticDepth / timm PatchDropout
+            rate = getattr(m, attr, None) if type(m).__name__ in _RANDOM_LAYERS else None
+            if isinstance(rate, (int, float)) and rate > 0:
+                return True
         rate = m.__dict__.get("attention_dropout")
         if isinstance(rate, float) and rate > 0:
             return True
