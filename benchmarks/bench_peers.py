@@ -21,6 +21,9 @@ epochs, ``E`` the setting's epochs (15 for ``r20``). The ratio, not the wall clo
     python benchmarks/bench_peers.py --seeds 10 11 12                # every cell of the plan
     python benchmarks/bench_peers.py --setting r20_45ep --seeds 10 11 --variants ct stpp sd01
     python benchmarks/bench_peers.py --list
+
+A running invocation keeps the code it started with: after changing this file (or the time measurements), stop
+it and start it again; finished runs are skipped and a trained but unrecorded run is only evaluated.
 """
 
 from __future__ import annotations
