@@ -56,14 +56,19 @@ def test_readme_integration_examples_run(index, needs, tmp_path, monkeypatch):
         assert loaded.config.depths == [2, 1]
 
 
-def test_readme_results_match_benchmark_json():
-    # the README's results section is exactly what benchmarks/make_table.py builds from benchmarks/results/*.json
+def _benchmark_script(name: str):
+    """benchmarks/<name>.py loaded as a module (the table builders are scripts, not package modules)."""
     import importlib.util
 
-    path = README.parent / "benchmarks" / "make_table.py"
-    spec = importlib.util.spec_from_file_location("make_table", path)
-    make_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_table)
+    spec = importlib.util.spec_from_file_location(name, README.parent / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_results_match_benchmark_json():
+    # the README's results section is exactly what benchmarks/make_table.py builds from benchmarks/results/*.json
+    make_table = _benchmark_script("make_table")
     text = README.read_text()
     start, end = text.index(make_table.START), text.index(make_table.END) + len(make_table.END)
     assert text[start:end] == make_table.build(), "README results are stale: run python benchmarks/make_table.py"
@@ -74,12 +79,7 @@ def test_readme_results_match_benchmark_json():
 
 def test_readme_and_lm_doc_tables_match_lm_results():
     # the "Language models" tables in README.md and docs/lm.md are what benchmarks/make_lm_table.py builds
-    import importlib.util
-
-    path = README.parent / "benchmarks" / "make_lm_table.py"
-    spec = importlib.util.spec_from_file_location("make_lm_table", path)
-    make_lm_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_lm_table)
+    make_lm_table = _benchmark_script("make_lm_table")
     expected = make_lm_table.markdown(README.parent / "benchmarks" / "results" / "lm")
     for doc in (README, README.parent / "docs" / "lm.md"):
         text = doc.read_text()
@@ -91,12 +91,7 @@ def test_readme_and_lm_doc_tables_match_lm_results():
 def test_lm_doc_decode_and_step_cost_tables_match_lm_results():
     # docs/lm.md's decoding table (decode_reuse_*.json) and step-cost table (step_cost.json) are what
     # benchmarks/make_lm_table.py builds
-    import importlib.util
-
-    path = README.parent / "benchmarks" / "make_lm_table.py"
-    spec = importlib.util.spec_from_file_location("make_lm_table", path)
-    make_lm_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_lm_table)
+    make_lm_table = _benchmark_script("make_lm_table")
     results = README.parent / "benchmarks" / "results" / "lm"
     text = (README.parent / "docs" / "lm.md").read_text()
     for start_marker, end_marker, build in ((make_lm_table.DEC_START, make_lm_table.DEC_END,
@@ -127,14 +122,9 @@ def test_lm_doc_decode_and_step_cost_tables_match_lm_results():
 
 
 def test_readme_peers_section_matches_its_records():
-    import importlib.util
-
     # "Which method for which goal?" is exactly what benchmarks/make_peers_table.py builds from
     # benchmarks/results/peers/
-    path = README.parent / "benchmarks" / "make_peers_table.py"
-    spec = importlib.util.spec_from_file_location("make_peers_table", path)
-    make_peers_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_peers_table)
+    make_peers_table = _benchmark_script("make_peers_table")
     text = README.read_text()
     start, end = text.index(make_peers_table.START), text.index(make_peers_table.END) + len(make_peers_table.END)
     assert text[start:end] == make_peers_table.build(), \
