@@ -136,10 +136,8 @@ def set_drop_path(ed, p: float, schedule: str = "linear", rates: Sequence[float]
             warnings.warn(f"{type(block).__name__}: the end of its residual branch was not found; its increment "
                           "block(x) - x is dropped instead (exact only when the block has no activation after "
                           "the addition)", stacklevel=2)
-        block._st_drop_branch = end is not None  # drop_residual leaves such blocks to their hook
         target._st_drop = r
         target._st_drop_scale = bool(scale_by_keep)
-        block._st_drop_rate = r
         out.append(r)
     return out
 
@@ -148,8 +146,7 @@ def clear_drop_path(model: nn.Module) -> None:
     """Remove every drop-path attribute and branch hook from ``model``'s modules (``ElasticDepth.extract`` and
     ``remove`` call it)."""
     for m in model.modules():
-        for name in ("_st_drop", "_st_drop_scale", "_st_drop_branch", "_st_drop_rate", "_st_drop_hooked",
-                     "_st_drop_owner"):
+        for name in ("_st_drop", "_st_drop_scale", "_st_drop_hooked", "_st_drop_owner"):
             m.__dict__.pop(name, None)
         for key in [k for k, fn in m._forward_hooks.items() if fn is _drop_branch_hook]:
             del m._forward_hooks[key]
@@ -171,6 +168,6 @@ def drop_path_paused(model: nn.Module) -> Iterator[None]:
 def drop_residual(block: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out`` with the block's residual increment dropped per sample at the block's rate (training only)."""
     p = block.__dict__.get("_st_drop", 0.0)
-    if not p or not block.training or block.__dict__.get("_st_drop_branch"):
+    if not p or not block.training:  # blocks with a branch end carry no rate: their hook drops
         return out
     return x + drop_path(out - x, p, True, block.__dict__.get("_st_drop_scale", True))

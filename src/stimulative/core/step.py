@@ -278,18 +278,13 @@ def prefix_step_applies(space: SampleSpace, min_input_scale: float = 1.0, subnet
             and subnet_fraction >= 1 and not project_conflicts and not grad_norms)
 
 
-def ed_depth_none(exits: PrefixExits):
-    """The full network, whatever depth the caller has set around the step (as the separate path's main pass)."""
-    return exits.ed.depth(None)
-
-
 def _prefix_step(exits: PrefixExits, space: SampleSpace, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  n: int, kl: str, amplitude: float | str, temperature: float, kl_weight: float, loss: str,
                  normalize_main: bool, criterion, label_smoothing: float, run_backward, check_finite: bool,
                  draws: list | None, stats: dict | None) -> dict[str, float]:
     """``stimulative_step`` with prefix sub-networks read off one forward and one backward of the summed loss."""
     configs = [space.sample() for _ in range(n)]
-    with ed_depth_none(exits):
+    with exits.ed.depth(None):  # the full network whatever depth the caller set, as the separate main pass
         logits, students = exits(model, x, [c[0] for c in configs])
     main = _main_loss(logits, y, kl, amplitude, normalize_main, criterion, label_smoothing, check_finite)
     teacher = logits.detach()
