@@ -246,6 +246,8 @@ def test_trainer_on_padded_batches_equals_the_token_step(checkpoints, tmp_path):
     data = [{"input_ids": torch.cat([r, torch.full((12 - len(r),), 256)]),
              "attention_mask": torch.cat([torch.ones(len(r), dtype=torch.long),
                                           torch.zeros(12 - len(r), dtype=torch.long)])} for r in rows]
+    for d in data:  # labels as DataCollatorForLanguageModeling(mlm=False) makes them: the ids, -100 at padding
+        d["labels"] = d["input_ids"].masked_fill(d["attention_mask"] == 0, -100)
     model = transformers.AutoModelForCausalLM.from_pretrained(checkpoints["llama"], local_files_only=True)
     args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1,
                                           learning_rate=LR, lr_scheduler_type="constant", use_cpu=True,
@@ -259,6 +261,21 @@ def test_trainer_on_padded_batches_equals_the_token_step(checkpoints, tmp_path):
     with torch.no_grad():
         main = torch.nn.functional.cross_entropy(TokenLogits(ref)(ids), next_token_targets(ids))
     assert abs(logged["st_main"] - main.item()) < 1e-5
+
+
+def test_trainer_refuses_prompt_masked_labels(checkpoints, tmp_path):
+    """Labels with -100 on a prompt ask for a loss the token step does not compute: refused, naming 'labels'."""
+    ids = torch.randint(0, 256, (12,))
+    prompt_masked = ids.clone()
+    prompt_masked[:5] = -100
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoints["llama"], local_files_only=True)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1,
+                                          use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True)
+    data = [{"input_ids": ids, "labels": prompt_masked}] * 2
+    trainer = SequentialTrainer(model, args, train_dataset=data, st_options={"num_subnets": 1})
+    with pytest.raises(ValueError, match="labels"):
+        trainer.train()
+    assert all(p.grad is None for p in model.parameters())  # refused before any backward
 
 
 def test_docs_causal_lm_trainer_snippet_runs(checkpoints, tmp_path, monkeypatch):

@@ -402,6 +402,18 @@ def is_causal_lm(model: nn.Module) -> bool:
     return name in names or name.endswith(("ForCausalLM", "LMHeadModel"))
 
 
+def _causal_labels_match(ids: torch.Tensor, labels: torch.Tensor) -> bool:
+    """Whether HF-style causal-LM ``labels`` ask for what the token step trains: the ``ids`` themselves (with
+    ``IGNORE_INDEX`` at padding), i.e. no prompt masking and no other targets. ``ids`` has -100 at padding; a
+    label there may be -100 or the padding token (data collators differ)."""
+    from stimulative.core.tokens import IGNORE_INDEX
+
+    if labels.shape != ids.shape:
+        return False
+    real = ids != IGNORE_INDEX
+    return bool((labels[real] == ids[real]).all())
+
+
 class StimulativeTrainer(transformers.Trainer):
     """``transformers.Trainer`` whose ``training_step`` runs ST/ST++ (``st.StimulativeStep``).
 
@@ -423,8 +435,10 @@ class StimulativeTrainer(transformers.Trainer):
     (``IGNORE_INDEX``); ``TokenLogits(model)`` masks them out of attention and the loss (left or right
     padding; unpadded packed blocks take the model's fast path) and the targets are
     ``next_token_targets(ids)``: main next-token CE and, per sub-network, the token-level KL (or KL-) to the
-    detached full model, averaged over the real next-token positions of the micro-batch. ``batch["labels"]`` is
-    not read (prompt masking is not supported: every real token after the first is a target). The prefix
+    detached full model, averaged over the real next-token positions of the micro-batch. Every real token after
+    the first is a target: ``batch["labels"]``, if given, must equal ``input_ids`` at the real positions
+    (what ``DataCollatorForLanguageModeling(mlm=False)`` makes); labels that mask a prompt or differ otherwise
+    are refused with a ``ValueError`` (prompt masking is not supported). The prefix
     sub-networks are read off the main forward (``prefix_exits``: one forward and one backward per step) unless
     ``st_options["exits"]`` says otherwise (None: separate passes); ``min_input_scale`` and ``subnet_fraction``
     must stay 1.
@@ -502,6 +516,13 @@ class StimulativeTrainer(transformers.Trainer):
         mask = inputs.get("attention_mask")
         if mask is not None:
             ids = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        labels = inputs.get("labels")
+        if labels is not None and not _causal_labels_match(ids, labels):
+            # refuse rather than train on targets the user did not ask for (prompt masking, other labels)
+            raise ValueError("batch['labels'] differs from the input_ids: StimulativeTrainer(task='causal_lm') "
+                             "trains on every real next token (prompt masking and other labels are not "
+                             "supported); drop 'labels' or make them equal to 'input_ids' (padding goes in "
+                             "'attention_mask')")
         return token_batch(ids)
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
