@@ -290,3 +290,39 @@ def test_patched_blocks_keep_isinstance_and_deepcopy(r20):
     x, _ = batch(2)
     with torch.no_grad():
         assert torch.allclose(clone(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "timm_resnet18", "hf_llama"])
+def test_torch_save_of_an_elastic_model_loads_and_runs_the_same(name, tmp_path):
+    """``torch.save(model)`` of a patched model (gated blocks are classes made at run time, drop-path hooks on):
+    the loaded model gives the same outputs at the set depth, and can be made elastic again."""
+    from stimulative.core.droppath import set_drop_path
+
+    torch.manual_seed(0)
+    if name == "hf_llama":
+        transformers = pytest.importorskip("transformers")
+        from stimulative.integrations.transformers import Logits, elastic_depth
+
+        model = Logits(transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
+            num_key_value_heads=2)))
+        ed, x = elastic_depth(model.model), torch.randint(0, 32, (2, 6))
+    else:
+        model = (st.create_model("cifar_resnet20", num_classes=10) if name == "cifar_resnet20"
+                 else __import__("timm").create_model("resnet18", num_classes=10))
+        randomize_bn(model)  # timm zero-initialises the last BN of a branch: every block would be the identity
+        ed, x = st.ElasticDepth(model), batch(2)[0]
+    set_drop_path(ed, 0.3, "linear")
+    model.eval()
+    ed.set_depth(ed.min_depths)
+    with torch.no_grad():
+        want = model(x)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), want)
+    inner = loaded.model if name == "hf_llama" else loaded
+    again = elastic_depth(inner) if name == "hf_llama" else st.ElasticDepth(inner)
+    again.set_depth(again.full_depths)
+    with torch.no_grad():
+        assert not torch.allclose(loaded(x), want)  # the depth changes what it computes again

@@ -169,7 +169,7 @@ def format_depths(config: DepthConfig, sep: str = ",") -> str:
 # Gated forward by class swap
 # --------------------------------------------------------------------------------------------------------------
 
-_GATED_CLASSES: dict[type, type] = {}
+_GATED_CLASSES: dict[tuple[type, Callable], type] = {}
 
 
 def _gated_forward(self, x, *args, **kwargs):
@@ -183,27 +183,42 @@ def _gated_forward(self, x, *args, **kwargs):
 
 
 def gated_subclass(cls: type, forward: Callable, **attrs: Any) -> type:
-    """A subclass of block class ``cls`` whose ``forward`` is ``forward``; the original stays callable as
-    ``self._st_orig_forward`` and the class as ``_st_original_class`` (what ``extract``/``remove`` restore).
+    """The subclass of block class ``cls`` whose ``forward`` is ``forward`` (one per ``(cls, forward)``; ``attrs``
+    of the first call become further class attributes, which adapters for other block signatures use). The
+    original forward stays callable as ``self._st_orig_forward`` and the class as ``_st_original_class`` (what
+    ``extract``/``remove`` restore).
 
-    Same name, module and qualname as ``cls``, so ``isinstance``, ``repr`` and pickling by reference behave;
-    ``attrs`` become further class attributes (adapters for other block signatures use them).
+    Same name, module and qualname as ``cls``, so ``isinstance`` and ``repr`` behave. The subclass is made at run
+    time and cannot be found by name, so a gated block pickles (``torch.save(model)``, ``copy.deepcopy``) as
+    ``cls`` + ``forward`` + ``attrs`` and is gated again on load: ``forward`` and the values of ``attrs`` must be
+    picklable (module-level functions are).
     """
-    orig_forward = cls.forward
-
-    def _st_orig_forward(self, *args, **kwargs):
-        return orig_forward(self, *args, **kwargs)
-
-    return type(cls.__name__, (cls,), {"forward": forward, "_st_orig_forward": _st_orig_forward,
-                                       "_st_original_class": cls, "__module__": cls.__module__,
-                                       "__qualname__": cls.__qualname__, **attrs})
-
-
-def _gated_class(cls: type) -> type:
-    gated = _GATED_CLASSES.get(cls)
+    gated = _GATED_CLASSES.get((cls, forward))
     if gated is None:
-        gated = _GATED_CLASSES[cls] = gated_subclass(cls, _gated_forward)
+        orig_forward = cls.forward
+
+        def _st_orig_forward(self, *args, **kwargs):
+            return orig_forward(self, *args, **kwargs)
+
+        gated = _GATED_CLASSES[(cls, forward)] = type(cls.__name__, (cls,), {
+            "forward": forward, "_st_orig_forward": _st_orig_forward, "_st_original_class": cls,
+            "_st_gated_with": (forward, attrs), "__reduce_ex__": _reduce_gated, "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__, **attrs})
     return gated
+
+
+def _reduce_gated(self: nn.Module, protocol: int) -> tuple:
+    """Pickle a gated block through ``_new_gated`` and the class it gates (found by name)."""
+    gated = type(self)
+    reduced = object.__reduce_ex__(self, max(2, protocol))  # (copyreg.__newobj__, (gated,), state, ...)
+    # the forward given, not gated.forward: a base class's __init_subclass__ may have wrapped it (transformers)
+    return (_new_gated, (gated._st_original_class, *gated._st_gated_with), *reduced[2:])
+
+
+def _new_gated(cls: type, forward: Callable, attrs: dict[str, Any]) -> nn.Module:
+    """An empty instance of ``cls`` gated with ``forward`` (what an unpickled gated block starts from)."""
+    gated = gated_subclass(cls, forward, **attrs)
+    return gated.__new__(gated)
 
 
 class ElasticDepth:
@@ -294,7 +309,7 @@ class ElasticDepth:
         if hasattr(type(block), "_st_original_class"):
             block._st_mode = RUN
             return
-        block.__class__ = _gated_class(type(block))
+        block.__class__ = gated_subclass(type(block), _gated_forward)
         block._st_mode = RUN
 
     # ----------------------------------------------------------------------------------------------------------

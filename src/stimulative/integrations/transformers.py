@@ -37,6 +37,7 @@ from torch import nn
 import stimulative as st
 from stimulative._extras import require
 from stimulative.core.droppath import drop_residual
+from stimulative.core.elastic import gated_subclass
 from stimulative.core.exits import PrefixExits
 
 transformers = require("transformers", "transformers", "stimulative.integrations.transformers")
@@ -136,7 +137,6 @@ def find_layer_stages(model: nn.Module) -> list[LayerStage]:
 # Skipping them: an adapter forward for hf layers
 # --------------------------------------------------------------------------------------------------------------
 
-_ADAPTED: dict[type, type] = {}
 
 
 def _tuple_len_from_annotation(cls: type) -> int | None:
@@ -168,27 +168,11 @@ def _adapter_forward(self, *args, **kwargs):
 
 
 def _adapted_class(cls: type) -> type:
-    adapted = _ADAPTED.get(cls)
-    if adapted is None:
-        orig_forward = cls.forward
-        params = [p for p in inspect.signature(orig_forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        input_name = params[1].name if len(params) > 1 else "hidden_states"
-
-        def _st_orig_forward(self, *args, **kwargs):
-            return orig_forward(self, *args, **kwargs)
-
-        adapted = type(cls.__name__, (cls,), {
-            "forward": _adapter_forward,
-            "_st_orig_forward": _st_orig_forward,
-            "_st_original_class": cls,
-            "_st_input_name": input_name,
-            "_st_tuple_len": _tuple_len_from_annotation(cls),
-            "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__,
-        })
-        _ADAPTED[cls] = adapted
-    return adapted
+    params = [p for p in inspect.signature(cls.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    input_name = params[1].name if len(params) > 1 else "hidden_states"
+    return gated_subclass(cls, _adapter_forward, _st_input_name=input_name,
+                          _st_tuple_len=_tuple_len_from_annotation(cls))
 
 
 class Logits(nn.Module):
