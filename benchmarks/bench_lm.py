@@ -3,7 +3,9 @@
 Trains with the shipped recipes ``recipes/lm_llama_{ct,st,stpp}.yaml`` (8 layers, width 128, context 128, the
 Python standard library's sources as the corpus, 1,000 steps of 16 x 128 tokens; same seed, data and schedule,
 only the ``st`` section differs) and a depth-4 model trained alone (the CT recipe with
-``model.num_hidden_layers=4``), all at equal steps; with ``--equal-time`` also CT for ST's training time. Every
+``model.num_hidden_layers=4``), all at equal steps; with ``--equal-time`` also CT (and LayerSkip, when it is one
+of ``--methods``) for the training time of ``--equal-time-of`` (default ST): steps = that run's training time /
+the method's own training time per step at equal steps (both measured in the same conditions). Every
 run goes through ``python -m stimulative.lm train`` (one thread per process, at most ``--jobs`` processes at a
 time, ``resume=auto``). Then:
 
@@ -71,20 +73,22 @@ def plan(args: argparse.Namespace) -> dict[str, dict]:
         runs[m] = {"recipe": RECIPES[m], "extra": [], "method": METHODS[m], "setting": "equal_steps", "after": []}
     runs["d4_alone"] = {"recipe": RECIPES["ct"], "extra": [f"model.num_hidden_layers={args.alone_depth}"],
                         "method": "CT", "setting": f"depth-{args.alone_depth} alone, equal_steps", "after": []}
-    if args.equal_time:
+    if args.equal_time:  # CT, and LayerSkip (a peer cheaper per step) if run, given the reference's time
         ref = args.equal_time_of
-        runs["ct_time"] = {"recipe": RECIPES["ct"], "extra": [], "method": "CT",
-                           "setting": f"equal_time ({METHODS[ref]}'s)", "after": ["ct", ref]}
+        for base in ("ct", "layerskip"):
+            if base != ref and (base == "ct" or base in args.methods):
+                runs[f"{base}_time"] = {"recipe": RECIPES[base], "extra": [], "method": METHODS[base],
+                                        "setting": f"equal_time ({METHODS[ref]}'s)", "after": [base, ref]}
     # longest first: ST++/ST start at once, CT and the shallow model share the other slot
-    order = ["stpp", "st", "layerskip", "ct", "d4_alone", "ct_time"]
+    order = ["stpp", "st", "layerskip", "ct", "d4_alone", "ct_time", "layerskip_time"]
     return {k: runs[k] for k in order if k in runs}
 
 
 def command(key: str, spec: dict, args: argparse.Namespace, results: Path) -> list[str]:
     extra = list(spec["extra"])
-    if key == "ct_time":  # CT's steps = the reference's training time / CT's time per step
-        ref, ct = (json.loads((results / f"{k}.json").read_text()) for k in (args.equal_time_of, "ct"))
-        extra.append(f"steps={max(1, round(ref['train_time_s'] / (ct['train_time_s'] / ct['steps'])))}")
+    if key.endswith("_time"):  # steps = the reference's training time / the method's own time per step
+        ref, own = (json.loads((results / f"{k}.json").read_text()) for k in (args.equal_time_of, spec["after"][0]))
+        extra.append(f"steps={max(1, round(ref['train_time_s'] / (own['train_time_s'] / own['steps'])))}")
     elif args.steps:
         extra.append(f"steps={args.steps}")
     if args.chunk_steps:  # this invocation trains at most chunk_steps more steps (resume=auto continues)
@@ -186,7 +190,8 @@ def loafing(args: argparse.Namespace, results: Path) -> None:
 
     torch.set_num_threads(args.threads)
     ref = METHODS[args.equal_time_of]
-    labels = {"ct": "CT", "st": "ST", "stpp": "ST++", "layerskip": "LayerSkip", "ct_time": f"CT ({ref}'s time)"}
+    labels = {"ct": "CT", "st": "ST", "stpp": "ST++", "layerskip": "LayerSkip", "ct_time": f"CT ({ref}'s time)",
+              "layerskip_time": f"LayerSkip ({ref}'s time)"}
     runs = {labels[k]: json.loads((results / f"{k}.json").read_text())["run_dir"]
             for k in labels if (results / f"{k}.json").exists()}
     alone = [json.loads((results / "d4_alone.json").read_text())["run_dir"]]
@@ -213,7 +218,7 @@ def decode(args: argparse.Namespace, results: Path) -> None:
 
     torch.set_num_threads(args.threads)
     unequal = []
-    for key in ("ct", "st", "stpp", "layerskip", "ct_time"):
+    for key in ("ct", "st", "stpp", "layerskip", "ct_time", "layerskip_time"):
         src, out = results / f"{key}.json", results / f"decode_{key}.json"
         if not src.exists():
             continue

@@ -15,9 +15,16 @@ Three blocks, each between its own markers; every number comes from the result f
   against the model's width, with the verdict: bound by Python overhead or by arithmetic.
 * ``lm-step-cost`` (docs/lm.md): from ``step_cost.json`` written by ``benchmarks/bench_lm_step.py`` (if it
   exists): ST's step time / CT's, and issue 20's aims (<= 1.15x CT for one exit, <= 1.3x for three).
+* ``lm-budget`` (docs/lm.md): from ``--budget`` (default ``benchmarks/results/lm_budget``), one folder per seed
+  (``s0/``, ``s1/``...) holding the records of ``bench_lm.py --results DIR/sN`` (long budget) and of
+  ``bench_decode.py --results DIR/sN`` (``decode_reuse_<run>.json``): validation loss by depth and of the full
+  model, mean +- std over seeds, the decoding of every model, and issue 20's aims at this budget (CT's full model
+  clearly better than depth 4 alone, the premise; ST's depth-4 prefix within 5% of depth 4 alone; ST's full model
+  within 1% of CT's; ST and ST++ ahead of LayerSkip on the prefix losses and the decoding speed-up, LayerSkip
+  given ST++'s time when that run exists).
 
     python benchmarks/make_lm_table.py                       # print the lm-table block
-    python benchmarks/make_lm_table.py --block decode        # print another block (lm, decode, step)
+    python benchmarks/make_lm_table.py --block decode        # print another block (lm, decode, step, budget)
     python benchmarks/make_lm_table.py --write docs/lm.md    # replace every block whose markers DOC has
 """
 
@@ -475,12 +482,158 @@ def step_cost_markdown(results: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+BUDGET_START, BUDGET_END = "<!-- lm-budget:start (benchmarks/make_lm_table.py) -->", "<!-- lm-budget:end -->"
+BUDGET_RUNS = {"ct": "CT", "st": "ST", "stpp": "ST++", "layerskip": "LayerSkip", "d4_alone": "depth-4 alone (CT)",
+               "ct_time": "CT, ST++'s time", "layerskip_time": "LayerSkip, ST++'s time"}
+BUDGET_EXITS = (2, 4)
+# issue 20 item 3's aims; the premise: CT's full model this much better (lower loss) than depth 4 alone
+AIM_PREFIX_VS_ALONE, AIM_FULL_VS_CT, PREMISE_MARGIN = 0.05, 0.01, 0.01
+
+
+def _mean_std(values: list[float], fmt: str = "{:.4f}") -> str:
+    """``mean ± std`` (sample std) of ``values``; the std drops a ``+`` sign the mean's format gives."""
+    if not values:
+        return ""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return fmt.format(mean)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{fmt.format(mean)} ± {fmt.replace('+', '').format(std)}"
+
+
+def load_budget(root: Path) -> tuple[dict[str, dict[int, dict]], dict[str, dict[int, dict]]]:
+    """``({run: {seed: record}}, {run: {seed: decode record}})`` of every finished run under ``root/s<seed>/``."""
+    runs: dict[str, dict[int, dict]] = {}
+    decode: dict[str, dict[int, dict]] = {}
+    for folder in sorted(root.glob("s[0-9]*")):
+        seed = int(folder.name[1:])
+        for key in BUDGET_RUNS:
+            if (folder / f"{key}.json").exists():
+                runs.setdefault(key, {})[seed] = json.loads((folder / f"{key}.json").read_text())
+            if (folder / f"decode_reuse_{key}.json").exists():
+                decode.setdefault(key, {})[seed] = json.loads((folder / f"decode_reuse_{key}.json").read_text())
+    return runs, decode
+
+
+def _loss(record: dict, depth: int | None) -> float | None:
+    """Validation loss of the full model (``depth`` None, or the run's own depth) or of its depth-``depth`` prefix."""
+    if depth is None or depth == record.get("layers"):
+        return record["val_loss"]
+    return record.get(f"val_loss_d{depth}")
+
+
+def _paired(runs: dict, a: str, b: str, depth_a: int | None, depth_b: int | None = None) -> list[float]:
+    """Relative differences ``loss_a / loss_b - 1`` over the seeds both runs have."""
+    seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
+    out = []
+    for seed in seeds:
+        la, lb = _loss(runs[a][seed], depth_a), _loss(runs[b][seed], depth_b)
+        if la is not None and lb is not None:
+            out.append(la / lb - 1)
+    return out
+
+
+def _pct(values: list[float]) -> str:
+    return _mean_std([100 * v for v in values], "{:+.2f}") + "%" if values else "no paired seeds yet"
+
+
+def budget_aims(runs: dict, decode: dict) -> list[str]:
+    lines = []
+    premise = _paired(runs, "ct", "d4_alone", None)
+    if premise:
+        mean = sum(premise) / len(premise)
+        lines.append(f"- **Premise, CT's full model clearly better than depth 4 alone** (loss at least "
+                     f"{PREMISE_MARGIN:.0%} lower): CT full vs depth 4 alone {_pct(premise)} over "
+                     f"{len(premise)} seed(s): {'met' if mean <= -PREMISE_MARGIN else 'not met'}.")
+    for key in ("st", "stpp"):
+        prefix = _paired(runs, key, "d4_alone", 4)
+        if prefix:
+            mean = sum(prefix) / len(prefix)
+            lines.append(f"- **{BUDGET_RUNS[key]}'s depth-4 prefix within {AIM_PREFIX_VS_ALONE:.0%} of depth 4 "
+                         f"alone**: {_pct(prefix)}: {'met' if mean <= AIM_PREFIX_VS_ALONE else 'not met'}.")
+        full = _paired(runs, key, "ct", None)
+        if full:
+            mean = sum(full) / len(full)
+            lines.append(f"- **{BUDGET_RUNS[key]}'s full model within {AIM_FULL_VS_CT:.0%} of CT's** (equal steps): "
+                         f"{_pct(full)}: {'met' if mean <= AIM_FULL_VS_CT else 'not met'}.")
+    for key in ("ct_time", "layerskip_time"):
+        full = _paired(runs, "stpp", key, None)
+        if full:
+            lines.append(f"- Equal time: ST++'s full model vs {BUDGET_RUNS[key]}: {_pct(full)} (not an aim; below 0 "
+                         "is ST++ ahead).")
+    peer = "layerskip_time" if "layerskip_time" in runs else "layerskip"
+    if peer in runs:
+        for key in ("st", "stpp"):
+            if key not in runs:
+                continue
+            depths = sorted({int(k[len("val_loss_d"):]) for r in runs[key].values() for k in r
+                             if k.startswith("val_loss_d")})
+            diffs = {d: _paired(runs, key, peer, d, d) for d in depths}
+            ahead = all(v and sum(v) / len(v) < 0 for v in diffs.values())
+            cells = "; ".join(f"depth {d} {_pct(v)}" for d, v in diffs.items())
+            lines.append(f"- **{BUDGET_RUNS[key]} ahead of {BUDGET_RUNS[peer]} on the prefix losses** (loss relative "
+                         f"to LayerSkip's; below 0 is ahead): {cells}: {'met' if ahead else 'not met'}.")
+            if key in decode and peer in decode:
+                seeds = sorted(set(decode[key]) & set(decode[peer]))
+                parts, wins = [], []
+                for k in BUDGET_EXITS:
+                    ours = [decode[key][s][f"ours_exit_{k}"]["speedup"] for s in seeds if f"ours_exit_{k}" in decode[key][s]]
+                    theirs = [decode[peer][s][f"ours_exit_{k}"]["speedup"] for s in seeds
+                              if f"ours_exit_{k}" in decode[peer][s]]
+                    if ours and theirs:
+                        wins.append(sum(ours) / len(ours) > sum(theirs) / len(theirs))
+                        parts.append(f"exit {k}: {_mean_std(ours, '{:.2f}')}x vs {_mean_std(theirs, '{:.2f}')}x")
+                if parts:
+                    lines.append(f"- **{BUDGET_RUNS[key]} ahead of {BUDGET_RUNS[peer]} on the decoding speed-up** "
+                                 f"(self-speculative, ours, over plain greedy): {'; '.join(parts)}: "
+                                 f"{'met' if all(wins) else 'not met'}.")
+    return lines
+
+
+def budget_markdown(root: Path) -> str:
+    runs, decode = load_budget(root)
+    rel = _rel(root)
+    if not runs:
+        return (f"_No record yet (`{rel}/s<seed>/*.json`): run `python benchmarks/bench_lm.py --results "
+                f"{rel}/s0 ...` (the command is in docs/lm.md)._\n")
+    depths = sorted({int(k[len("val_loss_d"):]) for by_seed in runs.values() for r in by_seed.values()
+                     for k in r if k.startswith("val_loss_d")})
+    head = ["run", "seeds", "steps", *[f"loss d{d}" for d in depths], "loss (full)", "train time (s)"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, by_seed in runs.items():
+        rs = [by_seed[s] for s in sorted(by_seed)]
+        steps = sorted({r["steps"] for r in rs})
+        cells = [BUDGET_RUNS[key], ",".join(str(s) for s in sorted(by_seed)), "/".join(f"{x:,}" for x in steps)]
+        cells += [_mean_std([r[f"val_loss_d{d}"] for r in rs if f"val_loss_d{d}" in r]) for d in depths]
+        cells += [_mean_std([r["val_loss"] for r in rs]), _mean_std([r["train_time_s"] for r in rs], "{:.0f}")]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Validation loss in nats per byte (256 held-out blocks of 128 bytes, mean ± std over seeds); the "
+            "depth-4 model alone has only 4 layers, so its full model is its depth 4."]
+    if decode:
+        head = ["model", "exit", "acceptance", "tokens per full forward", "speed-up vs greedy", "= greedy"]
+        out += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for key, by_seed in decode.items():
+            for k in BUDGET_EXITS:
+                es = [d[f"ours_exit_{k}"] for d in by_seed.values() if f"ours_exit_{k}" in d]
+                if es:
+                    out.append(f"| {BUDGET_RUNS[key]} | {k} | {_mean_std([e['acceptance'] for e in es], '{:.1%}')} | "
+                               f"{_mean_std([e['tokens_per_full_forward'] for e in es], '{:.2f}')} | "
+                               f"{_mean_std([e['speedup'] for e in es], '{:.2f}')}x | "
+                               f"{'yes' if all(e['equal_greedy'] for e in es) else 'NO'} |")
+        out += ["", "Self-speculative decoding with `stimulative.lm.generate` (drafts of the first k layers, verified "
+                "from the draft's layer-k states), on the same prompts for every model; mean ± std over seeds."]
+    out += ["", "Aims at this budget:", "", *budget_aims(runs, decode), "",
+            f"Records: `{rel}/s<seed>/`."]
+    return "\n".join(out) + "\n"
+
+
 # (start marker, end marker, builder) of every block, by --block name
 BLOCKS = {"lm": (START, END, markdown), "decode": (DEC_START, DEC_END, decode_reuse_markdown),
-          "step": (STEP_START, STEP_END, step_cost_markdown)}
+          "step": (STEP_START, STEP_END, step_cost_markdown), "budget": (BUDGET_START, BUDGET_END, budget_markdown)}
+BUDGET = REPO / "benchmarks" / "results" / "lm_budget"
 
 
-def write_blocks(doc: Path, results: Path) -> list[str]:
+def write_blocks(doc: Path, results: Path, budget: Path = BUDGET) -> list[str]:
     """Replace the text between every pair of block markers ``doc`` has; returns the blocks written."""
     text = doc.read_text()
     written = []
@@ -489,7 +642,7 @@ def write_blocks(doc: Path, results: Path) -> list[str]:
             continue
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
-        text = head + start + "\n" + build(results) + end + tail
+        text = head + start + "\n" + build(budget if name == "budget" else results) + end + tail
         written.append(name)
     if not written:
         raise SystemExit(f"{doc} has none of the markers " + ", ".join(s for s, _, _ in BLOCKS.values()))
@@ -500,14 +653,15 @@ def write_blocks(doc: Path, results: Path) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default=str(REPO / "benchmarks/results/lm"))
+    p.add_argument("--budget", default=str(BUDGET), help="the long budget's records, one folder per seed (s0, s1...)")
     p.add_argument("--block", choices=list(BLOCKS), default="lm", help="the block to print (without --write)")
     p.add_argument("--write", metavar="DOC", help="replace the text between each pair of block markers of DOC")
     args = p.parse_args()
     results = Path(args.results).resolve()
     if not args.write:
-        print(BLOCKS[args.block][2](results), end="")
+        print(BLOCKS[args.block][2](Path(args.budget).resolve() if args.block == "budget" else results), end="")
         return
-    written = write_blocks(Path(args.write), results)
+    written = write_blocks(Path(args.write), results, Path(args.budget).resolve())
     print(f"updated {args.write}: {', '.join(written)}")
 
 

@@ -97,7 +97,9 @@ def test_lm_doc_decode_and_step_cost_tables_match_lm_results():
     for start_marker, end_marker, build in ((make_lm_table.DEC_START, make_lm_table.DEC_END,
                                              make_lm_table.decode_reuse_markdown),
                                             (make_lm_table.STEP_START, make_lm_table.STEP_END,
-                                             make_lm_table.step_cost_markdown)):
+                                             make_lm_table.step_cost_markdown),
+                                            (make_lm_table.BUDGET_START, make_lm_table.BUDGET_END,
+                                             lambda _: make_lm_table.budget_markdown(make_lm_table.BUDGET))):
         start = text.index(start_marker) + len(start_marker) + 1
         assert text[start:text.index(end_marker)] == build(results), \
             "lm.md: run python benchmarks/make_lm_table.py --write docs/lm.md"
@@ -119,6 +121,43 @@ def test_lm_doc_decode_and_step_cost_tables_match_lm_results():
         f_ratio, t_ratio, share, _ = make_lm_table._bound(profile)
         verdict = "overhead-bound" if share < make_lm_table.ARITHMETIC_BOUND else "arithmetic-bound"
         assert f"is {verdict}.**" in block and f"{t_ratio:.2f}x the time" in block
+
+
+def test_lm_budget_block_aggregates_seeds_and_judges_the_aims(tmp_path):
+    """The long-budget block: mean ± std over seed folders, and each aim judged from the paired seeds."""
+    import json
+
+    make_lm_table = _benchmark_script("make_lm_table")
+
+    def run(loss, d2, d4, d6=None, layers=None, steps=8000):
+        r = {"steps": steps, "val_loss": loss, "val_loss_d2": d2, "train_time_s": 100.0, "layers": layers}
+        return r | ({"val_loss_d4": d4, "val_loss_d6": d6} if layers is None else {})
+
+    def decode(speedup_2, speedup_4):
+        return {f"ours_exit_{k}": {"acceptance": 0.8, "tokens_per_full_forward": 3.0, "speedup": v,
+                                   "equal_greedy": True} for k, v in ((2, speedup_2), (4, speedup_4))}
+
+    for seed, shift in ((0, 0.0), (1, 0.01)):
+        folder = tmp_path / f"s{seed}"
+        folder.mkdir()
+        records = {"ct": run(1.00 + shift, 3.0, 2.5, 1.8), "d4_alone": run(1.05 + shift, 2.0, None, layers=4),
+                   "st": run(1.005 + shift, 1.5, 1.08 + shift, 1.02), "stpp": run(1.02 + shift, 1.4, 1.20, 1.03),
+                   "layerskip": run(1.01 + shift, 1.6, 1.10, 1.01)}
+        for key, record in records.items():
+            (folder / f"{key}.json").write_text(json.dumps(record))
+        (folder / "decode_reuse_st.json").write_text(json.dumps(decode(1.9, 1.6)))
+        (folder / "decode_reuse_layerskip.json").write_text(json.dumps(decode(1.5, 1.7)))
+    block = make_lm_table.budget_markdown(tmp_path)
+    assert "| CT | 0,1 | 8,000 | 3.0000 ± 0.0000 | 2.5000 ± 0.0000 | 1.8000 ± 0.0000 | 1.0050 ± 0.0071 |" in block
+    aims = {line.split("**")[1]: line for line in block.splitlines() if line.startswith("- **")}
+    assert aims["Premise, CT's full model clearly better than depth 4 alone"].endswith("-4.74 ± 0.03% over 2 seed(s): met.")
+    assert aims["ST's depth-4 prefix within 5% of depth 4 alone"].endswith(": met.")  # +2.9%
+    assert aims["ST++'s depth-4 prefix within 5% of depth 4 alone"].endswith("not met.")  # +13.8%
+    assert aims["ST's full model within 1% of CT's"].endswith(": met.")  # +0.5%
+    assert aims["ST++'s full model within 1% of CT's"].endswith("not met.")  # +2%
+    assert aims["ST ahead of LayerSkip on the prefix losses"].endswith("not met.")  # depth 6 behind
+    assert aims["ST ahead of LayerSkip on the decoding speed-up"].endswith("not met.")  # exit 4 behind
+    assert "1.90x vs 1.50x" in aims["ST ahead of LayerSkip on the decoding speed-up"].replace(" ± 0.00", "")
 
 
 def test_readme_peers_section_matches_its_records():
