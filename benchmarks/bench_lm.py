@@ -5,7 +5,9 @@ Python standard library's sources as the corpus, 1,000 steps of 16 x 128 tokens;
 only the ``st`` section differs) and a depth-4 model trained alone (the CT recipe with
 ``model.num_hidden_layers=4``), all at equal steps; with ``--equal-time`` also CT (and LayerSkip, when it is one
 of ``--methods``) for the training time of ``--equal-time-of`` (default ST): steps = that run's training time /
-the method's own training time per step at equal steps (both measured in the same conditions). Every
+the method's own training time per step at equal steps, or with ``--time-ratios`` the ratio of step times
+measured side by side (``bench_lm_step.py --recipes``: robust to the load of a shared machine; a peer within 3%
+of the reference gets no separate run, equal steps being equal time). Every
 run goes through ``python -m stimulative.lm train`` (one thread per process, at most ``--jobs`` processes at a
 time, ``resume=auto``). Then:
 
@@ -73,22 +75,45 @@ def plan(args: argparse.Namespace) -> dict[str, dict]:
         runs[m] = {"recipe": RECIPES[m], "extra": [], "method": METHODS[m], "setting": "equal_steps", "after": []}
     runs["d4_alone"] = {"recipe": RECIPES["ct"], "extra": [f"model.num_hidden_layers={args.alone_depth}"],
                         "method": "CT", "setting": f"depth-{args.alone_depth} alone, equal_steps", "after": []}
-    if args.equal_time:  # CT, and LayerSkip (a peer cheaper per step) if run, given the reference's time
+    if args.equal_time:  # CT, and LayerSkip if run, given the reference's time
         ref = args.equal_time_of
         for base in ("ct", "layerskip"):
-            if base != ref and (base == "ct" or base in args.methods):
-                runs[f"{base}_time"] = {"recipe": RECIPES[base], "extra": [], "method": METHODS[base],
-                                        "setting": f"equal_time ({METHODS[ref]}'s)", "after": [base, ref]}
+            if base == ref or (base != "ct" and base not in args.methods):
+                continue
+            ratio = time_ratio(args, base)
+            if base != "ct" and ratio is not None and abs(ratio - 1) < EQUAL_TIME_TOLERANCE:
+                print(f"[{stamp()}] {METHODS[ref]}'s step costs {ratio:.3f}x {METHODS[base]}'s ({args.time_ratios}): "
+                      "equal steps is equal time, no separate run", flush=True)
+                continue
+            runs[f"{base}_time"] = {"recipe": RECIPES[base], "extra": [], "method": METHODS[base],
+                                    "setting": f"equal_time ({METHODS[ref]}'s)",
+                                    "after": [base] + ([ref] if ratio is None else []), "time_ratio": ratio}
     # longest first: ST++/ST start at once, CT and the shallow model share the other slot
     order = ["stpp", "st", "layerskip", "ct", "d4_alone", "ct_time", "layerskip_time"]
     return {k: runs[k] for k in order if k in runs}
 
 
+EQUAL_TIME_TOLERANCE = 0.03  # a peer whose step costs within 3% of the reference's needs no equal-time run
+
+
+def time_ratio(args: argparse.Namespace, base: str) -> float | None:
+    """The reference's step time / ``base``'s, from ``--time-ratios`` (``recipe_cost_x_ct`` of
+    ``bench_lm_step.py --recipes``); None without it."""
+    if not args.time_ratios:
+        return None
+    cost = json.loads(Path(args.time_ratios).read_text())["recipe_cost_x_ct"]
+    return cost[args.equal_time_of] / cost[base]
+
+
 def command(key: str, spec: dict, args: argparse.Namespace, results: Path) -> list[str]:
     extra = list(spec["extra"])
     if key.endswith("_time"):  # steps = the reference's training time / the method's own time per step
-        ref, own = (json.loads((results / f"{k}.json").read_text()) for k in (args.equal_time_of, spec["after"][0]))
-        extra.append(f"steps={max(1, round(ref['train_time_s'] / (own['train_time_s'] / own['steps'])))}")
+        ratio = time_ratio(args, spec["after"][0])
+        if ratio is not None:  # from step times measured side by side (bench_lm_step.py --recipes)
+            extra.append(f"steps={max(1, round(args.steps * ratio))}")
+        else:  # from the two runs' own training times
+            ref, own = (json.loads((results / f"{k}.json").read_text()) for k in (args.equal_time_of, spec["after"][0]))
+            extra.append(f"steps={max(1, round(ref['train_time_s'] / (own['train_time_s'] / own['steps'])))}")
     elif args.steps:
         extra.append(f"steps={args.steps}")
     if args.chunk_steps:  # this invocation trains at most chunk_steps more steps (resume=auto continues)
@@ -128,6 +153,7 @@ def run_record(key: str, spec: dict, cmd: list[str], run_dir: Path, seconds: flo
             "train_loss_main": final["train_loss_main"], "train_time_s": final["train_time_s"],
             "wall_s": final["wall_s"], "invocation_wall_s": seconds, "tokens_per_s": final["tokens_per_s"],
             "val_tokens": final["val_tokens"], "run_dir": str(run_dir), "recipe": spec["recipe"],
+            **({"time_ratio": spec["time_ratio"], "time_ratios": args.time_ratios} if "time_ratio" in spec else {}),
             "command": shlex.join(["python" if c == sys.executable else c for c in cmd]), "history": history,
             "machine": {**machine_info(args.threads), "load_average_at_start": load_at_start},
             "load_average_at_end": load_average()}
@@ -253,6 +279,8 @@ def main() -> None:
     p.add_argument("--equal-time", action="store_true", help="also CT trained for the training time of "
                    "--equal-time-of")
     p.add_argument("--equal-time-of", default="st", choices=list(RECIPES), help="reference of --equal-time")
+    p.add_argument("--time-ratios", metavar="JSON", help="equal time from the step costs measured side by side "
+                   "(bench_lm_step.py --recipes) instead of the runs' own training times")
     p.add_argument("--chunk-steps", type=int, default=0, help="train each run at most this many more steps per "
                    "invocation (resumable long budgets; 0 = to the end)")
     p.add_argument("--alone-depth", type=int, default=4)
@@ -272,6 +300,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny models and few steps (smoke test; use other dirs)")
     p.add_argument("--skip-decode", action="store_true")
     args = p.parse_args()
+    if args.time_ratios and not args.steps:
+        p.error("--time-ratios needs --steps (the equal-time runs get --steps x the step-cost ratio)")
     if args.quick:
         args.prompts, args.prompt_tokens, args.new_tokens, args.repeats = 2, 16, 16, 1
     results = Path(args.results)

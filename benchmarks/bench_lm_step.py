@@ -7,8 +7,14 @@ Model and batch of the LM benchmark (``recipes/lm_llama_ct.yaml``: byte-level Ll
 ``--repeats`` times and the median is taken, so a load change hits every setting alike. Aims (issue 20): <= 1.15x
 CT for one exit, <= 1.3x for three. Writes ``benchmarks/results/lm/step_cost.json``.
 
+``--recipes``: instead, the training step of each shipped LM recipe (CT, ST, ST++, LayerSkip) built as
+``train_lm`` builds it (``StimulativeStep.from_config`` of the recipe's ``st`` section, ``LayerSkipStep`` at the
+middle of an 8,000-step schedule), side by side; ``recipe_cost_x_ct`` is what ``bench_lm.py --time-ratios`` gives
+the equal-time runs (``benchmarks/results/lm_budget/step_cost_recipes.json``).
+
     python benchmarks/bench_lm_step.py                     # 5 repeats x 10 steps
     python benchmarks/bench_lm_step.py --hidden-size 512   # a wider model
+    python benchmarks/bench_lm_step.py --recipes --repeats 7 --steps 6 --out benchmarks/results/lm_budget/step_cost_recipes.json
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import torch
 from machine import load_average, machine_info  # benchmarks/machine.py
 
 import stimulative as st
+from stimulative.core.droppath import set_drop_path
 from stimulative.core.tokens import TokenLogits, next_token_targets
 from stimulative.integrations import transformers as sth
 from stimulative.lm.config import load_lm_config
+from stimulative.lm.layerskip import LayerSkipStep
 from stimulative.lm.train import _optimizer, build_lm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +46,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--hidden-size", type=int, default=0, help="override model.hidden_size (0: the recipe's)")
+    p.add_argument("--recipes", action="store_true", help="time the shipped recipes' steps (CT, ST, ST++, LayerSkip)")
+    p.add_argument("--schedule-steps", type=int, default=8000, help="--recipes: LayerSkip's schedule length T")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "lm" / "step_cost.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,10 +67,32 @@ def main() -> None:
         return st.StimulativeStep(ed, space, num_subnets=n, kl="plain", model=tok,
                                   exits=exits if one_forward else None, seed=1)
 
-    settings = {"CT": setting(0, False)}
-    for n in (1, 3, 7):
-        settings[f"{n} exit{'s' if n > 1 else ''}, one forward"] = setting(n, True)
-        settings[f"{n} sub-network{'s' if n > 1 else ''}, separate forwards"] = setting(n, False)
+    def recipe(name: str):
+        """The step ``train_lm`` builds from ``recipes/lm_llama_<name>.yaml`` (LayerSkip at mid-schedule)."""
+        rc = load_lm_config(REPO / "recipes" / f"lm_llama_{name}.yaml", overrides)
+        space = st.SampleSpace.for_model(ed, rc.st.sampling, ranges=rc.st.ranges, seed=0)
+        if not rc.layerskip.enabled:
+            return st.StimulativeStep.from_config(rc.st, ed, space, model=tok, seed=1,
+                                                  exits=exits if rc.st.prefix_exits else None)
+        ls = rc.layerskip
+        step = LayerSkipStep(ed, exits, args.schedule_steps, p_max=ls.p_max, e_scale=ls.e_scale,
+                             rotation=ls.rotation, time_schedule=ls.time_schedule, model=tok)
+        step.calls = args.schedule_steps // 2
+
+        def layerskip(x, y):
+            try:
+                return step(x, y)
+            finally:  # its drop rates stay on the layers: clear them, or the next setting would run with them
+                set_drop_path(ed, 0.0)
+        return layerskip
+
+    if args.recipes:
+        settings = {name: recipe(name) for name in ("ct", "st", "stpp", "layerskip")}
+    else:
+        settings = {"CT": setting(0, False)}
+        for n in (1, 3, 7):
+            settings[f"{n} exit{'s' if n > 1 else ''}, one forward"] = setting(n, True)
+            settings[f"{n} sub-network{'s' if n > 1 else ''}, separate forwards"] = setting(n, False)
 
     def run(step, steps: int) -> float:
         t0 = time.perf_counter()
@@ -81,7 +113,7 @@ def main() -> None:
             times[name].append(run(step, args.steps))
             print(f"repeat {r + 1}/{args.repeats} {name:<34} {times[name][-1] * 1000:7.1f} ms/step", flush=True)
     med = {name: statistics.median(v) for name, v in times.items()}
-    ct = med["CT"]
+    ct = med["ct" if args.recipes else "CT"]
     result = {
         "benchmark": "bench_lm_step", "command": "python benchmarks/bench_lm_step.py " + " ".join(sys.argv[1:]),
         "model": {"family": cfg.model.family, "layers": cfg.model.num_hidden_layers,
@@ -91,8 +123,11 @@ def main() -> None:
         "ms_per_step": {k: round(v * 1000, 2) for k, v in med.items()},
         "cost_x_ct": {k: round(v / ct, 3) for k, v in med.items()},
         "ms_per_step_all_repeats": {k: [round(x * 1000, 2) for x in v] for k, v in times.items()},
-        "aims": {"1 exit <= 1.15x CT": med["1 exit, one forward"] / ct <= 1.15,
-                 "3 exits <= 1.3x CT": med["3 exits, one forward"] / ct <= 1.3},
+        **({"recipe_cost_x_ct": {k: round(v / ct, 4) for k, v in med.items()},
+            "layerskip_schedule": {"total_steps": args.schedule_steps, "at_step": args.schedule_steps // 2}}
+           if args.recipes else
+           {"aims": {"1 exit <= 1.15x CT": med["1 exit, one forward"] / ct <= 1.15,
+                     "3 exits <= 1.3x CT": med["3 exits, one forward"] / ct <= 1.3}}),
         "machine": {**machine_info(args.threads), "load_average_at_end": load_average()},
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
