@@ -194,8 +194,91 @@ def plot_budget(results: Path = RESULTS) -> Path | None:
     return path
 
 
+# equal-time pairs of the crossing estimate: (ST form, peer given its time); the ST form with the better main
+# network at r20 stands for ST
+CROSSING_PEERS = (("sd05_time", "stochastic depth p_L=0.5"), ("ct_time", "CT"))
+ST_FORMS = ("stpp", "stpp_frac50_time")
+BOOTSTRAP = 2000
+
+
+def _gaps(records: list[dict], st_variant: str, peer: str, metric: str) -> dict[int, list[float]]:
+    """``{image-epochs: [ST form - peer of each seed]}`` at equal time, over the settings with both runs."""
+    by = {(r.get("setting_name", "r20"), r["variant"], r["seed"]): r for r in records}
+    gaps: dict[int, list[float]] = {}
+    for (setting, variant, seed), r in by.items():
+        other = by.get((setting, peer, seed))
+        if variant != st_variant or other is None or r.get(metric) is None or other.get(metric) is None:
+            continue
+        gaps.setdefault(int(r.get("image_epochs", 5000 * r["epochs"])), []).append(r[metric] - other[metric])
+    return gaps
+
+
+def crossing(gaps: dict[int, list[float]], seed: int = 0) -> dict | None:
+    """Where the line ``gap = a + b log10(image-epochs)`` (least squares over the budgets' mean gaps) reaches 0,
+    with its uncertainty from a bootstrap over seeds within each budget. None with fewer than 2 budgets.
+
+    Returns ``{"slope", "now", "cross", "low", "high", "share_closing", "budgets"}``: slope in points per decade
+    of image-epochs; ``now`` the mean gap at the largest budget; ``cross`` the image-epochs where the fitted
+    gap is 0 (None when the fit does not reach 0 ahead, i.e. the gap does not shrink towards 0); ``low``/``high``
+    the 16th/84th percentiles of the crossing over resamples whose fit reaches 0 ahead; ``share_closing`` the
+    share of resamples whose fit does.
+    """
+    import numpy as np
+
+    budgets = sorted(b for b in gaps if gaps[b])
+    if len(budgets) < 2:
+        return None
+    x = np.log10(np.array(budgets, dtype=float))
+
+    def fit(means: np.ndarray) -> tuple[float, float | None]:
+        b, a = np.polyfit(x, means, 1)
+        if b == 0:
+            return float(b), None
+        root = -a / b
+        ahead = root > x[-1] and (means[-1] < 0) == (b > 0)  # the gap moves towards 0 and reaches it later
+        return float(b), float(10 ** root) if ahead else None
+
+    means = np.array([np.mean(gaps[b]) for b in budgets])
+    slope, cross = fit(means)
+    rng = np.random.default_rng(seed)
+    roots = []
+    for _ in range(BOOTSTRAP):
+        resampled = np.array([np.mean(rng.choice(gaps[b], size=len(gaps[b]))) for b in budgets])
+        roots.append(fit(resampled)[1])
+    ahead = [r for r in roots if r is not None]
+    return {"slope": slope, "now": float(means[-1]), "cross": cross, "budgets": budgets,
+            "low": float(np.percentile(ahead, 16)) if ahead else None,
+            "high": float(np.percentile(ahead, 84)) if ahead else None, "share_closing": len(ahead) / len(roots)}
+
+
+def crossing_lines(records: list[dict]) -> list[str]:
+    lines = []
+    for peer, peer_label in CROSSING_PEERS:
+        for metric, what in (("test_acc", "main network"), ("mean_depth_acc", "mean over the 27 depths")):
+            for form in ST_FORMS:
+                gaps = _gaps(records, form, peer, metric)
+                c = crossing(gaps)
+                if c is None:
+                    continue
+                st_label = next(label(r) for r in records if r["variant"] == form)
+                head = (f"- {st_label} − {peer_label} at equal time, {what}: {c['now']:+.2f} points at "
+                        f"{c['budgets'][-1]:,} image-epochs, {c['slope']:+.2f} per decade of budget "
+                        f"({', '.join(f'{b:,}: {len(gaps[b])} seeds' for b in c['budgets'])}); ")
+                if c["now"] >= 0:
+                    lines.append(head + "ST is ahead at the largest budget.")
+                elif c["cross"] is None:
+                    lines.append(head + f"no crossing visible (the gap does not shrink; {c['share_closing']:.0%} "
+                                 "of bootstrap resamples reach 0).")
+                else:
+                    band = (f" (16-84%: {c['low']:,.0f}-{c['high']:,.0f}, among the {c['share_closing']:.0%} of "
+                            "bootstrap resamples that reach 0)") if c["low"] is not None else ""
+                    lines.append(head + f"the line reaches 0 at about {c['cross']:,.0f} image-epochs{band}; an "
+                                 "extrapolation, not a measurement.")
+    return lines
+
+
 def build(results: Path = RESULTS) -> str:
-    records = load(results)
+    records = all_records = load(results)
     growth = budget_rows(records)
     records = [r for r in records if r.get("setting_name", "r20") == "r20"]
     claim, tuning = summarise(records, CLAIM_SEEDS), summarise(records, TUNING_SEEDS)
@@ -219,6 +302,10 @@ def build(results: Path = RESULTS) -> str:
     if any(r["setting"] != "r20" for r in growth):
         out += ["As the budget grows (Δ vs CT of the same seed at equal epochs; `--setting` of bench_peers.py):", "",
                 *budget_table(growth), ""]
+        cross = crossing_lines(all_records)
+        if cross:
+            out += ["Where would ST cross at equal time? (gap of each seed, a line in log budget through the "
+                    "budgets' means, bootstrap over seeds):", "", *cross, ""]
     out.append(END)
     return "\n".join(out)
 

@@ -1,10 +1,11 @@
-"""The benchmark orchestrators plan the runs they are documented to plan (benchmarks/*.py are scripts)."""
+"""The benchmark scripts plan and summarise what they are documented to (benchmarks/*.py are scripts, not modules)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -60,3 +61,40 @@ def test_bench_lm_time_ratios_need_steps(bench_lm, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench_lm.main()
     assert "--steps" in capsys.readouterr().err
+
+
+def _script(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peers_crossing_extrapolates_the_equal_time_gap(monkeypatch):
+    table = _script("make_peers_table", monkeypatch)
+    closing = table.crossing({75_000: [-4.0, -3.0], 225_000: [-2.0, -1.5]})
+    slope = (-1.75 + 3.5) / math.log10(3)  # points per decade
+    assert abs(closing["slope"] - slope) < 1e-9 and closing["now"] == -1.75
+    assert abs(math.log10(closing["cross"]) - (math.log10(225_000) + 1.75 / slope)) < 1e-9  # about 675,000
+    assert closing["low"] <= closing["cross"] <= closing["high"] and 0 < closing["share_closing"] <= 1
+    widening = table.crossing({75_000: [-1.0, -1.2], 225_000: [-3.0, -3.2]})
+    assert widening["cross"] is None and widening["share_closing"] == 0 and widening["low"] is None
+    assert table.crossing({75_000: [-1.0]}) is None  # one budget is no line
+
+
+def test_peers_crossing_lines_pair_seeds_within_a_setting(monkeypatch):
+    table = _script("make_peers_table", monkeypatch)
+
+    def rec(setting, variant, seed, acc, image_epochs):
+        return {"setting_name": setting, "variant": variant, "seed": seed, "test_acc": acc, "epochs": 15,
+                "image_epochs": image_epochs, "mean_depth_acc": None, "method": "ST++", "command": "stimulative train"}
+
+    records = [rec("r20", "stpp", 10, 60.0, 75_000), rec("r20", "sd05_time", 10, 64.0, 75_000),
+               rec("r20", "stpp", 11, 61.0, 75_000), rec("r20", "sd05_time", 11, 64.0, 75_000),
+               rec("r20_15k", "stpp", 10, 70.0, 225_000), rec("r20_15k", "sd05_time", 10, 72.0, 225_000),
+               rec("r20_15k", "stpp", 11, 71.0, 225_000), rec("r20_15k", "sd05_time", 11, 72.5, 225_000)]
+    assert table._gaps(records, "stpp", "sd05_time", "test_acc") == {75_000: [-4.0, -3.0], 225_000: [-2.0, -1.5]}
+    lines = table.crossing_lines(records)
+    assert len(lines) == 1 and "stochastic depth p_L=0.5" in lines[0] and "-1.75 points at 225,000" in lines[0]
+    assert "reaches 0 at about 67" in lines[0]
