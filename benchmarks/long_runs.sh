@@ -1,0 +1,55 @@
+#!/bin/bash
+# The long benchmark runs of issues 19 and 20, in two lanes of one thread each (the 2-core machine's best use),
+# resumable: start it again after a stop and every finished run is skipped (its record exists) and an unfinished
+# one continues from its checkpoint. Records land in benchmarks/results/{peers,lm_budget}/ as each run ends;
+# commit them with the regenerated tables:
+#   python benchmarks/make_peers_table.py --write README.md && python benchmarks/make_lm_table.py --write docs/lm.md
+#
+#   nohup bash benchmarks/long_runs.sh /tmp/data/cifar10-jpeg.tar.xz > /tmp/long_runs.log 2>&1 &
+#   bash benchmarks/long_runs.sh DATA peers      # one lane only (peers or lm)
+#
+# Lane "peers" (issue 19): every cell of the plan on the claim seeds 10-12, then the budget settings (5k x 45
+# and 15k x 15 epochs, seeds 10-11, and equal time at 15k). Lane "lm" (issue 20): the 8,000-step budget, seed 0
+# then seed 1, each followed by the decoding of its models.
+set -u
+cd "$(dirname "$0")/.."
+DATA=$(realpath "${1:?usage: long_runs.sh CIFAR10_TAR_OR_DIR [peers|lm]}")
+LANE=${2:-both}
+
+peers() {
+  cd benchmarks
+  python bench_peers.py --jobs 1 --seeds 10 11 12 --data "$DATA" --variants stpp_frac50_time sd05_time ld02_time \
+    ct_time sd01_time ld01_time ct stpp st sd05 sd01 ld02 ld01 stpp_sd_time alone8 alone14
+  python bench_peers.py --jobs 1 --setting r20_15k --seeds 10 11 --data "$DATA" \
+    --variants ct stpp sd05 sd05_time stpp_frac50_time ct_time
+  python bench_peers.py --jobs 1 --setting r20_45ep --seeds 10 11 --data "$DATA" --variants ct stpp sd05
+  cd ..
+}
+
+lm_seed() {  # train every run of one seed in 2,500-step chunks (each invocation exits 1 while runs are paused)
+  local seed=$1 out=benchmarks/results/lm_budget/s$1 work=benchmarks/work/lm_budget/s$1
+  for _ in $(seq 1 20); do
+    python benchmarks/bench_lm.py --methods ct st stpp layerskip --equal-time --equal-time-of stpp --steps 8000 \
+      --time-ratios benchmarks/results/lm_budget/step_cost_recipes.json --chunk-steps 2500 --jobs 1 \
+      --seed "$seed" --results "$out" --work "$work" --skip-decode && break
+  done
+  local models=()
+  for run in ct st stpp layerskip ct_time layerskip_time; do
+    [ -f "$out/$run.json" ] && [ ! -f "$out/decode_reuse_$run.json" ] && models+=("$run=$work/lm_$run")
+  done
+  if [ ${#models[@]} -gt 0 ]; then
+    python benchmarks/bench_decode.py "${models[@]}" --exits 2 4 --repeats 3 --results "$out"
+  fi
+}
+
+lm() {
+  lm_seed 0
+  lm_seed 1
+}
+
+case "$LANE" in
+  peers) peers ;;
+  lm) lm ;;
+  both) peers & lm & wait ;;
+  *) echo "lane must be peers, lm or both, got $LANE" >&2; exit 2 ;;
+esac
