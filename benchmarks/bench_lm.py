@@ -6,8 +6,8 @@ only the ``st`` section differs) and a depth-4 model trained alone (the CT recip
 ``model.num_hidden_layers=4``), all at equal steps; with ``--equal-time`` also CT (and LayerSkip, when it is one
 of ``--methods``) for the training time of ``--equal-time-of`` (default ST): steps = that run's training time /
 the method's own training time per step at equal steps, or with ``--time-ratios`` the ratio of step times
-measured side by side (``bench_lm_step.py --recipes``: robust to the load of a shared machine; a peer within 3%
-of the reference gets no separate run, equal steps being equal time). Every
+measured side by side (``bench_lm_step.py --recipes``: robust to the load of a shared machine; a method within
+3% of the reference gets no separate run, equal steps being equal time). Every
 run goes through ``python -m stimulative.lm train`` (one thread per process, at most ``--jobs`` processes at a
 time, ``resume=auto``). Then:
 
@@ -81,13 +81,18 @@ def plan(args: argparse.Namespace) -> dict[str, dict]:
             if base == ref or (base != "ct" and base not in args.methods):
                 continue
             ratio = time_ratio(args, base)
-            if base != "ct" and ratio is not None and abs(ratio - 1) < EQUAL_TIME_TOLERANCE:
+            if ratio is not None and abs(ratio - 1) < EQUAL_TIME_TOLERANCE:
                 print(f"[{stamp()}] {METHODS[ref]}'s step costs {ratio:.3f}x {METHODS[base]}'s ({args.time_ratios}): "
                       "equal steps is equal time, no separate run", flush=True)
                 continue
-            runs[f"{base}_time"] = {"recipe": RECIPES[base], "extra": [], "method": METHODS[base],
-                                    "setting": f"equal_time ({METHODS[ref]}'s)",
-                                    "after": [base] + ([ref] if ratio is None else []), "time_ratio": ratio}
+            # with measured ratios the steps are known at once; else they come from the two runs' own times
+            after = [] if ratio is not None else [base, ref]
+            missing = [d for d in after if d not in runs]
+            if missing:
+                raise SystemExit(f"--equal-time: {base}_time needs the run(s) {', '.join(missing)} (add them to "
+                                 "--methods, or give --time-ratios)")
+            runs[f"{base}_time"] = {"recipe": RECIPES[base], "extra": [], "method": METHODS[base], "base": base,
+                                    "setting": f"equal_time ({METHODS[ref]}'s)", "after": after, "time_ratio": ratio}
     # longest first: ST++/ST start at once, CT and the shallow model share the other slot
     order = ["stpp", "st", "layerskip", "ct", "d4_alone", "ct_time", "layerskip_time"]
     return {k: runs[k] for k in order if k in runs}
@@ -108,11 +113,11 @@ def time_ratio(args: argparse.Namespace, base: str) -> float | None:
 def command(key: str, spec: dict, args: argparse.Namespace, results: Path) -> list[str]:
     extra = list(spec["extra"])
     if key.endswith("_time"):  # steps = the reference's training time / the method's own time per step
-        ratio = time_ratio(args, spec["after"][0])
+        ratio = spec["time_ratio"]
         if ratio is not None:  # from step times measured side by side (bench_lm_step.py --recipes)
             extra.append(f"steps={max(1, round(args.steps * ratio))}")
         else:  # from the two runs' own training times
-            ref, own = (json.loads((results / f"{k}.json").read_text()) for k in (args.equal_time_of, spec["after"][0]))
+            ref, own = (json.loads((results / f"{k}.json").read_text()) for k in (args.equal_time_of, spec["base"]))
             extra.append(f"steps={max(1, round(ref['train_time_s'] / (own['train_time_s'] / own['steps'])))}")
     elif args.steps:
         extra.append(f"steps={args.steps}")
@@ -153,7 +158,7 @@ def run_record(key: str, spec: dict, cmd: list[str], run_dir: Path, seconds: flo
             "train_loss_main": final["train_loss_main"], "train_time_s": final["train_time_s"],
             "wall_s": final["wall_s"], "invocation_wall_s": seconds, "tokens_per_s": final["tokens_per_s"],
             "val_tokens": final["val_tokens"], "run_dir": str(run_dir), "recipe": spec["recipe"],
-            **({"time_ratio": spec["time_ratio"], "time_ratios": args.time_ratios} if "time_ratio" in spec else {}),
+            **({"time_ratio": spec["time_ratio"], "time_ratios": args.time_ratios} if "base" in spec else {}),
             "command": shlex.join(["python" if c == sys.executable else c for c in cmd]), "history": history,
             "machine": {**machine_info(args.threads), "load_average_at_start": load_at_start},
             "load_average_at_end": load_average()}
@@ -259,7 +264,7 @@ def decode(args: argparse.Namespace, results: Path) -> None:
         t0 = time.perf_counter()
         result = decode_benchmark(lm.model, prompts, exits=args.exits, max_new_tokens=args.new_tokens,
                                   repeats=args.repeats)
-        record = {"kind": "decode", "run": key, "method": METHODS.get(key, "CT"), "source": str(src), **result,
+        record = {"kind": "decode", "run": key, "method": METHODS[key.removesuffix("_time")], "source": str(src), **result,
                   "wall_s": time.perf_counter() - t0, "command": shlex.join(["python", *sys.argv]),
                   "machine": machine_info(args.threads), "load_average_at_end": load_average()}
         write_json(record, out)

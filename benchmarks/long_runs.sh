@@ -7,14 +7,24 @@
 #
 #   nohup bash benchmarks/long_runs.sh /tmp/data/cifar10-jpeg.tar.xz > /tmp/long_runs.log 2>&1 &
 #   bash benchmarks/long_runs.sh DATA peers      # one lane only (peers or lm)
+#   kill -- -PGID                                # stop it all (the log's first line names PGID)
 #
 # Lane "peers" (issue 19): every cell of the plan on the claim seeds 10-12, then the budget settings (5k x 45
 # and 15k x 15 epochs, seeds 10-11, and equal time at 15k). Lane "lm" (issue 20): the 8,000-step budget, seed 0
 # then seed 1, each followed by the decoding of its models.
 set -u
-cd "$(dirname "$0")/.."
-DATA=$(realpath "${1:?usage: long_runs.sh CIFAR10_TAR_OR_DIR [peers|lm]}")
+if [ $# -lt 1 ] || [ ! -e "$1" ]; then
+  echo "usage: long_runs.sh CIFAR10_TAR_OR_DIR [peers|lm|both] (the CIFAR-10 archive or folder must exist)" >&2
+  exit 2
+fi
+DATA=$(realpath "$1")  # before the cd: a relative path is the caller's
 LANE=${2:-both}
+if [ -z "${LONG_RUNS_GROUP:-}" ]; then  # lead a process group of our own, so one kill stops every lane and run
+  LONG_RUNS_GROUP=1 exec setsid bash "$0" "$DATA" "$LANE"
+fi
+cd "$(dirname "$0")/.."
+echo "long_runs.sh: process group $$; stop everything with: kill -- -$$"
+trap 'kill 0' INT TERM  # stopping the script stops both lanes (no second writer on a restart)
 
 peers() {
   cd benchmarks

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -505,7 +506,9 @@ def load_budget(root: Path) -> tuple[dict[str, dict[int, dict]], dict[str, dict[
     """``({run: {seed: record}}, {run: {seed: decode record}})`` of every finished run under ``root/s<seed>/``."""
     runs: dict[str, dict[int, dict]] = {}
     decode: dict[str, dict[int, dict]] = {}
-    for folder in sorted(root.glob("s[0-9]*")):
+    for folder in sorted(root.glob("s*")):
+        if not re.fullmatch(r"s\d+", folder.name) or not folder.is_dir():
+            continue
         seed = int(folder.name[1:])
         for key in BUDGET_RUNS:
             if (folder / f"{key}.json").exists():
@@ -561,15 +564,15 @@ def budget_aims(runs: dict, decode: dict) -> list[str]:
         if full:
             lines.append(f"- Equal time: ST++'s full model vs {BUDGET_RUNS[key]}: {_pct(full)} (not an aim; below 0 "
                          "is ST++ ahead).")
-    peer = "layerskip_time" if "layerskip_time" in runs else "layerskip"
-    if peer in runs:
-        for key in ("st", "stpp"):
-            if key not in runs:
-                continue
+    for key in ("st", "stpp"):
+        # LayerSkip at the method's time: ST costs less than LayerSkip per step, so its peer is LayerSkip at equal
+        # steps (more time than ST's: conservative); ST++ costs more, so LayerSkip given ST++'s time if run
+        peer = "layerskip_time" if key == "stpp" and "layerskip_time" in runs else "layerskip"
+        if key in runs and peer in runs:
             depths = sorted({int(k[len("val_loss_d"):]) for r in runs[key].values() for k in r
                              if k.startswith("val_loss_d")})
             diffs = {d: _paired(runs, key, peer, d, d) for d in depths}
-            ahead = all(v and sum(v) / len(v) < 0 for v in diffs.values())
+            ahead = bool(diffs) and all(v and sum(v) / len(v) < 0 for v in diffs.values())
             cells = "; ".join(f"depth {d} {_pct(v)}" for d, v in diffs.items())
             lines.append(f"- **{BUDGET_RUNS[key]} ahead of {BUDGET_RUNS[peer]} on the prefix losses** (loss relative "
                          f"to LayerSkip's; below 0 is ahead): {cells}: {'met' if ahead else 'not met'}.")
@@ -577,7 +580,8 @@ def budget_aims(runs: dict, decode: dict) -> list[str]:
                 seeds = sorted(set(decode[key]) & set(decode[peer]))
                 parts, wins = [], []
                 for k in BUDGET_EXITS:
-                    ours = [decode[key][s][f"ours_exit_{k}"]["speedup"] for s in seeds if f"ours_exit_{k}" in decode[key][s]]
+                    ours = [decode[key][s][f"ours_exit_{k}"]["speedup"] for s in seeds
+                            if f"ours_exit_{k}" in decode[key][s]]
                     theirs = [decode[peer][s][f"ours_exit_{k}"]["speedup"] for s in seeds
                               if f"ours_exit_{k}" in decode[peer][s]]
                     if ours and theirs:

@@ -201,54 +201,65 @@ ST_FORMS = ("stpp", "stpp_frac50_time")
 BOOTSTRAP = 2000
 
 
-def _gaps(records: list[dict], st_variant: str, peer: str, metric: str) -> dict[int, list[float]]:
-    """``{image-epochs: [ST form - peer of each seed]}`` at equal time, over the settings with both runs."""
-    by = {(r.get("setting_name", "r20"), r["variant"], r["seed"]): r for r in records}
-    gaps: dict[int, list[float]] = {}
-    for (setting, variant, seed), r in by.items():
+def _gaps(records: list[dict], st_variant: str, peer: str, metric: str,
+          seeds: tuple[int, ...] = CLAIM_SEEDS) -> dict[str, tuple[int, list[float]]]:
+    """``{setting: (image-epochs, [ST form - peer of each seed])}`` at equal time, over the settings with both runs
+    on the same seed (the image-epochs are the ST form's: the budget both were given)."""
+    by = {(r.get("setting_name", "r20"), r["variant"], r["seed"]): r for r in records if r["seed"] in seeds}
+    gaps: dict[str, tuple[int, list[float]]] = {}
+    for (setting, variant, seed), r in sorted(by.items()):
         other = by.get((setting, peer, seed))
         if variant != st_variant or other is None or r.get(metric) is None or other.get(metric) is None:
             continue
-        gaps.setdefault(int(r.get("image_epochs", 5000 * r["epochs"])), []).append(r[metric] - other[metric])
+        budget = int(r.get("image_epochs", 5000 * r["epochs"]))
+        gaps.setdefault(setting, (budget, []))[1].append(r[metric] - other[metric])
     return gaps
 
 
-def crossing(gaps: dict[int, list[float]], seed: int = 0) -> dict | None:
-    """Where the line ``gap = a + b log10(image-epochs)`` (least squares over the budgets' mean gaps) reaches 0,
-    with its uncertainty from a bootstrap over seeds within each budget. None with fewer than 2 budgets.
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """The ``q`` quantile (0-1) of sorted values by rank (no interpolation, so +inf entries stay usable)."""
+    return sorted_values[min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))]
 
-    Returns ``{"slope", "now", "cross", "low", "high", "share_closing", "budgets"}``: slope in points per decade
-    of image-epochs; ``now`` the mean gap at the largest budget; ``cross`` the image-epochs where the fitted
-    gap is 0 (None when the fit does not reach 0 ahead, i.e. the gap does not shrink towards 0); ``low``/``high``
-    the 16th/84th percentiles of the crossing over resamples whose fit reaches 0 ahead; ``share_closing`` the
-    share of resamples whose fit does.
+
+def crossing(points: list[tuple[int, list[float]]], seed: int = 0) -> dict | None:
+    """Where the line ``gap = a + b log10(image-epochs)`` (least squares through each setting's mean gap) reaches
+    0, with its uncertainty from a bootstrap over seeds within each setting. None with fewer than 2 budgets.
+
+    Returns ``{"slope", "now", "cross", "low", "high", "share_closing", "budgets"}``: ``slope`` in points per
+    decade of image-epochs; ``now`` the mean gap at the largest budget; when ``now`` < 0, ``cross`` is the
+    image-epochs where the fitted line is 0 if it rises (``slope`` > 0; it may lie inside the measured range when
+    the fit and the largest budget's mean disagree), else None; ``low``/``high`` the 16th/84th percentiles of that
+    crossing over all resamples, a resample whose line does not rise counting as never (``high`` None: more than
+    16% of resamples never cross); ``share_closing`` the share of resamples whose line rises.
     """
     import numpy as np
 
-    budgets = sorted(b for b in gaps if gaps[b])
+    points = [(b, g) for b, g in points if g]
+    budgets = sorted({b for b, _ in points})
     if len(budgets) < 2:
         return None
-    x = np.log10(np.array(budgets, dtype=float))
+    x = np.log10(np.array([b for b, _ in points], dtype=float))
+    top = x == np.log10(budgets[-1])
 
-    def fit(means: np.ndarray) -> tuple[float, float | None]:
+    def fit(means: np.ndarray) -> tuple[float, float]:
+        """Slope and the log10 budget where the line is 0 (+inf when it does not rise)."""
         b, a = np.polyfit(x, means, 1)
-        if b == 0:
-            return float(b), None
-        root = -a / b
-        ahead = root > x[-1] and (means[-1] < 0) == (b > 0)  # the gap moves towards 0 and reaches it later
-        return float(b), float(10 ** root) if ahead else None
+        return float(b), float(-a / b) if b > 0 else float("inf")
 
-    means = np.array([np.mean(gaps[b]) for b in budgets])
-    slope, cross = fit(means)
+    means = np.array([np.mean(g) for _, g in points])
+    slope, root = fit(means)
+    now = float(np.mean(means[top]))
+    out = {"slope": slope, "now": now, "budgets": budgets, "cross": None, "low": None, "high": None,
+           "share_closing": None}
+    if now >= 0:
+        return out
     rng = np.random.default_rng(seed)
-    roots = []
-    for _ in range(BOOTSTRAP):
-        resampled = np.array([np.mean(rng.choice(gaps[b], size=len(gaps[b]))) for b in budgets])
-        roots.append(fit(resampled)[1])
-    ahead = [r for r in roots if r is not None]
-    return {"slope": slope, "now": float(means[-1]), "cross": cross, "budgets": budgets,
-            "low": float(np.percentile(ahead, 16)) if ahead else None,
-            "high": float(np.percentile(ahead, 84)) if ahead else None, "share_closing": len(ahead) / len(roots)}
+    roots = sorted(fit(np.array([np.mean(rng.choice(g, size=len(g))) for _, g in points]))[1]
+                   for _ in range(BOOTSTRAP))
+    low, high = _percentile(roots, 0.16), _percentile(roots, 0.84)
+    out.update(cross=10 ** root if np.isfinite(root) else None, share_closing=sum(np.isfinite(roots)) / len(roots),
+               low=10 ** low if np.isfinite(low) else None, high=10 ** high if np.isfinite(high) else None)
+    return out
 
 
 def crossing_lines(records: list[dict]) -> list[str]:
@@ -257,23 +268,28 @@ def crossing_lines(records: list[dict]) -> list[str]:
         for metric, what in (("test_acc", "main network"), ("mean_depth_acc", "mean over the 27 depths")):
             for form in ST_FORMS:
                 gaps = _gaps(records, form, peer, metric)
-                c = crossing(gaps)
+                c = crossing(list(gaps.values()))
                 if c is None:
                     continue
                 st_label = next(label(r) for r in records if r["variant"] == form)
                 head = (f"- {st_label} − {peer_label} at equal time, {what}: {c['now']:+.2f} points at "
                         f"{c['budgets'][-1]:,} image-epochs, {c['slope']:+.2f} per decade of budget "
-                        f"({', '.join(f'{b:,}: {len(gaps[b])} seeds' for b in c['budgets'])}); ")
+                        f"({', '.join(f'{s} {b:,}: {len(g)} seeds' for s, (b, g) in gaps.items())}); ")
                 if c["now"] >= 0:
                     lines.append(head + "ST is ahead at the largest budget.")
                 elif c["cross"] is None:
-                    lines.append(head + f"no crossing visible (the gap does not shrink; {c['share_closing']:.0%} "
-                                 "of bootstrap resamples reach 0).")
+                    lines.append(head + f"no crossing visible: the gap does not shrink with the budget (it does in "
+                                 f"{c['share_closing']:.0%} of bootstrap resamples).")
                 else:
-                    band = (f" (16-84%: {c['low']:,.0f}-{c['high']:,.0f}, among the {c['share_closing']:.0%} of "
-                            "bootstrap resamples that reach 0)") if c["low"] is not None else ""
-                    lines.append(head + f"the line reaches 0 at about {c['cross']:,.0f} image-epochs{band}; an "
-                                 "extrapolation, not a measurement.")
+                    if c["low"] is None:
+                        band = "never (most resamples do not close)"
+                    else:
+                        band = f"{c['low']:,.0f} to " + (f"{c['high']:,.0f}" if c["high"] is not None else
+                                                           "never (more than 16% of resamples do not close)")
+                    where = ("inside the measured budgets (the fit and the largest budget's mean disagree)"
+                             if c["cross"] <= c["budgets"][-1] else "an extrapolation, not a measurement")
+                    lines.append(head + f"the line reaches 0 at about {c['cross']:,.0f} image-epochs, {where}; "
+                                 f"16-84% over bootstrap resamples: {band}.")
     return lines
 
 

@@ -37,7 +37,7 @@ def test_bench_lm_equal_time_from_side_by_side_step_costs(bench_lm, tmp_path, la
                                                        "layerskip": layerskip_cost}}))
     args = _args(tmp_path, time_ratios=str(ratios))
     runs = bench_lm.plan(args)
-    assert runs["ct_time"]["after"] == ["ct"]  # no need to wait for ST++'s own time
+    assert runs["ct_time"]["after"] == []  # the steps are known at once: no need to wait for any run
     cmd = bench_lm.command("ct_time", runs["ct_time"], args, tmp_path)
     assert "steps=8880" in cmd and "steps=8000" not in cmd
     # a peer within 3% of ST++'s step cost: equal steps already is equal time
@@ -54,6 +54,19 @@ def test_bench_lm_equal_time_from_the_runs_own_times(bench_lm, tmp_path):
     (tmp_path / "stpp.json").write_text(json.dumps({"train_time_s": 1200.0, "steps": 8000}))
     (tmp_path / "layerskip.json").write_text(json.dumps({"train_time_s": 1000.0, "steps": 8000}))
     assert "steps=9600" in bench_lm.command("layerskip_time", runs["layerskip_time"], args, tmp_path)
+
+
+def test_bench_lm_equal_time_without_its_runs_is_refused(bench_lm, tmp_path):
+    """Without measured ratios CT at ST++'s time needs both runs' times: a plan without CT would wait forever."""
+    with pytest.raises(SystemExit, match="ct"):
+        bench_lm.plan(_args(tmp_path, methods=["st", "stpp"]))
+    ratios = tmp_path / "r.json"
+    ratios.write_text(json.dumps({"recipe_cost_x_ct": {"ct": 1.0, "st": 1.02, "stpp": 1.2, "layerskip": 1.1}}))
+    runs = bench_lm.plan(_args(tmp_path, methods=["st", "stpp"], time_ratios=str(ratios)))
+    assert runs["ct_time"]["after"] == [] and "layerskip_time" not in runs
+    # a method within 3% of the reference gets no equal-time run, CT included
+    runs = bench_lm.plan(_args(tmp_path, methods=["ct", "st"], equal_time_of="st", time_ratios=str(ratios)))
+    assert "ct_time" not in runs
 
 
 def test_bench_lm_time_ratios_need_steps(bench_lm, monkeypatch, capsys):
@@ -73,14 +86,25 @@ def _script(name: str, monkeypatch):
 
 def test_peers_crossing_extrapolates_the_equal_time_gap(monkeypatch):
     table = _script("make_peers_table", monkeypatch)
-    closing = table.crossing({75_000: [-4.0, -3.0], 225_000: [-2.0, -1.5]})
+    closing = table.crossing([(75_000, [-4.0, -3.0]), (225_000, [-2.0, -1.5])])
     slope = (-1.75 + 3.5) / math.log10(3)  # points per decade
     assert abs(closing["slope"] - slope) < 1e-9 and closing["now"] == -1.75
     assert abs(math.log10(closing["cross"]) - (math.log10(225_000) + 1.75 / slope)) < 1e-9  # about 675,000
-    assert closing["low"] <= closing["cross"] <= closing["high"] and 0 < closing["share_closing"] <= 1
-    widening = table.crossing({75_000: [-1.0, -1.2], 225_000: [-3.0, -3.2]})
+    assert closing["low"] <= closing["cross"] <= closing["high"] and closing["share_closing"] == 1.0
+    widening = table.crossing([(75_000, [-1.0, -1.2]), (225_000, [-3.0, -3.2])])
     assert widening["cross"] is None and widening["share_closing"] == 0 and widening["low"] is None
-    assert table.crossing({75_000: [-1.0]}) is None  # one budget is no line
+    assert table.crossing([(75_000, [-1.0])]) is None  # one budget is no line
+    ahead = table.crossing([(75_000, [-1.0, -2.0]), (225_000, [0.5, 0.2])])
+    assert ahead["now"] > 0 and ahead["cross"] is None and ahead["share_closing"] is None
+    # almost closed: every resample rises, some cross inside the measured range; all count, none as "never"
+    near = table.crossing([(75_000, [-2.0, -1.9, -2.1]), (225_000, [-0.2, 0.1])])
+    assert near["share_closing"] == 1.0 and near["low"] < 225_000 < near["high"] < 1e6
+    # a noisy flat gap: the line falls, so no crossing, and nothing overflows
+    flat = table.crossing([(75_000, [0.6, -0.2, 0.5]), (225_000, [-0.3, -0.1])])
+    assert flat["cross"] is None and flat["high"] is None and 0 <= flat["share_closing"] < 1
+    # two settings at the same budget (5k x 45 and 15k x 15) are two points of the line, not one pooled sample
+    same = table.crossing([(75_000, [-4.0]), (225_000, [-2.0]), (225_000, [-1.5])])
+    assert same["now"] == -1.75 and same["budgets"] == [75_000, 225_000]
 
 
 def test_peers_crossing_lines_pair_seeds_within_a_setting(monkeypatch):
@@ -94,7 +118,9 @@ def test_peers_crossing_lines_pair_seeds_within_a_setting(monkeypatch):
                rec("r20", "stpp", 11, 61.0, 75_000), rec("r20", "sd05_time", 11, 64.0, 75_000),
                rec("r20_15k", "stpp", 10, 70.0, 225_000), rec("r20_15k", "sd05_time", 10, 72.0, 225_000),
                rec("r20_15k", "stpp", 11, 71.0, 225_000), rec("r20_15k", "sd05_time", 11, 72.5, 225_000)]
-    assert table._gaps(records, "stpp", "sd05_time", "test_acc") == {75_000: [-4.0, -3.0], 225_000: [-2.0, -1.5]}
+    assert table._gaps(records, "stpp", "sd05_time", "test_acc") == {"r20": (75_000, [-4.0, -3.0]),
+                                                                      "r20_15k": (225_000, [-2.0, -1.5])}
+    assert table._gaps(records, "stpp", "sd05_time", "test_acc", seeds=(0, 1)) == {}  # claim seeds only
     lines = table.crossing_lines(records)
     assert len(lines) == 1 and "stochastic depth p_L=0.5" in lines[0] and "-1.75 points at 225,000" in lines[0]
     assert "reaches 0 at about 67" in lines[0]

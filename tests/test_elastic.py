@@ -326,3 +326,13 @@ def test_torch_save_of_an_elastic_model_loads_and_runs_the_same(name, tmp_path):
     again.set_depth(again.full_depths)
     with torch.no_grad():
         assert not torch.allclose(loaded(x), want)  # the depth changes what it computes again
+
+
+def test_gating_a_gated_class_is_refused(r20):
+    from stimulative.core.elastic import _gated_forward, gated_subclass
+
+    _, ed, _ = r20
+    gated = type(ed.stages[0].blocks[1])
+    assert gated_subclass(gated._st_original_class, _gated_forward) is gated  # one class per (class, forward)
+    with pytest.raises(ValueError, match="already gated"):
+        gated_subclass(gated, _gated_forward)

@@ -278,6 +278,32 @@ def test_trainer_refuses_prompt_masked_labels(checkpoints, tmp_path):
     assert all(p.grad is None for p in model.parameters())  # refused before any backward
 
 
+def test_trainer_accepts_collator_labels_when_pad_is_eos(checkpoints, tmp_path):
+    """pad_token = eos_token: DataCollatorForLanguageModeling puts -100 on every eos, real ones included; that is
+    not prompt masking, so it trains (and the eos stays a target), given the model's pad id."""
+    eos = 7
+    ids = torch.tensor([[5, 9, eos, 11, 12, 13, eos, eos], [3, 4, 5, 6, eos, 8, 9, 10]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0], [1] * 8])  # the last eos of row 0 is padding
+    labels = ids.masked_fill(ids == eos, -100)
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoints["llama"], local_files_only=True)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1,
+                                          use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True,
+                                          learning_rate=LR, lr_scheduler_type="constant", logging_steps=1)
+    data = [{"input_ids": i, "attention_mask": m, "labels": lab} for i, m, lab in zip(ids, mask, labels)]
+    model.config.pad_token_id = None
+    with pytest.raises(ValueError, match="labels"):  # without a pad id the -100 on real tokens is a mask
+        SequentialTrainer(model, args, train_dataset=data, st_options={"num_subnets": 1}).train()
+    model.config.pad_token_id = eos
+    trainer = SequentialTrainer(model, args, train_dataset=data, st_options={"num_subnets": 1, "seed": 1})
+    trainer.train()
+    logged = next(r for r in trainer.state.log_history if "st_main" in r)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(checkpoints["llama"], local_files_only=True).train()
+    masked = ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        main = torch.nn.functional.cross_entropy(TokenLogits(ref)(masked), next_token_targets(masked))
+    assert abs(logged["st_main"] - main.item()) < 1e-5  # every real next token, the real eos included
+
+
 def test_docs_causal_lm_trainer_snippet_runs(checkpoints, tmp_path, monkeypatch):
     """The causal-LM Trainer example of docs/integrations/transformers.md (its third python block)."""
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)

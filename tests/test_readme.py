@@ -147,6 +147,9 @@ def test_lm_budget_block_aggregates_seeds_and_judges_the_aims(tmp_path):
             (folder / f"{key}.json").write_text(json.dumps(record))
         (folder / "decode_reuse_st.json").write_text(json.dumps(decode(1.9, 1.6)))
         (folder / "decode_reuse_layerskip.json").write_text(json.dumps(decode(1.5, 1.7)))
+    (tmp_path / "s0" / "layerskip_time.json").write_text(json.dumps(run(1.0, 1.45, 1.15, 1.0, steps=8760)))
+    (tmp_path / "s0_old").mkdir()  # not a seed folder
+    (tmp_path / "s0_old" / "ct.json").write_text("{}")
     block = make_lm_table.budget_markdown(tmp_path)
     assert "| CT | 0,1 | 8,000 | 3.0000 ± 0.0000 | 2.5000 ± 0.0000 | 1.8000 ± 0.0000 | 1.0050 ± 0.0071 |" in block
     aims = {line.split("**")[1]: line for line in block.splitlines() if line.startswith("- **")}
@@ -156,6 +159,10 @@ def test_lm_budget_block_aggregates_seeds_and_judges_the_aims(tmp_path):
     assert aims["ST's full model within 1% of CT's"].endswith(": met.")  # +0.5%
     assert aims["ST++'s full model within 1% of CT's"].endswith("not met.")  # +2%
     assert aims["ST ahead of LayerSkip on the prefix losses"].endswith("not met.")  # depth 6 behind
+    # ST++ (dearer than LayerSkip per step) meets LayerSkip given its time; ST (cheaper) LayerSkip at equal steps
+    # ST++ vs LayerSkip at ST++'s time (seed 0 only): depth 2 ahead (1.40 vs 1.45), depth 4 behind (1.20 vs 1.15)
+    assert "depth 2 -3.45%" in aims["ST++ ahead of LayerSkip, ST++'s time on the prefix losses"]
+    assert aims["ST++ ahead of LayerSkip, ST++'s time on the prefix losses"].endswith("not met.")
     assert aims["ST ahead of LayerSkip on the decoding speed-up"].endswith("not met.")  # exit 4 behind
     assert "1.90x vs 1.50x" in aims["ST ahead of LayerSkip on the decoding speed-up"].replace(" ± 0.00", "")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import copyreg
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -193,6 +194,8 @@ def gated_subclass(cls: type, forward: Callable, **attrs: Any) -> type:
     ``cls`` + ``forward`` + ``attrs`` and is gated again on load: ``forward`` and the values of ``attrs`` must be
     picklable (module-level functions are).
     """
+    if hasattr(cls, "_st_original_class"):
+        raise ValueError(f"{cls.__qualname__} is already gated; pass its _st_original_class")
     gated = _GATED_CLASSES.get((cls, forward))
     if gated is None:
         orig_forward = cls.forward
@@ -210,15 +213,23 @@ def gated_subclass(cls: type, forward: Callable, **attrs: Any) -> type:
 def _reduce_gated(self: nn.Module, protocol: int) -> tuple:
     """Pickle a gated block through ``_new_gated`` and the class it gates (found by name)."""
     gated = type(self)
-    reduced = object.__reduce_ex__(self, max(2, protocol))  # (copyreg.__newobj__, (gated,), state, ...)
+    # (copyreg.__newobj__, (gated, *args), state, ...) or (copyreg.__newobj_ex__, (gated, args, kwargs), ...)
+    reduced = object.__reduce_ex__(self, max(2, protocol))
+    if reduced[0] is copyreg.__newobj_ex__:
+        args, kwargs = reduced[1][1], reduced[1][2]
+    else:
+        args, kwargs = reduced[1][1:], {}
     # the forward given, not gated.forward: a base class's __init_subclass__ may have wrapped it (transformers)
-    return (_new_gated, (gated._st_original_class, *gated._st_gated_with), *reduced[2:])
+    return (_new_gated, (gated._st_original_class, *gated._st_gated_with, tuple(args), dict(kwargs)),
+            *reduced[2:])
 
 
-def _new_gated(cls: type, forward: Callable, attrs: dict[str, Any]) -> nn.Module:
-    """An empty instance of ``cls`` gated with ``forward`` (what an unpickled gated block starts from)."""
+def _new_gated(cls: type, forward: Callable, attrs: dict[str, Any], args: tuple = (),
+               kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """An empty instance of ``cls`` gated with ``forward`` (what an unpickled gated block starts from; ``args`` and
+    ``kwargs`` are the class's ``__getnewargs(_ex)__``, if it has them)."""
     gated = gated_subclass(cls, forward, **attrs)
-    return gated.__new__(gated)
+    return gated.__new__(gated, *args, **(kwargs or {}))
 
 
 class ElasticDepth:

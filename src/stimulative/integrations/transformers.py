@@ -386,16 +386,21 @@ def is_causal_lm(model: nn.Module) -> bool:
     return name in names or name.endswith(("ForCausalLM", "LMHeadModel"))
 
 
-def _causal_labels_match(ids: torch.Tensor, labels: torch.Tensor) -> bool:
+def _causal_labels_match(ids: torch.Tensor, labels: torch.Tensor, pad_token_id: int | None = None) -> bool:
     """Whether HF-style causal-LM ``labels`` ask for what the token step trains: the ``ids`` themselves (with
     ``IGNORE_INDEX`` at padding), i.e. no prompt masking and no other targets. ``ids`` has -100 at padding; a
-    label there may be -100 or the padding token (data collators differ)."""
+    label there may be anything (data collators differ). A real token equal to ``pad_token_id`` may carry -100:
+    ``DataCollatorForLanguageModeling`` masks every pad id, and with ``pad_token = eos_token`` (the usual GPT-2 and
+    Llama set-up) that includes the real EOS tokens."""
     from stimulative.core.tokens import IGNORE_INDEX
 
     if labels.shape != ids.shape:
         return False
     real = ids != IGNORE_INDEX
-    return bool((labels[real] == ids[real]).all())
+    same = labels == ids
+    if pad_token_id is not None:
+        same |= (labels == IGNORE_INDEX) & (ids == pad_token_id)
+    return bool(same[real].all())
 
 
 class StimulativeTrainer(transformers.Trainer):
@@ -421,8 +426,9 @@ class StimulativeTrainer(transformers.Trainer):
     ``next_token_targets(ids)``: main next-token CE and, per sub-network, the token-level KL (or KL-) to the
     detached full model, averaged over the real next-token positions of the micro-batch. Every real token after
     the first is a target: ``batch["labels"]``, if given, must equal ``input_ids`` at the real positions
-    (what ``DataCollatorForLanguageModeling(mlm=False)`` makes); labels that mask a prompt or differ otherwise
-    are refused with a ``ValueError`` (prompt masking is not supported). The prefix
+    (what ``DataCollatorForLanguageModeling(mlm=False)`` makes; -100 on a real pad-id token, e.g. an EOS when
+    ``pad_token = eos_token``, is accepted and that token stays a target); labels that mask a prompt or differ
+    otherwise are refused with a ``ValueError`` (prompt masking is not supported). The prefix
     sub-networks are read off the main forward (``prefix_exits``: one forward and one backward per step) unless
     ``st_options["exits"]`` says otherwise (None: separate passes); ``min_input_scale`` and ``subnet_fraction``
     must stay 1.
@@ -501,13 +507,21 @@ class StimulativeTrainer(transformers.Trainer):
         if mask is not None:
             ids = ids.masked_fill(mask == 0, IGNORE_INDEX)
         labels = inputs.get("labels")
-        if labels is not None and not _causal_labels_match(ids, labels):
+        if labels is not None and not _causal_labels_match(ids, labels, self._pad_token_id()):
             # refuse rather than train on targets the user did not ask for (prompt masking, other labels)
             raise ValueError("batch['labels'] differs from the input_ids: StimulativeTrainer(task='causal_lm') "
                              "trains on every real next token (prompt masking and other labels are not "
                              "supported); drop 'labels' or make them equal to 'input_ids' (padding goes in "
                              "'attention_mask')")
         return token_batch(ids)
+
+    def _pad_token_id(self) -> int | None:
+        """The pad id of the tokenizer given to the Trainer, else of the model's config."""
+        for source in (getattr(self, "processing_class", None), getattr(self.model, "config", None)):
+            pad = getattr(source, "pad_token_id", None)
+            if isinstance(pad, int):
+                return pad
+        return None
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
