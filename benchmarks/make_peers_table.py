@@ -75,6 +75,14 @@ def label(rec: dict) -> str:
     return " ".join([method, *extra])
 
 
+def _smallest(rec: dict) -> float | None:
+    """Accuracy of the (1,1,1) ResNet-8: inside a ResNet-20, or ResNet-8 trained alone (a depth trained alone
+    measures only itself: the (1,1,1) inside ResNet-14 alone is not a ResNet-8 anyone would deploy)."""
+    if rec["method"] == "alone" and label(rec) != "ResNet-8 alone":
+        return None
+    return rec["depth_acc"].get(SMALLEST)
+
+
 def summarise(records: list[dict], seeds: tuple[int, ...]) -> list[dict]:
     """One row per variant over ``seeds``, in the order variants first appear in bench_peers.VARIANTS."""
     by_variant: dict[tuple[str, int], list[dict]] = {}
@@ -89,7 +97,7 @@ def summarise(records: list[dict], seeds: tuple[int, ...]) -> list[dict]:
             "main": _stat([r["test_acc"] for r in recs]),
             "mean_depth": _stat([r["mean_depth_acc"] for r in recs]),
             "front": _stat([r["front_area"] for r in recs]),
-            "smallest": _stat([r["depth_acc"].get(SMALLEST) for r in recs]),
+            "smallest": _stat([_smallest(r) for r in recs]),
             "train_s": statistics.fmean(r["train_s"] for r in recs), "command": recs[0]["command"],
         })
     order = {v: i for i, v in enumerate(_variant_order())}

@@ -124,3 +124,16 @@ def test_peers_crossing_lines_pair_seeds_within_a_setting(monkeypatch):
     lines = table.crossing_lines(records)
     assert len(lines) == 1 and "stochastic depth p_L=0.5" in lines[0] and "-1.75 points at 225,000" in lines[0]
     assert "reaches 0 at about 67" in lines[0]
+
+
+def test_peers_resnet8_goal_counts_resnet8_alone_not_the_smallest_depth_of_resnet14(monkeypatch):
+    table = _script("make_peers_table", monkeypatch)
+
+    def alone(d, acc):
+        return {"method": "alone", "variant": f"alone{6 * d + 2}", "depth_acc": {"1,1,1": acc},
+                "command": f"stimulative train x.yaml model.kwargs={{blocks_per_stage: [{d}, {d}, {d}]}}"}
+
+    assert table._smallest(alone(1, 56.25)) == 56.25  # ResNet-8 alone: the deployable ResNet-8 trained by itself
+    assert table._smallest(alone(2, 26.8)) is None  # the (1,1,1) inside ResNet-14 alone is no candidate
+    stpp = {"method": "ST++", "variant": "stpp", "depth_acc": {"1,1,1": 55.0, "3,3,3": 63.6}, "command": "x"}
+    assert table._smallest(stpp) == 55.0
