@@ -201,6 +201,24 @@ def test_resume_and_generate(checkpoints, tmp_path):
     assert main(["generate", resumed["run_dir"], "--exit", "2", "--prompt", "def ", "--max-new-tokens", "4"]) == 0
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_resume_after_the_pretrained_directory_is_gone(family, checkpoints, tmp_path):
+    """The run keeps a copy of the checkpoint's config and tokenizer (RUN/hf_config): a resume needs neither the
+    original directory nor its weights (they are in last.pt), and ends where an uninterrupted run ends."""
+    moved = tmp_path / "moved"
+    shutil.copytree(checkpoints[family], moved)
+    full = train_lm(None, _args(checkpoints[family], checkpoints["text"], tmp_path, "full"))
+    train_lm(None, _args(moved, checkpoints["text"], tmp_path, "part", "max_steps=2"))
+    shutil.rmtree(moved)
+    with pytest.raises(ConfigError, match="model.pretrained"):  # a new run still needs the directory
+        train_lm(None, _args(moved, checkpoints["text"], tmp_path, "other"))
+    resumed = train_lm(None, _args(moved, checkpoints["text"], tmp_path, "part", "resume=auto"))
+    assert resumed["step"] == STEPS and resumed["final"]["val_loss"] == full["final"]["val_loss"]
+    a = torch.load(full["checkpoint"], weights_only=True)["model"]
+    b = torch.load(resumed["checkpoint"], weights_only=True)["model"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+
+
 @pytest.mark.parametrize("extra, key", [
     (["model.context=64"], "model.context"),              # 65 positions > max_position_embeddings=64
     (["model.hidden_size=64"], "model.hidden_size"),      # not the checkpoint's size

@@ -350,6 +350,16 @@ def _resume_path(cfg: LMConfig) -> Path | None:
     return path if path.is_file() else None
 
 
+def _resume_copy(cfg: LMConfig) -> Path | None:
+    """The run's ``hf_config`` copy when ``cfg`` resumes a ``model.pretrained`` run whose directory is gone (its
+    config and tokenizer were copied there; the weights are the checkpoint's), else None."""
+    if not cfg.model.pretrained or (Path(str(cfg.model.pretrained)).expanduser() / "config.json").is_file():
+        return None
+    source = _resume_path(cfg)
+    copy = source.parent / HF_CONFIG_DIR if source is not None else None
+    return copy if copy is not None and (copy / "config.json").is_file() else None
+
+
 def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
@@ -413,7 +423,15 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
         cfg = lm_config_from_dict(apply_overrides(lm_config_to_dict(cfg), list(overrides)))
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    cfg = resolve_pretrained(cfg)  # model.pretrained: architecture, tokenizer and context from the checkpoint
+    copy = _resume_copy(cfg)
+    if copy is None:
+        cfg = resolve_pretrained(cfg)  # model.pretrained: architecture, tokenizer and context from the checkpoint
+    else:  # resuming a model.pretrained run whose directory is gone: the run's copy of its config and tokenizer
+        _log(f"model.pretrained {cfg.model.pretrained} is gone; resuming with the run's copy {copy} (the weights "
+             "come from the checkpoint)")
+        original = str(Path(str(cfg.model.pretrained)).expanduser().absolute())
+        cfg = resolve_pretrained(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=str(copy))))
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=original))
     device = resolve_device(cfg.device)
     run_dir = cfg.run_dir
     data = load_lm_data(cfg)
@@ -424,7 +442,10 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    model = build_lm(cfg, tok.vocab_size, getattr(tok, "eos_token_id", None)).to(device)
+    if copy is None:
+        model = build_lm(cfg, tok.vocab_size, getattr(tok, "eos_token_id", None)).to(device)
+    else:
+        model = _rebuild_pretrained(cfg, copy.parent)[0].train().to(device)
     if cfg.model.pretrained:
         _save_hf_config(model, tok, run_dir)
         _log(f"continuing {cfg.model.pretrained} ({type(model).__name__}), tokenizer {cfg.data.tokenizer}")
