@@ -94,6 +94,11 @@ def test_lm_doc_decode_and_step_cost_tables_match_lm_results():
     make_lm_table = _benchmark_script("make_lm_table")
     results = README.parent / "benchmarks" / "results" / "lm"
     text = (README.parent / "docs" / "lm.md").read_text()
+    budget = make_lm_table.budget_markdown(make_lm_table.BUDGET)
+    readme = README.read_text()
+    start = readme.index(make_lm_table.BUDGET_START) + len(make_lm_table.BUDGET_START) + 1
+    assert readme[start:readme.index(make_lm_table.BUDGET_END)] == budget, \
+        "README.md: run python benchmarks/make_lm_table.py --write README.md"
     for start_marker, end_marker, build in ((make_lm_table.DEC_START, make_lm_table.DEC_END,
                                              make_lm_table.decode_reuse_markdown),
                                             (make_lm_table.STEP_START, make_lm_table.STEP_END,
