@@ -334,38 +334,63 @@ def build(results: Path = RESULTS) -> str:
     return "\n".join(out)
 
 
+# colour per method, line style per setting of it (the stronger rate solid), in both panels of fronts.png
+FRONT_STYLE = {
+    "ct": ("black", "-"), "ct_time": ("black", "-"),
+    "sd05": ("tab:blue", "-"), "sd05_time": ("tab:blue", "-"), "sd01": ("tab:blue", "--"), "sd01_time": ("tab:blue", "--"),
+    "ld02": ("tab:orange", "-"), "ld02_time": ("tab:orange", "-"), "ld01": ("tab:orange", "--"),
+    "ld01_time": ("tab:orange", "--"), "st": ("tab:green", "-"), "stpp": ("tab:red", "-"),
+    "stpp_frac50_time": ("tab:red", "--"), "stpp_every2_time": ("tab:red", ":"), "stpp_sd_time": ("tab:purple", "-."),
+}
+
+
 def plot_fronts(results: Path = RESULTS, seeds: tuple[int, ...] = CLAIM_SEEDS) -> Path | None:
+    """Upper accuracy-FLOPs fronts of all 27 depths (mean over seeds): equal epochs (with the depths trained
+    alone as stars at their own FLOPs) and equal time (ST++'s wall-clock), side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    everything = [r for r in load(results) if r.get("setting_name", "r20") == "r20" and len(r["depth_acc"]) > 1]
+    everything = [r for r in load(results) if r.get("setting_name", "r20") == "r20"]
     records = [r for r in everything if r["seed"] in seeds]
-    if not records:
+    if not any(r["method"] != "alone" for r in records):
         records = [r for r in everything if r["seed"] in TUNING_SEEDS]
-    if not records:
+    if not any(r["method"] != "alone" for r in records):
         return None
-    by_label: dict[str, list[dict]] = {}
+    groups: dict[tuple[str, int], list[dict]] = {}
     for r in records:
-        by_label.setdefault(f"{label(r)} ({r['epochs']} ep)", []).append(r)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, recs in by_label.items():
-        configs = sorted(recs[0]["depth_acc"], key=lambda c: recs[0]["depth_mflops"][c])
-        flops = [recs[0]["depth_mflops"][c] for c in configs]
-        acc = [statistics.fmean(r["depth_acc"][c] for r in recs) for c in configs]
-        front, best = [], float("-inf")
-        for a in acc:
-            best = max(best, a)
-            front.append(best)
-        line = ax.step(flops, front, where="post", label=f"{name}, n={len(recs)}")[0]
-        ax.scatter(flops, acc, s=8, color=line.get_color(), alpha=0.4)
-    ax.set_xscale("log")
-    ax.set_xlabel("MFLOPs per image (32 px)")
-    ax.set_ylabel("test accuracy (%), BN re-estimated")
-    ax.set_title("CIFAR-10 ResNet-20: every depth (dots), upper fronts (mean over seeds)", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
+        groups.setdefault((r["variant"], r["epochs"]), []).append(r)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    panels = ((axes[0], "equal epochs (15)", lambda r: r["budget"] == "equal epochs"),
+              (axes[1], "equal time (ST++'s wall-clock)", lambda r: r["budget"] == "equal time" or r["variant"] == "stpp"))
+    for ax, title, keep in panels:
+        for (variant, epochs), recs in groups.items():
+            if not keep(recs[0]):
+                continue
+            name = f"{label(recs[0])} ({epochs} ep), n={len(recs)}"
+            if recs[0]["method"] == "alone":  # one network: a star at its own depth's FLOPs
+                full = max(recs[0]["depth_mflops"], key=lambda c: recs[0]["depth_mflops"][c])
+                ax.scatter([recs[0]["depth_mflops"][full]], [statistics.fmean(r["test_acc"] for r in recs)],
+                           marker="*", s=140, color="black" if variant == "alone8" else "dimgray", zorder=5,
+                           label=name)
+                continue
+            configs = sorted(recs[0]["depth_acc"], key=lambda c: recs[0]["depth_mflops"][c])
+            flops = [recs[0]["depth_mflops"][c] for c in configs]
+            acc = [statistics.fmean(r["depth_acc"][c] for r in recs) for c in configs]
+            front, best = [], float("-inf")
+            for a in acc:
+                best = max(best, a)
+                front.append(best)
+            color, style = FRONT_STYLE.get(variant, ("gray", "-"))
+            ax.step(flops, front, where="post", color=color, linestyle=style, label=name)
+            ax.scatter(flops, acc, s=6, color=color, alpha=0.25)
+        ax.set_xscale("log")
+        ax.set_xlabel("MFLOPs per image (32 px)")
+        ax.set_title(f"{title}: upper fronts of all depths (dots: each depth)", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%), BN re-estimated, mean over seeds")
     path = results / "fronts.png"
     fig.tight_layout()
     fig.savefig(path, dpi=120)
