@@ -247,6 +247,32 @@ def test_depth_losses_equal_truncated_models():
         assert abs(row["loss"] - float(expected)) < 1e-5 and row["tokens"] == rows.shape[0]
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_depth_losses_read_every_depth_off_one_forward(family, monkeypatch):
+    """One forward per batch for all depths (prefix exits) gives the numbers of a forward per depth."""
+    sth = _sth()
+    import transformers
+
+    import stimulative.lm.evaluate as evaluate
+
+    torch.manual_seed(0)
+    model = _llama(layers=4) if family == "llama" else transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=257, n_embd=16, n_layer=4, n_head=2, n_positions=64))
+    ed = sth.elastic_depth(model)
+    batches = [_padded_batch(), _padded_batch()[:2]]
+    forwards = []
+    handle = model.register_forward_hook(lambda *a: forwards.append(1))
+    one = depth_losses(ed, batches)
+    assert len(forwards) == 2 + len(batches)  # the exactness check (an exit and a truncated forward), one per batch
+    monkeypatch.setattr(evaluate, "_one_forward_exits", lambda *a: None)
+    forwards.clear()
+    separate = depth_losses(ed, batches)
+    handle.remove()
+    assert len(forwards) == 4 * len(batches) and model.training
+    for k in range(1, 5):
+        assert abs(one[k]["loss"] - separate[k]["loss"]) < 1e-6 and one[k]["tokens"] == separate[k]["tokens"]
+
+
 def test_text_folders_as_users_have_them(tmp_path, capsys):
     """Every UTF-8 file is text, with or without an extension; binary files are skipped and counted."""
     from stimulative.lm.data import is_text_file

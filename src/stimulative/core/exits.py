@@ -106,14 +106,22 @@ class PrefixExits:
     def __call__(self, model: nn.Module, x: torch.Tensor,
                  depths: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         depths = [int(d) for d in depths]
+        full, hidden, tail = self.hidden_states(model, x, depths)
+        return full, [full if d == self.depth else tail(hidden[d]) for d in depths]
+
+    def hidden_states(self, model: nn.Module, x: torch.Tensor, depths: Sequence[int]
+                      ) -> tuple[torch.Tensor, dict[int, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+        """One forward: ``(full output, {d: output of block d} for the depths below the full one, tail)``, where
+        ``tail(hidden)`` turns a block output into that prefix's output (under the autocast state the blocks ran
+        in). For exits one at a time, e.g. to hold one prefix's logits in memory at once."""
         low = self.ed.min_depths[0]
         for d in depths:
-            if not low <= d <= self.depth:
+            if not low <= int(d) <= self.depth:
                 raise ValueError(f"exit depth {d} is outside [{low}, {self.depth}]")
         hidden: dict[int, torch.Tensor] = {}
         amp: dict[str, tuple] = {}
         handles = []
-        for d in sorted(set(depths)):
+        for d in sorted({int(d) for d in depths}):
             if d < self.depth:
                 def keep(module, inputs, out, d=d):
                     h = out[0] if isinstance(out, tuple) else out
@@ -125,13 +133,14 @@ class PrefixExits:
         finally:
             for h in handles:
                 h.remove()
-        if not hidden:
-            return full, [full for _ in depths]
-        # the tails run under the autocast state the blocks ran in (an engine may autocast inside the model call)
-        kind, enabled, dtype = amp["state"]
-        with torch.autocast(kind, dtype=dtype, enabled=enabled):
-            outs = [full if d == self.depth else self.tail(hidden[d], x) for d in depths]
-        return full, outs
+
+        def tail(h: torch.Tensor) -> torch.Tensor:
+            # the tails run under the autocast state the blocks ran in (an engine may autocast inside the model)
+            kind, enabled, dtype = amp["state"]
+            with torch.autocast(kind, dtype=dtype, enabled=enabled):
+                return self.tail(h, x)
+
+        return full, hidden, tail
 
 
 def vision_prefix_exits(ed: ElasticDepth) -> PrefixExits | None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..core.exits import PrefixExits
 from ..core.tokens import TokenLogits, next_token_targets
 
 __all__ = ["depth_losses"]
@@ -21,8 +23,9 @@ def depth_losses(ed, batches: Iterable[torch.Tensor], depths: Sequence[int] | No
 
     Args:
         ed: the ``ElasticDepth`` of ``stimulative.integrations.transformers.elastic_depth`` (one stage).
-        batches: ``(batch, time)`` id tensors (``PackedBlocks`` batches); iterated once per depth, so pass a
-            list or a re-iterable loader.
+        batches: ``(batch, time)`` id tensors (``PackedBlocks`` batches); pass a list or a re-iterable loader.
+            Every depth is read off one forward per batch (``PrefixExits``: the same numbers as a forward per
+            depth) when the model's exits are exact, else each depth runs its own forwards.
         depths: the depths to measure; default every depth 1..L.
     """
     if ed.num_stages != 1:
@@ -31,21 +34,50 @@ def depth_losses(ed, batches: Iterable[torch.Tensor], depths: Sequence[int] | No
     model = TokenLogits(ed.model)
     was_training = ed.model.training
     ed.model.eval()
-    out: dict[int, dict[str, float]] = {}
+    totals = {k: [0.0, 0] for k in depths}
     try:
-        for k in depths:
-            total, count = 0.0, 0
-            with ed.depth([k]):
+        exits = _one_forward_exits(ed, model, batches, device)
+        if exits is not None:  # every depth off one forward per batch, one prefix's logits in memory at a time
+            with ed.depth(None):
                 for ids in batches:
                     ids = ids.to(device) if device is not None else ids
                     y = next_token_targets(ids)
-                    logits = model(ids)
-                    total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-                    count += y.numel()
-            if count == 0:
-                raise ValueError("no validation tokens")
-            loss = total / count
-            out[k] = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": count}
+                    full, hidden, tail = exits.hidden_states(model, ids, depths)
+                    for k in depths:
+                        logits = full if k == exits.depth else tail(hidden[k])
+                        totals[k][0] += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+                        totals[k][1] += y.numel()
+        else:
+            for k in depths:
+                with ed.depth([k]):
+                    for ids in batches:
+                        ids = ids.to(device) if device is not None else ids
+                        y = next_token_targets(ids)
+                        totals[k][0] += float(F.cross_entropy(model(ids).float(), y, reduction="sum"))
+                        totals[k][1] += y.numel()
     finally:
         ed.model.train(was_training)
+    out: dict[int, dict[str, float]] = {}
+    for k, (total, count) in totals.items():
+        if count == 0:
+            raise ValueError("no validation tokens")
+        loss = total / count
+        out[k] = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": count}
     return out
+
+
+def _one_forward_exits(ed, model: TokenLogits, batches: Iterable[torch.Tensor], device) -> PrefixExits | None:
+    """The model's prefix exits when they are exact (its final norm + head, checked once on the first batch),
+    else None (separate forwards per depth)."""
+    from ..integrations.transformers import prefix_exits
+
+    exits = prefix_exits(ed, rows=model.select_rows)
+    if exits is None:
+        return None
+    first = next(iter(batches), None)
+    if first is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a failed check only means separate forwards here
+        ok = exits.matches(model, first.to(device) if device is not None else first)
+    return exits if ok else None
