@@ -31,7 +31,7 @@ peers() {
   python bench_peers.py --jobs 1 --seeds 10 11 12 --data "$DATA" --variants stpp_frac50_time sd05_time ld02_time \
     ct_time sd01_time ld01_time ct stpp st sd05 sd01 ld02 ld01 stpp_sd_time alone8 alone14
   python bench_peers.py --jobs 1 --setting r20_15k --seeds 10 11 --data "$DATA" \
-    --variants ct stpp sd05 sd05_time stpp_frac50_time ct_time
+    --variants ct stpp sd05 sd05_time stpp_frac50_time
   python bench_peers.py --jobs 1 --setting r20_45ep --seeds 10 11 --data "$DATA" --variants ct stpp sd05
   cd ..
 }

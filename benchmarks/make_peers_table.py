@@ -202,8 +202,7 @@ def plot_budget(results: Path = RESULTS) -> Path | None:
     return path
 
 
-# equal-time pairs of the crossing estimate: (ST form, peer given its time); the ST form with the better main
-# network at r20 stands for ST
+# the crossing estimate: each ST form against each peer given ST++'s time, wherever both ran at two budgets or more
 CROSSING_PEERS = (("sd05_time", "stochastic depth p_L=0.5"), ("ct_time", "CT"))
 ST_FORMS = ("stpp", "stpp_frac50_time")
 BOOTSTRAP = 2000
