@@ -325,6 +325,8 @@ def build(results: Path = RESULTS) -> str:
     if any(r["setting"] != "r20" for r in growth):
         out += ["As the budget grows (Δ vs CT of the same seed at equal epochs; `--setting` of bench_peers.py):", "",
                 *budget_table(growth), ""]
+        if (results / "budget.png").exists():
+            out += ["![Δ vs CT against the budget](benchmarks/results/peers/budget.png)", ""]
         cross = crossing_lines(all_records)
         if cross:
             out += ["Where would ST cross at equal time? (gap of each seed, a line in log budget through the "
@@ -401,6 +403,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--write", metavar="FILE", help="replace the text between the peers-table markers of FILE")
     args = p.parse_args()
+    plots = f"-> {plot_fronts()}, {plot_budget()}"  # first: the text links budget.png once it exists
     text = build()
     if args.write:
         doc = Path(args.write)
@@ -410,7 +413,7 @@ def main() -> None:
         print(f"wrote {args.write}")
     else:
         print(text)
-    print(f"-> {plot_fronts()}, {plot_budget()}")
+    print(plots)
 
 
 if __name__ == "__main__":
