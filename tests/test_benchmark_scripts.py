@@ -137,3 +137,28 @@ def test_peers_resnet8_goal_counts_resnet8_alone_not_the_smallest_depth_of_resne
     assert table._smallest(alone(2, 26.8)) is None  # the (1,1,1) inside ResNet-14 alone is no candidate
     stpp = {"method": "ST++", "variant": "stpp", "depth_acc": {"1,1,1": 55.0, "3,3,3": 63.6}, "command": "x"}
     assert table._smallest(stpp) == 55.0
+
+
+def test_peers_budget_section_table_plot_and_crossing_from_records(monkeypatch, tmp_path):
+    """Records of two budgets give the budget table, budget.png (linked) and the crossing lines."""
+    table = _script("make_peers_table", monkeypatch)
+    real = json.loads((BENCH / "results" / "peers" / "peers_ct_s10.json").read_text())
+    acc = {("r20", "ct"): 62.0, ("r20", "stpp"): 63.0, ("r20", "sd05"): 55.0, ("r20", "sd05_time"): 66.0,
+           ("r20_15k", "ct"): 75.0, ("r20_15k", "stpp"): 77.0, ("r20_15k", "sd05"): 72.0,
+           ("r20_15k", "sd05_time"): 78.0}
+    method = {"ct": "CT", "stpp": "ST++", "sd05": "stochastic depth", "sd05_time": "stochastic depth"}
+    for (setting, variant), a in acc.items():
+        for seed, shift in ((10, 0.0), (11, 0.5)):
+            images = 5000 if setting == "r20" else 15000
+            rec = dict(real, setting_name=setting, variant=variant, method=method[variant], seed=seed,
+                       test_acc=a + shift, train_images=images, image_epochs=images * 15,
+                       budget="equal time" if variant.endswith("_time") else "equal epochs",
+                       command=real["command"] + (" model.drop_path=0.5" if variant.startswith("sd") else ""),
+                       depth_acc={c: v + shift for c, v in real["depth_acc"].items()})
+            name = f"peers_{variant}_s{seed}" if setting == "r20" else f"peers_{setting}_{variant}_s{seed}"
+            (tmp_path / f"{name}.json").write_text(json.dumps(rec))
+    assert table.plot_budget(tmp_path) == tmp_path / "budget.png" and (tmp_path / "budget.png").stat().st_size > 0
+    text = table.build(tmp_path)
+    assert "| r20_15k | 225,000 | ST++ | 10,11 | 2.00 ± 0.00 |" in text
+    assert "budget.png" in text
+    assert "ST++ − stochastic depth p_L=0.5 at equal time, main network: -1.00 points at 225,000" in text
