@@ -143,6 +143,24 @@ def goals(rows: list[dict]) -> list[str]:
     return lines
 
 
+def undominated(rows: list[dict]) -> list[str]:
+    """At equal time (ST++'s wall-clock), the methods no other beats on both the main network and the front area
+    (means over seeds): the trade-off a user chooses along."""
+    cands = [r for r in rows if (r["budget"] == "equal time" or r["variant"] == "stpp") and r["main"] and r["front"]]
+    if len(cands) < 2:
+        return []
+
+    def beats(a: dict, b: dict) -> bool:
+        return (a["main"][0] >= b["main"][0] and a["front"][0] >= b["front"][0]
+                and (a["main"][0] > b["main"][0] or a["front"][0] > b["front"][0]))
+
+    keep = [r for r in cands if not any(beats(o, r) for o in cands if o is not r)]
+    keep.sort(key=lambda r: -r["main"][0])
+    names = "; ".join(f"{r['label']} ({r['epochs']} ep): main {_fmt(r['main'])}, front {_fmt(r['front'])}" for r in keep)
+    return [f"At equal time no method beats these on both the main network and the front (the trade-off to choose "
+            f"along, best main first): {names}."]
+
+
 def budget_rows(records: list[dict]) -> list[dict]:
     """Delta vs CT of the same setting and seed (equal epochs): ST++ and the peers, main and mean over depths."""
     ct = {(r.get("setting_name", "r20"), r["seed"]): r for r in records if r["variant"] == "ct"}
@@ -315,7 +333,10 @@ def build(results: Path = RESULTS) -> str:
     if claim:
         short = sum(1 for r in claim if len(r["seeds"]) < 3)
         note = f"; provisional: {short} of {len(claim)} lines have fewer than 3 seeds" if short else ""
-        out += [f"**Which method for which goal?** (seeds 10-12{note})", "", *goals(claim), "", *table(claim), ""]
+        out += [f"**Which method for which goal?** (seeds 10-12{note})", "", *goals(claim), ""]
+        trade = undominated(claim)
+        out += [*trade, ""] if trade else []
+        out += [*table(claim), ""]
     else:
         out += ["The claim seeds (10-12) are still running; nothing is concluded yet.", ""]
     if tuning:

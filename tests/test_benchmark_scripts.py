@@ -162,3 +162,18 @@ def test_peers_budget_section_table_plot_and_crossing_from_records(monkeypatch, 
     assert "| r20_15k | 225,000 | ST++ | 10,11 | 2.00 ± 0.00 |" in text
     assert "budget.png" in text
     assert "ST++ − stochastic depth p_L=0.5 at equal time, main network: -1.00 points at 225,000" in text
+
+
+def test_peers_undominated_methods_at_equal_time(monkeypatch):
+    table = _script("make_peers_table", monkeypatch)
+
+    def row(variant, main, front, budget="equal time"):
+        return {"variant": variant, "label": variant, "epochs": 15, "budget": budget,
+                "main": (main, 0.0, 3), "front": (front, 0.0, 3)}
+
+    rows = [row("ct_time", 71, 37), row("ld01_time", 70, 60), row("sd05_time", 66.7, 61.4),
+            row("stpp_frac50_time", 67.2, 63.3), row("stpp", 64, 59.5), row("sd05", 80, 80, "equal epochs")]
+    (line,) = table.undominated(rows)
+    kept = [v for v in ("ct_time", "ld01_time", "sd05_time", "stpp_frac50_time", "stpp", "sd05") if f"{v} (" in line]
+    assert kept == ["ct_time", "ld01_time", "stpp_frac50_time"]  # sd05_time and stpp are beaten on both
+    assert line.index("ct_time") < line.index("ld01_time") < line.index("stpp_frac50_time")  # best main first
