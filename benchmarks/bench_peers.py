@@ -172,27 +172,25 @@ def evaluate_run(run_dir: Path) -> Path:
 
 
 def plan_mismatch(run_dir: Path, cmd: list[str]) -> str:
-    """The ``key: saved -> planned`` differences between an existing run dir's config and the planned command
-    (a re-measured time ratio changes an equal-time run's epochs; resuming it would change its schedule mid-run)."""
+    """The ``key: saved -> planned`` differences between an existing run dir's config and the config the planned
+    command resolves to (its recipe as it is now plus its overrides), every key but the free ones
+    (``stimulative.train.resume.FREE``: where and how a run executes and evaluates). A re-measured time ratio
+    changes an equal-time run's epochs, a changed recipe its method: either would be recorded as the current plan."""
     import yaml
+
+    from stimulative.train.config import config_to_dict, load_config
+    from stimulative.train.resume import FREE, _flat
 
     path = run_dir / "config.yaml"
     if not path.exists():
         return ""
-    saved = yaml.safe_load(path.read_text())
-    planned: dict[str, str] = {}
-    for item in cmd:  # later overrides win, as in the command itself
-        key, sep, value = item.partition("=")
-        if sep and key not in ("name", "out_dir", "data.root", "threads", "device", "resume") and "/" not in key:
-            planned[key] = value
-    diffs = []
-    for key, value in planned.items():
-        node = saved
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None and yaml.safe_load(value) != node:
-            diffs.append(f"{key}: {node} -> {value}")
-    return "; ".join(diffs)
+    saved = _flat(yaml.safe_load(path.read_text()))
+    i = cmd.index("train")
+    planned = _flat(config_to_dict(load_config(cmd[i + 1], [c for c in cmd[i + 2:] if "=" in c])))
+    if planned.get("model.num_classes") is None:  # null means "from the dataset", as the run resolved it
+        planned["model.num_classes"] = saved.get("model.num_classes")
+    return "; ".join(f"{k}: {saved[k]} -> {v}" for k, v in planned.items()
+                     if k not in FREE and k in saved and saved[k] != v)
 
 
 def shown(cmd: list[str]) -> str:
@@ -343,8 +341,15 @@ def main() -> None:
     for seed in args.seeds:  # seed-major: every variant gets one seed before any gets two
         for v in variants:
             name = run_name(args.setting, v, seed)
-            if not (RESULTS / f"{name}.json").exists():
+            record = RESULTS / f"{name}.json"
+            if not record.exists():
                 queue.append((v, seed, name))
+                continue
+            planned = variant_epochs(VARIANTS[v][4], args.setting)[0]
+            kept = json.loads(record.read_text()).get("epochs")
+            if kept != planned:  # e.g. re-measured time ratios: the table would show it as another line
+                print(f"NOTE {name}: its record has {kept} epochs, the plan now gives {planned}; move {record} "
+                      "(and its run dir) away to make it again", flush=True)
     print(f"{len(queue)} runs to make ({args.jobs} at a time)", flush=True)
     env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     running: dict[str, tuple] = {}

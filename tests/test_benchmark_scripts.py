@@ -177,3 +177,25 @@ def test_peers_undominated_methods_at_equal_time(monkeypatch):
     kept = [v for v in ("ct_time", "ld01_time", "sd05_time", "stpp_frac50_time", "stpp", "sd05") if f"{v} (" in line]
     assert kept == ["ct_time", "ld01_time", "stpp_frac50_time"]  # sd05_time and stpp are beaten on both
     assert line.index("ct_time") < line.index("ld01_time") < line.index("stpp_frac50_time")  # best main first
+
+
+def test_peers_plan_mismatch_compares_the_whole_resolved_config(monkeypatch, tmp_path):
+    """A run dir made under another plan (recipe changed, other epochs) is reported; free keys are not."""
+    bench = _script("bench_peers", monkeypatch)
+    import yaml
+
+    from stimulative.train.config import config_to_dict, load_config
+
+    args = argparse.Namespace(runs=str(tmp_path), data=str(tmp_path / "data"), setting="r20", threads=1)
+    cmd = bench.train_command("stpp", "peers_stpp_s10", 10, args)
+    i = cmd.index("train")
+    saved = config_to_dict(load_config(cmd[i + 1], [c for c in cmd[i + 2:] if "=" in c]))
+    run = tmp_path / "peers_stpp_s10"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert bench.plan_mismatch(run, cmd) == ""
+    (run / "config.yaml").write_text(yaml.safe_dump(dict(saved, threads=2, device="cuda", eval_every=1)))
+    assert bench.plan_mismatch(run, cmd) == ""  # where and how it ran: free
+    changed = dict(saved, epochs=saved["epochs"] + 3, st=dict(saved["st"], kl_weight=1.0))
+    (run / "config.yaml").write_text(yaml.safe_dump(changed))
+    assert "epochs" in bench.plan_mismatch(run, cmd) and "st.kl_weight: 1.0" in bench.plan_mismatch(run, cmd)
