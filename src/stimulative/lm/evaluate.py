@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,24 +37,13 @@ def depth_losses(ed, batches: Iterable[torch.Tensor], depths: Sequence[int] | No
     totals = {k: [0.0, 0] for k in depths}
     try:
         exits = _one_forward_exits(ed, model, batches, device)
-        if exits is not None:  # every depth off one forward per batch, one prefix's logits in memory at a time
-            with ed.depth(None):
-                for ids in batches:
-                    ids = ids.to(device) if device is not None else ids
-                    y = next_token_targets(ids)
-                    full, hidden, tail = exits.hidden_states(model, ids, depths)
-                    for k in depths:
-                        logits = full if k == exits.depth else tail(hidden[k])
-                        totals[k][0] += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-                        totals[k][1] += y.numel()
-        else:
-            for k in depths:
-                with ed.depth([k]):
-                    for ids in batches:
-                        ids = ids.to(device) if device is not None else ids
-                        y = next_token_targets(ids)
-                        totals[k][0] += float(F.cross_entropy(model(ids).float(), y, reduction="sum"))
-                        totals[k][1] += y.numel()
+        with ed.depth(None):
+            for ids in batches:
+                ids = ids.to(device) if device is not None else ids
+                y = next_token_targets(ids)
+                for k, logits in _depth_logits(ed, model, exits, ids, depths):
+                    totals[k][0] += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+                    totals[k][1] += y.numel()
     finally:
         ed.model.train(was_training)
     out: dict[int, dict[str, float]] = {}
@@ -64,6 +53,21 @@ def depth_losses(ed, batches: Iterable[torch.Tensor], depths: Sequence[int] | No
         loss = total / count
         out[k] = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": count}
     return out
+
+
+def _depth_logits(ed, model: TokenLogits, exits: PrefixExits | None, ids: torch.Tensor,
+                  depths: Sequence[int]) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(k, logits of depth k)`` for every depth: off one forward (``exits``; one prefix's logits in memory at a
+    time), else a forward per depth."""
+    if exits is not None:
+        full, hidden, tail = exits.hidden_states(model, ids, depths)
+        for k in depths:
+            yield k, full if k == exits.depth else tail(hidden[k])
+        return
+    for k in depths:
+        with ed.depth([k]):
+            logits = model(ids)
+        yield k, logits
 
 
 def _one_forward_exits(ed, model: TokenLogits, batches: Iterable[torch.Tensor], device) -> PrefixExits | None:
