@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import BENCHMARKS, benchmark_script
 
 
 @pytest.fixture()
-def bench_lm(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # its `from machine import ...`
-    spec = importlib.util.spec_from_file_location("bench_lm", BENCH / "bench_lm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench_lm():
+    return benchmark_script("bench_lm")
 
 
 def _args(tmp_path: Path, **kw) -> argparse.Namespace:
@@ -76,16 +70,8 @@ def test_bench_lm_time_ratios_need_steps(bench_lm, monkeypatch, capsys):
     assert "--steps" in capsys.readouterr().err
 
 
-def _script(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_peers_crossing_extrapolates_the_equal_time_gap(monkeypatch):
-    table = _script("make_peers_table", monkeypatch)
+def test_peers_crossing_extrapolates_the_equal_time_gap():
+    table = benchmark_script("make_peers_table")
     closing = table.crossing([(75_000, [-4.0, -3.0]), (225_000, [-2.0, -1.5])])
     slope = (-1.75 + 3.5) / math.log10(3)  # points per decade
     assert abs(closing["slope"] - slope) < 1e-9 and closing["now"] == -1.75
@@ -107,8 +93,8 @@ def test_peers_crossing_extrapolates_the_equal_time_gap(monkeypatch):
     assert same["now"] == -1.75 and same["budgets"] == [75_000, 225_000]
 
 
-def test_peers_crossing_lines_pair_seeds_within_a_setting(monkeypatch):
-    table = _script("make_peers_table", monkeypatch)
+def test_peers_crossing_lines_pair_seeds_within_a_setting():
+    table = benchmark_script("make_peers_table")
 
     def rec(setting, variant, seed, acc, image_epochs):
         return {"setting_name": setting, "variant": variant, "seed": seed, "test_acc": acc, "epochs": 15,
@@ -126,8 +112,8 @@ def test_peers_crossing_lines_pair_seeds_within_a_setting(monkeypatch):
     assert "reaches 0 at about 67" in lines[0]
 
 
-def test_peers_resnet8_goal_counts_resnet8_alone_not_the_smallest_depth_of_resnet14(monkeypatch):
-    table = _script("make_peers_table", monkeypatch)
+def test_peers_resnet8_goal_counts_resnet8_alone_not_the_smallest_depth_of_resnet14():
+    table = benchmark_script("make_peers_table")
 
     def alone(d, acc):
         return {"method": "alone", "variant": f"alone{6 * d + 2}", "depth_acc": {"1,1,1": acc},
@@ -139,10 +125,10 @@ def test_peers_resnet8_goal_counts_resnet8_alone_not_the_smallest_depth_of_resne
     assert table._smallest(stpp) == 55.0
 
 
-def test_peers_budget_section_table_plot_and_crossing_from_records(monkeypatch, tmp_path):
+def test_peers_budget_section_table_plot_and_crossing_from_records(tmp_path):
     """Records of two budgets give the budget table, budget.png (linked) and the crossing lines."""
-    table = _script("make_peers_table", monkeypatch)
-    real = json.loads((BENCH / "results" / "peers" / "peers_ct_s10.json").read_text())
+    table = benchmark_script("make_peers_table")
+    real = json.loads((BENCHMARKS / "results" / "peers" / "peers_ct_s10.json").read_text())
     acc = {("r20", "ct"): 62.0, ("r20", "stpp"): 63.0, ("r20", "sd05"): 55.0, ("r20", "sd05_time"): 66.0,
            ("r20_15k", "ct"): 75.0, ("r20_15k", "stpp"): 77.0, ("r20_15k", "sd05"): 72.0,
            ("r20_15k", "sd05_time"): 78.0}
@@ -164,8 +150,8 @@ def test_peers_budget_section_table_plot_and_crossing_from_records(monkeypatch, 
     assert "ST++ − stochastic depth p_L=0.5 at equal time, main network: -1.00 points at 225,000" in text
 
 
-def test_peers_undominated_methods_at_equal_time(monkeypatch):
-    table = _script("make_peers_table", monkeypatch)
+def test_peers_undominated_methods_at_equal_time():
+    table = benchmark_script("make_peers_table")
 
     def row(variant, main, front, budget="equal time"):
         return {"variant": variant, "label": variant, "epochs": 15, "budget": budget,
@@ -179,9 +165,9 @@ def test_peers_undominated_methods_at_equal_time(monkeypatch):
     assert line.index("ct_time") < line.index("ld01_time") < line.index("stpp_frac50_time")  # best main first
 
 
-def test_peers_plan_mismatch_compares_the_whole_resolved_config(monkeypatch, tmp_path):
+def test_peers_plan_mismatch_compares_the_whole_resolved_config(tmp_path):
     """A run dir made under another plan (recipe changed, other epochs) is reported; free keys are not."""
-    bench = _script("bench_peers", monkeypatch)
+    bench = benchmark_script("bench_peers")
     import yaml
 
     from stimulative.train.config import config_to_dict, load_config

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import benchmark_script
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -56,19 +57,9 @@ def test_readme_integration_examples_run(index, needs, tmp_path, monkeypatch):
         assert loaded.config.depths == [2, 1]
 
 
-def _benchmark_script(name: str):
-    """benchmarks/<name>.py loaded as a module (the table builders are scripts, not package modules)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, README.parent / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_readme_results_match_benchmark_json():
     # the README's results section is exactly what benchmarks/make_table.py builds from benchmarks/results/*.json
-    make_table = _benchmark_script("make_table")
+    make_table = benchmark_script("make_table")
     text = README.read_text()
     start, end = text.index(make_table.START), text.index(make_table.END) + len(make_table.END)
     assert text[start:end] == make_table.build(), "README results are stale: run python benchmarks/make_table.py"
@@ -79,7 +70,7 @@ def test_readme_results_match_benchmark_json():
 
 def test_readme_and_lm_doc_tables_match_lm_results():
     # the "Language models" tables in README.md and docs/lm.md are what benchmarks/make_lm_table.py builds
-    make_lm_table = _benchmark_script("make_lm_table")
+    make_lm_table = benchmark_script("make_lm_table")
     expected = make_lm_table.markdown(README.parent / "benchmarks" / "results" / "lm")
     for doc in (README, README.parent / "docs" / "lm.md"):
         text = doc.read_text()
@@ -91,7 +82,7 @@ def test_readme_and_lm_doc_tables_match_lm_results():
 def test_lm_doc_decode_and_step_cost_tables_match_lm_results():
     # docs/lm.md's decoding table (decode_reuse_*.json) and step-cost table (step_cost.json) are what
     # benchmarks/make_lm_table.py builds
-    make_lm_table = _benchmark_script("make_lm_table")
+    make_lm_table = benchmark_script("make_lm_table")
     results = README.parent / "benchmarks" / "results" / "lm"
     text = (README.parent / "docs" / "lm.md").read_text()
     budget = make_lm_table.budget_markdown(make_lm_table.BUDGET)
@@ -132,7 +123,7 @@ def test_lm_budget_block_aggregates_seeds_and_judges_the_aims(tmp_path):
     """The long-budget block: mean ± std over seed folders, and each aim judged from the paired seeds."""
     import json
 
-    make_lm_table = _benchmark_script("make_lm_table")
+    make_lm_table = benchmark_script("make_lm_table")
 
     def run(loss, d2, d4, d6=None, layers=None, steps=8000):
         r = {"steps": steps, "val_loss": loss, "val_loss_d2": d2, "train_time_s": 100.0, "layers": layers}
@@ -175,7 +166,7 @@ def test_lm_budget_block_aggregates_seeds_and_judges_the_aims(tmp_path):
 def test_readme_peers_section_matches_its_records():
     # "Which method for which goal?" is exactly what benchmarks/make_peers_table.py builds from
     # benchmarks/results/peers/
-    make_peers_table = _benchmark_script("make_peers_table")
+    make_peers_table = benchmark_script("make_peers_table")
     text = README.read_text()
     start, end = text.index(make_peers_table.START), text.index(make_peers_table.END) + len(make_peers_table.END)
     assert text[start:end] == make_peers_table.build(), \
