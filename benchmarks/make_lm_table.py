@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -495,11 +496,10 @@ def _mean_std(values: list[float], fmt: str = "{:.4f}") -> str:
     """``mean ± std`` (sample std) of ``values``; the std drops a ``+`` sign the mean's format gives."""
     if not values:
         return ""
-    mean = sum(values) / len(values)
+    mean = statistics.fmean(values)
     if len(values) == 1:
         return fmt.format(mean)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{fmt.format(mean)} ± {fmt.replace('+', '').format(std)}"
+    return f"{fmt.format(mean)} ± {fmt.replace('+', '').format(statistics.stdev(values))}"
 
 
 def load_budget(root: Path) -> tuple[dict[str, dict[int, dict]], dict[str, dict[int, dict]]]:
@@ -544,19 +544,19 @@ def budget_aims(runs: dict, decode: dict) -> list[str]:
     lines = []
     premise = _paired(runs, "ct", "d4_alone", None)
     if premise:
-        mean = sum(premise) / len(premise)
+        mean = statistics.fmean(premise)
         lines.append(f"- **Premise, CT's full model clearly better than depth 4 alone** (loss at least "
                      f"{PREMISE_MARGIN:.0%} lower): CT full vs depth 4 alone {_pct(premise)} over "
                      f"{len(premise)} seed(s): {'met' if mean <= -PREMISE_MARGIN else 'not met'}.")
     for key in ("st", "stpp"):
         prefix = _paired(runs, key, "d4_alone", 4)
         if prefix:
-            mean = sum(prefix) / len(prefix)
+            mean = statistics.fmean(prefix)
             lines.append(f"- **{BUDGET_RUNS[key]}'s depth-4 prefix within {AIM_PREFIX_VS_ALONE:.0%} of depth 4 "
                          f"alone**: {_pct(prefix)}: {'met' if mean <= AIM_PREFIX_VS_ALONE else 'not met'}.")
         full = _paired(runs, key, "ct", None)
         if full:
-            mean = sum(full) / len(full)
+            mean = statistics.fmean(full)
             lines.append(f"- **{BUDGET_RUNS[key]}'s full model within {AIM_FULL_VS_CT:.0%} of CT's** (equal steps): "
                          f"{_pct(full)}: {'met' if mean <= AIM_FULL_VS_CT else 'not met'}.")
     for key in ("ct_time", "layerskip_time"):
@@ -572,7 +572,7 @@ def budget_aims(runs: dict, decode: dict) -> list[str]:
             depths = sorted({int(k[len("val_loss_d"):]) for r in runs[key].values() for k in r
                              if k.startswith("val_loss_d")})
             diffs = {d: _paired(runs, key, peer, d, d) for d in depths}
-            ahead = bool(diffs) and all(v and sum(v) / len(v) < 0 for v in diffs.values())
+            ahead = bool(diffs) and all(v and statistics.fmean(v) < 0 for v in diffs.values())
             cells = "; ".join(f"depth {d} {_pct(v)}" for d, v in diffs.items())
             lines.append(f"- **{BUDGET_RUNS[key]} ahead of {BUDGET_RUNS[peer]} on the prefix losses** (loss relative "
                          f"to LayerSkip's; below 0 is ahead): {cells}: {'met' if ahead else 'not met'}.")
@@ -585,7 +585,7 @@ def budget_aims(runs: dict, decode: dict) -> list[str]:
                     theirs = [decode[peer][s][f"ours_exit_{k}"]["speedup"] for s in seeds
                               if f"ours_exit_{k}" in decode[peer][s]]
                     if ours and theirs:
-                        wins.append(sum(ours) / len(ours) > sum(theirs) / len(theirs))
+                        wins.append(statistics.fmean(ours) > statistics.fmean(theirs))
                         parts.append(f"exit {k}: {_mean_std(ours, '{:.2f}')}x vs {_mean_std(theirs, '{:.2f}')}x")
                 if parts:
                     lines.append(f"- **{BUDGET_RUNS[key]} ahead of {BUDGET_RUNS[peer]} on the decoding speed-up** "

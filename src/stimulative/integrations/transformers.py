@@ -137,8 +137,6 @@ def find_layer_stages(model: nn.Module) -> list[LayerStage]:
 # Skipping them: an adapter forward for hf layers
 # --------------------------------------------------------------------------------------------------------------
 
-
-
 def _tuple_len_from_annotation(cls: type) -> int | None:
     """1 when the layer's forward is annotated to return a tuple (older transformers), else None (a tensor)."""
     try:
