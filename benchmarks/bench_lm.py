@@ -307,6 +307,14 @@ def main() -> None:
     args = p.parse_args()
     if args.time_ratios and not args.steps:
         p.error("--time-ratios needs --steps (the equal-time runs get --steps x the step-cost ratio)")
+    if args.time_ratios:
+        try:
+            cost = json.loads(Path(args.time_ratios).read_text())["recipe_cost_x_ct"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            p.error(f"--time-ratios {args.time_ratios}: not a step-cost file of bench_lm_step.py --recipes ({e!r})")
+        missing = [m for m in ("ct", args.equal_time_of, *args.methods) if m not in cost]
+        if missing:
+            p.error(f"--time-ratios {args.time_ratios} has no step cost for {', '.join(missing)}")
     if args.quick:
         args.prompts, args.prompt_tokens, args.new_tokens, args.repeats = 2, 16, 16, 1
     results = Path(args.results)

@@ -70,6 +70,21 @@ def test_bench_lm_time_ratios_need_steps(bench_lm, monkeypatch, capsys):
     assert "--steps" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content, named", [(None, "not a step-cost file"), ("{not json", "not a step-cost file"),
+                                            ('{"other": 1}', "not a step-cost file"),
+                                            ('{"recipe_cost_x_ct": {"ct": 1.0, "stpp": 1.2}}', "layerskip")])
+def test_bench_lm_bad_time_ratios_file_is_one_error(bench_lm, monkeypatch, capsys, tmp_path, content, named):
+    ratios = tmp_path / "ratios.json"
+    if content is not None:
+        ratios.write_text(content)
+    monkeypatch.setattr(sys, "argv", ["bench_lm.py", "--methods", "ct", "stpp", "layerskip", "--equal-time-of",
+                                      "stpp", "--steps", "10", "--time-ratios", str(ratios)])
+    with pytest.raises(SystemExit):
+        bench_lm.main()
+    err = capsys.readouterr().err
+    assert "--time-ratios" in err and named in err and "Traceback" not in err
+
+
 def test_peers_crossing_extrapolates_the_equal_time_gap():
     table = benchmark_script("make_peers_table")
     closing = table.crossing([(75_000, [-4.0, -3.0]), (225_000, [-2.0, -1.5])])
