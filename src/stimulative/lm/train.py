@@ -198,8 +198,8 @@ def _save_hf_config(model: nn.Module, tok: Any, run_dir: Path) -> Path:
     return out
 
 
-def _rebuild_pretrained(cfg: LMConfig, run_dir: Path) -> tuple[nn.Module, Any, LMConfig]:
-    """The (randomly initialised) model, the tokenizer and the config of a ``model.pretrained`` run: from the
+def _rebuild_pretrained(cfg: LMConfig, run_dir: Path) -> tuple[nn.Module, LMConfig]:
+    """The (randomly initialised) model and the config of a ``model.pretrained`` run: from the
     run's ``hf_config`` copy, else from ``model.pretrained`` itself (``data.tokenizer`` points to the copy when
     the tokenizer directory is gone)."""
     import transformers
@@ -217,7 +217,7 @@ def _rebuild_pretrained(cfg: LMConfig, run_dir: Path) -> tuple[nn.Module, Any, L
     spec = str(cfg.data.tokenizer)
     if spec != "byte" and not Path(spec).expanduser().is_dir() and _has_tokenizer(source):
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=str(source)))
-    return model.float(), load_tokenizer(cfg.data.tokenizer), cfg
+    return model.float(), cfg
 
 
 def build_lm(cfg: LMConfig, vocab_size: int, eos_token_id: int | None = None) -> nn.Module:
@@ -392,7 +392,8 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu") -> LoadedLM:
     data["resume"] = None
     cfg = lm_config_from_dict(data)
     if cfg.model.pretrained:  # the architecture of the checkpoint it continued (the run's hf_config copy)
-        model, tok, cfg = _rebuild_pretrained(cfg, path if path.is_dir() else path.parent)
+        model, cfg = _rebuild_pretrained(cfg, path if path.is_dir() else path.parent)
+        tok = load_tokenizer(cfg.data.tokenizer)
     else:
         tok = load_tokenizer(cfg.data.tokenizer)
         model = build_lm(cfg, int(ckpt["vocab_size"]), getattr(tok, "eos_token_id", None))
@@ -445,7 +446,7 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
     if copy is None:
         model = build_lm(cfg, tok.vocab_size, getattr(tok, "eos_token_id", None)).to(device)
     else:
-        model = _rebuild_pretrained(cfg, copy.parent)[0].train().to(device)
+        model = _rebuild_pretrained(cfg, copy.parent)[0].train().to(device)  # the tokenizer is data's
     if cfg.model.pretrained:
         _save_hf_config(model, tok, run_dir)
         _log(f"continuing {cfg.model.pretrained} ({type(model).__name__}), tokenizer {cfg.data.tokenizer}")
