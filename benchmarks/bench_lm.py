@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import load_average, machine_info  # benchmarks/machine.py
+from machine import load_average, machine_info, trained_at  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"ct": "recipes/lm_llama_ct.yaml", "st": "recipes/lm_llama_st.yaml", "stpp": "recipes/lm_llama_stpp.yaml",
@@ -160,6 +160,7 @@ def run_record(key: str, spec: dict, cmd: list[str], run_dir: Path, seconds: flo
             "val_tokens": final["val_tokens"], "run_dir": str(run_dir), "recipe": spec["recipe"],
             **({"time_ratio": spec["time_ratio"], "time_ratios": args.time_ratios} if "base" in spec else {}),
             "command": shlex.join(["python" if c == sys.executable else c for c in cmd]), "history": history,
+            "trained_at": trained_at(run_dir / "last.pt"),
             "machine": {**machine_info(args.threads), "load_average_at_start": load_at_start},
             "load_average_at_end": load_average()}
 

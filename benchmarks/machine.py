@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+from pathlib import Path
 
 import PIL
 import torch
@@ -13,6 +14,16 @@ import torchvision
 
 def load_average() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def trained_at(checkpoint: Path | str) -> list[str]:
+    """The library commits a run was trained at (``+dirty``: with uncommitted changes), from its checkpoint's
+    ``starts``; empty when it was written before starts were recorded or outside a git checkout."""
+    from stimulative.provenance import commits_of
+    from stimulative.train.checkpoint import peek_checkpoint
+
+    saved = peek_checkpoint(checkpoint)
+    return commits_of(saved.starts) if saved is not None else []
 
 
 def machine_info(threads: int | None = None) -> dict:

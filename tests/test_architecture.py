@@ -4,7 +4,7 @@ The graph is read from the source (AST), so imports inside functions and under `
 as module-level ones. Layers, bottom to top (a module may import its own folder and any lower layer; two
 folders of the same layer never import each other):
 
-    io.py, _extras.py  <  core/  <  models.py | data/  <  train/  <  stimulative (the facade __init__)
+    io.py, _extras.py, provenance.py  <  core/  <  models.py | data/  <  train/  <  stimulative (the facade __init__)
     <  runs.py  <  analysis/ | deploy/  <  integrations/  <  lm/  <  commands/  <  cli.py, __main__.py
 
 ``core/`` imports nothing of stimulative outside ``core/``; ``commands/`` import only ``commands/options`` of
@@ -23,7 +23,7 @@ PACKAGE = "stimulative"
 
 # (layer, the group's module prefixes): a module belongs to the group of its longest matching prefix
 GROUPS: dict[str, tuple[int, tuple[str, ...]]] = {
-    "io": (0, ("stimulative.io", "stimulative._extras")),
+    "io": (0, ("stimulative.io", "stimulative._extras", "stimulative.provenance")),
     "core": (1, ("stimulative.core",)),
     "models": (2, ("stimulative.models",)),
     "data": (2, ("stimulative.data",)),

@@ -200,3 +200,17 @@ def test_peers_plan_mismatch_compares_the_whole_resolved_config(tmp_path):
     changed = dict(saved, epochs=saved["epochs"] + 3, st=dict(saved["st"], kl_weight=1.0))
     (run / "config.yaml").write_text(yaml.safe_dump(changed))
     assert "epochs" in bench.plan_mismatch(run, cmd) and "st.kl_weight: 1.0" in bench.plan_mismatch(run, cmd)
+
+
+def test_records_name_the_commits_a_run_was_trained_at(tmp_path):
+    """``trained_at``: the distinct library commits of the checkpoint's starts (a resume at another commit adds
+    one); a checkpoint from before starts were recorded gives none."""
+    import torch
+
+    machine = benchmark_script("machine")
+    starts = [{"git_commit": "a" * 40, "git_dirty": False}, {"git_commit": "a" * 40, "git_dirty": False},
+              {"git_commit": "b" * 40, "git_dirty": True}]
+    torch.save({"format": "stimulative-v1", "starts": starts}, tmp_path / "new.pt")
+    torch.save({"format": "stimulative-v1"}, tmp_path / "old.pt")
+    assert machine.trained_at(tmp_path / "new.pt") == ["a" * 40, "b" * 40 + "+dirty"]
+    assert machine.trained_at(tmp_path / "old.pt") == [] and machine.trained_at(tmp_path / "none.pt") == []

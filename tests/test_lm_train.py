@@ -72,6 +72,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert a["space_rng"] == b["space_rng"]  # the same sub-networks were drawn
+    assert len(a["starts"]) == 1 and len(b["starts"]) == 2  # provenance: one record per start of the run
     assert resumed["final"]["val_loss"] == full["final"]["val_loss"]
 
 

@@ -19,8 +19,10 @@ from test_cli_train import tiny
 from test_data import make_folder
 from test_engine import STEPS_PER_EPOCH, assert_same_state, tiny_config
 
+import stimulative
 import stimulative.train.engine as engine
 from stimulative.io import read_jsonl
+from stimulative.provenance import git_state
 from stimulative.train.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -32,7 +34,7 @@ from stimulative.train.config import ConfigError, load_config
 from stimulative.train.model import build_model
 from stimulative.train.optim import build_optimizer, build_scheduler
 from stimulative.train.rundir import RunDirError
-from stimulative.train.state import exported_checkpoint
+from stimulative.train.state import SavedRun, exported_checkpoint
 
 CONSTANT = ["optim.schedule=constant", "epochs=2"]
 
@@ -60,6 +62,10 @@ def test_resume_applies_a_new_lr_and_weight_decay_and_says_so(tmp_path, one_epoc
     assert {g["lr"] for g in groups} == {0.01}
     assert {g["weight_decay"] for g in groups} == {0.0, 0.001}      # BN/bias group keeps no decay
     assert [r["lr"] for r in read_jsonl(tmp_path / "half" / "metrics.jsonl")] == [0.05, 0.01]
+    # provenance: one record per start (the fresh start, then this resume), with the library's commit
+    starts = SavedRun.of(ckpt).starts
+    assert len(starts) == 2 and starts[0]["started"] <= starts[1]["started"]
+    assert {s["git_commit"] for s in starts} == {git_state()[0]} and starts[1]["stimulative"] == stimulative.__version__
 
 
 @pytest.mark.parametrize("change, key", [

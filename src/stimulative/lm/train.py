@@ -40,6 +40,7 @@ from torch import nn
 from ..core.sampling import SampleSpace
 from ..core.step import StimulativeStep, prefix_step_applies
 from ..core.tokens import TokenLogits, next_token_targets
+from ..provenance import run_start
 from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.log import MetricsLog
 from ..train.optim import lr_factor
@@ -472,6 +473,7 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
     scheduler = _scheduler(optimizer, cfg, total)
     history: list[dict[str, Any]] = []
     done, train_time, wall = 0, 0.0, 0.0
+    starts = [run_start()]  # provenance: one record per start of the run (stimulative.provenance)
 
     source = _resume_path(cfg)
     if source is not None:
@@ -486,6 +488,7 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         done, history = int(ckpt["step"]), list(ckpt.get("history", []))
         train_time, wall = float(ckpt.get("train_time_s", 0.0)), float(ckpt.get("wall_s", 0.0))
+        starts = [*ckpt.get("starts", []), *starts]
         step.calls = done
         if layerskip is not None:
             layerskip.calls = done
@@ -554,7 +557,7 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
                          "space_rng": space.rng.getstate(), "step_rng": step.rng.getstate(),
                          "torch_rng": torch.get_rng_state(),
                          "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                         "history": history, "metrics": record,
+                         "history": history, "metrics": record, "starts": starts,
                          "train_time_s": train_time, "wall_s": wall}, run_dir / "last.pt")
         log.write(history)
         _log(f"eval step {done}/{total}: val loss {record['val_loss']:.4f} (ppl {record['val_ppl']:.3f})"

@@ -7,11 +7,13 @@ A training checkpoint (``last.pt``, ``best.pt``) is a dict::
      "optimizer": ..., "scheduler": ..., "scaler": ... | None, "rng": {torch, cuda, python, numpy},
      "space_rng": sampler state, "step_rng": input-size generator state, "metrics": last epoch's record,
      "history": all epoch records, "best_acc": float, "best": {"epoch", "step"} of best.pt | None,
-     "steps_per_epoch": int, "data_fingerprint": {"kind", "files", "bytes"} | None}
+     "steps_per_epoch": int, "data_fingerprint": {"kind", "files", "bytes"} | None,
+     "starts": [{"started", "stimulative", "torch", "python", "git_commit", "git_dirty"}, ...]}
 
 ``data_fingerprint`` identifies the training data (``stimulative.data.data_fingerprint``: file count and bytes,
 no contents) so that a resume on other data is refused; checkpoints written before it have none and resume as
-before.
+before. ``starts`` has one ``stimulative.provenance.run_start()`` per start of the run (fresh, then each
+resume): the library's versions and git commit, so that the code behind a run's numbers can be named.
 
 ``last.pt`` is written first, then ``best.pt`` (when the epoch is the best): ``best`` in ``last.pt`` names the
 checkpoint that ``best.pt`` must be, so a kill between the two writes is detected (``best`` is then ``last.pt``
@@ -42,6 +44,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ..core.step import StimulativeStep
 from ..data import data_fingerprint
+from ..provenance import run_start
 from .optim import start_schedule_at
 
 __all__ = ["FORMAT", "TrainingState", "SavedRun", "model_weights", "exported_checkpoint"]
@@ -71,6 +74,7 @@ class TrainingState:
     best_acc: float = -1.0
     best: dict[str, int] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    starts: list[dict[str, Any]] = field(default_factory=lambda: [run_start()])  # this start; restore prepends
 
     def checkpoint(self, config: dict, num_classes: int, record: dict[str, Any], device: torch.device) -> dict[str, Any]:
         """The training checkpoint dict now (``record``: the last epoch's, possibly partial)."""
@@ -85,6 +89,7 @@ class TrainingState:
             "rng": _rng_state(device), "space_rng": self.step.space.rng.getstate(), "step_rng": self.step.rng.getstate(),
             "metrics": record, "history": self.history, "best_acc": self.best_acc, "best": self.best,
             "steps_per_epoch": self.steps_per_epoch, "data_fingerprint": _fingerprint(config),
+            "starts": self.starts,
         }
 
     def end_epoch(self, epoch: int, record: dict[str, Any]) -> bool:
@@ -132,6 +137,7 @@ class TrainingState:
         self.step.calls = self.global_step  # one call per optimizer step: keeps subnet_every / stats_every in phase
         self.best_acc, self.history = float(ckpt.get("best_acc", -1.0)), list(ckpt.get("history", []))
         self.best = ckpt.get("best")
+        self.starts = [*ckpt.get("starts", []), *self.starts[-1:]]
         start_schedule_at(self.scheduler, self.global_step)
         skip = self.global_step - self.epoch * steps_per_epoch
         if not 0 <= skip < steps_per_epoch:
@@ -158,6 +164,7 @@ class SavedRun:
     best: dict[str, int] | None = None   # (epoch, step) that best.pt holds; None: no best yet, or an older format
     resumable: bool = False              # a training checkpoint (optimizer, step, RNGs), not an exported network
     data_fingerprint: dict[str, Any] | None = None   # the training data's identity; None: generated data, or older
+    starts: list[dict[str, Any]] = field(default_factory=list)  # one per start of the run (provenance); [] if older
 
     @classmethod
     def of(cls, ckpt: dict[str, Any]) -> SavedRun:
@@ -165,7 +172,8 @@ class SavedRun:
         num_classes = ckpt.get("num_classes")
         return cls(ckpt.get("config"), int(num_classes) if num_classes else None, ckpt.get("depths"),
                    ckpt.get("ema") is not None, ckpt.get("epoch"), ckpt.get("step"), ckpt.get("best_acc"), history,
-                   ckpt.get("best"), all(k in ckpt for k in _RESUMABLE), ckpt.get("data_fingerprint"))
+                   ckpt.get("best"), all(k in ckpt for k in _RESUMABLE), ckpt.get("data_fingerprint"),
+                   list(ckpt.get("starts") or []))
 
     @property
     def position(self) -> dict[str, int | None]:
