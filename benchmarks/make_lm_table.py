@@ -626,8 +626,9 @@ def budget_markdown(root: Path) -> str:
                                f"{'yes' if all(e['equal_greedy'] for e in es) else 'NO'} |")
         out += ["", "Self-speculative decoding with `stimulative.lm.generate` (drafts of the first k layers, verified "
                 "from the draft's layer-k states), on the same prompts for every model; mean ± std over seeds."]
-    out += ["", "Aims at this budget:", "", *budget_aims(runs, decode), "",
-            f"Records: `{rel}/s<seed>/`."]
+    aims = budget_aims(runs, decode) or ["- none can be judged yet: each aim needs its runs' records (CT, ST, "
+                                         "ST++, LayerSkip, depth 4 alone, and the runs at equal time)."]
+    out += ["", "Aims at this budget:", "", *aims, "", f"Records: `{rel}/s<seed>/`."]
     return "\n".join(out) + "\n"
 
 

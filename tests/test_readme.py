@@ -161,6 +161,10 @@ def test_lm_budget_block_aggregates_seeds_and_judges_the_aims(tmp_path):
     assert aims["ST++ ahead of LayerSkip, ST++'s time on the prefix losses"].endswith("not met.")
     assert aims["ST ahead of LayerSkip on the decoding speed-up"].endswith("not met.")  # exit 4 behind
     assert "1.90x vs 1.50x" in aims["ST ahead of LayerSkip on the decoding speed-up"].replace(" ± 0.00", "")
+    # one record alone judges nothing, and says so instead of an empty list
+    (lone := tmp_path / "lone" / "s0").mkdir(parents=True)
+    (lone / "stpp.json").write_text(json.dumps(records["stpp"]))
+    assert "- none can be judged yet" in make_lm_table.budget_markdown(lone.parent)
 
 
 def test_readme_peers_section_matches_its_records():
