@@ -9,9 +9,9 @@
 #   bash benchmarks/long_runs.sh DATA peers      # one lane only (peers or lm)
 #   kill -- -PGID                                # stop it all (the log's first line names PGID)
 #
-# Lane "peers" (issue 19): every cell of the plan on the claim seeds 10-12, then the budget settings (5k x 45
-# and 15k x 15 epochs, seeds 10-11, and equal time at 15k). Lane "lm" (issue 20): the 8,000-step budget, seed 0
-# then seed 1, each followed by the decoding of its models.
+# Lane "peers" (issue 19): every cell of the plan on the claim seeds 10-12, then the budget settings on seeds
+# 10-11: 5k x 45 epochs (the cheaper) first, then 15k x 15 epochs with equal time. Lane "lm" (issue 20): the
+# 8,000-step budget, seed 0 then seed 1, each followed by the decoding of its models.
 set -u
 if [ $# -lt 1 ] || [ ! -e "$1" ]; then
   echo "usage: long_runs.sh CIFAR10_TAR_OR_DIR [peers|lm|both] (the CIFAR-10 archive or folder must exist)" >&2
@@ -30,9 +30,9 @@ peers() {
   cd benchmarks
   python bench_peers.py --jobs 1 --seeds 10 11 12 --data "$DATA" --variants stpp_frac50_time sd05_time ld02_time \
     ct_time sd01_time ld01_time ct stpp st sd05 sd01 ld02 ld01 stpp_sd_time alone8 alone14
+  python bench_peers.py --jobs 1 --setting r20_45ep --seeds 10 11 --data "$DATA" --variants ct stpp sd05
   python bench_peers.py --jobs 1 --setting r20_15k --seeds 10 11 --data "$DATA" \
     --variants ct stpp sd05 sd05_time stpp_frac50_time
-  python bench_peers.py --jobs 1 --setting r20_45ep --seeds 10 11 --data "$DATA" --variants ct stpp sd05
   cd ..
 }
 
