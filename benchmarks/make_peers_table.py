@@ -98,6 +98,9 @@ def summarise(records: list[dict], seeds: tuple[int, ...]) -> list[dict]:
             "mean_depth": _stat([r["mean_depth_acc"] for r in recs]),
             "front": _stat([r["front_area"] for r in recs]),
             "smallest": _stat([_smallest(r) for r in recs]),
+            "per_seed": {"main": {r["seed"]: r["test_acc"] for r in recs},
+                         "front": {r["seed"]: r["front_area"] for r in recs if r["front_area"] is not None},
+                         "smallest": {r["seed"]: _smallest(r) for r in recs if _smallest(r) is not None}},
             "train_s": statistics.fmean(r["train_s"] for r in recs), "command": recs[0]["command"],
         })
     order = {v: i for i, v in enumerate(_variant_order())}
@@ -129,17 +132,42 @@ GOALS = [
 ]
 
 
+def lead(win: dict, runner: dict, key: str) -> str:
+    """The winner's lead over the runner-up on the seeds both have, paired seed by seed (the runs of one seed share
+    the data order and test images): mean ± std of the differences, and whether it exceeds twice its std (judged
+    from 3 seeds on)."""
+    if "per_seed" not in win or "per_seed" not in runner:
+        return "–"
+    a, b = win["per_seed"][key], runner["per_seed"][key]
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return f"no seed in common with {runner['label']}"
+    diffs = [a[s] - b[s] for s in seeds]
+    mean = statistics.fmean(diffs)
+    std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    if len(diffs) < 3:  # the std of one or two differences says too little
+        verdict = f"{len(diffs)} seed{'s' if len(diffs) > 1 else ''}: too few to judge"
+    else:
+        verdict = "clear (more than twice its std)" if mean > 2 * std else "within seed noise"
+    return (f"{mean:+.2f} ± {std:.2f} over {_named(runner)} (paired, seeds {','.join(map(str, seeds))}): "
+            f"{verdict}")
+
+
+def _named(r: dict) -> str:
+    return f"{r['label']}{' (' + str(r['epochs']) + ' ep)' if r['budget'] == 'equal time' else ''}"
+
+
 def goals(rows: list[dict]) -> list[str]:
-    lines = ["| goal | measured winner | every method (mean ± std) |", "|---|---|---|"]
+    lines = ["| goal | measured winner | lead over the runner-up | every method (mean ± std) |", "|---|---|---|---|"]
     for goal, key, keep in GOALS:
         cands = [r for r in rows if keep(r) and r[key] is not None]
         if not cands:
             continue
         cands.sort(key=lambda r: -r[key][0])
         win = cands[0]
-        others = "; ".join(f"{r['label']}{' (' + str(r['epochs']) + ' ep)' if r['budget'] == 'equal time' else ''} "
-                           f"{_fmt(r[key])}" for r in cands)
-        lines.append(f"| {goal} | **{win['label']}** {_fmt(win[key])} | {others} |")
+        ahead = lead(win, cands[1], key) if len(cands) > 1 else "–"
+        others = "; ".join(f"{_named(r)} {_fmt(r[key])}" for r in cands)
+        lines.append(f"| {goal} | **{win['label']}** {_fmt(win[key])} | {ahead} | {others} |")
     return lines
 
 

@@ -214,3 +214,24 @@ def test_records_name_the_commits_a_run_was_trained_at(tmp_path):
     torch.save({"format": "stimulative-v1"}, tmp_path / "old.pt")
     assert machine.trained_at(tmp_path / "new.pt") == ["a" * 40, "b" * 40 + "+dirty"]
     assert machine.trained_at(tmp_path / "old.pt") == [] and machine.trained_at(tmp_path / "none.pt") == []
+
+
+def test_peers_goal_winner_lead_is_paired_over_common_seeds():
+    """The lead over the runner-up: per-seed differences on the seeds both have, clear only above twice its std
+    and judged from 3 seeds on."""
+    table = benchmark_script("make_peers_table")
+
+    def row(variant, per_seed, budget="equal epochs"):
+        values = list(per_seed.values())
+        return {"variant": variant, "label": variant, "epochs": 15, "budget": budget, "method": "CT",
+                "main": table._stat(values), "front": None, "smallest": None,
+                "per_seed": {"main": per_seed, "front": {}, "smallest": {}}}
+
+    a, b = row("a", {10: 65.0, 11: 66.0, 12: 64.0}), row("b", {10: 64.0, 11: 64.8, 12: 63.2, 13: 90.0})
+    assert table.lead(a, b, "main") == "+1.00 ± 0.20 over b (paired, seeds 10,11,12): clear (more than twice its std)"
+    noisy = row("c", {10: 60.0, 11: 67.0, 12: 64.5})
+    assert table.lead(a, noisy, "main").endswith("within seed noise")
+    assert table.lead(a, row("d", {1: 50.0}), "main") == "no seed in common with d"
+    assert table.lead(a, row("e", {10: 60.0, 11: 61.0}), "main").endswith("2 seeds: too few to judge")
+    (line,) = [x for x in table.goals([noisy, a]) if x.startswith("| best main network at equal epochs")]
+    assert "**a** 65.00 ± 1.00 | +1.17 ± 3.33 over c" in line  # the winner by mean, its lead paired (5, -1, -0.5)
