@@ -626,8 +626,8 @@ def budget_markdown(root: Path) -> str:
                                f"{'yes' if all(e['equal_greedy'] for e in es) else 'NO'} |")
         out += ["", "Self-speculative decoding with `stimulative.lm.generate` (drafts of the first k layers, verified "
                 "from the draft's layer-k states), on the same prompts for every model; mean ± std over seeds."]
-    aims = budget_aims(runs, decode) or ["- none can be judged yet: each aim needs its runs' records (CT, ST, "
-                                         "ST++, LayerSkip, depth 4 alone, and the runs at equal time)."]
+    aims = budget_aims(runs, decode) or ["- none can be judged yet: each aim compares records of one seed (CT, "
+                                         "ST, ST++, LayerSkip or depth 4 alone), and no pair it needs is there."]
     out += ["", "Aims at this budget:", "", *aims, "", f"Records: `{rel}/s<seed>/`."]
     return "\n".join(out) + "\n"
 

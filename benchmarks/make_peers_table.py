@@ -128,7 +128,8 @@ GOALS = [
      lambda r: r["budget"] == "equal time" or r["variant"] == "stpp"),
     ("best front of all depths per FLOPs, at equal time", "front",
      lambda r: (r["budget"] == "equal time" or r["variant"] == "stpp") and r["front"] is not None),
-    ("cheapest usable ResNet-8 inside a ResNet-20 (its (1,1,1))", "smallest", lambda r: r["smallest"] is not None),
+    ("cheapest usable ResNet-8 inside a ResNet-20 (its (1,1,1); 15 epochs unless marked)", "smallest",
+     lambda r: r["smallest"] is not None),
 ]
 
 
@@ -147,13 +148,18 @@ def lead(win: dict, runner: dict, key: str) -> str:
     std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
     if len(diffs) < 3:  # the std of one or two differences says too little
         verdict = f"{len(diffs)} seed{'s' if len(diffs) > 1 else ''}: too few to judge"
+    elif mean > 2 * std:
+        verdict = "clear (more than twice its std)"
+    elif mean < -2 * std:  # the winner by mean wins through seeds the runner-up lacks
+        verdict = "the runner-up is ahead on these seeds"
     else:
-        verdict = "clear (more than twice its std)" if mean > 2 * std else "within seed noise"
+        verdict = "within seed noise"
     return (f"{mean:+.2f} ± {std:.2f} over {_named(runner)} (paired, seeds {','.join(map(str, seeds))}): "
             f"{verdict}")
 
 
 def _named(r: dict) -> str:
+    """The label with the epochs when they are not the setting's 15 (equal time), e.g. ``CT (38 ep)``."""
     return f"{r['label']}{' (' + str(r['epochs']) + ' ep)' if r['budget'] == 'equal time' else ''}"
 
 
@@ -165,9 +171,10 @@ def goals(rows: list[dict]) -> list[str]:
             continue
         cands.sort(key=lambda r: -r[key][0])
         win = cands[0]
-        ahead = lead(win, cands[1], key) if len(cands) > 1 else "–"
+        runner = next((r for r in cands[1:] if r["variant"] != win["variant"]), None)  # another method
+        ahead = lead(win, runner, key) if runner is not None else "–"
         others = "; ".join(f"{_named(r)} {_fmt(r[key])}" for r in cands)
-        lines.append(f"| {goal} | **{win['label']}** {_fmt(win[key])} | {ahead} | {others} |")
+        lines.append(f"| {goal} | **{_named(win)}** {_fmt(win[key])} | {ahead} | {others} |")
     return lines
 
 

@@ -23,7 +23,7 @@ PACKAGE = "stimulative"
 
 # (layer, the group's module prefixes): a module belongs to the group of its longest matching prefix
 GROUPS: dict[str, tuple[int, tuple[str, ...]]] = {
-    "io": (0, ("stimulative.io", "stimulative._extras", "stimulative.provenance")),
+    "io": (0, ("stimulative.io", "stimulative._extras", "stimulative._version", "stimulative.provenance")),
     "core": (1, ("stimulative.core",)),
     "models": (2, ("stimulative.models",)),
     "data": (2, ("stimulative.data",)),

@@ -233,5 +233,18 @@ def test_peers_goal_winner_lead_is_paired_over_common_seeds():
     assert table.lead(a, noisy, "main").endswith("within seed noise")
     assert table.lead(a, row("d", {1: 50.0}), "main") == "no seed in common with d"
     assert table.lead(a, row("e", {10: 60.0, 11: 61.0}), "main").endswith("2 seeds: too few to judge")
+    # ahead by the mean only through a seed the runner-up lacks: on the common seeds the runner-up leads
+    assert table.lead(row("f", {10: 63.0, 11: 64.0, 12: 62.0, 13: 80.0}), a, "main").endswith(
+        "the runner-up is ahead on these seeds")
     (line,) = [x for x in table.goals([noisy, a]) if x.startswith("| best main network at equal epochs")]
     assert "**a** 65.00 ± 1.00 | +1.17 ± 3.33 over c" in line  # the winner by mean, its lead paired (5, -1, -0.5)
+    # ResNet-8 goal (any budget): the runner-up is another method, not the winner's variant at another length
+    def small(variant, per_seed, epochs=15):
+        r = row(variant, {})
+        return dict(r, epochs=epochs, budget="equal time" if epochs != 15 else "equal epochs",
+                    smallest=table._stat(list(per_seed.values())), per_seed={"main": {}, "smallest": per_seed})
+
+    rows = [small("x", {10: 60.0, 11: 61.0, 12: 62.0}, 22), small("x", {10: 59.0, 11: 60.0, 12: 61.0}),
+            small("y", {10: 55.0, 11: 56.0, 12: 58.0})]
+    (line,) = [x for x in table.goals(rows) if x.startswith("| cheapest usable ResNet-8")]
+    assert "**x (22 ep)** 61.00 ± 1.00 | +4.67 ± 0.58 over y (paired" in line

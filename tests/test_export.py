@@ -24,6 +24,7 @@ from stimulative.deploy.export import (
     export_model,
 )
 from stimulative.models import CifarResNet, plain_architecture, plain_architecture_code
+from stimulative.provenance import run_start
 from stimulative.train.checkpoint import load_model, save_checkpoint
 from stimulative.train.config import config_from_dict, config_to_dict
 
@@ -38,7 +39,8 @@ def make_checkpoint(path, name="cifar_resnet_tiny", seed=0, **model_kwargs):
     torch.manual_seed(seed)
     model = randomize_bn(st.create_model(name, num_classes=10, **model_kwargs), seed=seed + 1)
     save_checkpoint({"format": "stimulative-v1", "model": model.state_dict(), "config": config_to_dict(cfg),
-                     "num_classes": 10, "epoch": 1, "step": 1, "metrics": {}, "best_acc": 0.0}, path)
+                     "num_classes": 10, "epoch": 1, "step": 1, "metrics": {}, "best_acc": 0.0,
+                     "starts": [run_start()]}, path)
     return path
 
 
@@ -125,6 +127,9 @@ def test_bn_recal_changes_statistics_and_can_be_skipped(tiny_ckpt, tmp_path):
     torch.testing.assert_close(raw[key], trained[key])
     assert not torch.allclose(recal[key], trained[key])
     assert len(raw) < len(trained) and set(raw) == set(recal)
+    # the export keeps the provenance of the run it was cut from
+    starts = torch.load(tiny_ckpt, weights_only=True)["starts"]
+    assert len(starts) == 1 and torch.load(tmp_path / "raw.pt", weights_only=True)["starts"] == starts
 
 
 def test_pt_export_loads_into_plain_torchvision_resnet(r18_ckpt, tmp_path):

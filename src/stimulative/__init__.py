@@ -6,6 +6,7 @@ The package is layered (docs/architecture.md): ``core`` (the method) <- ``models
 ``runs`` <- ``analysis``, ``deploy`` <- ``commands``/``cli``. This module re-exports the public API.
 """
 
+from ._version import __version__
 from .core import losses
 from .core.bn import frozen_bn_stats, recalibrate_bn
 from .core.elastic import BRANCH, RUN, SKIP, ElasticDepth, find_stages, parse_depths
@@ -15,8 +16,6 @@ from .core.sampling import SampleSpace
 from .core.step import NonFiniteLossError, StimulativeStep, stimulative_step
 from .models import create_model, list_models, register_model
 from .train.config import Config, STConfig, load_config
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BRANCH", "RUN", "SKIP", "Config", "ElasticDepth", "NonFiniteLossError", "STConfig", "SampleSpace",

@@ -418,7 +418,7 @@ def export_run(run: Run, depths: Sequence[int], output: str | Path, fmt: str, *,
     mean, std = normalisation(cfg.data, data)
     extra = {"epoch": saved.epoch, "step": saved.step, "metrics": dict(metrics or {}),
              "best_acc": (metrics or {}).get("acc", saved.best_acc), "source_checkpoint": str(run.path),
-             "bn_recal_images": bn_images, "mean": mean, "std": std}
+             "bn_recal_images": bn_images, "mean": mean, "std": std, "starts": saved.starts}
     info = export_model(sub, output, fmt, model_name=cfg.model.name, num_classes=run.num_classes, depths=depths,
                         input_size=input_size, config=config_to_dict(cfg), extra=extra)
     summary = {"checkpoint": str(run.path), "output": str(output), "model": cfg.model.name, "depths": depths,
