@@ -594,6 +594,41 @@ def budget_aims(runs: dict, decode: dict) -> list[str]:
     return lines
 
 
+GAP_STEPS = (1000, 2000, 4000, 6000, 8000)
+GAP_ROWS = (("st", 4, "d4_alone"), ("stpp", 4, "d4_alone"), ("ct", None, "d4_alone"))
+
+
+def gap_over_training(runs: dict) -> list[str]:
+    """How the depth-4 comparisons move with training, from the records' validation histories: the loss of each
+    run's depth-4 prefix (CT: its full model) relative to depth 4 alone at the same step, mean ± std over the seeds
+    both runs have; one column per step of ``GAP_STEPS`` that the histories reach."""
+    def at(record: dict, step: int, depth: int | None) -> float | None:
+        row = next((h for h in record.get("history", []) if h.get("step") == step), None)
+        return None if row is None else _loss(dict(row, layers=record.get("layers")), depth)
+
+    table = {}
+    for a, depth, b in GAP_ROWS:
+        seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
+        cells = {}
+        for step in GAP_STEPS:
+            pairs = [(at(runs[a][s], step, depth), at(runs[b][s], step, None)) for s in seeds]
+            values = [la / lb - 1 for la, lb in pairs if la is not None and lb is not None]
+            if values:
+                cells[step] = _pct(values)
+        if cells:
+            table[a] = (depth, cells)
+    steps = [st for st in GAP_STEPS if any(st in cells for _, cells in table.values())]
+    if not steps:
+        return []
+    out = ["Against depth 4 alone as training goes on (loss relative to depth 4 alone at the same step; from the "
+           "records' validation histories):", "", "| model | " + " | ".join(f"step {x:,}" for x in steps) + " |",
+           "|---|" + "---|" * len(steps)]
+    for key, (depth, cells) in table.items():
+        name = f"{BUDGET_RUNS[key]} depth-4 prefix" if depth else f"{BUDGET_RUNS[key]} full model"
+        out.append(f"| {name} | " + " | ".join(cells.get(x, "–") for x in steps) + " |")
+    return out
+
+
 def budget_markdown(root: Path) -> str:
     runs, decode = load_budget(root)
     rel = _rel(root)
@@ -626,6 +661,8 @@ def budget_markdown(root: Path) -> str:
                                f"{'yes' if all(e['equal_greedy'] for e in es) else 'NO'} |")
         out += ["", "Self-speculative decoding with `stimulative.lm.generate` (drafts of the first k layers, verified "
                 "from the draft's layer-k states), on the same prompts for every model; mean ± std over seeds."]
+    gap = gap_over_training(runs)
+    out += ["", *gap] if gap else []
     aims = budget_aims(runs, decode) or ["- none can be judged yet: each aim compares records of one seed (CT, "
                                          "ST, ST++, LayerSkip or depth 4 alone), and no pair it needs is there."]
     out += ["", "Aims at this budget:", "", *aims, "", f"Records: `{rel}/s<seed>/`."]

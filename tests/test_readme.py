@@ -161,6 +161,16 @@ def test_lm_budget_block_aggregates_seeds_and_judges_the_aims(tmp_path):
     assert aims["ST++ ahead of LayerSkip, ST++'s time on the prefix losses"].endswith("not met.")
     assert aims["ST ahead of LayerSkip on the decoding speed-up"].endswith("not met.")  # exit 4 behind
     assert "1.90x vs 1.50x" in aims["ST ahead of LayerSkip on the decoding speed-up"].replace(" ± 0.00", "")
+    # the depth-4 gaps along training come from the histories, paired by seed and step
+    def hist(*rows):
+        return [dict(zip(("step", "val_loss", "val_loss_d4"), r)) for r in rows]
+
+    runs = {"st": {0: {"history": hist((1000, 1.5, 1.2), (2000, 1.3, 1.1))}, 1: {"history": hist((1000, 1.5, 1.32))}},
+            "d4_alone": {0: {"layers": 4, "history": hist((1000, 1.0), (2000, 1.0))},
+                         1: {"layers": 4, "history": hist((1000, 1.2))}}}
+    gap = make_lm_table.gap_over_training(runs)
+    assert "| step 1,000 | step 2,000 |" in gap[2]
+    assert gap[4] == "| ST depth-4 prefix | +15.00 ± 7.07% | +10.00% |"  # (20%, 10%) at 1,000; seed 0 alone at 2,000
     # one record alone judges nothing, and says so instead of an empty list
     (lone := tmp_path / "lone" / "s0").mkdir(parents=True)
     (lone / "stpp.json").write_text(json.dumps(records["stpp"]))
