@@ -7,6 +7,7 @@
 #
 #   nohup bash benchmarks/long_runs.sh /tmp/data/cifar10-jpeg.tar.xz > /tmp/long_runs.log 2>&1 &
 #   bash benchmarks/long_runs.sh DATA peers      # one lane only (peers or lm)
+#   LM_JOBS=2 bash benchmarks/long_runs.sh DATA lm   # the LM runs two at a time (once the peers lane is done)
 #   kill -- -PGID                                # stop it all (the log's first line names PGID)
 #
 # Lane "peers" (issue 19): every cell of the plan on the claim seeds 10-12, then the budget settings on seeds
@@ -40,7 +41,7 @@ lm_seed() {  # train every run of one seed in 2,500-step chunks (each invocation
   local seed=$1 out=benchmarks/results/lm_budget/s$1 work=benchmarks/work/lm_budget/s$1
   for _ in $(seq 1 20); do
     python benchmarks/bench_lm.py --methods ct st stpp layerskip --equal-time --equal-time-of stpp --steps 8000 \
-      --time-ratios benchmarks/results/lm_budget/step_cost_recipes.json --chunk-steps 2500 --jobs 1 \
+      --time-ratios benchmarks/results/lm_budget/step_cost_recipes.json --chunk-steps 2500 --jobs "${LM_JOBS:-1}" \
       --seed "$seed" --results "$out" --work "$work" --skip-decode && break
   done
   local models=()
