@@ -175,6 +175,10 @@ def test_lm_budget_block_aggregates_seeds_and_judges_the_aims(tmp_path):
     (lone := tmp_path / "lone" / "s0").mkdir(parents=True)
     (lone / "stpp.json").write_text(json.dumps(records["stpp"]))
     assert "- none can be judged yet" in make_lm_table.budget_markdown(lone.parent)
+    # without LayerSkip at ST++'s time, ST++ against LayerSkip at equal steps is shown but judges no aim
+    (lone / "layerskip.json").write_text(json.dumps(records["layerskip"]))
+    block = make_lm_table.budget_markdown(lone.parent)
+    assert "- ST++ against LayerSkip at equal steps (not yet the aim" in block and "**ST++ ahead of" not in block
 
 
 def test_readme_peers_section_matches_its_records():
