@@ -207,7 +207,8 @@ def budget_rows(records: list[dict]) -> list[dict]:
         base = ct[key]
         row = rows.setdefault((key[0], r["variant"]), {
             "setting": key[0], "variant": r["variant"], "label": label(r), "epochs": r["epochs"],
-            "image_epochs": r.get("image_epochs", 5000 * r["epochs"]), "d_main": [], "d_depths": [], "seeds": []})
+            "image_epochs": r.get("image_epochs", 5000 * r["epochs"]), "train_images": r.get("train_images", 5000),
+            "d_main": [], "d_depths": [], "seeds": []})
         row["d_main"].append(r["test_acc"] - base["test_acc"])
         if r["mean_depth_acc"] is not None and base["mean_depth_acc"] is not None:
             row["d_depths"].append(r["mean_depth_acc"] - base["mean_depth_acc"])
@@ -225,7 +226,9 @@ def budget_table(rows: list[dict]) -> list[str]:
 
 
 def plot_budget(results: Path = RESULTS) -> Path | None:
-    """Delta vs CT against image-epochs (mean +- std over seeds), main network and mean over depths."""
+    """Delta vs CT against image-epochs (mean +- std over seeds), main network and mean over depths; one colour
+    per method, one line per training-set size (circles: more epochs on 5,000 images; squares: more images), so
+    that two settings of equal image-epochs (5k x 45, 15k x 15) stay apart."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,11 +239,18 @@ def plot_budget(results: Path = RESULTS) -> Path | None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for ax, key, title in ((axes[0], "d_main", "main network"), (axes[1], "d_depths", "mean over the 27 depths")):
-        for name in sorted({r["label"] for r in rows}):
-            pts = [(r["image_epochs"], _stat(r[key])) for r in rows if r["label"] == name and _stat(r[key])]
-            if pts:
-                ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts], marker="o",
-                            capsize=3, label=name)
+        for i, name in enumerate(sorted({r["label"] for r in rows})):
+            for images in sorted({r["train_images"] for r in rows if r["label"] == name}):
+                pts = [(r["image_epochs"], _stat(r[key])) for r in rows
+                       if r["label"] == name and r["train_images"] == images and _stat(r[key])]
+                if images != 5000:  # more data: from the 5k x 15 point, dashed
+                    pts = [(r["image_epochs"], _stat(r[key])) for r in rows if r["label"] == name
+                           and r["setting"] == "r20" and _stat(r[key])] + pts
+                if pts:
+                    ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts],
+                                marker="o" if images == 5000 else "s", ls="-" if images == 5000 else "--",
+                                color=f"C{i}", capsize=3,
+                                label=name if images == 5000 else f"{name}, {images:,} images")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("training images x epochs")
