@@ -11,8 +11,8 @@
 #   kill -- -PGID                                # stop it all (the log's first line names PGID)
 #
 # Lane "peers" (issue 19): every cell of the plan on the claim seeds 10-12, then the budget settings: 5k x 45
-# epochs (the cheaper; seeds 10-12) first, then 15k x 15 epochs with equal time (seeds 10-11). Lane "lm" (issue 20): the
-# 8,000-step budget, seed 0 then seed 1, each followed by the decoding of its models.
+# epochs (the cheaper; seeds 10-12) first, then 15k x 15 epochs with equal time (seeds 10-11).
+# Lane "lm" (issue 20): the 8,000-step budget, seed 0 then seed 1, each followed by the decoding of its models.
 set -u
 if [ $# -lt 1 ] || [ ! -e "$1" ]; then
   echo "usage: long_runs.sh CIFAR10_TAR_OR_DIR [peers|lm|both] (the CIFAR-10 archive or folder must exist)" >&2
