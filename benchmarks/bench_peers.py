@@ -238,7 +238,8 @@ def write_record(variant: str, seed: int, name: str, args: argparse.Namespace, t
         "depth_acc": {r["depths"]: r["acc_bn"] for r in rows},
         "depth_mflops": depth_mflops(run_dir, [r["depths"] for r in rows]),
         "command": shown(train_cmd), "eval_command": shown(eval_command(run_dir)),
-        "trained_at": trained_at(run_dir / "last.pt"), "machine": machine_info(args.threads), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "trained_at": trained_at(run_dir / "last.pt"), "machine": machine_info(args.threads),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if rec["epochs"] != epochs:  # never record a run of another length than the plan's
         print(f"NOT recorded {name}: it trained {rec['epochs']} epochs, the plan wants {epochs}", flush=True)

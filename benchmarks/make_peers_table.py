@@ -91,16 +91,14 @@ def summarise(records: list[dict], seeds: tuple[int, ...]) -> list[dict]:
             by_variant.setdefault((rec["variant"], rec["epochs"]), []).append(rec)
     rows = []
     for (variant, _), recs in by_variant.items():
+        values = {"main": lambda r: r["test_acc"], "mean_depth": lambda r: r["mean_depth_acc"],
+                  "front": lambda r: r["front_area"], "smallest": _smallest}
+        # each metric per seed (the paired lead reads these); the row's mean ± std is taken from them
+        per_seed = {key: {r["seed"]: v for r in recs if (v := get(r)) is not None} for key, get in values.items()}
         rows.append({
             "variant": variant, "label": label(recs[0]), "method": recs[0]["method"], "budget": recs[0]["budget"],
             "epochs": recs[0]["epochs"], "seeds": sorted(r["seed"] for r in recs),
-            "main": _stat([r["test_acc"] for r in recs]),
-            "mean_depth": _stat([r["mean_depth_acc"] for r in recs]),
-            "front": _stat([r["front_area"] for r in recs]),
-            "smallest": _stat([_smallest(r) for r in recs]),
-            "per_seed": {"main": {r["seed"]: r["test_acc"] for r in recs},
-                         "front": {r["seed"]: r["front_area"] for r in recs if r["front_area"] is not None},
-                         "smallest": {r["seed"]: _smallest(r) for r in recs if _smallest(r) is not None}},
+            **{key: _stat(list(by_seed.values())) for key, by_seed in per_seed.items()}, "per_seed": per_seed,
             "train_s": statistics.fmean(r["train_s"] for r in recs), "command": recs[0]["command"],
         })
     order = {v: i for i, v in enumerate(_variant_order())}
@@ -137,8 +135,6 @@ def lead(win: dict, runner: dict, key: str) -> str:
     """The winner's lead over the runner-up on the seeds both have, paired seed by seed (the runs of one seed share
     the data order and test images): mean ± std of the differences, and whether it exceeds twice its std (judged
     from 3 seeds on)."""
-    if "per_seed" not in win or "per_seed" not in runner:
-        return "–"
     a, b = win["per_seed"][key], runner["per_seed"][key]
     seeds = sorted(set(a) & set(b))
     if not seeds:
@@ -240,12 +236,11 @@ def plot_budget(results: Path = RESULTS) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for ax, key, title in ((axes[0], "d_main", "main network"), (axes[1], "d_depths", "mean over the 27 depths")):
         for i, name in enumerate(sorted({r["label"] for r in rows})):
-            for images in sorted({r["train_images"] for r in rows if r["label"] == name}):
-                pts = [(r["image_epochs"], _stat(r[key])) for r in rows
-                       if r["label"] == name and r["train_images"] == images and _stat(r[key])]
-                if images != 5000:  # more data: from the 5k x 15 point, dashed
-                    pts = [(r["image_epochs"], _stat(r[key])) for r in rows if r["label"] == name
-                           and r["setting"] == "r20" and _stat(r[key])] + pts
+            mine = [(r, _stat(r[key])) for r in rows if r["label"] == name]
+            for images in sorted({r["train_images"] for r, _ in mine}):
+                # more data starts from the 5k x 15 point (dashed); more epochs on 5k images is its own line
+                pts = [(r["image_epochs"], st) for r, st in mine if st and
+                       (r["train_images"] == images or (images != 5000 and r["setting"] == "r20"))]
                 if pts:
                     ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts],
                                 marker="o" if images == 5000 else "s", ls="-" if images == 5000 else "--",
