@@ -143,6 +143,24 @@ def test_recipe_section_and_pickling():
         StimulativeModule(bn_model(), st=dict(num_subnets=2, seed=1))
 
 
+def test_built_module_pickles_and_keeps_its_depths():
+    """After ``build()`` the patched model still pickles; the clone is elastic and gives the same outputs."""
+    module = StimulativeModule(bn_model(), st=dict(num_subnets=2))
+    module.build()
+    module.eval()
+    clone = pickle.loads(pickle.dumps(module))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    depth = [1] * len(module.ed.full_depths)
+    with torch.no_grad(), module.ed.depth(depth):
+        expected = module.model(x)
+    with torch.no_grad(), clone.ed.depth(depth):
+        got = clone.model(x)
+    assert clone.ed.full_depths == module.ed.full_depths
+    assert torch.equal(got, expected)
+    with torch.no_grad():
+        assert not torch.equal(clone.model(x), got)  # the full depth differs: the depth really applied
+
+
 class RankHalf(Sampler):
     """Rank r of w reads samples r, r + w, ...: every global batch of BATCH is split into equal halves."""
 

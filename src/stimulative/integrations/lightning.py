@@ -20,9 +20,10 @@ every epoch ``step.set_epoch(current_epoch, max_epochs)`` applies the recipe's `
 ``train/kl_weight``, ``train/lr``; on validation ``val/loss``, ``val/acc`` and ``val/acc@<depth>`` for
 every ``eval_depths`` entry.
 
-``ElasticDepth`` patches the model in place and patched blocks cannot be pickled, so the module builds it (and
-the step) in ``setup()``, on every process after the launcher started it (``ddp_spawn`` pickles the module).
-Call ``module.build()`` to get ``module.ed`` / ``module.step`` before ``fit`` in a single process.
+``ElasticDepth`` patches the model in place; the module builds it (and the step, whose hooks call
+``manual_backward`` and the strategy's sync context) in ``setup()``, on every process. A built module still
+pickles (gated blocks pickle as their original class and are gated again on load). Call ``module.build()`` to
+get ``module.ed`` / ``module.step`` before ``fit`` in a single process.
 """
 
 from __future__ import annotations
