@@ -8,6 +8,7 @@
 #   nohup bash benchmarks/long_runs.sh /tmp/data/cifar10-jpeg.tar.xz > /tmp/long_runs.log 2>&1 &
 #   bash benchmarks/long_runs.sh DATA peers      # one lane only (peers or lm)
 #   LM_JOBS=2 bash benchmarks/long_runs.sh DATA lm   # the LM runs two at a time (once the peers lane is done)
+#   PEERS_JOBS=2 bash benchmarks/long_runs.sh DATA peers   # the peers runs two at a time (the LM lane stopped)
 #   kill -- -PGID                                # stop it all (the log's first line names PGID)
 #
 # Lane "peers" (issue 19): every cell of the plan on the claim seeds 10-12, then the budget settings: 5k x 45
@@ -29,11 +30,12 @@ trap 'kill 0' INT TERM  # stopping the script stops both lanes (no second writer
 
 peers() {
   cd benchmarks
-  python bench_peers.py --jobs 1 --seeds 10 11 12 --data "$DATA" --variants stpp_frac50_time sd05_time ld02_time \
+  local jobs=${PEERS_JOBS:-1}
+  python bench_peers.py --jobs "$jobs" --seeds 10 11 12 --data "$DATA" --variants stpp_frac50_time sd05_time ld02_time \
     ct_time sd01_time ld01_time ct stpp st sd05 sd01 ld02 ld01 stpp_sd_time alone8 alone14
   # seed 12 too: on seeds 10-11 the sign of ST++ - CT at 45 epochs is unclear (+0.35, +2.55)
-  python bench_peers.py --jobs 1 --setting r20_45ep --seeds 10 11 12 --data "$DATA" --variants ct stpp sd05
-  python bench_peers.py --jobs 1 --setting r20_15k --seeds 10 11 --data "$DATA" \
+  python bench_peers.py --jobs "$jobs" --setting r20_45ep --seeds 10 11 12 --data "$DATA" --variants ct stpp sd05
+  python bench_peers.py --jobs "$jobs" --setting r20_15k --seeds 10 11 --data "$DATA" \
     --variants ct stpp sd05 sd05_time stpp_frac50_time
   cd ..
 }
