@@ -327,6 +327,10 @@ def crossing(points: list[tuple[int, list[float]]], seed: int = 0) -> dict | Non
     return out
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
 def crossing_lines(records: list[dict]) -> list[str]:
     lines = []
     for peer, peer_label in CROSSING_PEERS:
@@ -339,7 +343,7 @@ def crossing_lines(records: list[dict]) -> list[str]:
                 st_label = next(label(r) for r in records if r["variant"] == form)
                 head = (f"- {st_label} − {peer_label} at equal time, {what}: {c['now']:+.2f} points at "
                         f"{c['budgets'][-1]:,} image-epochs, {c['slope']:+.2f} per decade of budget "
-                        f"({', '.join(f'{s} {b:,}: {len(g)} seeds' for s, (b, g) in gaps.items())}); ")
+                        f"({', '.join(f'{s} {b:,}: {_seeds(len(g))}' for s, (b, g) in gaps.items())}); ")
                 if c["now"] >= 0:
                     lines.append(head + "ST is ahead at the largest budget.")
                 elif c["cross"] is None:
