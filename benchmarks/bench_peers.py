@@ -221,6 +221,30 @@ def depth_mflops(run_dir: Path, configs: list[str]) -> dict[str, float]:
     return out
 
 
+def fit_of(final: dict) -> dict:
+    """The last epoch's training accuracy (augmented, with drops) and test loss: how far the main network
+    overfits at this budget (what the budget table's ``train − test`` column reads)."""
+    return {"train_acc": final.get("train_acc"), "test_loss": final.get("test_loss")}
+
+
+def add_fit(runs: Path) -> None:
+    """Add ``train_acc``/``test_loss`` to records written before they were recorded, from their run dirs."""
+    for path in sorted(RESULTS.glob("*.json")):
+        rec = json.loads(path.read_text())
+        run_dir = runs / path.stem
+        if "variant" not in rec or "train_acc" in rec or not (run_dir / "metrics.jsonl").exists():
+            continue
+        final = read_metrics(run_dir)[-1]
+        if final["epoch"] != rec["epochs"]:
+            print(f"skip {path.name}: its run dir ended at epoch {final['epoch']}, the record has {rec['epochs']}")
+            continue
+        rec.update(fit_of(final))
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(rec, indent=2) + "\n")
+        tmp.replace(path)
+        print(f"{path.name}: train acc {rec['train_acc']}, test loss {rec['test_loss']}")
+
+
 def write_record(variant: str, seed: int, name: str, args: argparse.Namespace, train_cmd: list[str]) -> dict | None:
     run_dir = Path(args.runs) / name
     records = read_metrics(run_dir)
@@ -233,7 +257,7 @@ def write_record(variant: str, seed: int, name: str, args: argparse.Namespace, t
     rec = {
         "setting": setting_text(args.setting), "setting_name": args.setting, "train_images": images,
         "image_epochs": images * final["epoch"], "variant": variant, "method": method, "budget": budget, "seed": seed,
-        "epochs": final["epoch"], "time_ratio": ratio, "test_acc": final["test_acc"],
+        "epochs": final["epoch"], "time_ratio": ratio, "test_acc": final["test_acc"], **fit_of(final),
         "train_s": round(sum(r["epoch_time_s"] for r in records), 1),
         "depth_acc": {r["depths"]: r["acc_bn"] for r in rows},
         "depth_mflops": depth_mflops(run_dir, [r["depths"] for r in rows]),
@@ -314,6 +338,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default=str(REPO / "benchmarks" / "runs" / "peers"))
     p.add_argument("--list", action="store_true", help="print the variants")
+    p.add_argument("--add-fit", action="store_true", help="add train_acc/test_loss to older records from their "
+                   "run dirs (--runs)")
     p.add_argument("--eval-run", metavar="RUN_DIR", help="measure every depth of one finished run (internal)")
     p.add_argument("--measure-times", action="store_true", help="measure the epoch time of every cost class")
     p.add_argument("--repeats", type=int, default=3, help="--measure-times: interleaved repeats")
@@ -330,6 +356,9 @@ def main() -> None:
         return
     if args.measure_times:
         measure_times(args)
+        return
+    if args.add_fit:
+        add_fit(Path(args.runs))
         return
     if not Path(args.data).expanduser().exists():
         sys.exit(f"--data {args.data!r} does not exist (give the CIFAR-10 archive or folder)")

@@ -49,11 +49,11 @@ def _stat(values: list[float | None]) -> tuple[float, float, int] | None:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
 
 
-def _fmt(stat: tuple[float, float, int] | None) -> str:
+def _fmt(stat: tuple[float, float, int] | None, spec: str = "{:.2f}") -> str:
     if stat is None:
         return "–"
     mean, std, n = stat
-    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+    return f"{spec.format(mean)} ± {spec.format(std)}" if n > 1 else spec.format(mean)
 
 
 def label(rec: dict) -> str:
@@ -221,6 +221,30 @@ def budget_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+FIT_VARIANTS = ("ct", "stpp", "sd05")
+
+
+def fit_table(records: list[dict]) -> list[str]:
+    """How far the main network overfits at each budget (equal epochs, the records' last epoch): train accuracy,
+    test accuracy, their gap and the test loss, mean +- std over seeds; empty without ``train_acc`` records."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["budget"] == "equal epochs" and r["variant"] in FIT_VARIANTS and r.get("train_acc") is not None:
+            groups.setdefault((r.get("image_epochs", 5000 * r["epochs"]), r.get("setting_name", "r20"),
+                               FIT_VARIANTS.index(r["variant"])), []).append(r)
+    if not any(key[1] != "r20" for key in groups):
+        return []
+    lines = ["| setting | image-epochs | method | seeds | train acc | test acc | train − test | test loss |",
+             "|---|---:|---|---|---:|---:|---:|---:|"]
+    for (images, setting, _), rs in sorted(groups.items()):
+        cols = [_fmt(_stat([r[k] for r in rs])) for k in ("train_acc", "test_acc")]
+        gap = _fmt(_stat([r["train_acc"] - r["test_acc"] for r in rs]))
+        loss = _fmt(_stat([r["test_loss"] for r in rs]), "{:.3f}")
+        lines.append(f"| {setting} | {images:,} | {label(rs[0])} | {','.join(str(r['seed']) for r in rs)} | "
+                     f"{cols[0]} | {cols[1]} | {gap} | {loss} |")
+    return lines
+
+
 def plot_budget(results: Path = RESULTS) -> Path | None:
     """Delta vs CT against image-epochs (mean +- std over seeds), main network and mean over depths; one colour
     per method, one line per training-set size (circles: more epochs on 5,000 images; squares: more images), so
@@ -264,6 +288,7 @@ def plot_budget(results: Path = RESULTS) -> Path | None:
 CROSSING_PEERS = (("sd05_time", "stochastic depth p_L=0.5"), ("ct_time", "CT"))
 ST_FORMS = ("stpp", "stpp_frac50_time")
 BOOTSTRAP = 2000
+FAR = 100  # crossings further than FAR x the largest measured budget are shown as "beyond"
 
 
 def _gaps(records: list[dict], st_variant: str, peer: str, metric: str,
@@ -327,6 +352,11 @@ def crossing(points: list[tuple[int, list[float]]], seed: int = 0) -> dict | Non
     return out
 
 
+def _far(image_epochs: float, top: int) -> str:
+    """A crossing in image-epochs; a log-linear fit says nothing FAR x beyond the largest measured budget."""
+    return f"{image_epochs:,.0f}" if image_epochs <= FAR * top else f"beyond {FAR * top:,} ({FAR}x the largest budget)"
+
+
 def _seeds(n: int) -> str:
     return f"{n} seed" + ("" if n == 1 else "s")
 
@@ -344,6 +374,7 @@ def crossing_lines(records: list[dict]) -> list[str]:
                 head = (f"- {st_label} − {peer_label} at equal time, {what}: {c['now']:+.2f} points at "
                         f"{c['budgets'][-1]:,} image-epochs, {c['slope']:+.2f} per decade of budget "
                         f"({', '.join(f'{s} {b:,}: {_seeds(len(g))}' for s, (b, g) in gaps.items())}); ")
+                top = c["budgets"][-1]
                 if c["now"] >= 0:
                     lines.append(head + "ST is ahead at the largest budget.")
                 elif c["cross"] is None:
@@ -353,11 +384,11 @@ def crossing_lines(records: list[dict]) -> list[str]:
                     if c["low"] is None:
                         band = "never (most resamples do not close)"
                     else:
-                        band = f"{c['low']:,.0f} to " + (f"{c['high']:,.0f}" if c["high"] is not None else
-                                                           "never (more than 16% of resamples do not close)")
+                        band = f"{_far(c['low'], top)} to " + (_far(c["high"], top) if c["high"] is not None else
+                                                         "never (more than 16% of resamples do not close)")
                     where = ("inside the measured budgets (the fit and the largest budget's mean disagree)"
                              if c["cross"] <= c["budgets"][-1] else "an extrapolation, not a measurement")
-                    lines.append(head + f"the line reaches 0 at about {c['cross']:,.0f} image-epochs, {where}; "
+                    lines.append(head + f"the line reaches 0 at about {_far(c['cross'], top)} image-epochs, {where}; "
                                  f"16-84% over bootstrap resamples: {band}.")
     return lines
 
@@ -392,6 +423,10 @@ def build(results: Path = RESULTS) -> str:
                 *budget_table(growth), ""]
         if (results / "budget.png").exists():
             out += ["![Δ vs CT against the budget](benchmarks/results/peers/budget.png)", ""]
+        fit = fit_table(all_records)
+        if fit:
+            out += ["How far the main network overfits (last epoch; train accuracy on the augmented batches, with the "
+                    "method's drops or sub-network losses as trained):", "", *fit, ""]
         cross = crossing_lines(all_records)
         if cross:
             out += ["Where would ST cross at equal time? (gap of each seed, a line in log budget through the "

@@ -248,3 +248,55 @@ def test_peers_goal_winner_lead_is_paired_over_common_seeds():
             small("y", {10: 55.0, 11: 56.0, 12: 58.0})]
     (line,) = [x for x in table.goals(rows) if x.startswith("| cheapest usable ResNet-8")]
     assert "**x (22 ep)** 61.00 ± 1.00 | +4.67 ± 0.58 over y (paired" in line
+
+
+def test_peers_add_fit_backfills_older_records_from_their_run_dirs(tmp_path, monkeypatch):
+    """``--add-fit`` adds the last epoch's train accuracy and test loss to a record without them, leaves records
+    that have them (or whose run dir ended at another epoch) as they are."""
+    bench = benchmark_script("bench_peers")
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    monkeypatch.setattr(bench, "RESULTS", results)
+    results.mkdir()
+    for name, epochs, last in (("peers_ct_s10", 2, 2), ("peers_st_s10", 2, 1), ("peers_sd05_s10", 2, 2)):
+        rec = {"variant": name.split("_")[1], "epochs": epochs, "test_acc": 50.0}
+        if name == "peers_sd05_s10":
+            rec.update(train_acc=1.0, test_loss=2.0)
+        (results / f"{name}.json").write_text(json.dumps(rec))
+        (runs / name).mkdir(parents=True)
+        rows = [{"epoch": e, "train_acc": 60.0 + e, "test_loss": 1.5 - 0.1 * e} for e in range(1, last + 1)]
+        (runs / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (results / "step_times.json").write_text(json.dumps({"epoch_s": {}}))
+    bench.add_fit(runs)
+    ct = json.loads((results / "peers_ct_s10.json").read_text())
+    assert ct["train_acc"] == 62.0 and ct["test_loss"] == pytest.approx(1.3) and ct["test_acc"] == 50.0
+    assert "train_acc" not in json.loads((results / "peers_st_s10.json").read_text())  # run dir at epoch 1
+    assert json.loads((results / "peers_sd05_s10.json").read_text())["train_acc"] == 1.0  # kept as it was
+    assert json.loads((results / "step_times.json").read_text()) == {"epoch_s": {}}
+    assert not list(results.glob("*.tmp"))
+
+
+def test_peers_fit_table_per_budget_from_records():
+    """The overfitting table: train − test of each seed averaged per setting and method; nothing when only the
+    base setting has records (it answers the budget question) or no record has ``train_acc``."""
+    table = benchmark_script("make_peers_table")
+
+    def rec(setting, variant, seed, train, test, loss, images=75_000):
+        return {"setting_name": setting, "variant": variant, "method": "CT" if variant == "ct" else "ST++",
+                "budget": "equal epochs", "seed": seed, "epochs": 15, "image_epochs": images, "train_acc": train,
+                "test_acc": test, "test_loss": loss, "command": "stimulative train recipe.yaml"}
+
+    base = [rec("r20", "ct", 10, 80.0, 64.0, 1.0), rec("r20", "ct", 11, 82.0, 63.0, 1.2)]
+    assert table.fit_table(base) == []
+    grown = base + [rec("r20_45ep", "ct", 10, 94.0, 71.0, 1.06, 225_000),
+                    rec("r20_45ep", "stpp", 10, 92.0, 72.0, 0.98, 225_000)]
+    lines = table.fit_table(grown)
+    assert lines[2] == "| r20 | 75,000 | CT | 10,11 | 81.00 ± 1.41 | 63.50 ± 0.71 | 17.50 ± 2.12 | 1.100 ± 0.141 |"
+    assert lines[3] == "| r20_45ep | 225,000 | CT | 10 | 94.00 | 71.00 | 23.00 | 1.060 |"
+    assert lines[4].startswith("| r20_45ep | 225,000 | ST++ | 10 | 92.00 | 72.00 | 20.00 |")
+    assert table.fit_table([{**r, "train_acc": None} for r in grown]) == []
+
+
+def test_peers_crossing_far_beyond_the_measured_budgets_is_not_given_as_a_number():
+    table = benchmark_script("make_peers_table")
+    assert table._far(2_046_715.4, 225_000) == "2,046,715"
+    assert table._far(2e22, 225_000) == "beyond 22,500,000 (100x the largest budget)"
