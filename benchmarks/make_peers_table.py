@@ -423,6 +423,12 @@ def build(results: Path = RESULTS) -> str:
                 *budget_table(growth), ""]
         if (results / "budget.png").exists():
             out += ["![Δ vs CT against the budget](benchmarks/results/peers/budget.png)", ""]
+        for setting in sorted({r.get("setting_name", "r20") for r in all_records if r["budget"] == "equal time"}
+                              - {"r20"}):
+            mine = [r for r in all_records if r.get("setting_name") == setting]
+            rows = summarise(mine, CLAIM_SEEDS)
+            out += [f"At the largest budget with equal-time runs, `--setting {setting}` ({mine[0]['setting']}; "
+                    "equal time from the same measured epoch times):", "", *goals(rows), "", *table(rows), ""]
         fit = fit_table(all_records)
         if fit:
             out += ["How far the main network overfits (last epoch; train accuracy on the augmented batches, with the "

@@ -163,6 +163,11 @@ def test_peers_budget_section_table_plot_and_crossing_from_records(tmp_path):
     assert "| r20_15k | 225,000 | ST++ | 10,11 | 2.00 ± 0.00 |" in text
     assert "budget.png" in text
     assert "ST++ − stochastic depth p_L=0.5 at equal time, main network: -1.00 points at 225,000" in text
+    # the largest budget with equal-time runs gets its own goals and table, from its records only
+    section = text[text.index("`--setting r20_15k`"):]
+    assert "| best main network at equal time (ST++'s wall-clock) | **stochastic depth p_L=0.5 (15 ep)** 78.25 ± 0.35 |" \
+        in section
+    assert "| ST++ | equal epochs | 15 | 10,11 | 77.25 ± 0.35 |" in section
 
 
 def test_peers_undominated_methods_at_equal_time():
