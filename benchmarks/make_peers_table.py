@@ -427,8 +427,8 @@ def build(results: Path = RESULTS) -> str:
                               - {"r20"}):
             mine = [r for r in all_records if r.get("setting_name") == setting]
             rows = summarise(mine, CLAIM_SEEDS)
-            out += [f"At the largest budget with equal-time runs, `--setting {setting}` ({mine[0]['setting']}; "
-                    "equal time from the same measured epoch times):", "", *goals(rows), "", *table(rows), ""]
+            out += [f"Which method for which goal at `--setting {setting}` ({mine[0]['setting']}; equal "
+                    "time from the same measured epoch times):", "", *goals(rows), "", *table(rows), ""]
         fit = fit_table(all_records)
         if fit:
             out += ["How far the main network overfits (last epoch; train accuracy on the augmented batches, with the "
