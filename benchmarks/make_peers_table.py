@@ -388,7 +388,9 @@ def crossing_lines(records: list[dict]) -> list[str]:
                                                          "never (more than 16% of resamples do not close)")
                     where = ("inside the measured budgets (the fit and the largest budget's mean disagree)"
                              if c["cross"] <= c["budgets"][-1] else "an extrapolation, not a measurement")
-                    lines.append(head + f"the line reaches 0 at about {_far(c['cross'], top)} image-epochs, {where}; "
+                    at = (f"at about {c['cross']:,.0f}" if c["cross"] <= FAR * top else
+                          f"only {_far(c['cross'], top)}")
+                    lines.append(head + f"the line reaches 0 {at} image-epochs, {where}; "
                                  f"16-84% over bootstrap resamples: {band}.")
     return lines
 
