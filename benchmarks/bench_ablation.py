@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import machine_info  # benchmarks/machine.py
+from machine import machine_info, write_json  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "ablation"
@@ -134,11 +134,7 @@ def write_record(plan_name: str, plan: dict, variant: str, method: str, seed: in
         "command": " ".join(["stimulative", *shown[1:]]).replace(str(REPO) + "/", ""),
         "machine": machine_info(args.threads), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    path = record_path(plan_name, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rec, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(rec, record_path(plan_name, name), indent=2)
     return rec
 
 

@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -62,15 +61,9 @@ import time
 from pathlib import Path
 
 import torch
-from machine import load_average, machine_info  # benchmarks/machine.py
+from machine import load_average, machine_info, write_json  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def default_models(results: Path) -> dict[str, str]:

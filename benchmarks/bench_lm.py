@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import load_average, machine_info, trained_at  # benchmarks/machine.py
+from machine import load_average, machine_info, trained_at, write_json  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"ct": "recipes/lm_llama_ct.yaml", "st": "recipes/lm_llama_st.yaml", "stpp": "recipes/lm_llama_stpp.yaml",
@@ -55,12 +55,6 @@ QUICK = ["steps=20", "eval_every=10", "batch_size=4", "model.hidden_size=32", "m
 
 def stamp() -> str:
     return time.strftime("%H:%M:%S")
-
-
-def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

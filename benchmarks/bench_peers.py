@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from bench_ablation import CT, STPP, finished_epochs, read_metrics  # benchmarks/bench_ablation.py
-from machine import machine_info, trained_at  # benchmarks/machine.py
+from machine import machine_info, trained_at, write_json  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "peers"
@@ -223,7 +223,7 @@ def depth_mflops(run_dir: Path, configs: list[str]) -> dict[str, float]:
 
 def fit_of(final: dict) -> dict:
     """The last epoch's training accuracy (augmented, with drops) and test loss: how far the main network
-    overfits at this budget (what the budget table's ``train − test`` column reads)."""
+    overfits at this budget (what make_peers_table's overfitting table reads)."""
     return {"train_acc": final.get("train_acc"), "test_loss": final.get("test_loss")}
 
 
@@ -239,9 +239,7 @@ def add_fit(runs: Path) -> None:
             print(f"skip {path.name}: its run dir ended at epoch {final['epoch']}, the record has {rec['epochs']}")
             continue
         rec.update(fit_of(final))
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(rec, indent=2) + "\n")
-        tmp.replace(path)
+        write_json(rec, path, indent=2)
         print(f"{path.name}: train acc {rec['train_acc']}, test loss {rec['test_loss']}")
 
 
@@ -268,11 +266,7 @@ def write_record(variant: str, seed: int, name: str, args: argparse.Namespace, t
     if rec["epochs"] != epochs:  # never record a run of another length than the plan's
         print(f"NOT recorded {name}: it trained {rec['epochs']} epochs, the plan wants {epochs}", flush=True)
         return None
-    path = RESULTS / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rec, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(rec, RESULTS / f"{name}.json", indent=2)
     return rec
 
 

@@ -1,8 +1,10 @@
-"""What every benchmark records about the machine it ran on (imported by the benchmarks/ scripts)."""
+"""What every benchmark records about the machine it ran on, and how it writes a record (imported by the
+benchmarks/ scripts)."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 from pathlib import Path
@@ -10,6 +12,14 @@ from pathlib import Path
 import PIL
 import torch
 import torchvision
+
+
+def write_json(obj: dict, path: Path, indent: int = 1) -> None:
+    """Write a record atomically (a stop mid-write leaves the old file or none, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=indent) + "\n")
+    os.replace(tmp, path)
 
 
 def load_average() -> list[float] | None:

@@ -56,6 +56,11 @@ def _fmt(stat: tuple[float, float, int] | None, spec: str = "{:.2f}") -> str:
     return f"{spec.format(mean)} ± {spec.format(std)}" if n > 1 else spec.format(mean)
 
 
+def _image_epochs(rec: dict) -> int:
+    """Training images x epochs of a run (records older than the field are of the 5,000-image setting)."""
+    return int(rec.get("image_epochs", 5000 * rec["epochs"]))
+
+
 def label(rec: dict) -> str:
     """Method and its setting, e.g. ``stochastic depth p_L=0.5`` or ``ST++ + subnet_fraction 0.5``."""
     cmd, method = rec["command"], rec["method"]
@@ -203,7 +208,7 @@ def budget_rows(records: list[dict]) -> list[dict]:
         base = ct[key]
         row = rows.setdefault((key[0], r["variant"]), {
             "setting": key[0], "variant": r["variant"], "label": label(r), "epochs": r["epochs"],
-            "image_epochs": r.get("image_epochs", 5000 * r["epochs"]), "train_images": r.get("train_images", 5000),
+            "image_epochs": _image_epochs(r), "train_images": r.get("train_images", 5000),
             "d_main": [], "d_depths": [], "seeds": []})
         row["d_main"].append(r["test_acc"] - base["test_acc"])
         if r["mean_depth_acc"] is not None and base["mean_depth_acc"] is not None:
@@ -230,7 +235,7 @@ def fit_table(records: list[dict]) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if r["budget"] == "equal epochs" and r["variant"] in FIT_VARIANTS and r.get("train_acc") is not None:
-            groups.setdefault((r.get("image_epochs", 5000 * r["epochs"]), r.get("setting_name", "r20"),
+            groups.setdefault((_image_epochs(r), r.get("setting_name", "r20"),
                                FIT_VARIANTS.index(r["variant"])), []).append(r)
     if not any(key[1] != "r20" for key in groups):
         return []
@@ -301,7 +306,7 @@ def _gaps(records: list[dict], st_variant: str, peer: str, metric: str,
         other = by.get((setting, peer, seed))
         if variant != st_variant or other is None or r.get(metric) is None or other.get(metric) is None:
             continue
-        budget = int(r.get("image_epochs", 5000 * r["epochs"]))
+        budget = _image_epochs(r)
         gaps.setdefault(setting, (budget, []))[1].append(r[metric] - other[metric])
     return gaps
 

@@ -305,3 +305,14 @@ def test_peers_crossing_far_beyond_the_measured_budgets_is_not_given_as_a_number
     table = benchmark_script("make_peers_table")
     assert table._far(2_046_715.4, 225_000) == "2,046,715"
     assert table._far(2e22, 225_000) == "beyond 22,500,000 (100x the largest budget)"
+
+
+def test_benchmark_records_are_written_whole_by_the_one_writer(tmp_path):
+    """machine.write_json (every bench script's record writer): parent made, content read back, no temp file left,
+    an existing record replaced whole."""
+    machine = benchmark_script("machine")
+    path = tmp_path / "new" / "run.json"
+    machine.write_json({"a": 1}, path, indent=2)
+    machine.write_json({"b": [1, 2]}, path)
+    assert json.loads(path.read_text()) == {"b": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["run.json"]
