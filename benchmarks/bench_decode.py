@@ -9,7 +9,11 @@ Llama for a smoke test), the same prompts are decoded greedily in every mode:
 * ``hf_exit_<k>``: ``model.generate(assistant_early_exit=k)`` (transformers' defaults: up to 20 drafted tokens,
   confidence threshold 0.4);
 * ``ours_exit_<k>``: ``stimulative.lm.generate(model, ids, exit_layer=k)`` (drafts verified from the draft's
-  layer-k states; defaults: up to 16 drafted tokens, confidence threshold 0.4, adaptive fallback to greedy).
+  layer-k states; defaults: up to 16 drafted tokens, confidence threshold 0.4, adaptive fallback to greedy);
+* ``hf_draft`` (with ``--draft-model PATH``): ``model.generate(assistant_model=draft)``, transformers' assisted
+  generation with a separately trained smaller model drafting (same defaults as ``hf_exit_<k>``): what a user
+  would pick instead of early exit, e.g. the depth-4 model trained alone drafting for CT's 8-layer model.
+  ``--exits`` with no values leaves only the plain greedy modes and this one.
 
 ``proxy:WIDTH`` (e.g. ``proxy_w512=proxy:512``): a random-init 8-layer Llama of that width (byte vocabulary,
 width-128 recipe's proportions: 4 heads, MLP 2.6875 x width) whose later layers (``--proxy-from`` .. 8) have
@@ -37,6 +41,8 @@ full model's. Every output must equal plain greedy's
     python benchmarks/bench_decode.py                 # the runs of benchmarks/results/lm/{ct,st}.json if present
     python benchmarks/bench_decode.py tiny --prompts 2 --new-tokens 16 --repeats 1 --results /tmp/dec  # smoke
     python benchmarks/bench_decode.py proxy_w512=proxy:512 --exits 2 4                # the width-512 proxy
+    python benchmarks/bench_decode.py ct_draft_d4=benchmarks/work/lm_budget/s0/lm_ct --exits \
+        --draft-model benchmarks/work/lm_budget/s0/lm_d4_alone --results benchmarks/results/lm_budget/s0
 
 ``--profile``: instead of the speed records, where the time of one decoding goes (``decode_profile.json``), for
 the first model: ``torch.profiler`` over every mode (plain greedy, ours without drafts, ``assistant_early_exit``
@@ -189,13 +195,15 @@ def exit_agreement(model: torch.nn.Module, prompts: list[torch.Tensor], outputs:
 
 def run_mode(model: torch.nn.Module, mode: str, ids: torch.Tensor, new: int,
              args: argparse.Namespace) -> tuple[list[int], dict]:
-    """Decode ``ids`` (1, T) in ``mode`` (greedy, greedy_ours, hf_exit_<k>, ours_exit_<k>): new tokens, counts."""
+    """Decode ``ids`` (1, T) in ``mode`` (greedy, greedy_ours, hf_exit_<k>, ours_exit_<k>, hf_draft): new tokens,
+    counts."""
     from stimulative.lm.decode import count_acceptance
     from stimulative.lm.speculative import generate
 
     kind, _, k = mode.partition("_exit_")
-    if mode == "greedy" or kind == "hf":
-        extra = {"assistant_early_exit": int(k)} if kind == "hf" else {}
+    if mode in ("greedy", "hf_draft") or kind == "hf":
+        extra = ({"assistant_model": args.draft} if mode == "hf_draft" else
+                 {"assistant_early_exit": int(k)} if kind == "hf" else {})
         with count_acceptance() if extra else contextlib.nullcontext(None) as c:
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,
                                  pad_token_id=model.generation_config.pad_token_id, **extra)
@@ -213,6 +221,7 @@ def run_mode(model: torch.nn.Module, mode: str, ids: torch.Tensor, new: int,
 @torch.no_grad()
 def bench(model: torch.nn.Module, prompts: list[torch.Tensor], args: argparse.Namespace) -> dict:
     modes = ["greedy", "greedy_ours"] + [f"{kind}_exit_{k}" for k in args.exits for kind in ("hf", "ours")]
+    modes += ["hf_draft"] if args.draft is not None else []
     for mode in modes:  # warm-up
         run_mode(model, mode, prompts[0][None], 8, args)
     times: dict[str, list[float]] = {m: [] for m in modes}
@@ -237,10 +246,10 @@ def bench(model: torch.nn.Module, prompts: list[torch.Tensor], args: argparse.Na
                        "speedup": median([g / t for g, t in zip(times["greedy"], times[mode])]),
                        "equal_greedy": outs[mode] == outs["greedy"]}
         c = counts[mode]
-        if "_exit_" in mode:
-            k = int(mode.rpartition("_")[2])
+        if "_exit_" in mode or mode == "hf_draft":
+            where = {"exit": int(mode.rpartition("_")[2])} if "_exit_" in mode else {"draft_layers": args.draft_layers}
             rounds = c["full_forwards"] if "full_forwards" in c else c["rounds"]  # hf: one per round
-            entry = {"exit": k, **entry, **c, "acceptance": c["accepted"] / max(c["drafted"], 1),
+            entry = {**where, **entry, **c, "acceptance": c["accepted"] / max(c["drafted"], 1),
                      "tokens_per_full_forward": n / max(rounds, 1)}
         if mode.startswith("ours_exit_"):
             hf_times = times[mode.replace("ours", "hf")]
@@ -346,7 +355,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="*", metavar="[NAME=]PATH",
                    help="LM run dirs, exported dirs or 'tiny' (default: the runs of results/{st,ct}.json)")
-    p.add_argument("--exits", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--exits", type=int, nargs="*", default=[2, 4],
+                   help="early exits to draft from (none: only plain greedy and --draft-model)")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=96)
@@ -363,6 +373,9 @@ def main() -> int:
     p.add_argument("--proxy-from", type=int, default=3, help="proxy:WIDTH models: the first scaled layer (1-based)")
     p.add_argument("--proxy-head-scale", type=float, default=30.0,
                    help="proxy:WIDTH models: the LM head scaled by this (confident drafts)")
+    p.add_argument("--draft-model", metavar="PATH",
+                   help="also decode with this model drafting for each model (transformers' assisted generation, "
+                        "mode hf_draft): an LM run dir or exported dir with the same vocabulary")
     p.add_argument("--profile", action="store_true",
                    help="profile the first model and measure plain greedy at --widths: decode_profile.json")
     p.add_argument("--widths", type=int, nargs="+", default=[128, 512])
@@ -381,6 +394,13 @@ def main() -> int:
               file=sys.stderr)
         return 2
     command = shlex.join(["python", "benchmarks/bench_decode.py", *sys.argv[1:]])
+    args.draft = args.draft_layers = None
+    if args.draft_model:
+        if args.profile:
+            print("--draft-model is not profiled: drop one of --draft-model and --profile", file=sys.stderr)
+            return 2
+        args.draft = load("draft", args.draft_model, args)[0].eval()
+        args.draft_layers = args.draft.config.num_hidden_layers
     if args.profile:
         name, spec = next(iter(specs.items()))
         t0 = time.perf_counter()
@@ -413,6 +433,7 @@ def main() -> int:
         result = bench(model, prompts, args)
         record = {"kind": "decode_reuse", "run": name, "model": spec,
                   "disagree_scale": args.disagree_scale if name in args.disagree_names else None,
+                  **({"draft_model": args.draft_model, "draft_layers": args.draft_layers} if args.draft else {}),
                   "layers": model.config.num_hidden_layers, "hidden_size": model.config.hidden_size,
                   **({"proxy": {"init": "random", "hidden_size": model.config.hidden_size,
                                 "scaled_layers": [args.proxy_from, model.config.num_hidden_layers],

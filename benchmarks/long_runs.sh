@@ -56,6 +56,11 @@ lm_seed() {  # train every run of one seed in 2,500-step chunks (each invocation
   if [ ${#models[@]} -gt 0 ]; then
     python benchmarks/bench_decode.py "${models[@]}" --exits 2 4 --repeats 3 --results "$out"
   fi
+  # the peer without early exits: depth 4 trained alone drafting for CT's model (transformers' assisted generation)
+  if [ -f "$out/ct.json" ] && [ -f "$out/d4_alone.json" ] && [ ! -f "$out/decode_reuse_ct_draft_d4.json" ]; then
+    python benchmarks/bench_decode.py "ct_draft_d4=$work/lm_ct" --exits --draft-model "$work/lm_d4_alone" \
+      --repeats 3 --results "$out"
+  fi
 }
 
 lm() {

@@ -486,7 +486,8 @@ def step_cost_markdown(results: Path) -> str:
 
 BUDGET_START, BUDGET_END = "<!-- lm-budget:start (benchmarks/make_lm_table.py) -->", "<!-- lm-budget:end -->"
 BUDGET_RUNS = {"ct": "CT", "st": "ST", "stpp": "ST++", "layerskip": "LayerSkip", "d4_alone": "depth-4 alone (CT)",
-               "ct_time": "CT, ST++'s time", "layerskip_time": "LayerSkip, ST++'s time"}
+               "ct_time": "CT, ST++'s time", "layerskip_time": "LayerSkip, ST++'s time",
+               "ct_draft_d4": "CT, depth-4 alone drafting"}  # decoding only: CT verifies, depth 4 alone drafts
 BUDGET_EXITS = (2, 4)
 # issue 20 item 3's aims; the premise: CT's full model this much better (lower loss) than depth 4 alone
 AIM_PREFIX_VS_ALONE, AIM_FULL_VS_CT, PREMISE_MARGIN = 0.05, 0.01, 0.01
@@ -623,6 +624,18 @@ def budget_aims(runs: dict, decode: dict) -> list[str]:
                     lines.append(f"- **{BUDGET_RUNS[key]} ahead of {BUDGET_RUNS[peer]} on the decoding speed-up** "
                                  f"(self-speculative, ours, over plain greedy): {'; '.join(parts)}: "
                                  f"{_judge([all(col) for col in zip(*wins)], mean_ok)}.")
+    draft = [d["hf_draft"]["speedup"] for d in decode.get("ct_draft_d4", {}).values() if "hf_draft" in d]
+    if draft:
+        def speedups(kind: str) -> str:  # ours or hf (transformers' assistant_early_exit: the draft model's code)
+            return "; ".join(f"{BUDGET_RUNS[key]} exit {k} {_mean_std(v, '{:.2f}')}x" for key in ("st", "stpp")
+                             for k in BUDGET_EXITS
+                             if (v := [d[f"{kind}_exit_{k}"]["speedup"] for d in decode.get(key, {}).values()
+                                       if f"{kind}_exit_{k}" in d]))
+
+        lines.append(f"- Against a separately trained draft model (not an aim; speed-ups over transformers' plain "
+                     f"greedy): CT with depth 4 alone drafting {_mean_std(draft, '{:.2f}')}x (transformers' "
+                     f"assisted generation); self-speculative through the same transformers code "
+                     f"(`assistant_early_exit`): {speedups('hf')}; with `stimulative.lm.generate`: {speedups('ours')}.")
     return lines
 
 
@@ -684,15 +697,22 @@ def budget_markdown(root: Path) -> str:
         head = ["model", "exit", "acceptance", "tokens per full forward", "speed-up vs greedy", "= greedy"]
         out += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for key, by_seed in decode.items():
-            for k in BUDGET_EXITS:
-                es = [d[f"ours_exit_{k}"] for d in by_seed.values() if f"ours_exit_{k}" in d]
+            # each early exit of ours, then a separate draft model if one drafted (bench_decode.py --draft-model)
+            for mode, where in [*((f"ours_exit_{k}", str(k)) for k in BUDGET_EXITS), ("hf_draft", None)]:
+                es = [d[mode] for d in by_seed.values() if mode in d]
                 if es:
-                    out.append(f"| {BUDGET_RUNS[key]} | {k} | {_mean_std([e['acceptance'] for e in es], '{:.1%}')} | "
+                    where = where or f"draft model ({es[0]['draft_layers']} layers)"
+                    out.append(f"| {BUDGET_RUNS[key]} | {where} | {_mean_std([e['acceptance'] for e in es], '{:.1%}')} | "
                                f"{_mean_std([e['tokens_per_full_forward'] for e in es], '{:.2f}')} | "
                                f"{_mean_std([e['speedup'] for e in es], '{:.2f}')}x | "
                                f"{'yes' if all(e['equal_greedy'] for e in es) else 'NO'} |")
         out += ["", "Self-speculative decoding with `stimulative.lm.generate` (drafts of the first k layers, verified "
                 "from the draft's layer-k states), on the same prompts for every model; mean ± std over seeds."]
+        if any("hf_draft" in d for by_seed in decode.values() for d in by_seed.values()):
+            out[-1] += (" A draft model is the alternative without early exits: a separately trained small model "
+                        "drafting (transformers' assisted generation, `generate(assistant_model=...)`, its default "
+                        "draft settings), here depth 4 trained alone drafting for CT's 8-layer model: two models to "
+                        "train and to serve (`bench_decode.py --draft-model`).")
     gap = gap_over_training(runs)
     out += ["", *gap] if gap else []
     aims = budget_aims(runs, decode) or ["- none can be judged yet: each aim compares records of one seed (CT, "

@@ -316,3 +316,18 @@ def test_benchmark_records_are_written_whole_by_the_one_writer(tmp_path):
     machine.write_json({"b": [1, 2]}, path)
     assert json.loads(path.read_text()) == {"b": [1, 2]}
     assert [p.name for p in path.parent.iterdir()] == ["run.json"]
+
+
+def test_bench_decode_draft_model_mode(monkeypatch, tmp_path):
+    """``--draft-model``: transformers' assisted generation with a separate draft model, recorded as ``hf_draft``;
+    a draft identical to the target has every drafted token accepted and the plain greedy output."""
+    bench_decode = benchmark_script("bench_decode")
+    monkeypatch.setattr(sys, "argv", ["bench_decode.py", "tiny", "--exits", "--draft-model", "tiny", "--prompts",
+                                      "2", "--new-tokens", "8", "--repeats", "1", "--results", str(tmp_path)])
+    assert bench_decode.main() == 0
+    record = json.loads((tmp_path / "decode_reuse_tiny.json").read_text())
+    assert record["draft_model"] == "tiny" and record["draft_layers"] == 4
+    assert not any("_exit_" in key for key in record)  # --exits with no values: no early-exit modes
+    draft = record["hf_draft"]
+    assert draft["drafted"] > 0 and draft["accepted"] == draft["drafted"] and draft["acceptance"] == 1.0
+    assert draft["equal_greedy"] and draft["tokens"] == 16 and draft["tokens_per_full_forward"] > 1

@@ -201,6 +201,28 @@ def test_lm_budget_aims_say_when_the_seeds_disagree(tmp_path):
                     "met by the mean, on 1 of 2 seeds."]
 
 
+def test_lm_budget_block_shows_the_separate_draft_model(tmp_path):
+    """A ``decode_reuse_ct_draft_d4.json`` record (bench_decode.py --draft-model) is a row of the decoding table
+    and a line set against the self-speculative speed-ups, transformers' and ours, per exit."""
+    import json
+
+    make_lm_table = benchmark_script("make_lm_table")
+    (folder := tmp_path / "s0").mkdir()
+    entry = {"acceptance": 0.5, "tokens_per_full_forward": 2.0, "equal_greedy": True}
+    (folder / "ct.json").write_text(json.dumps({"steps": 8000, "val_loss": 1.0, "val_loss_d2": 3.0,
+                                                "train_time_s": 1.0}))
+    (folder / "decode_reuse_ct_draft_d4.json").write_text(json.dumps(
+        {"hf_draft": entry | {"draft_layers": 4, "speedup": 1.5}}))
+    (folder / "decode_reuse_st.json").write_text(json.dumps(
+        {f"{kind}_exit_{k}": entry | {"speedup": speed} for kind, k, speed in
+         (("hf", 2, 1.2), ("hf", 4, 1.1), ("ours", 2, 2.1), ("ours", 4, 1.8))}))
+    block = make_lm_table.budget_markdown(tmp_path)
+    assert "| CT, depth-4 alone drafting | draft model (4 layers) | 50.0% | 2.00 | 1.50x | yes |" in block
+    line = next(x for x in block.splitlines() if x.startswith("- Against a separately trained draft model"))
+    assert "drafting 1.50x" in line and "(`assistant_early_exit`): ST exit 2 1.20x; ST exit 4 1.10x;" in line
+    assert line.endswith("`stimulative.lm.generate`: ST exit 2 2.10x; ST exit 4 1.80x.")
+
+
 def test_readme_peers_section_matches_its_records():
     # "Which method for which goal?" is exactly what benchmarks/make_peers_table.py builds from
     # benchmarks/results/peers/
