@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import machine_info, write_json  # benchmarks/machine.py
+from machine import machine_info, reap, write_json  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "ablation"
@@ -192,14 +192,7 @@ def main() -> None:
             proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
             running[name] = (proc, v, method, seed, cmd, time.time(), log)
         time.sleep(5)
-        for name, (proc, v, method, seed, cmd, t0, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[name]
-            if proc.returncode:
-                tail = "\n".join(log.read_text().splitlines()[-8:])
-                print(f"[{time.strftime('%H:%M:%S')}] FAILED {name} (exit {proc.returncode}):\n{tail}", flush=True)
-                continue
+        for name, (_, v, method, seed, cmd, t0, _) in reap(running):
             rec = write_record(args.plan, plan, v, method, seed, name, cmd, time.time() - t0, args)
             print(f"[{time.strftime('%H:%M:%S')}] done  {name}: test {rec['test_acc']:.2f}% "
                   f"(1,1,1) {rec['test_acc_d1-1-1']}, {rec['wall_s']:.0f}s", flush=True)

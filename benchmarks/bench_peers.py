@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from bench_ablation import CT, STPP, finished_epochs, read_metrics  # benchmarks/bench_ablation.py
-from machine import machine_info, trained_at, write_json  # benchmarks/machine.py
+from machine import machine_info, reap, trained_at, write_json  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "peers"
@@ -399,14 +399,7 @@ def main() -> None:
                                     env=env)
             running[name] = (proc, v, seed, train_command(v, name, seed, args), log)
         time.sleep(5)
-        for name, (proc, v, seed, cmd, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[name]
-            if proc.returncode:
-                tail = "\n".join(log.read_text().splitlines()[-8:])
-                print(f"[{time.strftime('%H:%M:%S')}] FAILED {name} (exit {proc.returncode}):\n{tail}", flush=True)
-                continue
+        for name, (_, v, seed, cmd, _) in reap(running):
             rec = write_record(v, seed, name, args, cmd)
             if rec is None:
                 continue

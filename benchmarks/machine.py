@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 import PIL
@@ -20,6 +21,24 @@ def write_json(obj: dict, path: Path, indent: int = 1) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=indent) + "\n")
     os.replace(tmp, path)
+
+
+def reap(running: dict[str, tuple]) -> list[tuple[str, tuple]]:
+    """Take the finished jobs out of ``running`` (``{name: (process, ..., log path)}``: the ``subprocess.Popen``
+    first, its log last); print the end of the log of each that failed; return ``(name, entry)`` of those that
+    succeeded, for the caller to record."""
+    done = []
+    for name, entry in list(running.items()):
+        proc, log = entry[0], entry[-1]
+        if proc.poll() is None:
+            continue
+        del running[name]
+        if proc.returncode:
+            tail = "\n".join(Path(log).read_text().splitlines()[-8:])
+            print(f"[{time.strftime('%H:%M:%S')}] FAILED {name} (exit {proc.returncode}):\n{tail}", flush=True)
+        else:
+            done.append((name, entry))
+    return done
 
 
 def load_average() -> list[float] | None:

@@ -318,6 +318,27 @@ def test_benchmark_records_are_written_whole_by_the_one_writer(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["run.json"]
 
 
+def test_reap_returns_the_finished_jobs_and_reports_the_failed(tmp_path, capsys):
+    """machine.reap (the job loops of bench_peers and bench_ablation): a running job stays, a finished one is
+    returned with its entry, a failed one is dropped with the end of its log printed."""
+    import subprocess
+
+    machine = benchmark_script("machine")
+    logs = {name: tmp_path / f"{name}.log" for name in ("ok", "bad", "slow")}
+    logs["bad"].write_text("step 1\nTraceback: disk full\n")
+    code = {"ok": "pass", "bad": "raise SystemExit(3)", "slow": "import time; time.sleep(30)"}
+    running = {name: (subprocess.Popen([sys.executable, "-c", code[name]]), name, logs[name]) for name in code}
+    running["ok"][0].wait()
+    running["bad"][0].wait()
+    try:
+        done = machine.reap(running)
+        assert [(name, entry[1]) for name, entry in done] == [("ok", "ok")] and list(running) == ["slow"]
+        out = capsys.readouterr().out
+        assert "FAILED bad (exit 3)" in out and "disk full" in out and "ok" not in out.replace("FAILED", "")
+    finally:
+        running["slow"][0].kill()
+
+
 def test_bench_decode_draft_model_mode(monkeypatch, tmp_path):
     """``--draft-model``: transformers' assisted generation with a separate draft model, recorded as ``hf_draft``;
     a draft identical to the target has every drafted token accepted and the plain greedy output."""
