@@ -21,7 +21,8 @@ Three blocks, each between its own markers; every number comes from the result f
   model, mean +- std over seeds, the decoding of every model, and issue 20's aims at this budget (CT's full model
   clearly better than depth 4 alone, the premise; ST's depth-4 prefix within 5% of depth 4 alone; ST's full model
   within 1% of CT's; ST and ST++ ahead of LayerSkip on the prefix losses and the decoding speed-up, LayerSkip
-  given ST++'s time when that run exists).
+  given ST++'s time when that run exists), each judged on every seed and by the mean; and depth 4 alone drafting
+  for CT (``decode_reuse_ct_draft_d4.json``, ``bench_decode.py --draft-model``) against the early exits.
 
     python benchmarks/make_lm_table.py                       # print the lm-table block
     python benchmarks/make_lm_table.py --block decode        # print another block (lm, decode, step, budget)
