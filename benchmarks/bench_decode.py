@@ -157,7 +157,10 @@ def load(name: str, spec: str, args: argparse.Namespace) -> tuple[torch.nn.Modul
         lm = load_lm(spec)
         val = load_lm_data(lm.config, train=False).val
         return lm.model, prompts_from_tokens(val, args.prompts, args.prompt_tokens)
-    model, _ = load_model_and_tokenizer(spec)
+    try:
+        model, _ = load_model_and_tokenizer(spec)
+    except (FileNotFoundError, ValueError) as e:  # not a model directory: one line, not a traceback
+        sys.exit(f"bench_decode.py: {name}: {e}")
     return model, [torch.randint(0, 256, (args.prompt_tokens,), generator=g) for _ in range(args.prompts)]
 
 
@@ -430,6 +433,10 @@ def main() -> int:
         t0 = time.perf_counter()
         load0 = load_average()
         model, prompts = load(name, spec, args)
+        if args.draft is not None and args.draft.config.vocab_size != model.config.vocab_size:
+            print(f"--draft-model {args.draft_model}: vocabulary of {args.draft.config.vocab_size} tokens, {name} has "
+                  f"{model.config.vocab_size}: a draft must share the model's vocabulary", file=sys.stderr)
+            return 2
         result = bench(model, prompts, args)
         record = {"kind": "decode_reuse", "run": name, "model": spec,
                   "disagree_scale": args.disagree_scale if name in args.disagree_names else None,

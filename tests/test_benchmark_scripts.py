@@ -334,7 +334,7 @@ def test_reap_returns_the_finished_jobs_and_reports_the_failed(tmp_path, capsys)
         done = machine.reap(running)
         assert [(name, entry[1]) for name, entry in done] == [("ok", "ok")] and list(running) == ["slow"]
         out = capsys.readouterr().out
-        assert "FAILED bad (exit 3)" in out and "disk full" in out and "ok" not in out.replace("FAILED", "")
+        assert "FAILED bad (exit 3)" in out and "disk full" in out and out.count("FAILED") == 1
     finally:
         running["slow"][0].kill()
 
@@ -352,3 +352,27 @@ def test_bench_decode_draft_model_mode(monkeypatch, tmp_path):
     draft = record["hf_draft"]
     assert draft["drafted"] > 0 and draft["accepted"] == draft["drafted"] and draft["acceptance"] == 1.0
     assert draft["equal_greedy"] and draft["tokens"] == 16 and draft["tokens_per_full_forward"] > 1
+
+
+def test_bench_decode_bad_draft_model_is_one_line(monkeypatch, tmp_path, capsys):
+    """A draft path that is no model, or a draft with another vocabulary, stops with one line naming it; no record."""
+    bench_decode = benchmark_script("bench_decode")
+    argv = ["bench_decode.py", "tiny", "--exits", "--prompts", "1", "--new-tokens", "4", "--repeats", "1",
+            "--results", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--draft-model", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="draft: .*missing.* is neither an LM run directory"):
+        bench_decode.main()
+    load = bench_decode.load
+
+    def wider_draft(name, spec, args):  # the draft with a vocabulary of 300 tokens instead of 257
+        model, prompts = load(name, spec, args)
+        if name == "draft":
+            model.resize_token_embeddings(300)
+        return model, prompts
+
+    monkeypatch.setattr(bench_decode, "load", wider_draft)
+    monkeypatch.setattr(sys, "argv", [*argv, "--draft-model", "tiny"])
+    assert bench_decode.main() == 2
+    err = capsys.readouterr().err
+    assert "--draft-model tiny: vocabulary of 300 tokens, tiny has 257" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.json"))
