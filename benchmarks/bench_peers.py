@@ -48,19 +48,29 @@ ST = "cifar10_resnet20_st"
 EPOCHS = 15
 # name: (training images, epochs). "r20" is the r20_confirm setting of bench_ablation.py; the others grow the
 # budget (issue 19, item 4: where would ST++ cross?)
-SETTINGS = {"r20": (5000, 15), "r20_45ep": (5000, 45), "r20_15k": (15000, 15), "r20_15k_45ep": (15000, 45)}
+SETTINGS = {"r20": (5000, 15), "r20_45ep": (5000, 45), "r20_15k": (15000, 15), "r20_15k_45ep": (15000, 45),
+            "r20_full": (50000, 15)}
+# issue 30: the full setting (all 50k training and 10k test images). Its equal-time reference is the cheaper ST++
+# (subnet_fraction 0.5) at 15 epochs, and its time ratios come from a calibration on the real data through the
+# same code path (--calibrate), not from synthetic batches; the other settings keep the paper-form ST++ as the
+# reference and step_times.json.
+FULL = {"r20_full"}
+REFERENCE = {"r20_full": "ST++ frac50"}
 
 
 def setting_text(name: str) -> str:
     images, epochs = SETTINGS[name]
+    if name in FULL:
+        return (f"CIFAR-10 ResNet-20, all {images // 1000}k training images, {epochs} ep, bs 128, one-cycle lr 0.1, "
+                "all 10k test images, BN re-estimated on 1k images")
     return (f"CIFAR-10 ResNet-20, {images // 1000}k-image subset, {epochs} ep, bs 128, one-cycle lr 0.1, 2k test "
             "images, BN re-estimated on 1k images")
 
 
 def common(name: str) -> list[str]:
     images, epochs = SETTINGS[name]
-    return [f"data.train_subset={images}", "data.test_subset=2000", f"epochs={epochs}", "bn_recal_images=1000",
-            "eval_depths=[[1,1,1]]"]
+    subsets = [] if name in FULL else [f"data.train_subset={images}", "data.test_subset=2000"]
+    return [*subsets, f"epochs={epochs}", "bn_recal_images=1000", "eval_depths=[[1,1,1]]"]
 
 
 def run_name(setting: str, variant: str, seed: int) -> str:
@@ -78,6 +88,19 @@ def ld(p: float) -> list[str]:  # LayerDrop, Fan et al.: one rate for every bloc
     return [f"model.drop_path={p}", "model.drop_path_schedule=uniform"]
 
 
+# the compute-saving forms (issue 30): one draw per block per batch, a dropped block is not computed, and the
+# schedule covers only the blocks some evaluated sub-network removes (blocks 2-3 of every stage)
+BATCH = ["model.drop_path_mode=batch", "model.drop_path_removable_only=true"]
+
+
+def sdb(p: float) -> list[str]:
+    return [*sd(p), *BATCH]
+
+
+def ldb(p: float) -> list[str]:
+    return [*ld(p), *BATCH]
+
+
 def alone(d: int) -> list[str]:  # the depth (d, d, d) trained alone with CT
     return [f"model.kwargs={{blocks_per_stage: [{d}, {d}, {d}]}}"]
 
@@ -87,7 +110,12 @@ COST = {
     "CT": (CT, []), "SD": (CT, sd(0.5)), "LD": (CT, ld(0.2)), "ST": (ST, []), "ST++": (STPP, []),
     "ST++ frac50": (STPP, ["st.subnet_fraction=0.5"]), "ST++ every2": (STPP, ["st.subnet_every=2"]),
     "ST++ SD": (STPP, sd(0.5)),
+    # per batch, the cost depends on the rate (the expected skipped compute)
+    "SDb05": (CT, sdb(0.5)), "SDb01": (CT, sdb(0.1)), "LDb02": (CT, ldb(0.2)), "alone8": (CT, alone(1)),
 }
+# the classes --calibrate times (the full setting's reference and every class its plan gives equal time, plus the
+# per-sample forms for the speed-up of the per-batch ones)
+CALIBRATE = ["ST++ frac50", "CT", "SD", "SDb05", "SDb01", "LD", "LDb02", "alone8", "ST++"]
 # name: (method, recipe, overrides, budget, cost class or None for equal epochs)
 VARIANTS: dict[str, tuple[str, str, list[str], str, str | None]] = {
     "ct": ("CT", CT, [], "equal epochs", None),
@@ -109,7 +137,17 @@ VARIANTS: dict[str, tuple[str, str, list[str], str, str | None]] = {
     "stpp_sd_time": ("ST++", STPP, sd(0.5), "equal time", "ST++ SD"),
     "stpp_frac50_time": ("ST++", STPP, ["st.subnet_fraction=0.5"], "equal time", "ST++ frac50"),
     "stpp_every2_time": ("ST++", STPP, ["st.subnet_every=2"], "equal time", "ST++ every2"),
+    # the full setting (issue 30): the cheaper ST++ at 15 epochs is the reference; the peers in their per-batch
+    # form and ResNet-8 alone get its measured time (their names say "_time"; ct_time there is CT at its time)
+    "stpp_frac50": ("ST++", STPP, ["st.subnet_fraction=0.5"], "equal epochs", None),
+    "sdb05_time": ("stochastic depth (batch)", CT, sdb(0.5), "equal time", "SDb05"),
+    "sdb01_time": ("stochastic depth (batch)", CT, sdb(0.1), "equal time", "SDb01"),
+    "ldb02_time": ("LayerDrop (batch)", CT, ldb(0.2), "equal time", "LDb02"),
+    "alone8_time": ("alone", CT, alone(1), "equal time", "alone8"),
 }
+# the full setting's plan
+# (the reference first: its time is what the equal-time runs are checked against)
+FULL_PLAN = ["stpp_frac50", "ct", "sdb05_time", "ct_time", "sdb01_time", "ldb02_time", "alone8_time", "stpp"]
 # seeds 0-1 choose each peer's rate and ST++'s cost lever (as lambda = 1/N was chosen); 10-12 are the claim
 TUNING = ["sd05", "sd01", "ld02", "ld01", "stpp_frac50_time", "stpp_every2_time"]
 
@@ -133,11 +171,26 @@ def time_ratios() -> dict[str, float]:
     return {k: times["ST++"] / v for k, v in times.items()}
 
 
+def calibration_path(setting: str) -> Path:
+    return RESULTS / f"calibration_{setting}.json"
+
+
+def calibrated_ratios(setting: str) -> dict[str, float]:
+    """t(reference) / t(class) per image from the setting's calibration (--calibrate)."""
+    path = calibration_path(setting)
+    if not path.exists():
+        sys.exit(f"{path.relative_to(REPO)} is missing: run python benchmarks/bench_peers.py --calibrate "
+                 f"--setting {setting} first")
+    per_image = json.loads(path.read_text())["s_per_image"]
+    ref = per_image[REFERENCE[setting]]
+    return {k: ref / v for k, v in per_image.items()}
+
+
 def variant_epochs(cost: str | None, setting: str = "r20") -> tuple[int, float | None]:
     epochs = SETTINGS[setting][1]
     if cost is None:
         return epochs, None
-    ratio = time_ratios()[cost]
+    ratio = calibrated_ratios(setting)[cost] if setting in FULL else time_ratios()[cost]
     return max(1, round(epochs * ratio)), round(ratio, 3)
 
 
@@ -257,6 +310,7 @@ def write_record(variant: str, seed: int, name: str, args: argparse.Namespace, t
         "image_epochs": images * final["epoch"], "variant": variant, "method": method, "budget": budget, "seed": seed,
         "epochs": final["epoch"], "time_ratio": ratio, "test_acc": final["test_acc"], **fit_of(final),
         "train_s": round(sum(r["epoch_time_s"] for r in records), 1),
+        "epoch_s": round(sum(r["epoch_time_s"] for r in records) / final["epoch"], 2),
         "depth_acc": {r["depths"]: r["acc_bn"] for r in rows},
         "depth_mflops": depth_mflops(run_dir, [r["depths"] for r in rows]),
         "command": shown(train_cmd), "eval_command": shown(eval_command(run_dir)),
@@ -321,6 +375,47 @@ def measure_times(args: argparse.Namespace) -> None:
     print(json.dumps(out["cost_x_ct"]), "\n", json.dumps(out["equal_time_epochs_at_15"]), f"\n-> {target}")
 
 
+def calibrate(args: argparse.Namespace) -> None:
+    """Time one training epoch of every class in CALIBRATE on --images real training images of the setting's
+    data, through ``stimulative train`` in a subprocess (the code path and data pipeline of the runs), interleaved
+    over --repeats rounds; the median seconds per image fix the full setting's equal-time epochs."""
+    if args.setting not in FULL:
+        sys.exit(f"--calibrate is for the settings {sorted(FULL)}; the others use --measure-times")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_peers_cal_"))
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    times: dict[str, list[float]] = {c: [] for c in CALIBRATE}
+
+    def epoch(cls: str, images: int, r: int) -> float:
+        recipe, overrides = COST[cls]
+        name = f"cal{r}_{cls.replace(' ', '_').replace('+', 'p')}_{images}"
+        cmd = [sys.executable, "-m", "stimulative", "train", str(REPO / "recipes" / f"{recipe}.yaml"), f"name={name}",
+               f"out_dir={tmp}", f"data.root={args.data}", *overrides, f"data.train_subset={images}",
+               "data.test_subset=128", "epochs=1", "eval_depths=[]", "bn_recal_images=0", "device=cpu",
+               f"threads={args.threads}", "eval_every=1000", "seed=0"]
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        return float(read_metrics(tmp / name)[-1]["epoch_time_s"])
+
+    epoch("CT", 128, -1)  # untimed warm-up (page cache, the decoded-data cache)
+    for r in range(args.repeats):
+        for cls in CALIBRATE:
+            times[cls].append(epoch(cls, args.images, r))
+            print(f"repeat {r + 1}/{args.repeats} {cls:<12} {times[cls][-1]:7.2f} s", flush=True)
+    med = {c: statistics.median(v) for c, v in times.items()}
+    ref = med[REFERENCE[args.setting]]
+    epochs = SETTINGS[args.setting][1]
+    out = {"command": "python benchmarks/bench_peers.py " + " ".join(sys.argv[1:]), "setting": args.setting,
+           "images_per_epoch": args.images, "threads": args.threads, "reference": REFERENCE[args.setting],
+           "epoch_s_all_repeats": {c: [round(x, 3) for x in v] for c, v in times.items()},
+           "s_per_image": {c: round(v / args.images, 6) for c, v in med.items()},
+           "cost_x_ct": {c: round(v / med["CT"], 3) for c, v in med.items()},
+           "equal_time_epochs": {c: max(1, round(epochs * ref / v)) for c, v in med.items()},
+           "machine": machine_info(args.threads), "load_avg": list(os.getloadavg()),
+           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json(out, calibration_path(args.setting), indent=2)
+    print(json.dumps(out["cost_x_ct"]), "\n", json.dumps(out["equal_time_epochs"]),
+          f"\n-> {calibration_path(args.setting)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -338,6 +433,8 @@ def main() -> None:
     p.add_argument("--measure-times", action="store_true", help="measure the epoch time of every cost class")
     p.add_argument("--repeats", type=int, default=3, help="--measure-times: interleaved repeats")
     p.add_argument("--images", type=int, default=1280, help="--measure-times: images per timed epoch")
+    p.add_argument("--calibrate", action="store_true", help="time every cost class of a full setting on its real "
+                   "data (--images, --repeats), for its equal-time epochs")
     p.add_argument("--classes", nargs="+", help="--measure-times: only these cost classes (with CT), written to "
                    "step_times_update.json and used for them instead of step_times.json")
     args = p.parse_args()
@@ -351,12 +448,18 @@ def main() -> None:
     if args.measure_times:
         measure_times(args)
         return
+    if args.calibrate:
+        if not Path(args.data).expanduser().exists():
+            sys.exit(f"--data {args.data!r} does not exist (give the CIFAR-10 archive or folder)")
+        calibrate(args)
+        return
     if args.add_fit:
         add_fit(Path(args.runs))
         return
     if not Path(args.data).expanduser().exists():
         sys.exit(f"--data {args.data!r} does not exist (give the CIFAR-10 archive or folder)")
-    variants = args.variants or [v for v in VARIANTS if v not in TUNING]
+    default = FULL_PLAN if args.setting in FULL else [v for v in VARIANTS if v not in TUNING]
+    variants = args.variants or default
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         sys.exit(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")

@@ -42,6 +42,14 @@ peers() {
   cd ..
 }
 
+peers_full() {  # issue 30: all 50k/10k images; calibrate once, then seeds 10-12 of every cell, 13-14 of the pair
+  cd benchmarks
+  [ -f results/peers/calibration_r20_full.json ] || \
+    python bench_peers.py --calibrate --setting r20_full --images 2560 --repeats 2 --data "$DATA" || return 1
+  python bench_peers.py --jobs "${PEERS_JOBS:-1}" --setting r20_full --seeds 10 11 12 --data "$DATA"
+  cd ..
+}
+
 lm_seed() {  # train every run of one seed in 2,500-step chunks (each invocation exits 1 while runs are paused)
   local seed=$1 out=benchmarks/results/lm_budget/s$1 work=benchmarks/work/lm_budget/s$1
   for _ in $(seq 1 20); do
@@ -70,6 +78,7 @@ lm() {
 
 case "$LANE" in
   peers) peers ;;
+  peers_full) peers_full ;;
   lm) lm ;;
   both) peers & lm & wait ;;
   *) echo "lane must be peers, lm or both, got $LANE" >&2; exit 2 ;;

@@ -251,3 +251,115 @@ def test_a_frozen_batchnorm_does_not_turn_the_drop_off():
         torch.manual_seed(1)
         b = model(x)
     assert not torch.allclose(a, b)
+
+
+# ---- per-batch mode (issue 30): the compute-saving stochastic depth / LayerDrop -------------------------------
+
+
+def _count_forwards(blocks):
+    calls = [0] * len(blocks)
+
+    def hook(i):
+        def fn(module, inputs):
+            calls[i] += 1
+        return fn
+
+    return calls, [b.register_forward_pre_hook(hook(i)) for i, b in enumerate(blocks)]
+
+
+def test_batch_mode_skips_the_computation_at_the_scheduled_rate():
+    """A dropped block runs no forward: its inner modules are never called. Over 2,000 forwards each block runs
+    in a fraction 1 - p_l of them, and the expected depth is the schedule's."""
+    model, ed = _tiny()
+    rates = set_drop_path(ed, 0.6, "linear", mode="batch")
+    blocks = [b for s in ed.stages for b in s.blocks]
+    inner = [b.conv1 for b in blocks]  # the block's own computation, not the gated wrapper
+    calls, handles = _count_forwards(inner)
+    model.train()
+    torch.manual_seed(0)
+    n = 2000
+    with torch.no_grad(), st.frozen_bn_stats(model):
+        for _ in range(n):
+            model(torch.randn(2, 3, 8, 8))
+    for h in handles:
+        h.remove()
+    for i, rate in enumerate(rates):
+        tol = 4 * math.sqrt(max(rate * (1 - rate), 0.01) / n)
+        assert 1 - calls[i] / n == pytest.approx(rate, abs=tol), (i, calls[i], rate)
+    depth = sum(calls) / n
+    assert depth == pytest.approx(sum(1 - r for r in rates), abs=0.1)
+    model.eval()
+    calls, handles = _count_forwards(inner)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 8, 8))
+    assert calls == [1] * len(blocks)  # eval: every block runs
+
+
+def test_batch_mode_drops_the_whole_batch_and_scales_a_kept_block():
+    """One draw for all samples: every sample of a batch skips the block or none does; a kept post-activation
+    block gives relu(x + f(x) / (1 - p)), f its branch in train mode."""
+    model, ed = _tiny()
+    n_blocks = sum(s.depth for s in ed.stages)
+    block = ed.stages[0].blocks[1]
+    x = torch.relu(torch.randn(64, 8, 16, 16))  # a block's input follows a ReLU
+    captured = {}
+    handle = block.bn2.register_forward_hook(lambda m, i, out: captured.__setitem__("f", out.clone()))
+    model.train()
+    with torch.no_grad(), st.frozen_bn_stats(model):
+        block(x)  # no rate yet: the plain train-mode branch
+        handle.remove()
+        want_kept = torch.relu(x + captured["f"] / (1 - 0.5))
+        set_drop_path(ed, 0.0, rates=[0.5 if i == 1 else 0.0 for i in range(n_blocks)], mode="batch")
+        seen = set()
+        for seed in range(20):
+            torch.manual_seed(seed)
+            out = block(x)
+            if torch.equal(out, x):
+                seen.add("dropped")
+            else:
+                torch.testing.assert_close(out, want_kept)  # kept for every sample, rescaled
+                seen.add("kept")
+    assert seen == {"dropped", "kept"}
+
+
+def test_batch_mode_a_skipped_block_gets_no_gradient():
+    model, ed = _tiny()
+    set_drop_path(ed, 0.0, rates=[0.99 if i == 1 else 0.0 for i in range(sum(s.depth for s in ed.stages))],
+                  mode="batch")
+    skipped = ed.stages[0].blocks[1]
+    model.train()
+    torch.manual_seed(0)
+    model(torch.randn(4, 3, 8, 8)).sum().backward()
+    assert all(p.grad is None for p in skipped.parameters())
+    assert all(p.grad is not None for p in ed.stages[0].blocks[0].parameters())
+    with drop_path_paused(model):  # BN re-estimation: nothing is skipped
+        assert skipped.__dict__.get("_st_drop_batch", 0.0) == 0.0
+    assert skipped._st_drop_batch == pytest.approx(0.99)
+
+
+def test_removable_only_spreads_the_schedule_over_the_blocks_sub_networks_remove():
+    torch.manual_seed(0)
+    model = st.create_model("cifar_resnet20", num_classes=10)
+    ed = st.ElasticDepth(model)
+    rates = set_drop_path(ed, 0.5, "linear", mode="batch", removable_only=True)
+    # [3, 3, 3] blocks, minimum depth 1: blocks 2-3 of every stage, 6 in all, p_l = 0.5 l / 6
+    assert rates == pytest.approx([0, 0.5 / 6, 1 / 6, 0, 0.25, 2 / 6, 0, 2.5 / 6, 0.5])
+    assert set_drop_path(ed, 0.2, "uniform", removable_only=True) == pytest.approx([0, .2, .2] * 3)
+    with pytest.raises(ValueError, match="removable"):
+        set_drop_path(ed, 0.0, rates=[0.1] * 9, removable_only=True)
+    with pytest.raises(ValueError, match="sample"):
+        set_drop_path(ed, 0.1, mode="row")
+
+
+def test_batch_mode_in_the_engine_is_seeded_and_checked(tmp_path):
+    with pytest.raises(ConfigError, match="model.drop_path_mode"):
+        tiny_config(tmp_path, "x", "model.drop_path_mode=row")
+    keys = ["epochs=1", "model.drop_path=0.5", "model.drop_path_mode=batch", "model.drop_path_removable_only=true",
+            "bn_recal_images=32", "eval_depths=[[1,1,1]]"]
+    engine.train(tiny_config(tmp_path, "a", *keys))
+    engine.train(tiny_config(tmp_path, "b", *keys))
+    engine.train(tiny_config(tmp_path, "c", *keys[:2]))
+    a, b = (load_checkpoint(tmp_path / n / "last.pt")["model"] for n in "ab")
+    c = load_checkpoint(tmp_path / "c" / "last.pt")["model"]
+    assert_same_state(a, b)
+    assert not torch.equal(a["conv1.weight"], c["conv1.weight"])

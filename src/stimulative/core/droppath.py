@@ -9,6 +9,22 @@ samples (``scale_by_keep``; LayerSkip does not rescale) keeps the eval-mode netw
 is timm's ``timm.layers.drop_path`` (per sample; the same draws as ``torchvision.ops.stochastic_depth(...,
 mode="row")``); this module only chooses the rates.
 
+Two modes (``mode=``):
+
+* ``sample`` -- every sample draws its own keep/drop per block (timm's and torchvision's ``row`` form). A
+  dropped block is still computed for the samples that keep it, so this saves no compute;
+* ``batch`` -- one draw per block per forward for the whole mini-batch, as Huang et al. train stochastic depth
+  and Fan et al. LayerDrop: a dropped block is skipped (no forward, so no backward, and its parameters get no
+  gradient in that step), which makes an epoch cheaper by about the expected fraction of dropped blocks. A kept
+  block's residual is scaled by ``1 / (1 - p_l)`` (``scale_by_keep``), so that eval mode is the plain network.
+  Skipping a post-activation block returns its input, which equals ``relu(x + 0)`` because the input is itself
+  the output of a ReLU (as ``ElasticDepth``'s skip assumes). The draws come from torch's global generator on
+  the CPU: seeded runs repeat.
+
+``removable_only=True`` spreads the schedule over the blocks that some sub-network removes (those beyond each
+stage's ``ElasticDepth.min_depths``: for a CIFAR ResNet-20 the last two blocks of every stage) and never drops
+the others, so the peers train the same sub-networks ST evaluates.
+
 Schedules over the ``L`` blocks of the elastic stages in network order (block ``l = 1..L``):
 
 * ``linear`` -- stochastic depth (Huang et al. 2016, https://arxiv.org/abs/1603.09382): ``p_l = p * l / L``,
@@ -42,10 +58,12 @@ import torch
 from timm.layers import drop_path
 from torch import nn
 
-__all__ = ["DROP_PATH_SCHEDULES", "drop_path_rates", "set_drop_path", "drop_path_paused", "drop_residual",
-           "branch_end", "clear_drop_path"]
+__all__ = ["DROP_PATH_SCHEDULES", "DROP_PATH_MODES", "drop_path_rates", "set_drop_path", "drop_path_paused",
+           "drop_residual", "batch_dropped", "branch_end", "clear_drop_path"]
 
 DROP_PATH_SCHEDULES = ("linear", "uniform", "exponential")
+DROP_PATH_MODES = ("sample", "batch")
+_KEYS = ("_st_drop", "_st_drop_scale", "_st_drop_mode", "_st_drop_batch", "_st_drop_hooked", "_st_drop_owner")
 
 
 def drop_path_rates(num_blocks: int, p: float, schedule: str = "linear") -> list[float]:
@@ -70,8 +88,14 @@ def drop_path_rates(num_blocks: int, p: float, schedule: str = "linear") -> list
     return [p * (math.exp(i * math.log(2) / (n - 1)) - 1.0) for i in range(n)]
 
 
-def _blocks(ed) -> list[tuple[nn.Module, bool]]:
-    return [(b, flag) for stage in ed.stages for b, flag in zip(stage.blocks, stage.skippable)]
+def _blocks(ed, removable_only: bool = False) -> list[tuple[nn.Module, bool]]:
+    """Every block of ``ed``'s stages in network order, with whether it may be dropped (skippable, and with
+    ``removable_only`` also beyond its stage's minimum depth)."""
+    out = []
+    for stage, low in zip(ed.stages, ed.min_depths):
+        for i, (b, flag) in enumerate(zip(stage.blocks, stage.skippable)):
+            out.append((b, bool(flag) and (not removable_only or i >= low)))
+    return out
 
 
 def branch_end(block: nn.Module) -> nn.Module | None:
@@ -91,6 +115,15 @@ def branch_end(block: nn.Module) -> nn.Module | None:
     return None
 
 
+def _drop(module: nn.Module, branch: torch.Tensor, p: float) -> torch.Tensor:
+    """The residual branch after the drop: per sample (``sample`` mode), or only the keep scaling (``batch``
+    mode: the block was not skipped, so it is kept for the whole batch)."""
+    scale = module.__dict__.get("_st_drop_scale", True)
+    if module.__dict__.get("_st_drop_mode", "sample") == "batch":
+        return branch / (1.0 - p) if scale else branch
+    return drop_path(branch, p, True, scale)
+
+
 def _drop_branch_hook(module: nn.Module, inputs, out: torch.Tensor) -> torch.Tensor:
     """Forward hook on a branch end: drop its output per sample (a module-level function, so that a deep copy
     of the model, e.g. an EMA, reads its own copy's rate)."""
@@ -98,12 +131,12 @@ def _drop_branch_hook(module: nn.Module, inputs, out: torch.Tensor) -> torch.Ten
     owner = module.__dict__.get("_st_drop_owner", module)  # the block's mode counts (a frozen BN is in eval)
     if not p or not owner.training:
         return out
-    return drop_path(out, p, True, module.__dict__.get("_st_drop_scale", True))
+    return _drop(module, out, p)
 
 
 def set_drop_path(ed, p: float, schedule: str = "linear", rates: Sequence[float] | None = None,
-                  scale_by_keep: bool = True) -> list[float]:
-    """Set the per-sample drop rate of every skippable block of an ``ElasticDepth`` (``p = 0`` turns it off).
+                  scale_by_keep: bool = True, mode: str = "sample", removable_only: bool = False) -> list[float]:
+    """Set the drop rate of every skippable block of an ``ElasticDepth`` (``p = 0`` turns it off).
 
     Args:
         ed: the model's ``ElasticDepth`` (its stages give the blocks and their order).
@@ -112,12 +145,24 @@ def set_drop_path(ed, p: float, schedule: str = "linear", rates: Sequence[float]
         rates: explicit per-block rates instead of ``p``/``schedule`` (one per block of ``ed``'s stages).
         scale_by_keep: scale a kept residual by ``1 / (1 - rate)`` (stochastic depth, LayerDrop as timm and
             torchvision do); False keeps it as it is (LayerSkip's layer dropout).
+        mode: ``sample`` (a draw per sample; nothing is skipped) or ``batch`` (a draw per block per forward for
+            the whole batch; a dropped block is not computed).
+        removable_only: the schedule runs over the blocks beyond every stage's minimum depth only (the ones some
+            sub-network removes); the others are never dropped. With ``rates``, one rate per such block.
 
     Returns:
-        The rate of every block in network order (0 for blocks that cannot be skipped).
+        The rate of every block in network order (0 for blocks that are never dropped).
     """
-    blocks = _blocks(ed)
-    if rates is None:
+    if mode not in DROP_PATH_MODES:
+        raise ValueError(f"drop-path mode {mode!r} is not one of {', '.join(DROP_PATH_MODES)}")
+    blocks = _blocks(ed, removable_only)
+    if removable_only:  # the schedule's block count is that of the droppable blocks; the others get 0
+        droppable = sum(flag for _, flag in blocks)
+        own = iter(drop_path_rates(droppable, p, schedule) if rates is None else rates)
+        if rates is not None and len(rates) != droppable:
+            raise ValueError(f"rates has {len(rates)} entries but the model has {droppable} removable blocks")
+        rates = [next(own) if flag else 0.0 for _, flag in blocks]
+    elif rates is None:
         rates = drop_path_rates(len(blocks), p, schedule)
     elif len(rates) != len(blocks):
         raise ValueError(f"rates has {len(rates)} entries but the model has {len(blocks)} blocks")
@@ -138,6 +183,10 @@ def set_drop_path(ed, p: float, schedule: str = "linear", rates: Sequence[float]
                           "the addition)", stacklevel=2)
         target._st_drop = r
         target._st_drop_scale = bool(scale_by_keep)
+        target._st_drop_mode = mode
+        block.__dict__.pop("_st_drop_batch", None)
+        if mode == "batch" and r:  # the gated forward skips the block on this draw (batch_dropped)
+            block._st_drop_batch = r
         out.append(r)
     return out
 
@@ -146,7 +195,7 @@ def clear_drop_path(model: nn.Module) -> None:
     """Remove every drop-path attribute and branch hook from ``model``'s modules (``ElasticDepth.extract`` and
     ``remove`` call it)."""
     for m in model.modules():
-        for name in ("_st_drop", "_st_drop_scale", "_st_drop_hooked", "_st_drop_owner"):
+        for name in _KEYS:
             m.__dict__.pop(name, None)
         for key in [k for k, fn in m._forward_hooks.items() if fn is _drop_branch_hook]:
             del m._forward_hooks[key]
@@ -155,14 +204,22 @@ def clear_drop_path(model: nn.Module) -> None:
 @contextlib.contextmanager
 def drop_path_paused(model: nn.Module) -> Iterator[None]:
     """Inside, no block of ``model`` drops its residual (BatchNorm re-estimation runs in train mode)."""
-    saved = [(m, m.__dict__["_st_drop"]) for m in model.modules() if m.__dict__.get("_st_drop")]
-    for m, _ in saved:
-        m._st_drop = 0.0
+    saved = [(m, k, m.__dict__[k]) for m in model.modules() for k in ("_st_drop", "_st_drop_batch")
+             if m.__dict__.get(k)]
+    for m, k, _ in saved:
+        m.__dict__[k] = 0.0
     try:
         yield
     finally:
-        for m, r in saved:
-            m._st_drop = r
+        for m, k, r in saved:
+            m.__dict__[k] = r
+
+
+def batch_dropped(block: nn.Module) -> bool:
+    """Whether a block in ``batch`` mode is dropped for this forward (one draw for the whole batch; training
+    only). The gated forwards then return the block's input without computing it."""
+    p = block.__dict__.get("_st_drop_batch", 0.0)
+    return bool(p) and block.training and bool(torch.rand(()) < p)
 
 
 def drop_residual(block: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -170,4 +227,4 @@ def drop_residual(block: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch
     p = block.__dict__.get("_st_drop", 0.0)
     if not p or not block.training:  # blocks with a branch end carry no rate: their hook drops
         return out
-    return x + drop_path(out - x, p, True, block.__dict__.get("_st_drop_scale", True))
+    return x + _drop(block, out - x, p)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .droppath import clear_drop_path, drop_residual
+from .droppath import batch_dropped, clear_drop_path, drop_residual
 
 __all__ = ["ElasticDepth", "Stage", "RUN", "SKIP", "BRANCH", "DepthConfig", "find_stages", "parse_depths",
            "format_depths", "gated_subclass"]
@@ -175,7 +175,7 @@ _GATED_CLASSES: dict[tuple[type, Callable], type] = {}
 
 def _gated_forward(self, x, *args, **kwargs):
     mode = self._st_mode
-    if mode == SKIP:
+    if mode == SKIP or (mode == RUN and batch_dropped(self)):  # batch_dropped: stochastic depth per batch
         return x
     out = self._st_orig_forward(x, *args, **kwargs)
     if mode == BRANCH:

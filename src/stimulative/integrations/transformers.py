@@ -36,7 +36,7 @@ from torch import nn
 
 import stimulative as st
 from stimulative._extras import require
-from stimulative.core.droppath import drop_residual
+from stimulative.core.droppath import batch_dropped, drop_residual
 from stimulative.core.elastic import gated_subclass
 from stimulative.core.exits import PrefixExits
 
@@ -150,6 +150,8 @@ def _adapter_forward(self, *args, **kwargs):
     cls = type(self)
     mode = self._st_mode
     x = args[0] if args else kwargs[cls._st_input_name]
+    if mode == st.RUN and batch_dropped(self):  # LayerDrop / stochastic depth per batch: not computed
+        mode = st.SKIP
     if mode == st.RUN:
         out = self._st_orig_forward(*args, **kwargs)
         cls._st_tuple_len = len(out) if isinstance(out, tuple) else None  # learn what the caller expects

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..core.droppath import DROP_PATH_SCHEDULES
+from ..core.droppath import DROP_PATH_MODES, DROP_PATH_SCHEDULES
 from ..core.losses import KL_NORMS, KL_SCHEDULES, SUBNET_LOSSES
 from ..core.sampling import SAMPLING_KINDS
 from ..data.config import DataConfig  # the data layer's; re-exported here
@@ -43,6 +43,9 @@ class ModelConfig:
     stages: list | None = None            # manual ElasticDepth stage spec; None = auto-discovery
     drop_path: float = 0.0                # per-sample drop rate of the residual blocks (0 = off); peers of ST
     drop_path_schedule: str = "linear"    # linear (stochastic depth, p at the last block) | uniform (LayerDrop)
+    drop_path_mode: str = "sample"        # sample (a draw per sample, computes every block) | batch (one draw per
+    #                                       block per step; a dropped block is skipped: the compute-saving form)
+    drop_path_removable_only: bool = False  # the schedule covers only blocks some sub-network removes
 
 
 @dataclass
@@ -133,6 +136,7 @@ CHOICES = {
     "data.name": ("cifar10", "cifar100", "folder", "synthetic", "digits"),
     "data.augment": ("cifar", "imagenet", "none"),
     "model.drop_path_schedule": DROP_PATH_SCHEDULES,
+    "model.drop_path_mode": DROP_PATH_MODES,
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "onecycle", "constant"),
     "st.sampling": SAMPLING_KINDS,

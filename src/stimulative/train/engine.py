@@ -99,12 +99,15 @@ def _train(cfg: Config, runtime: Runtime, start: RunStart | None) -> dict[str, A
         raise ConfigError(f"model {cfg.model.name!r} has one block per stage ({ed.full_depths}): there is no "
                           "sub-network to train; use st.num_subnets=0 (CT)")
     if cfg.model.drop_path:  # stochastic depth / LayerDrop: the peers, alone or combined with ST
-        set_drop_path(ed, cfg.model.drop_path, cfg.model.drop_path_schedule)
+        set_drop_path(ed, cfg.model.drop_path, cfg.model.drop_path_schedule, mode=cfg.model.drop_path_mode,
+                      removable_only=cfg.model.drop_path_removable_only)
     eval_depths = _checked_depths(ed, cfg.eval_depths)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     ema_ed = elastic(ema.module, cfg) if ema is not None else None
-    forward = runtime.wrap(model, cfg.compile, find_unused_parameters=cfg.st.num_subnets > 0)
+    # a skipped block (a sub-network, or a drop per batch) leaves parameters without gradient in DDP
+    skips = cfg.st.num_subnets > 0 or (cfg.model.drop_path > 0 and cfg.model.drop_path_mode == "batch")
+    forward = runtime.wrap(model, cfg.compile, find_unused_parameters=skips)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     criterion = CrossEntropyWithAccuracy(cfg.optim.label_smoothing, device)
