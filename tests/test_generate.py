@@ -51,8 +51,9 @@ def greedy(model, prompt: torch.Tensor, new: int, **kwargs) -> torch.Tensor:
 
 
 def prompts(seed: int, lengths=(1, 6, 19)) -> list[torch.Tensor]:
+    """Random prompts without the pad id 0 (a prompt holding it is masked by model.generate: test_generate_exact)."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, VOCAB, (1, n), generator=g) for n in lengths]
+    return [torch.randint(1, VOCAB, (1, n), generator=g) for n in lengths]
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -97,7 +98,7 @@ def test_acceptance_follows_agreement_and_falls_back_to_greedy():
 def test_eos_and_max_new_tokens_inside_a_draft(family):
     model = tiny(family, "agree")
     long = {"confidence_threshold": 0.0, "max_draft_tokens": 16, "adaptive": False}
-    for p in prompts(2, lengths=(3, 4, 5, 6, 7, 8)):  # one whose output has a token first seen at step 6..9
+    for p in prompts(2, lengths=tuple(range(3, 17))):  # one whose output has a token first seen at step 6..9
         ref = greedy(model, p, NEW)[0, p.shape[1]:].tolist()
         pos = next((i for i in range(5, 9) if ref[i] not in ref[:i]), None)
         if pos is not None and generate(model, p, 1, pos + 1, **long).full_forwards == 1:
@@ -146,14 +147,18 @@ def test_bad_inputs_name_the_argument():
         generate(model, torch.tensor([[0.5, 1.0]]), exit_layer=1)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, p, exit_layer=1, max_new_tokens=-1)
-    with pytest.raises(ValueError, match="max_new_tokens"):  # GPT-2 has 128 positions
-        generate(model, p, exit_layer=1, max_new_tokens=126)
+    with pytest.raises(ValueError, match="max_new_tokens=127 .* 128 positions"):  # GPT-2: 128 positions
+        generate(model, p, exit_layer=1, max_new_tokens=127)
     with pytest.raises(ValueError, match="max_draft_tokens"):
         generate(model, p, exit_layer=1, max_draft_tokens=-2)
     with pytest.raises(ValueError, match="confidence_threshold"):
         generate(model, p, exit_layer=1, confidence_threshold=1.5)
     with pytest.raises(ValueError, match="model"):
         generate(torch.nn.Linear(2, 2), p, exit_layer=1)
+    with pytest.raises(ValueError, match=r"input_ids must be token ids in 0\.\.63 .* got 64"):
+        generate(model, torch.tensor([[1, 64]]), exit_layer=1)
+    with pytest.raises(ValueError, match=r"input_ids must be token ids in 0\.\.63 .* got -1"):
+        generate(model, torch.tensor([[-1, 3]]), exit_layer=1)
 
 
 # ---- the command line ----------------------------------------------------------------------------------------

@@ -17,9 +17,23 @@ shallow stack (layers 1..k) and a deep stack (layers k+1..L) that share one ``tr
   exactly the accepted tokens. The bonus token has been through no layer yet: the next round starts by running
   it through the shallow stack (which the draft needs anyway to predict from it), so nothing is computed twice.
 
-The output is the plain greedy output of the full model (the same layers on the same keys/values; only the
-grouping of positions in the deep stack's forward differs, so an exact tie between two logits could in
-principle break the other way).
+The output is the plain greedy output of the full model, ``model.generate(input_ids, do_sample=False,
+max_new_tokens=n)``: the same layers on the same keys/values, the ``generation_config`` settings that change
+greedy output applied through ``transformers``' own logits processors, EOS and the token budget as there. Only
+the grouping of positions in a forward differs (the deep stack verifies several positions in one forward, the
+draft head reads several positions at once): in float32 a multi-token forward differs from one-token forwards by
+about 1e-7 in the logits, so two logits of one position closer than that may break the other way than in
+``model.generate`` (a near-tie, not only an exact tie); in bfloat16 such near-ties are common enough that about
+1% of decodes differ from ``model.generate``'s somewhere (as ``transformers``' own ``assistant_early_exit`` does).
+Measured by ``benchmarks/measure_ties.py``; the numbers are in docs/lm.md.
+
+Exactness is decided by what was verified, not by what looks alike: ``SUPPORTED`` lists the model classes and
+configuration features whose output ``tests/test_generate.py`` checks token for token against
+``model.generate`` (float32, the ``transformers`` versions ``pyproject.toml`` pins). Anything else raises
+``UnsupportedError`` (a ``ValueError``) in one line naming the feature, and ``model.generate(input_ids,
+assistant_early_exit=k)`` is the alternative for a model outside the list. At run time the decoder checks that
+the decoder layers really filled the cache (a ``transformers`` whose layers take the cache under another
+argument name would otherwise decode from an empty cache).
 
 Adaptive fallback: a running estimate a of how often a drafted token agrees with the full model (over about
 the last 10 drafted tokens seen) says whether drafting pays: whether some draft length m is expected to give
@@ -31,9 +45,9 @@ longest draft of a round starts at 4 tokens, doubles (up to ``max_draft_tokens``
 and drops to j + 1 after a round whose first j drafts were accepted: agreement comes in runs; within a round
 the draft's own confidence can end it earlier.
 
-Batch size 1 only. Models: ``LlamaForCausalLM`` and ``GPT2LMHeadModel`` (and models with the same layout:
-``model.model.{embed_tokens, layers, norm, rotary_emb}`` or ``model.transformer.{wte, wpe, h, ln_f}``), with
-eager or SDPA attention, including the ones ``stimulative.lm.export`` writes::
+Batch size 1 only (one unpadded or left-padded prompt). Models: ``LlamaForCausalLM`` and ``GPT2LMHeadModel``
+exactly (not subclasses, not other families with the same layout), with the features in ``SUPPORTED``,
+including the ones ``stimulative.lm.export`` writes::
 
     out = generate(model, torch.tensor([[1, 2, 3]]), exit_layer=2, max_new_tokens=64)
     out.sequences, out.acceptance, out.tokens_per_forward
@@ -41,6 +55,8 @@ eager or SDPA attention, including the ones ``stimulative.lm.export`` writes::
 
 from __future__ import annotations
 
+import copy
+import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +65,49 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["generate", "SpeculativeOutput"]
+__all__ = ["generate", "SpeculativeOutput", "UnsupportedError", "SUPPORTED", "TESTED_TRANSFORMERS"]
+
+# The transformers versions the equality tests ran on (pyproject.toml pins the same range).
+TESTED_TRANSFORMERS = ">=5.24,<5.26"
+_ALTERNATIVE = "use model.generate(input_ids, assistant_early_exit=k) instead"
+
+# What tests/test_generate.py verifies token for token against model.generate (float32); nothing else is decoded.
+SUPPORTED: dict[str, tuple[str, ...]] = {
+    "model classes": ("LlamaForCausalLM", "GPT2LMHeadModel"),
+    "attention implementations": ("eager", "sdpa"),
+    "rope types (Llama)": ("default", "linear", "llama3", "yarn"),
+    "layer types": ("full_attention",),
+    "GPT-2 attention options": ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "scale_attn_weights"),
+    # applied with transformers' logits processors (``model._get_logits_processor``), as model.generate does
+    "generation_config settings": ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "min_length",
+                                   "min_new_tokens", "suppress_tokens", "begin_suppress_tokens", "sequence_bias",
+                                   "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty",
+                                   "remove_invalid_values", "renormalize_logits"),
+}
+
+# generation_config entries that do not change what model.generate(do_sample=False, max_new_tokens=n) returns for
+# one prompt: token ids handled here (eos, pad), lengths set here, sampling-only knobs, output/cache/assistant options
+_NO_EFFECT = frozenset({
+    "bos_token_id", "pad_token_id", "eos_token_id", "decoder_start_token_id", "max_length", "max_new_tokens",
+    "do_sample", "temperature", "top_k", "top_p", "typical_p", "min_p", "top_h", "epsilon_cutoff", "eta_cutoff",
+    "use_cache", "cache_implementation", "cache_config", "max_cache_len", "compile_config", "disable_compile",
+    "output_attentions", "output_hidden_states", "output_scores", "output_logits", "return_dict_in_generate",
+    "transformers_version", "_from_model_config", "num_assistant_tokens", "num_assistant_tokens_schedule",
+    "assistant_confidence_threshold", "assistant_lookbehind", "target_lookbehind", "assistant_early_exit",
+    "is_assistant", "max_matching_ngram_size", "prefill_chunk_size", "continuous_batching_config",
+    "length_penalty", "early_stopping", "low_memory", "num_return_sequences"})
+
+
+class UnsupportedError(ValueError):
+    """A model, configuration feature or ``generation_config`` setting whose greedy output this decoder was not
+    verified to reproduce; the message names it (one line)."""
+
+
+def _refuse(feature: str, got: Any, key: str | None = None, alternative: bool = True) -> UnsupportedError:
+    verified = f" (verified: {', '.join(SUPPORTED[key])})" if key else ""
+    tail = f"; {_ALTERNATIVE}" if alternative else ""
+    return UnsupportedError(f"stimulative.lm.generate does not support {feature} {got}{verified}: its output is "
+                            f"not verified to equal greedy decoding{tail}")
 
 
 @dataclass
@@ -99,31 +157,48 @@ class SpeculativeOutput:
 
 
 class _Stack:
-    """The pieces of a supported causal LM: embeddings, layers (called directly), final norm, LM head."""
+    """The pieces of a supported causal LM: embeddings, layers (called directly), final norm, LM head; refuses,
+    in one line naming it, any model or feature outside ``SUPPORTED``."""
 
     def __init__(self, model: nn.Module):
-        base = getattr(model, "model", None)
-        if base is not None and all(hasattr(base, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        import transformers
+
+        if not isinstance(model, nn.Module):
+            raise UnsupportedError(f"model must be a transformers LlamaForCausalLM or GPT2LMHeadModel, got "
+                                   f"{type(model).__name__}")
+        name = type(model).__name__
+        config = getattr(model, "config", None)
+        if type(model) is transformers.LlamaForCausalLM:
             self.family = "llama"
+            base = model.model
             self.embed, self.layers, self.norm, self.rotary = base.embed_tokens, base.layers, base.norm, base.rotary_emb
             self.wpe = None
-        elif all(hasattr(getattr(model, "transformer", None), a) for a in ("wte", "wpe", "h", "ln_f")):
+            rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+            if rope not in SUPPORTED["rope types (Llama)"]:
+                raise _refuse("rope type", repr(rope), "rope types (Llama)")
+        elif type(model) is transformers.GPT2LMHeadModel:
             self.family = "gpt2"
             t = model.transformer
             self.embed, self.layers, self.norm, self.wpe, self.rotary = t.wte, t.h, t.ln_f, t.wpe, None
+            if getattr(config, "add_cross_attention", False):
+                raise _refuse("config feature", "add_cross_attention", alternative=False)
         else:
-            raise ValueError(f"model must be a LlamaForCausalLM or GPT2LMHeadModel (or the same layout), got "
-                             f"{type(model).__name__}")
+            raise _refuse("model class", name, "model classes")
         self.head = model.get_output_embeddings()
-        config = model.config
         self.impl = getattr(config, "_attn_implementation", None) or "eager"
-        if self.impl not in ("eager", "sdpa"):
-            raise ValueError(f"model attention implementation must be 'eager' or 'sdpa', got {self.impl!r}")
-        layer_types = getattr(config, "layer_types", None)
-        if layer_types and any(t != "full_attention" for t in layer_types):
-            raise ValueError("model must use full attention in every layer (sliding-window layers are not supported)")
-        if getattr(config, "add_cross_attention", False):
-            raise ValueError("model must be a decoder-only LM without cross-attention")
+        if self.impl not in SUPPORTED["attention implementations"]:
+            raise _refuse("attention implementation", repr(self.impl), "attention implementations")
+        for t in getattr(config, "layer_types", None) or ():
+            if t not in SUPPORTED["layer types"]:
+                raise _refuse("layer type", repr(t), "layer types")
+        if getattr(config, "sliding_window", None) is not None:
+            raise _refuse("config feature", f"sliding_window={config.sliding_window}")
+        if config.num_hidden_layers != len(self.layers):  # the model's forward runs layers[:num_hidden_layers]
+            raise _refuse("config feature", f"num_hidden_layers={config.num_hidden_layers} with "
+                          f"{len(self.layers)} layers in the model")
+        self.vocab = self.embed.num_embeddings
+        # GPT-2's learned positions: model.generate accepts n_positions + 1 tokens in all (the last new token is
+        # never fed to the model); more end in an IndexError inside torch, refused here in one line
         self.max_positions = getattr(config, "n_positions", None) if self.family == "gpt2" else None
 
     def embed_at(self, ids: torch.Tensor, start: int) -> torch.Tensor:
@@ -191,22 +266,115 @@ def _eos_set(model: nn.Module, eos_token_id: int | Sequence[int] | None) -> set[
     return {int(t) for t in (eos_token_id if isinstance(eos_token_id, (list, tuple, set)) else [eos_token_id])}
 
 
+def _as_int(value: Any) -> int | None:
+    """``value`` as a Python int if it is an integer (int, numpy integer, 0-d integer tensor), not a bool."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _generation_settings(model: nn.Module) -> tuple[Any, list[str]]:
+    """A copy of ``model.generation_config`` and the settings in it that change greedy output (applied with
+    logits processors); refuses, naming it, a setting that changes the output and that is not in ``SUPPORTED``."""
+    from transformers import GenerationConfig
+
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return GenerationConfig(), []
+    defaults = GenerationConfig().to_dict()
+    applied = []
+    for key, value in config.to_dict().items():
+        if key not in defaults or value == defaults[key] or key in _NO_EFFECT:
+            continue
+        if key in ("num_beams", "guidance_scale") and value in (1, 1.0, None):
+            continue
+        if key not in SUPPORTED["generation_config settings"]:
+            raise UnsupportedError(f"stimulative.lm.generate does not support generation_config.{key}={value!r} "
+                                   f"(it changes model.generate's output; applied: "
+                                   f"{', '.join(SUPPORTED['generation_config settings'])}): set it to "
+                                   f"{defaults[key]!r} or use model.generate")
+        applied.append(key)
+    return copy.deepcopy(config), applied
+
+
+def _processors(model: nn.Module, config: Any, eos: set[int], padded: torch.Tensor, mask: torch.Tensor,
+                max_new_tokens: int) -> Any:
+    """transformers' logits processors for ``config`` as ``model.generate(padded, attention_mask=mask,
+    do_sample=False, max_new_tokens=...)`` builds them (the same lengths, special tokens and order)."""
+    length = padded.shape[1]
+    config.do_sample = False
+    config.eos_token_id = sorted(eos) or None
+    config.max_new_tokens = max_new_tokens
+    config.max_length = length + max_new_tokens
+    if config.min_new_tokens is not None:
+        config.min_length = config.min_new_tokens + length
+    model._prepare_special_tokens(config, True, device=padded.device)
+    return model._get_logits_processor(generation_config=config, input_ids_seq_length=length,
+                                       encoder_input_ids=padded, device=padded.device,
+                                       model_kwargs={"attention_mask": mask})
+
+
+def _padding(model: nn.Module, ids: torch.Tensor, attention_mask: Any, eos: set[int]) -> int:
+    """The number of left-padding positions of the prompt: from ``attention_mask``, or, without one, inferred
+    as ``model.generate`` does (positions holding the pad token id, if it is set and is not an EOS token)."""
+    if attention_mask is None:
+        pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
+        pad = pad[0] if isinstance(pad, (list, tuple)) and pad else pad
+        if pad is None or int(pad) in eos or not bool((ids == int(pad)).any()):
+            return 0
+        mask = (ids != int(pad)).long()
+        where = f"the prompt holds the pad token id {int(pad)} (generation_config.pad_token_id)"
+        fix = ("; model.generate(input_ids) masks it, which only left padding reproduces: pass "
+               "attention_mask=torch.ones_like(input_ids) to decode it as a token")
+    else:
+        mask = torch.as_tensor(attention_mask, device=ids.device)
+        if mask.dim() == 1:
+            mask = mask[None]
+        if tuple(mask.shape) != tuple(ids.shape):
+            raise ValueError(f"attention_mask must have the shape of input_ids {tuple(ids.shape)}, got "
+                             f"{tuple(mask.shape)}")
+        if mask.dtype.is_floating_point or not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("attention_mask must hold 0 (padding) and 1 (token) only")
+        mask = mask.long()
+        where, fix = "attention_mask", ""
+    row = mask[0].tolist()
+    n_pad = row.index(1) if 1 in row else len(row)
+    if n_pad == len(row):
+        raise ValueError(f"{where}: every position is padding, no prompt token is left")
+    if 0 in row[n_pad:]:
+        raise ValueError(f"{where}: position {n_pad + row[n_pad:].index(0)} is masked after a prompt token; "
+                         f"only left padding (zeros, then ones) is supported{fix}")
+    return n_pad
+
+
 @torch.no_grad()
 def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_layer: int, max_new_tokens: int = 128,
-             *, max_draft_tokens: int = 16, confidence_threshold: float = 0.4,
-             eos_token_id: int | Sequence[int] | None = None, adaptive: bool = True,
-             min_gain: float = 1.1) -> SpeculativeOutput:
+             *, attention_mask: torch.Tensor | Sequence[int] | None = None, max_draft_tokens: int = 16,
+             confidence_threshold: float = 0.4, eos_token_id: int | Sequence[int] | None = None,
+             adaptive: bool = True, min_gain: float = 1.1) -> SpeculativeOutput:
     """Greedy decoding of one prompt with drafts from the first ``exit_layer`` layers, verified by the rest.
 
-    The result is token for token the plain greedy output of the full model (``model.generate(input_ids,
-    do_sample=False, max_new_tokens=...)``), including stopping right after an EOS token; only the speed depends
-    on how often the early exit agrees with the full model. Batch size 1 only.
+    The result is token for token ``model.generate(input_ids, attention_mask=attention_mask, do_sample=False,
+    max_new_tokens=...)`` (float32; see the module docstring for near-ties, and for bfloat16, where about 1% of
+    decodes differ), including stopping right after an EOS token and the ``generation_config`` settings that
+    change greedy output (``repetition_penalty``, ``no_repeat_ngram_size``, ``suppress_tokens``,
+    ``min_new_tokens``, ...: applied with transformers' logits processors; a setting not verified is refused).
+    Only the speed depends on how often the early exit agrees with the full model. Batch size 1 only.
 
     Args:
-        model: a ``LlamaForCausalLM`` or ``GPT2LMHeadModel`` (eager or SDPA attention); put in eval mode here.
-        input_ids: the prompt, shape ``(1, T)`` or ``(T,)``, T >= 1.
-        exit_layer: k, the draft's depth: the first k of the model's L layers, 1 <= k <= L - 1.
+        model: a ``LlamaForCausalLM`` or ``GPT2LMHeadModel`` with the features in ``SUPPORTED`` (anything else
+            raises ``UnsupportedError`` naming the feature); its train/eval mode is restored on return.
+        input_ids: the prompt, shape ``(1, T)`` or ``(T,)``, T >= 1, ids in the model's vocabulary.
+        exit_layer: k, the draft's depth: the first k of the model's L layers, 1 <= k <= L - 1 (an int, a numpy
+            integer or a 0-d integer tensor).
         max_new_tokens: at most this many new tokens.
+        attention_mask: None, or the prompt's mask: all ones, or left padding (zeros, then ones; the padding is
+            kept in ``.sequences`` as ``model.generate`` keeps it). None with a prompt holding the model's pad
+            token id: the mask is inferred as ``model.generate`` infers it (left padding decodes, a pad id after
+            a token is refused: pass ``torch.ones_like(input_ids)`` to decode it as a token).
         max_draft_tokens: at most this many drafted tokens per round (0: plain greedy with the same code).
         confidence_threshold: end a draft round after a token whose draft probability is below this (0: never).
         eos_token_id: stop after this token (or any of these); default ``model.generation_config.eos_token_id``.
@@ -229,18 +397,23 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
         ref = model.generate(torch.tensor([[1, 2, 3]]), do_sample=False, max_new_tokens=20)
         assert torch.equal(out.sequences, ref)
     """
-    from transformers import DynamicCache
-
     t0 = time.perf_counter()
     stack = _Stack(model)
     n_layers = len(stack.layers)
-    if isinstance(exit_layer, bool) or not isinstance(exit_layer, int) or not 1 <= exit_layer <= n_layers - 1:
+    if n_layers < 2:
+        raise UnsupportedError(f"stimulative.lm.generate needs a model of at least 2 layers (this one has "
+                               f"{n_layers}): exit_layer k drafts with layers 1..k and layers k+1..L verify")
+    k = _as_int(exit_layer)
+    if k is None or not 1 <= k <= n_layers - 1:
         raise ValueError(f"exit_layer must be an int in 1..{n_layers - 1} for this {n_layers}-layer model, "
                          f"got {exit_layer!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    new_budget = _as_int(max_new_tokens)
+    if new_budget is None or new_budget < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not isinstance(max_draft_tokens, int) or max_draft_tokens < 0:
+    max_new_tokens = new_budget
+    if _as_int(max_draft_tokens) is None or max_draft_tokens < 0:
         raise ValueError(f"max_draft_tokens must be an int >= 0, got {max_draft_tokens!r}")
+    max_draft_tokens = _as_int(max_draft_tokens)
     if not 0.0 <= confidence_threshold <= 1.0:
         raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold!r}")
     device = next(model.parameters()).device
@@ -251,27 +424,84 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
         raise ValueError(f"input_ids must have shape (1, T) (batch size 1 only), got {tuple(ids.shape)}")
     if ids.shape[1] == 0:
         raise ValueError("input_ids must hold at least one token")
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
         raise ValueError(f"input_ids must hold integer token ids, got {ids.dtype}")
     ids = ids.long()
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= stack.vocab:
+        raise ValueError(f"input_ids must be token ids in 0..{stack.vocab - 1} (the model's vocabulary), got "
+                         f"{lo if lo < 0 else hi}")
+    eos = _eos_set(model, eos_token_id)
+    n_pad = _padding(model, ids, attention_mask, eos)
+    padded, ids = ids, ids[:, n_pad:]  # decode the prompt without its left padding; .sequences keeps it
     prompt = ids.shape[1]
     total = prompt + max_new_tokens
-    if stack.max_positions is not None and total > stack.max_positions:
+    if stack.max_positions is not None and total > stack.max_positions + 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} with a {prompt}-token prompt exceeds the model's "
-                         f"{stack.max_positions} positions")
-    eos = _eos_set(model, eos_token_id)
-    model.eval()
+                         f"{stack.max_positions} positions (at most {stack.max_positions + 1 - prompt} new tokens)")
+    gen_config, applied = _generation_settings(model)
+    processors = None
+    if applied:
+        mask = torch.cat([padded.new_zeros(1, n_pad), padded.new_ones(1, prompt)], 1)
+        processors = _processors(model, gen_config, eos, padded, mask, max_new_tokens)
+    pads: list[int] = padded[0, :n_pad].tolist()
 
-    k, shallow, deep = exit_layer, range(exit_layer), range(exit_layer, n_layers)
+    def scores(logits: torch.Tensor, upto: list[int]) -> torch.Tensor:
+        """One position's logits as model.generate picks from them: float32, through the logits processors
+        given the sequence before it (the padding, the prompt and the tokens up to it)."""
+        logits = logits.float()[None]
+        if processors is not None:
+            logits = processors(torch.tensor([pads + upto], dtype=torch.long, device=device), logits.clone())
+        return logits[0]
+
+    training = model.training
+    model.eval()
+    try:
+        out = _decode(stack, ids, k, max_new_tokens, max_draft_tokens, confidence_threshold, eos, adaptive,
+                      min_gain, scores if processors is not None else None)
+    finally:
+        model.train(training)
+    if n_pad:
+        out.sequences = torch.cat([padded[:, :n_pad], out.sequences], 1)
+        out.prompt_length += n_pad
+    out.time_s = time.perf_counter() - t0
+    return out
+
+
+def _check_cache(cache: Any, layer: int, expected: int) -> None:
+    got = cache.get_seq_length(layer)
+    if got != expected:
+        import transformers
+
+        raise UnsupportedError(f"stimulative.lm.generate: layer {layer + 1}'s KV cache holds {got} positions "
+                               f"after a forward over {expected} (the decoder layers of transformers "
+                               f"{transformers.__version__} do not fill the cache as this decoder calls them; "
+                               f"tested: transformers{TESTED_TRANSFORMERS}); {_ALTERNATIVE}")
+
+
+def _decode(stack: _Stack, ids: torch.Tensor, k: int, max_new_tokens: int, max_draft_tokens: int,
+            confidence_threshold: float, eos: set[int], adaptive: bool, min_gain: float,
+            scores: Any) -> SpeculativeOutput:
+    from transformers import DynamicCache
+
+    n_layers = len(stack.layers)
+    shallow, deep = range(k), range(k, n_layers)
+    prompt = ids.shape[1]
+    total = prompt + max_new_tokens
     out = SpeculativeOutput(ids, prompt)
     tokens: list[int] = ids[0].tolist()
     cache = DynamicCache()
     done = max_new_tokens == 0
+
+    def pick(logits: torch.Tensor, upto: list[int]) -> torch.Tensor:  # (vocab,) -> the scores greedy argmaxes
+        return logits if scores is None else scores(logits, upto)
+
     # Invariant at the start of a round: every layer's cache holds positions 0 .. len(tokens) - 2 (all accepted
     # tokens but the last one: the previous round's bonus token), or nothing before the first round (the prompt).
     # The tokens after the cached positions have been through no layer yet.
     agree = _PRIOR_AGREEMENT  # running estimate: P(draft token == full model's token | previous ones accepted)
     length = min(max_draft_tokens, _FIRST_LENGTH) if adaptive else max_draft_tokens  # this round's longest draft
+    first = True
     while not done:
         n = len(tokens)
         cached = cache.get_seq_length()
@@ -281,28 +511,44 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
             m_max = min(m_max, length) if _drafting_pays(agree, k, n_layers, m_max, min_gain) else 0
         # draft: the unprocessed tokens through the shallow stack, then one token at a time
         h = stack.run(stack.embed_at(ids.new_tensor([tokens[cached:]]), cached), shallow, cached, cache)
+        if first:  # the layers must have filled the cache (else every later step would decode from nothing)
+            _check_cache(cache, 0, n)
         pending = [h]  # layer-k hidden states of positions cached .. n - 1 + len(drafts)
         drafts: list[int] = []
         while len(drafts) < m_max:
-            logits = stack.logits(h[:, -1])
-            prob, tok = logits.float().softmax(-1).max(-1)
+            prob, tok = pick(stack.logits(h[0, -1]), tokens + drafts).float().softmax(-1).max(-1)
             drafts.append(int(tok))
             # run the drafted token through layers 1..k now: the next draft step and the verification need it
-            h = stack.run(stack.embed_at(tok[None], n + len(drafts) - 1), shallow, n + len(drafts) - 1, cache)
+            h = stack.run(stack.embed_at(tok[None, None], n + len(drafts) - 1), shallow, n + len(drafts) - 1,
+                          cache)
             pending.append(h)
             if drafts[-1] in eos or float(prob) < confidence_threshold:
                 break
         # a plain greedy step of the adaptive mode still reads the draft head (no extra layer pass) to see
         # whether the early exit agrees with the full model again
-        watch = int(stack.logits(h[:, -1]).argmax(-1)) if adaptive and m_max == 0 and max_draft_tokens else None
+        watch = (int(pick(stack.logits(h[0, -1]), tokens).argmax(-1))
+                 if adaptive and m_max == 0 and max_draft_tokens else None)
         # verify: layers k+1..L on the layer-k states of positions cached .. n - 1 + m in one forward
         m = len(drafts)
         hd = stack.run(torch.cat(pending, 1), deep, cached, cache)
-        greedy = stack.logits(hd[:, -(m + 1):]).argmax(-1)[0].tolist()
+        if first:
+            _check_cache(cache, n_layers - 1, n + m)
+            first = False
+        logits = stack.logits(hd[0, -(m + 1):])
         out.full_forwards += 1
-        j = 0
-        while j < m and drafts[j] == greedy[j]:
-            j += 1
+        if scores is None:
+            greedy = logits.argmax(-1).tolist()
+            j = 0
+            while j < m and drafts[j] == greedy[j]:
+                j += 1
+            bonus = greedy[j]
+        else:  # the processors see the sequence before each position: only as far as the drafts were accepted
+            j = 0
+            while True:
+                bonus = int(pick(logits[j], tokens + drafts[:j]).argmax(-1))
+                if j == m or drafts[j] != bonus:
+                    break
+                j += 1
         if m:
             out.rounds += 1
             out.drafted += m
@@ -318,8 +564,8 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
         else:
             out.greedy_steps += 1
             if watch is not None:
-                agree = _DECAY * agree + (1 - _DECAY) * (watch == greedy[0])
-        new = drafts[:j] + [greedy[j]]
+                agree = _DECAY * agree + (1 - _DECAY) * (watch == bonus)
+        new = drafts[:j] + [bonus]
         for i, t in enumerate(new):
             if t in eos:
                 new = new[:i + 1]
@@ -327,6 +573,5 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
                 break
         tokens.extend(new)
         done = done or len(tokens) >= total
-    out.sequences = torch.tensor([tokens], dtype=torch.long, device=device)
-    out.time_s = time.perf_counter() - t0
+    out.sequences = torch.tensor([tokens], dtype=torch.long, device=ids.device)
     return out
