@@ -1,5 +1,5 @@
 """The method: depth-elastic models, sub-network sampling, the ST/ST++ losses and training step, BatchNorm helpers
-and evaluation. Nothing here knows about configs, files, data sets or the command line (METHOD.md).
+and evaluation. Nothing here knows about configs, files, data sets or the command line (docs/method.md).
 
 * ``elastic``: ``ElasticDepth`` runs any residual model with blocks skipped; ``parse_depths``/``format_depths``.
 * ``sampling``: ``SampleSpace`` (ordered, inter-stage, stochastic, raw).

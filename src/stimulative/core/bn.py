@@ -1,8 +1,9 @@
 """BatchNorm helpers: keep sub-network passes from touching running statistics, and re-estimate them.
 
 Sub-networks see features of other depths and input sizes; if their train-mode forwards updated the running
-statistics, the full network's eval statistics would be corrupted (METHOD.md "Pitfalls"). ``frozen_bn_stats``
-makes a train-mode forward normalise with batch statistics but leave running statistics untouched.
+statistics, the full network's eval statistics would be corrupted (docs/method.md, "Pitfalls").
+``frozen_bn_stats`` makes a train-mode forward normalise with batch statistics but leave running statistics
+untouched.
 ``recalibrate_bn`` re-estimates running statistics with a cumulative average in train mode, as the paper does
 before evaluation; ``recalibrated`` is the one "save the BN buffers, re-estimate, measure, restore" block that
 every evaluation of a sub-network uses::

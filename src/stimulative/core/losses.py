@@ -1,4 +1,4 @@
-"""Losses of stimulative training (METHOD.md "One ST training step" and "KL-").
+"""Losses of stimulative training (docs/method.md, "The ST objective" and "KL-").
 
 * ``kl_loss``: KL(softmax(t/T) || softmax(s/T)) * T^2, batchmean.
 * ``normalize_logits``: the KL- normalisation: "layer" (layer-norm over classes, no affine, eps 1e-7) or "l2",

@@ -1,4 +1,4 @@
-"""Sampling spaces of sub-networks (METHOD.md "Sampling spaces").
+"""Sampling spaces of sub-networks (docs/method.md, "Sampling spaces").
 
 * ``ordered`` (default, best in the paper): per stage keep the first d_i blocks, d_i ~ U{min_i..c_i}.
 * ``inter_stage`` (InterSSR, ST++): d_i = c_i - u, u ~ U{0..r_i-1}; r_i = 1 keeps stage i full.
@@ -99,7 +99,7 @@ class SampleSpace:
                   seed: int | None = None) -> SampleSpace:
         """The space of ``kind`` for an ``ElasticDepth`` (uses its min depths and skippable blocks).
 
-        ``stochastic`` always keeps the first block of every stage (METHOD.md: "first block of a stage kept"),
+        ``stochastic`` always keeps the first block of every stage (docs/method.md, "Sampling spaces"),
         as ordered sampling does, even where that block has an identity shortcut (CIFAR ResNet ``layer1.0``,
         ViT ``blocks.0``); ``raw`` samples every skippable block (the full unraveled view).
         """

@@ -121,7 +121,7 @@ def stimulative_step(
     """One stimulative training step: main network + ``num_subnets`` sub-networks, gradients accumulated.
 
     Paper: "Stimulative Training++: Go Beyond The Performance Limits of Residual Networks",
-    https://arxiv.org/abs/2305.02507 (METHOD.md "One ST training step"). The caller then calls
+    https://arxiv.org/abs/2305.02507 (docs/method.md, "The ST objective"). The caller then calls
     ``optimizer.step()`` and ``zero_grad()``. The options are those of ``StimulativeStep`` (see there);
     the function-only arguments:
 
