@@ -1,8 +1,9 @@
 """Markdown tables of the language-model benchmark from its result files (benchmarks/results/lm/).
 
-Three blocks, each between its own markers; every number comes from the result files:
+Four blocks, each between its own markers in docs/lm.md (the README links there; no block is written into the
+README); every number comes from the result files:
 
-* ``lm-table`` (README.md and docs/lm.md): from ``<run>.json`` (training runs), ``loafing_lm.json`` and
+* ``lm-table`` (docs/lm.md): from ``<run>.json`` (training runs), ``loafing_lm.json`` and
   ``decode_<run>.json`` written by ``benchmarks/bench_lm.py``: the runs table, the loafing-by-depth table, the
   ``assistant_early_exit`` decoding table and the aims (depth-4 prefix vs depth-4 alone; full model vs CT).
 * ``lm-decode-table`` (docs/lm.md): from ``decode_reuse_<name>.json`` written by ``benchmarks/bench_decode.py``:

@@ -11,7 +11,10 @@ the claim seeds (10, 11, 12) and separately for the tuning seeds (0, 1):
 * ``fronts.png``: accuracy against MFLOPs of every depth (mean over seeds) and each method's upper front.
 
     python benchmarks/make_peers_table.py                  # print
-    python benchmarks/make_peers_table.py --write README.md   # replace the text between the peers markers
+    python benchmarks/make_peers_table.py --write docs/peers.md   # replace the text between the peers markers
+
+The block lives in ``docs/peers.md`` (the docs site's "Which method for which goal?"); its links are relative to
+that page (``docs/``), so the block belongs in a page of ``docs/``, not in the README.
 """
 
 from __future__ import annotations
@@ -410,7 +413,7 @@ def build(results: Path = RESULTS) -> str:
     out.append(f"CIFAR-10 ResNet-20, 5,000 training images, 15 epochs (equal time: each method given ST++'s "
                f"wall-clock from measured epoch times), 2,000 test images; every depth's accuracy after BN "
                f"re-estimation. {len(records)} runs so far ({n_claim} on the claim seeds 10-12). Regenerate: "
-               "`python benchmarks/make_peers_table.py --write README.md`; runs: `python benchmarks/bench_peers.py`.")
+               "`python benchmarks/make_peers_table.py --write docs/peers.md`; runs: `python benchmarks/bench_peers.py`.")
     out.append("")
     if claim:
         short = sum(1 for r in claim if len(r["seeds"]) < 3)
@@ -429,7 +432,7 @@ def build(results: Path = RESULTS) -> str:
         out += ["As the budget grows (Δ vs CT of the same seed at equal epochs; `--setting` of bench_peers.py):", "",
                 *budget_table(growth), ""]
         if (results / "budget.png").exists():
-            out += ["![Δ vs CT against the budget](benchmarks/results/peers/budget.png)", ""]
+            out += ["![Δ vs CT against the budget](../benchmarks/results/peers/budget.png)", ""]
         for setting in sorted({r.get("setting_name", "r20") for r in all_records if r["budget"] == "equal time"}
                               - {"r20"}):
             mine = [r for r in all_records if r.get("setting_name") == setting]
@@ -514,7 +517,8 @@ def plot_fronts(results: Path = RESULTS, seeds: tuple[int, ...] = CLAIM_SEEDS) -
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--write", metavar="FILE", help="replace the text between the peers-table markers of FILE")
+    p.add_argument("--write", metavar="FILE",
+                   help="replace the text between the peers-table markers of FILE (docs/peers.md)")
     args = p.parse_args()
     plots = f"-> {plot_fronts()}, {plot_budget()}"  # first: the text links budget.png once it exists
     text = build()

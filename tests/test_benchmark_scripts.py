@@ -376,3 +376,47 @@ def test_bench_decode_bad_draft_model_is_one_line(monkeypatch, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "--draft-model tiny: vocabulary of 300 tokens, tiny has 257" in err and "Traceback" not in err
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_table_generators_write_docs_pages_not_the_readme(tmp_path, monkeypatch, capsys):
+    """make_table.py writes its blocks into docs/results.md and docs/peers.md (or the pages it is given), --check
+    reports a stale page; the peers and LM blocks live in docs/ with links relative to it; the README has no
+    generator's markers, so no generator writes into it."""
+    import re
+
+    repo = BENCHMARKS.parent
+    make_table = benchmark_script("make_table")
+    assert make_table.RESULTS_DOC == repo / "docs" / "results.md"
+    assert make_table.EVIDENCE_DOC == repo / "docs" / "peers.md"
+    results, evidence = tmp_path / "results.md", tmp_path / "peers.md"
+    results.write_text(f"# R\n\n{make_table.START}\nstale\n{make_table.END}\n\nafter\n")
+    evidence.write_text(f"# E\n\n{make_table.EV_START}\nstale\n{make_table.EV_END}\n")
+    argv = ["make_table.py", "--results-doc", str(results), "--evidence-doc", str(evidence)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--check"])
+    assert make_table.main() == 1 and "stale" in results.read_text()  # --check writes nothing
+    monkeypatch.setattr(sys, "argv", argv)
+    assert make_table.main() == 0
+    assert results.read_text() == f"# R\n\n{make_table.build()}\n\nafter\n"
+    assert evidence.read_text() == f"# E\n\n{make_table.build_evidence()}\n"
+    monkeypatch.setattr(sys, "argv", [*argv, "--check"])
+    assert make_table.main() == 0
+    capsys.readouterr()
+    # the peers block's links resolve from docs/ (its page is docs/peers.md)
+    make_peers_table = benchmark_script("make_peers_table")
+    block = make_peers_table.build()
+    assert "--write docs/peers.md" in block
+    for target in re.findall(r"\]\(([^)#\s]+)", block):
+        assert (repo / "docs" / target).resolve().is_file(), target
+    # make_lm_table --write fills every block a page has, and refuses a page without its markers (the README)
+    make_lm_table = benchmark_script("make_lm_table")
+    page = tmp_path / "lm.md"
+    page.write_text(f"x\n{make_lm_table.STEP_START}\nold\n{make_lm_table.STEP_END}\ny\n")
+    lm_results = repo / "benchmarks" / "results" / "lm"
+    assert make_lm_table.write_blocks(page, lm_results) == ["step"]
+    assert make_lm_table.step_cost_markdown(lm_results) in page.read_text()
+    readme = (repo / "README.md").read_text()
+    for marker in (make_table.START, make_table.EV_START, make_peers_table.START, make_lm_table.START,
+                   make_lm_table.BUDGET_START, make_lm_table.DEC_START, make_lm_table.STEP_START):
+        assert marker not in readme
+    with pytest.raises(SystemExit):
+        make_lm_table.write_blocks(repo / "README.md", lm_results)

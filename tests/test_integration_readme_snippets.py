@@ -1,7 +1,8 @@
-"""The minimal examples of docs/integrations/{lightning,accelerate}.md run as written.
+"""The minimal examples of docs/integrations/{lightning,accelerate,transformers}.md run as written.
 
-Each page's first ```python block is the snippet the README shows for that integration; the test reads it from
-the page and executes it (offline, CPU), so the docs and this test cannot drift apart.
+Each page's first ```python block is the page's minimal example (the README shows the Lightning one, word for word:
+tests/test_readme.py); the test reads it from the page and executes it (offline, CPU), so the docs and this test
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -51,3 +52,15 @@ def test_accelerate_snippet_runs(tmp_path, monkeypatch):
     finally:
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
+
+
+def test_transformers_snippet_runs(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    ns = run_snippet("transformers.md", tmp_path, monkeypatch)     # writes resnet-2-1/ into tmp_path
+    assert ns["ed"].full_depths == [3, 3] and ns["step"].calls == 1
+    loaded = transformers.ResNetForImageClassification.from_pretrained(tmp_path / "resnet-2-1")
+    assert loaded.config.depths == [2, 1]

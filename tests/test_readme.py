@@ -1,15 +1,17 @@
-"""The README's Python API example runs as written and does what its comments say."""
+"""The README and the docs pages it links to: the examples run as written, the generated tables are what their
+generators build from the records (in docs/, never in the README), and the README stays short."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import pytest
 import torch
 from conftest import benchmark_script
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+DOCS = REPO / "docs"
 
 
 def test_readme_api_example_runs():
@@ -28,68 +30,71 @@ def test_readme_api_example_runs():
     assert set(losses) >= {"loss", "main", "subnet"} and losses["subnet"] > 0
 
 
-def _integration_blocks() -> list[str]:
+def _section(heading: str) -> str:
+    return README.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_integration_example_is_the_lightning_page_example():
+    # the README shows one integration, word for word the first example of its page, which
+    # tests/test_integration_readme_snippets.py runs (as it runs the Accelerate and transformers pages' examples)
+    section = _section("Use it in your trainer")
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 1, "the README shows one integration snippet; the others are on their pages"
+    page = re.findall(r"```python\n(.*?)```", (DOCS / "integrations" / "lightning.md").read_text(), re.S)[0]
+    assert blocks[0] == page
+    for linked in ("docs/integrations/lightning.md", "docs/integrations/accelerate.md",
+                   "docs/integrations/transformers.md", "docs/lm.md"):
+        assert f"]({linked})" in section, linked
+
+
+def test_readme_is_short_and_links_every_moved_section():
     text = README.read_text()
-    section = text.split("## Use it in your trainer", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(text.encode()) <= 12_000, f"README.md is {len(text.encode()):,} bytes; move detail to docs/"
+    assert "<!--" not in text, "generated blocks belong in docs pages, not in the README"
+    # what CI (.ci/run) runs is what the README says to run
+    ci = (REPO / ".ci" / "run").read_text()
+    assert 'pip install -e ".[dev]"' in _section("Install") and 'pip install -e ".[dev]"' in ci
+    assert "python -m pytest" in _section("Tests and documentation") and "python -m pytest" in ci
+    assert "mkdocs serve" in _section("Tests and documentation")
+    # the sections that moved out of the README, one link away
+    links = set(re.findall(r"\]\((docs/[^)#]+)", text))
+    for page in ("method.md", "training.md", "python-api.md", "analyses.md", "deploy.md", "reliability.md",
+                 "lm.md", "peers.md", "results.md", "evidence.md", "development.md", "architecture.md"):
+        assert f"docs/{page}" in links, page
+    for page in links:
+        assert (REPO / page).is_file(), page
+    assert "](docs/peers.md#when-does-st-help)" in text
 
 
-@pytest.mark.parametrize("index,needs", [(0, "lightning"), (1, "accelerate"), (2, "transformers")])
-def test_readme_integration_examples_run(index, needs, tmp_path, monkeypatch):
-    pytest.importorskip(needs)
-    blocks = _integration_blocks()
-    assert len(blocks) == 3, "README 'Use it in your trainer' should show Lightning, Accelerate and HF"
-    assert needs in blocks[index]
-    monkeypatch.chdir(tmp_path)  # examples may write files (save_pretrained)
-    torch.manual_seed(0)
-    scope: dict = {}
-    exec(compile(blocks[index], "README.md", "exec"), scope)
-    if needs == "lightning":
-        assert scope["module"].ed.full_depths == [3, 3, 3] and scope["trainer"].global_step == 4
-        assert sum(p.numel() for p in scope["small"].parameters()) < sum(
-            p.numel() for p in scope["model"].parameters())
-    elif needs == "accelerate":
-        assert scope["step"].last_configs and len(scope["step"].last_configs) == 2
-    else:
-        import transformers
-
-        loaded = transformers.ResNetForImageClassification.from_pretrained(tmp_path / "resnet-2-1")
-        assert loaded.config.depths == [2, 1]
-
-
-def test_readme_results_match_benchmark_json():
-    # the README's results section is exactly what benchmarks/make_table.py builds from benchmarks/results/*.json
+def test_docs_results_and_evidence_match_benchmark_json():
+    # docs/results.md's results block and docs/peers.md's "When does ST++ help?" block are exactly what
+    # benchmarks/make_table.py builds from benchmarks/results/
     make_table = benchmark_script("make_table")
-    text = README.read_text()
+    assert make_table.RESULTS_DOC == DOCS / "results.md" and make_table.EVIDENCE_DOC == DOCS / "peers.md"
+    text = make_table.RESULTS_DOC.read_text()
     start, end = text.index(make_table.START), text.index(make_table.END) + len(make_table.END)
-    assert text[start:end] == make_table.build(), "README results are stale: run python benchmarks/make_table.py"
+    assert text[start:end] == make_table.build(), "docs/results.md is stale: run python benchmarks/make_table.py"
+    text = make_table.EVIDENCE_DOC.read_text()
     start, end = text.index(make_table.EV_START), text.index(make_table.EV_END) + len(make_table.EV_END)
     assert text[start:end] == make_table.build_evidence(), \
-        "README 'When does ST++ help?' is stale: run python benchmarks/make_table.py"
+        "docs/peers.md 'When does ST++ help?' is stale: run python benchmarks/make_table.py"
 
 
-def test_readme_and_lm_doc_tables_match_lm_results():
-    # the "Language models" tables in README.md and docs/lm.md are what benchmarks/make_lm_table.py builds
+def test_lm_doc_tables_match_lm_results():
+    # the language-model tables of docs/lm.md are what benchmarks/make_lm_table.py builds
     make_lm_table = benchmark_script("make_lm_table")
-    expected = make_lm_table.markdown(README.parent / "benchmarks" / "results" / "lm")
-    for doc in (README, README.parent / "docs" / "lm.md"):
-        text = doc.read_text()
-        start = text.index(make_lm_table.START) + len(make_lm_table.START) + 1
-        assert text[start:text.index(make_lm_table.END)] == expected, f"{doc.name}: run make_lm_table.py --write"
-
+    expected = make_lm_table.markdown(REPO / "benchmarks" / "results" / "lm")
+    text = (DOCS / "lm.md").read_text()
+    start = text.index(make_lm_table.START) + len(make_lm_table.START) + 1
+    assert text[start:text.index(make_lm_table.END)] == expected, "lm.md: run make_lm_table.py --write docs/lm.md"
 
 
 def test_lm_doc_decode_and_step_cost_tables_match_lm_results():
     # docs/lm.md's decoding table (decode_reuse_*.json) and step-cost table (step_cost.json) are what
     # benchmarks/make_lm_table.py builds
     make_lm_table = benchmark_script("make_lm_table")
-    results = README.parent / "benchmarks" / "results" / "lm"
-    text = (README.parent / "docs" / "lm.md").read_text()
-    budget = make_lm_table.budget_markdown(make_lm_table.BUDGET)
-    readme = README.read_text()
-    start = readme.index(make_lm_table.BUDGET_START) + len(make_lm_table.BUDGET_START) + 1
-    assert readme[start:readme.index(make_lm_table.BUDGET_END)] == budget, \
-        "README.md: run python benchmarks/make_lm_table.py --write README.md"
+    results = REPO / "benchmarks" / "results" / "lm"
+    text = (DOCS / "lm.md").read_text()
     for start_marker, end_marker, build in ((make_lm_table.DEC_START, make_lm_table.DEC_END,
                                              make_lm_table.decode_reuse_markdown),
                                             (make_lm_table.STEP_START, make_lm_table.STEP_END,
@@ -223,11 +228,11 @@ def test_lm_budget_block_shows_the_separate_draft_model(tmp_path):
     assert line.endswith("`stimulative.lm.generate`: ST exit 2 2.10x; ST exit 4 1.80x.")
 
 
-def test_readme_peers_section_matches_its_records():
-    # "Which method for which goal?" is exactly what benchmarks/make_peers_table.py builds from
+def test_docs_peers_section_matches_its_records():
+    # docs/peers.md's "Which method for which goal?" is exactly what benchmarks/make_peers_table.py builds from
     # benchmarks/results/peers/
     make_peers_table = benchmark_script("make_peers_table")
-    text = README.read_text()
+    text = (DOCS / "peers.md").read_text()
     start, end = text.index(make_peers_table.START), text.index(make_peers_table.END) + len(make_peers_table.END)
     assert text[start:end] == make_peers_table.build(), \
-        "README peers section is stale: run python benchmarks/make_peers_table.py --write README.md"
+        "docs/peers.md is stale: run python benchmarks/make_peers_table.py --write docs/peers.md"
