@@ -21,7 +21,7 @@ __all__ = ["EXTRAS", "MissingExtraError", "missing_extra", "require"]
 # top-level module -> the extra (pyproject.toml [project.optional-dependencies]) that installs it
 EXTRAS: dict[str, str] = {
     "lightning": "lightning", "accelerate": "accelerate", "transformers": "transformers", "onnx": "onnx",
-    "onnxruntime": "onnx", "tensorboard": "tensorboard", "safetensors": "safetensors",
+    "onnxruntime": "onnx", "tensorboard": "tensorboard", "safetensors": "safetensors", "gguf": "transformers",
 }
 
 

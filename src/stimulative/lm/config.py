@@ -41,7 +41,9 @@ class LMModelConfig:
     context: int = 256                    # training block length = max positions
     tie_word_embeddings: bool = False
     pretrained: str | None = None         # a save_pretrained directory (LlamaForCausalLM, GPT2LMHeadModel) to
-    #                                       continue pre-training: family and sizes come from its config.json
+    #                                       continue pre-training, or a .gguf file (converted once into
+    #                                       ~/.cache/stimulative/gguf: stimulative.lm.gguf.cached_gguf):
+    #                                       family and sizes come from its config.json
     #                                       (a differing explicit size is an error), its tokenizer files replace
     #                                       data.tokenizer=byte, model.context + 1 <= its max positions
 
@@ -154,7 +156,8 @@ def _validate(cfg: LMConfig) -> None:
             raise ConfigError(f"eval_depths must be positive layer counts (those >= num_hidden_layers are "
                               f"skipped), got {bad}")
     if m.pretrained is not None and (not isinstance(m.pretrained, str) or not m.pretrained.strip()):
-        raise ConfigError(f"model.pretrained must be a save_pretrained directory or null, got {m.pretrained!r}")
+        raise ConfigError(f"model.pretrained must be a save_pretrained directory, a .gguf file or null, got "
+                          f"{m.pretrained!r}")
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).expanduser().exists():
         raise ConfigError(f"resume checkpoint {cfg.resume!r} does not exist (use resume=auto or a path)")
 

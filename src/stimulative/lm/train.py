@@ -87,12 +87,40 @@ def _has_tokenizer(path: Path) -> bool:
     return any((path / name).is_file() for name in _TOKENIZER_FILES)
 
 
+def _is_gguf_source(value: Any) -> bool:
+    """``model.pretrained`` names a GGUF file (a ``.gguf`` path, or a file with the GGUF magic bytes)."""
+    from .gguf import is_gguf
+
+    path = Path(str(value)).expanduser()
+    return not path.is_dir() and (path.suffix.lower() == ".gguf" or is_gguf(path))
+
+
+def _gguf_pretrained(path: Path) -> Path:
+    """A GGUF ``model.pretrained``: its converted directory in the GGUF cache (``stimulative.lm.gguf.cached_gguf``:
+    converted on first use, reused after); what cannot be converted is a ``ConfigError`` naming the key."""
+    from .gguf import GGUFError, cached_gguf
+
+    if not path.is_file():
+        raise ConfigError(f"model.pretrained {str(path)!r} does not exist (a .gguf file or a save_pretrained folder)")
+    t0 = time.perf_counter()
+    try:
+        out, converted = cached_gguf(path)
+    except GGUFError as err:
+        raise ConfigError(f"model.pretrained: {err}") from err
+    _log(f"model.pretrained {path}: converted to {out} in {time.perf_counter() - t0:.1f} s" if converted
+         else f"model.pretrained {path}: using its conversion {out}")
+    return out
+
+
 def _pretrained_dir(cfg: LMConfig) -> Path:
-    """``cfg.model.pretrained`` as a path; a ``ConfigError`` naming the key when it is not a model directory."""
+    """``cfg.model.pretrained`` as a path (a GGUF file: its converted directory, ``_gguf_pretrained``); a
+    ``ConfigError`` naming the key when it is not a model directory."""
     path = Path(str(cfg.model.pretrained)).expanduser()
+    if _is_gguf_source(path):
+        return _gguf_pretrained(path)
     if not path.is_dir():
         raise ConfigError(f"model.pretrained {cfg.model.pretrained!r} is not a directory (give the folder written "
-                          "by model.save_pretrained)")
+                          "by model.save_pretrained, or a .gguf file)")
     if not (path / "config.json").is_file():
         raise ConfigError(f"model.pretrained {cfg.model.pretrained!r} has no config.json (give the folder written "
                           "by model.save_pretrained)")
@@ -356,6 +384,8 @@ def _resume_copy(cfg: LMConfig) -> Path | None:
     config and tokenizer were copied there; the weights are the checkpoint's), else None."""
     if not cfg.model.pretrained or (Path(str(cfg.model.pretrained)).expanduser() / "config.json").is_file():
         return None
+    if Path(str(cfg.model.pretrained)).expanduser().is_file() and _is_gguf_source(cfg.model.pretrained):
+        return None  # a GGUF file that is still there: resolve_pretrained converts it (or reuses the cache)
     source = _resume_path(cfg)
     copy = source.parent / HF_CONFIG_DIR if source is not None else None
     return copy if copy is not None and (copy / "config.json").is_file() else None
