@@ -21,7 +21,8 @@ from .commands.options import check
 
 __all__ = ["main", "COMMANDS", "EXPECTED_ERRORS", "build_parser", "intermix_positionals"]
 
-COMMANDS = ["train", "eval", "demo", "loafing", "logits", "erf", "report", "export", "pareto", "generate"]
+COMMANDS = ["train", "eval", "demo", "loafing", "logits", "erf", "report", "export", "pareto", "generate",
+            "convert"]
 
 # The errors reported as one clean line (no traceback): ValueError covers ConfigError, CheckpointError, DataError
 # and the API's validation errors; FloatingPointError covers NonFiniteLossError.
