@@ -236,3 +236,18 @@ def test_docs_peers_section_matches_its_records():
     start, end = text.index(make_peers_table.START), text.index(make_peers_table.END) + len(make_peers_table.END)
     assert text[start:end] == make_peers_table.build(), \
         "docs/peers.md is stale: run python benchmarks/make_peers_table.py --write docs/peers.md"
+
+
+def test_readme_headline_numbers_are_on_their_pages():
+    # each headline number of the README's table is stated on the page its row links to (to the README's
+    # precision: 80.5 there for the paper's 80.50); spreads after "±" are the README's summary of the seeds
+    rows = [line.split("|")[1:4] for line in README.read_text().splitlines()
+            if line.startswith("| ") and "](docs/" in line and line.count("|") == 4]
+    assert len(rows) >= 6
+    number = r"(?<![\d.])\d+(?:\.\d+)?(?![\d])"
+    for area, cell, links in rows:
+        text = " ".join((REPO / page).read_text() for page in re.findall(r"\]\((docs/[^)#]+)", links))
+        on_page = {float(x) for x in re.findall(number, text)}
+        for value in re.findall(rf"(?<!± ){number}", re.sub(r"`[^`]*`", "", cell)):
+            digits = len(value.split(".")[1]) if "." in value else 0
+            assert any(round(x, digits) == float(value) for x in on_page), f"{area.strip()}: {value}"
