@@ -239,12 +239,19 @@ def test_depth_losses_equal_truncated_models():
     batches = [_padded_batch(), _padded_batch()[:2]]
     result = depth_losses(ed, batches)
     assert sorted(result) == [1, 2, 3] and model.training
+    model.eval()
+    with torch.no_grad():
+        full_top = torch.cat([TokenLogits(model)(b) for b in batches]).argmax(-1)
+    model.train()
     for k, row in result.items():
         small = sth.extract_pretrained(ed, [k]).eval()
         with torch.no_grad():
             rows = torch.cat([TokenLogits(small)(b) for b in batches])
         expected = F.cross_entropy(rows, torch.cat([next_token_targets(b) for b in batches]))
         assert abs(row["loss"] - float(expected)) < 1e-5 and row["tokens"] == rows.shape[0]
+        # top-1 agreement with the full model over the same (unpadded) positions
+        assert row["agree"] == pytest.approx(float((rows.argmax(-1) == full_top).float().mean()))
+    assert result[3]["agree"] == 1.0 and result[1]["agree"] < 1.0
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -271,6 +278,7 @@ def test_depth_losses_read_every_depth_off_one_forward(family, monkeypatch):
     assert len(forwards) == 4 * len(batches) and model.training
     for k in range(1, 5):
         assert abs(one[k]["loss"] - separate[k]["loss"]) < 1e-6 and one[k]["tokens"] == separate[k]["tokens"]
+        assert one[k]["agree"] == separate[k]["agree"]
 
 
 def test_text_folders_as_users_have_them(tmp_path, capsys):

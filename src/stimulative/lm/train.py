@@ -575,6 +575,7 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
                   "val_loss": result[layers]["loss"], "val_ppl": result[layers]["ppl"]}
         for k in depths:
             record[f"val_loss_d{k}"], record[f"val_ppl_d{k}"] = result[k]["loss"], result[k]["ppl"]
+            record[f"val_agree_d{k}"] = result[k]["agree"]  # top-1 agreement with the full model
         wall += time.perf_counter() - t_start
         t_start = time.perf_counter()
         record.update(val_tokens=result[layers]["tokens"], eval_time_s=t_start - t1, train_time_s=train_time,
@@ -591,7 +592,8 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
                          "train_time_s": train_time, "wall_s": wall}, run_dir / "last.pt")
         log.write(history)
         _log(f"eval step {done}/{total}: val loss {record['val_loss']:.4f} (ppl {record['val_ppl']:.3f})"
-             + "".join(f" | d{k} {record[f'val_loss_d{k}']:.4f}" for k in depths)
+             + "".join(f" | d{k} {record[f'val_loss_d{k}']:.4f} ({100 * record[f'val_agree_d{k}']:.0f}%)"
+                       for k in depths)
              + f" | train {record['train_loss_main']:.4f} | {record['tokens_per_s']:.0f} tok/s")
     log.close()
     if done < total:

