@@ -192,7 +192,11 @@ def test_cli_generate_on_a_run_and_an_export(lm_run, tmp_path, capsys):
     text, stats = out.split("\n---\n")
     assert text.startswith("def f(")
     assert "tokens/s" in stats and "acceptance" in stats and "tokens per full forward" in stats
-    assert stats.count("identical: yes") == 2 and "plain greedy" in stats and "assistant_early_exit=1" in stats
+    assert "median of 3 timed runs" in stats
+    lines = {line.split(":")[0]: line for line in stats.splitlines()}
+    for mode in ("plain greedy (model.generate)", "ours without drafts (max_draft_tokens=0)",
+                 "assistant_early_exit=1 (model.generate)"):
+        assert lines[mode].endswith("; identical") and "ours is " in lines[mode], (mode, stats)
     export = tmp_path / "export"
     assert main(["export", str(lm_run), "-o", str(export)]) == 0  # all 3 layers as a save_pretrained directory
     capsys.readouterr()
@@ -217,3 +221,77 @@ def test_drafting_pays_where_the_expected_tokens_per_layer_pass_beat_greedy():
     assert _drafting_pays(0.5, 2, 8, 16, 1.1) and not _drafting_pays(0.3, 2, 8, 16, 1.1)
     assert not _drafting_pays(0.5, 6, 8, 16, 1.1) and _drafting_pays(0.95, 6, 8, 16, 1.1)
     assert not _drafting_pays(0.99, 2, 8, 0, 1.0)  # no room for a draft
+
+
+def save_tiny(path: Path, family: str, layers: int = 2, positions: int = 64) -> Path:
+    """A random model directory without a tokenizer (the byte tokenizer: 257 ids)."""
+    torch.manual_seed(0)
+    if family == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=257, n_embd=16, n_layer=layers, n_head=2, n_positions=positions,
+                                      bos_token_id=None, eos_token_id=None)
+        model = transformers.GPT2LMHeadModel(cfg)
+    else:
+        cfg = transformers.LlamaConfig(vocab_size=257, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+                                       num_attention_heads=2, num_key_value_heads=1, bos_token_id=None,
+                                       eos_token_id=None)
+        model = transformers.LlamaForCausalLM(cfg)
+    model.save_pretrained(path)
+    return path
+
+
+def test_cli_compare_on_gpt2_notes_what_assistant_early_exit_cannot_do(tmp_path, capsys):
+    model = save_tiny(tmp_path / "gpt2", "gpt2")
+    assert main(["generate", str(model), "--exit", "1", "--prompt", "abc", "--max-new-tokens", "6", "--compare",
+                 "--repeats", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    lines = [line for line in captured.out.splitlines() if line.startswith("assistant_early_exit=1")]
+    assert len(lines) == 1 and "skipped, transformers cannot decode this model with it (IndexError" in lines[0]
+    assert "plain greedy (model.generate)" in captured.out and captured.out.count("; identical") == 2
+
+
+def one_error_line(err: str) -> bool:
+    """One ``stimulative generate: error: ...`` line and no traceback (transformers' progress bars aside)."""
+    return "Traceback" not in err and sum("error:" in line for line in err.splitlines()) == 1
+
+
+def test_cli_edge_cases_are_one_line_or_work(tmp_path, capsys):
+    llama = save_tiny(tmp_path / "llama", "llama")
+    one = save_tiny(tmp_path / "one", "llama", layers=1)
+    gpt2 = save_tiny(tmp_path / "gpt2", "gpt2", positions=16)
+    capsys.readouterr()  # save_pretrained's progress bars
+    assert main(["generate", str(llama), "--exit", "1", "--prompt", "ab", "--max-new-tokens", "0", "--compare"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ab\n---\n") and "0 new tokens" in out and "nothing to compare" in out
+    assert main(["generate", str(one), "--exit", "1", "--prompt", "ab"]) == 2
+    err = capsys.readouterr().err
+    assert "at least 2 layers (this one has 1)" in err and one_error_line(err)
+    # GPT-2 with 16 positions: 3 prompt bytes + 14 new tokens = 17 = n_positions + 1, as model.generate allows
+    assert main(["generate", str(gpt2), "--exit", "1", "--prompt", "abc", "--max-new-tokens", "14", "--compare",
+                 "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "14 new tokens" in out and "plain greedy (model.generate): 14 tokens" in out
+    assert main(["generate", str(gpt2), "--exit", "1", "--prompt", "abc", "--max-new-tokens", "15"]) == 2
+    err = capsys.readouterr().err
+    assert "exceeds the model's 16 positions (at most 14 new tokens)" in err and one_error_line(err)
+    assert main(["generate", str(llama), "--exit", "1", "--prompt", "ab", "--compare", "--repeats", "0"]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_compare_shows_the_first_differing_position(tmp_path, capsys, monkeypatch):
+    from stimulative.commands import generate as command
+
+    llama = save_tiny(tmp_path / "llama", "llama")
+    hf = command._hf_generate
+
+    def altered(model, ids, new, **extra):  # plain greedy "returns" another token at new position 2
+        tokens = hf(model, ids, new, **extra)
+        return tokens if extra else tokens[:2] + [(tokens[2] + 1) % 257] + tokens[3:]
+
+    monkeypatch.setattr(command, "_hf_generate", altered)
+    assert main(["generate", str(llama), "--exit", "1", "--prompt", "ab", "--max-new-tokens", "5", "--compare",
+                 "--repeats", "1"]) == 1
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("plain greedy"))
+    assert "DIFFERS at new token 2: ours " in line and "(5 vs 5 new tokens)" in line
+    assert command.first_difference([1, 2], [1, 2]) == "identical"
+    assert command.first_difference([1, 2], [1, 2, 3]).startswith("DIFFERS at new token 2: ours end, theirs 3")

@@ -3,8 +3,11 @@
 The first --exit layers (+ final norm + LM head) draft tokens; the remaining layers verify them starting from
 the draft's own layer-k hidden states, so nothing is computed twice, and the output is the model's plain greedy
 output. Prints the text, tokens/s, the acceptance of drafted tokens and the new tokens per full forward.
---compare also decodes the prompt with plain greedy and with transformers' generate(assistant_early_exit=K)
-and says whether the three outputs are identical (exit status 1 if not).
+--compare also decodes the prompt with transformers' plain greedy (model.generate), with our own loop with drafting
+off (--max-draft-tokens 0: what the speculative drafts alone gain) and with transformers'
+generate(assistant_early_exit=K); each output is "identical" to ours or shown at its first differing position
+(exit status 1 if plain greedy's differs), and the speed-ups are medians over --repeats timed runs of each. A
+model that assistant_early_exit cannot decode (GPT-2 in transformers 5.x) gets a one-line note instead.
 
 RUN is an LM run directory (stimulative.lm train) or a transformers model directory (stimulative export of an
 LM run, or any save_pretrained Llama / GPT-2); the tokenizer is the run's, the one saved in the directory, the
@@ -39,7 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-adaptive", action="store_true",
                         help="keep drafting even when drafts are rarely accepted (no fallback to greedy steps)")
     parser.add_argument("--compare", action="store_true",
-                        help="also run plain greedy and generate(assistant_early_exit=K); say if identical")
+                        help="also run plain greedy, ours without drafts and generate(assistant_early_exit=K); "
+                             "say if identical and how much faster ours is")
+    parser.add_argument("--repeats", type=int, default=3, metavar="R",
+                        help="--compare: timed runs of every decoding, the median is reported (default: 3)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=0, metavar="N", help="torch threads (default: torch's)")
 
@@ -72,7 +78,7 @@ def load_model_and_tokenizer(path: str | Path, device: str = "cpu") -> tuple[Any
     return model, tok
 
 
-def _hf_generate(model: Any, ids: Any, new: int, **extra: Any) -> tuple[Any, float]:
+def _hf_generate(model: Any, ids: Any, new: int, **extra: Any) -> list[int]:
     import torch
 
     pad = model.generation_config.pad_token_id
@@ -80,11 +86,33 @@ def _hf_generate(model: Any, ids: Any, new: int, **extra: Any) -> tuple[Any, flo
         pad = model.generation_config.eos_token_id
     if isinstance(pad, (list, tuple)):
         pad = pad[0]
-    t0 = time.perf_counter()
     # an explicit all-ones mask: generate would otherwise mask prompt tokens equal to the pad token
     out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,
                          pad_token_id=pad, **extra)
-    return out[0, ids.shape[1]:], time.perf_counter() - t0
+    return out[0, ids.shape[1]:].tolist()
+
+
+def _timed(decode: Any, repeats: int) -> tuple[list[int], float]:
+    """The new tokens of ``decode()`` and the median wall time of ``repeats`` calls (after one warm-up call)."""
+    import statistics
+
+    tokens = decode()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        decode()
+        times.append(time.perf_counter() - t0)
+    return tokens, statistics.median(times)
+
+
+def first_difference(ours: list[int], theirs: list[int]) -> str:
+    """"identical", or where two decodings first differ (0-based new-token index, both tokens or the end)."""
+    if ours == theirs:
+        return "identical"
+    i = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    mine = ours[i] if i < len(ours) else "end"
+    other = theirs[i] if i < len(theirs) else "end"
+    return f"DIFFERS at new token {i}: ours {mine}, theirs {other} ({len(ours)} vs {len(theirs)} new tokens)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok = load_model_and_tokenizer(args.model, args.device)
@@ -103,8 +133,9 @@ def run(args: argparse.Namespace) -> int:
     if not prompt:
         raise ValueError("--prompt must encode to at least one token")
     ids = torch.tensor([prompt], dtype=torch.long, device=next(model.parameters()).device)
+    mask = torch.ones_like(ids)  # the prompt as written, even where it holds the pad token id
     options = {"max_draft_tokens": args.max_draft_tokens, "confidence_threshold": args.confidence,
-               "adaptive": not args.no_adaptive}
+               "adaptive": not args.no_adaptive, "attention_mask": mask}
     generate(model, ids, args.exit_layer, min(4, args.max_new_tokens), **options)  # warm-up (and argument checks)
     out = generate(model, ids, args.exit_layer, args.max_new_tokens, **options)
     layers = model.config.num_hidden_layers
@@ -117,14 +148,34 @@ def run(args: argparse.Namespace) -> int:
           f"{out.greedy_steps} plain greedy steps", flush=True)
     if not args.compare:
         return 0
-    same = True
-    for name, extra in (("plain greedy", {}), (f"assistant_early_exit={args.exit_layer}",
-                                               {"assistant_early_exit": args.exit_layer})):
-        _hf_generate(model, ids, min(4, args.max_new_tokens), **extra)  # warm-up
-        ref, seconds = _hf_generate(model, ids, args.max_new_tokens, **extra)
-        identical = ref.tolist() == new
-        same = same and identical
-        print(f"{name} (model.generate): {len(ref)} tokens in {seconds:.3f} s ({len(ref) / seconds:.1f} "
-              f"tokens/s); ours is {seconds / out.time_s:.2f}x as fast; identical: {'yes' if identical else 'NO'}",
-              flush=True)
-    return 0 if same else 1
+    if args.max_new_tokens == 0:
+        print("compare: nothing to compare with --max-new-tokens 0 (no new token)")
+        return 0
+
+    def ours(**change: Any) -> list[int]:
+        return generate(model, ids, args.exit_layer, args.max_new_tokens, **{**options, **change}).new_tokens.tolist()
+
+    new, t_ours = _timed(ours, args.repeats)
+    print(f"compare: median of {args.repeats} timed runs each; ours {t_ours:.3f} s "
+          f"({len(new) / t_ours:.1f} tokens/s)", flush=True)
+    status = 0
+    modes = (("plain greedy (model.generate)", lambda: _hf_generate(model, ids, args.max_new_tokens)),
+             ("ours without drafts (max_draft_tokens=0)", lambda: ours(max_draft_tokens=0)),
+             (f"assistant_early_exit={args.exit_layer} (model.generate)",
+              lambda: _hf_generate(model, ids, args.max_new_tokens, assistant_early_exit=args.exit_layer)))
+    for i, (name, decode) in enumerate(modes):
+        try:
+            tokens, seconds = _timed(decode, args.repeats)
+        except Exception as e:  # noqa: BLE001 - transformers' assistant_early_exit fails on some models (GPT-2)
+            if i != 2:
+                raise
+            line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            print(f"{name}: skipped, transformers cannot decode this model with it ({type(e).__name__}: {line})",
+                  flush=True)
+            continue
+        verdict = first_difference(new, tokens)
+        if i == 0 and verdict != "identical":
+            status = 1
+        print(f"{name}: {len(tokens)} tokens in {seconds:.3f} s ({len(tokens) / seconds:.1f} tokens/s); ours is "
+              f"{seconds / t_ours:.2f}x as fast; {verdict}", flush=True)
+    return status
