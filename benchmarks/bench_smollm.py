@@ -12,6 +12,12 @@ the run validates the full model and the exits ``eval_depths`` (loss and top-1 a
 the untrained model's numbers (step 0). A rerun skips the records that exist and continues an interrupted run from
 its last checkpoint.
 
+Method ``adapter`` (Kangaroo's idea, ``stimulative.lm.adapter``): the model stays frozen and bit-identical; an exit
+adapter on layer ``--adapter-layer`` trains with ST's token KL to the full model, on the same training batches
+(``LMData.train_batch(step, 4, seed)``, the ST run's data order), AdamW lr 1e-3; its state is saved at every
+checkpoint (``<work>/adapter_L<k>_s<seed>/state.pt``) and a rerun continues from it. Its records are
+``adapter_L<k>_s<seed>_step<c>.json`` (only the adapter's exit is measured: the full model is the start's).
+
     nohup python benchmarks/bench_smollm.py --methods st --checkpoints 50 100 200 400 > smollm.log 2>&1 &
     python benchmarks/bench_smollm.py --methods ct st --checkpoints 100 --seed 0 --threads 1
 """
@@ -28,12 +34,15 @@ import sysconfig
 import time
 from pathlib import Path
 
-from machine import load_average, machine_info, write_json  # benchmarks/machine.py
+from machine import load_average  # benchmarks/machine.py
+
+from stimulative.io import benchmark_record, machine_info, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "smollm2"
 WORK = REPO / "benchmarks" / "work" / "smollm2"
-METHODS = {"ct": "lm_pretrained_ct", "st": "lm_pretrained_st"}
+METHODS = {"ct": "lm_pretrained_ct", "st": "lm_pretrained_st", "adapter": None}
+ADAPTER = {"rank": 1024, "lr": 1e-3, "warmup_steps": 20}  # the frozen model's exit adapter (stimulative.lm.adapter)
 STEPS = 1000  # every run's schedule length: a checkpoint at step c is the first c steps of the same run
 
 
@@ -79,6 +88,64 @@ def start_record(seed: int, args: argparse.Namespace) -> dict:
             "eval_s": round(time.perf_counter() - t0, 1)}
 
 
+def adapter_run(seed: int, stops: list[int], args: argparse.Namespace) -> None:
+    """Train the exit adapter to every checkpoint of ``stops`` (resuming from its saved state), one record each."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from stimulative.io import atomic_torch_save
+    from stimulative.lm.adapter import ExitAdapter, adapter_optimizer, evaluate_adapter, train_exit_adapter
+    from stimulative.lm.config import load_lm_config
+    from stimulative.lm.train import load_lm_data, resolve_pretrained
+
+    torch.set_num_threads(args.threads)
+    k = args.adapter_layer
+    name = f"adapter_L{k}_s{seed}"
+    todo = [c for c in sorted(stops) if not (Path(args.results) / f"{name}_step{c}.json").exists()]
+    if not todo:
+        return
+    cfg = resolve_pretrained(load_lm_config(REPO / "recipes" / "lm_pretrained_st.yaml",
+                                            [f"model.pretrained={args.gguf}", f"seed={seed}"]))
+    data = load_lm_data(cfg)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.pretrained, local_files_only=True).float().eval()
+    adapter = ExitAdapter(model.config.hidden_size, k, rank=ADAPTER["rank"])
+    optimizer = adapter_optimizer(adapter, ADAPTER["lr"])
+    state_path = Path(args.work) / name / "state.pt"
+    step, train_s = 0, 0.0
+    if state_path.exists():
+        saved = torch.load(state_path, weights_only=True)
+        adapter.load_state_dict(saved["adapter"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step, train_s = int(saved["step"]), float(saved["train_s"])
+    val = data.val_batches(cfg.data.val_blocks, cfg.eval_batch_size)
+    command = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
+    for stop in todo:
+        if stop > step:
+            print(f"[{time.strftime('%H:%M:%S')}] adapter L{k} seed {seed}: train {step} -> {stop}", flush=True)
+            batches = [data.train_batch(i, cfg.batch_size, cfg.seed) for i in range(step, stop)]
+            t0 = time.perf_counter()
+            train_exit_adapter(model, adapter, batches, stop - step, lr=ADAPTER["lr"],
+                               warmup_steps=ADAPTER["warmup_steps"], optimizer=optimizer, first_step=step,
+                               log=lambda r: print(f"  step {r['step']} kl {r['kl']:.3f} agree {r['agree']:.3f}",
+                                                   flush=True))
+            train_s += time.perf_counter() - t0
+            step = stop
+            atomic_torch_save({"adapter": adapter.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                               "train_s": train_s}, state_path)
+        if step != stop:  # the saved state is past this checkpoint: it cannot be measured any more
+            print(f"skip {name} step {stop}: the saved state is at step {step}", flush=True)
+            continue
+        t0 = time.perf_counter()
+        res = evaluate_adapter(model, adapter, val)
+        body = {"exits": {str(k): {"loss": res["loss"], "agree": res["agree"]}}, "val_tokens": res["tokens"],
+                "adapter": {"layer": k, **ADAPTER, "parameters": sum(p.numel() for p in adapter.parameters())},
+                "train_s": round(train_s, 1), "train_cpu_hours": round(train_s / 3600, 3),
+                "eval_s": round(time.perf_counter() - t0, 1)}
+        path = record("adapter", seed, stop, body, command, args, name=f"{name}_step{stop}.json")
+        print(f"[{time.strftime('%H:%M:%S')}] -> {path.name}: exit {k} loss {res['loss']:.4f}, agreement "
+              f"{100 * res['agree']:.1f}%", flush=True)
+
+
 def run_record(method: str, seed: int, stop: int, args: argparse.Namespace, wall_s: float) -> dict:
     from stimulative.train.checkpoint import peek_checkpoint
 
@@ -97,14 +164,17 @@ def run_record(method: str, seed: int, stop: int, args: argparse.Namespace, wall
             "trained_at": [] if saved is None else saved.starts}
 
 
-def record(method: str, seed: int, step: int, body: dict, cmd: str, args: argparse.Namespace) -> Path:
+def record(method: str, seed: int, step: int, body: dict, cmd: str, args: argparse.Namespace,
+           name: str | None = None) -> Path:
     out = {"setting": "SmolLM2-135M-Instruct (GGUF Q4_1 de-quantized to float32), continued pre-training on the "
                       "stdlib sources (held-out files), context 256, batch 4, AdamW lr 1e-4 constant",
-           "method": {"ct": "CT", "st": "ST", "start": "start"}[method], "seed": seed, "steps": step,
+           "method": {"ct": "CT", "st": "ST", "start": "start", "adapter": "exit adapter"}[method], "seed": seed,
+           "steps": step,
            "threads": args.threads, **body, "command": cmd, "machine": machine_info(args.threads),
            "load_avg_end": load_average(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    name = f"start_s{seed}.json" if method == "start" else f"{method}_s{seed}_step{step}.json"
-    write_json(out, Path(args.results) / name, indent=2)
+    name = name or (f"start_s{seed}.json" if method == "start" else f"{method}_s{seed}_step{step}.json")
+    write_record(benchmark_record("bench_smollm", out, command=cmd, wall_s=out.get("invocation_wall_s"),
+                                  machine=out["machine"]), Path(args.results) / name, indent=2)
     return Path(args.results) / name
 
 
@@ -118,6 +188,7 @@ def main() -> None:
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--work", default=str(WORK))
     p.add_argument("--no-start", action="store_true", help="skip the untrained model's record")
+    p.add_argument("--adapter-layer", type=int, default=8, help="method adapter: the exit layer (default 8)")
     args = p.parse_args()
     args.gguf = str(Path(args.gguf).expanduser().resolve()) if args.gguf else str(default_gguf())
     if not Path(args.gguf).is_file():
@@ -130,8 +201,11 @@ def main() -> None:
     if not args.no_start and not start.exists():
         cmd = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
         print(f"-> {record('start', args.seed, 0, start_record(args.seed, args), cmd, args)}", flush=True)
-    for method in args.methods:
-        for stop in sorted(args.checkpoints):
+    for stop in sorted(args.checkpoints):  # checkpoint-major: every method reaches step c before any goes on
+        for method in args.methods:
+            if method == "adapter":
+                adapter_run(args.seed, [stop], args)
+                continue
             out = Path(args.results) / f"{method}_s{args.seed}_step{stop}.json"
             if out.exists():
                 continue
