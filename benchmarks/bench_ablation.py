@@ -27,7 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from machine import machine_info, reap, write_json  # benchmarks/machine.py
+from machine import reap  # benchmarks/machine.py
+
+from stimulative import io as sio
+from stimulative.io import benchmark_record, machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "ablation"
@@ -135,7 +138,8 @@ def write_record(plan_name: str, plan: dict, variant: str, method: str, seed: in
         "command": " ".join(["stimulative", *shown[1:]]).replace(str(REPO) + "/", ""),
         "machine": machine_info(args.threads), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    write_json(rec, record_path(plan_name, name), indent=2)
+    rec = benchmark_record("bench_ablation", rec, command=rec["command"], machine=rec["machine"])
+    sio.write_record(rec, record_path(plan_name, name), indent=2)
     return rec
 
 

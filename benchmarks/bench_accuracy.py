@@ -30,7 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-from machine import load_average, machine_info  # benchmarks/machine.py
+from machine import load_average  # benchmarks/machine.py
+
+from stimulative.io import benchmark_record, machine_info, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"ct": "cifar10_resnet20_ct", "st": "cifar10_resnet20_st", "stpp": "cifar10_resnet20_stpp"}
@@ -167,7 +169,9 @@ def main() -> None:
         "total_time_s": round(time.time() - t_start, 1),
         "runs": results,
     }
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    doc = benchmark_record("bench_accuracy", doc, command=doc["command"], setting=out.stem,
+                           method=",".join(args.methods), wall_s=doc["total_time_s"], machine=doc["machine"])
+    write_record(doc, out, indent=2)
     print(f"\n{'run':<22}{'epochs':>7}{'train min':>10}{'test acc':>9}{'(1,1,1)':>9}{'(2,2,2)':>9}"
           f"{'mean sub (BN)':>14}")
     for r in results.values():

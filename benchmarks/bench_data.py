@@ -17,19 +17,20 @@ Writes benchmarks/results/bench_data.json (config, machine, numbers) and prints 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from machine import load_average, machine_info  # benchmarks/machine.py
+from machine import load_average  # benchmarks/machine.py
 from PIL import Image
 
 import stimulative as st
 from stimulative.data import DATASET_STATS, TensorBatches, build_data
 from stimulative.data.files import ImageSource, load_decoded
+from stimulative.io import benchmark_record, machine_info, write_record
 from stimulative.train.config import DataConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,6 +167,7 @@ def main() -> None:
         raise SystemExit(f"bench_data: archive {str(archive)!r} does not exist (pass --archive)")
 
     info = machine_info(args.threads)
+    t_start = time.time()
     print(f"(a) decoding {archive} ...", flush=True)
     decode, decoded = bench_decode(archive, args.workers)
     print("(b) in-memory batch augmentation ...", flush=True)
@@ -198,8 +200,10 @@ def main() -> None:
     result = {"benchmark": "bench_data", "config": vars(args) | {"archive": str(archive), "out": str(args.out)},
               "machine": info, "decode": decode, "tensor_augment": augment, "imagenet_loader": loaders,
               "train_step": steps, "verdict": verdict}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    command = "python benchmarks/bench_data.py " + " ".join(sys.argv[1:])
+    result = benchmark_record("bench_data", result, command=command, wall_s=round(time.time() - t_start, 1),
+                              machine=info)
+    write_record(result, args.out, indent=2)
 
     rows = [
         ("(a) decode CIFAR-10 archive (one time)", f"{decode['decode_images_per_s']:,.0f}",

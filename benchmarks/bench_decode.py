@@ -67,7 +67,9 @@ import time
 from pathlib import Path
 
 import torch
-from machine import load_average, machine_info, write_json  # benchmarks/machine.py
+from machine import load_average  # benchmarks/machine.py
+
+from stimulative.io import benchmark_record, machine_info, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -425,7 +427,7 @@ def main() -> int:
                   "machine": {**machine_info(args.threads), "load_average_at_start": load0},
                   "load_average_at_end": load_average()}
         out = results / "decode_profile.json"
-        write_json(record, out)
+        write_record(benchmark_record("bench_decode", record, command=command, setting="profile"), out)
         print(f"-> {out}")
         return 0
     unequal = []
@@ -455,7 +457,8 @@ def main() -> int:
                   "machine": {**machine_info(args.threads), "load_average_at_start": load0},
                   "load_average_at_end": load_average()}
         out = results / f"decode_reuse_{name}.json"
-        write_json(record, out)
+        write_record(benchmark_record("bench_decode", record, command=command, setting="decode_reuse",
+                                      method=name), out)
         print(f"{name} ({spec}), {record['layers']} layers, {len(prompts)} prompts x {args.new_tokens} new tokens, "
               f"{args.repeats} passes, {record['wall_s']:.0f} s -> {out}")
         for mode, e in result.items():

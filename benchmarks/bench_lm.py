@@ -42,7 +42,9 @@ import sys
 import time
 from pathlib import Path
 
-from machine import load_average, machine_info, trained_at, write_json  # benchmarks/machine.py
+from machine import load_average, trained_at  # benchmarks/machine.py
+
+from stimulative.io import benchmark_record, machine_info, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"ct": "recipes/lm_llama_ct.yaml", "st": "recipes/lm_llama_st.yaml", "stpp": "recipes/lm_llama_stpp.yaml",
@@ -200,7 +202,7 @@ def train_all(args: argparse.Namespace, results: Path) -> None:
                 continue
             record = run_record(key, runs[key], cmd, Path(args.work) / f"{args.prefix}{key}", time.perf_counter() - t0,
                                 args, load0)
-            write_json(record, results / f"{key}.json")
+            write_record(benchmark_record("bench_lm", record, command=record["command"], method=key), results / f"{key}.json")
             print(f"[{stamp()}] done {key}: val loss {record['val_loss']:.4f}, train {record['train_time_s']:.0f}s "
                   f"-> {results / f'{key}.json'}", flush=True)
     if failed:
@@ -262,7 +264,7 @@ def decode(args: argparse.Namespace, results: Path) -> None:
         record = {"kind": "decode", "run": key, "method": METHODS[key.removesuffix("_time")], "source": str(src), **result,
                   "wall_s": time.perf_counter() - t0, "command": shlex.join(["python", *sys.argv]),
                   "machine": machine_info(args.threads), "load_average_at_end": load_average()}
-        write_json(record, out)
+        write_record(benchmark_record("bench_lm", record, command=record["command"], setting="decode"), out)
         line = " | ".join(f"exit {v['exit']}: {v['tokens_per_s']:.1f} tok/s, acceptance {v['acceptance']:.1%}, "
                           f"equal {v['equal_greedy']}" for k, v in result.items() if k.startswith("exit_"))
         print(f"[{stamp()}] decode {key}: greedy {result['greedy']['tokens_per_s']:.1f} tok/s | {line} -> {out}",

@@ -20,19 +20,19 @@ the equal-time runs (``benchmarks/results/lm_budget/step_cost_recipes.json``).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from machine import load_average, machine_info  # benchmarks/machine.py
+from machine import load_average  # benchmarks/machine.py
 
 import stimulative as st
 from stimulative.core.droppath import set_drop_path
 from stimulative.core.tokens import TokenLogits, next_token_targets
 from stimulative.integrations import transformers as sth
+from stimulative.io import benchmark_record, machine_info, write_record
 from stimulative.lm.config import load_lm_config
 from stimulative.lm.layerskip import LayerSkipStep
 from stimulative.lm.train import _optimizer, build_lm
@@ -132,8 +132,9 @@ def main() -> None:
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result = benchmark_record("bench_lm_step", result, command=result.get("command"),
+                              setting="recipes" if args.recipes else "step cost")
+    write_record(result, out, indent=2)
     print(f"\n{'setting':<36}{'ms/step':>9}{'x CT':>7}")
     for k, v in med.items():
         print(f"{k:<36}{v * 1000:>9.1f}{v / ct:>7.2f}")

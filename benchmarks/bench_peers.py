@@ -39,7 +39,10 @@ import time
 from pathlib import Path
 
 from bench_ablation import CT, STPP, finished_epochs, read_metrics  # benchmarks/bench_ablation.py
-from machine import machine_info, reap, trained_at, write_json  # benchmarks/machine.py
+from machine import reap, trained_at  # benchmarks/machine.py
+
+from stimulative import io as sio
+from stimulative.io import benchmark_record, machine_info, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "peers"
@@ -320,7 +323,8 @@ def write_record(variant: str, seed: int, name: str, args: argparse.Namespace, t
     if rec["epochs"] != epochs:  # never record a run of another length than the plan's
         print(f"NOT recorded {name}: it trained {rec['epochs']} epochs, the plan wants {epochs}", flush=True)
         return None
-    write_json(rec, RESULTS / f"{name}.json", indent=2)
+    rec = benchmark_record("bench_peers", rec, command=rec["command"], wall_s=rec["train_s"], machine=rec["machine"])
+    sio.write_record(rec, RESULTS / f"{name}.json", indent=2)
     return rec
 
 
@@ -371,7 +375,8 @@ def measure_times(args: argparse.Namespace) -> None:
         out["earlier"] = [*old.get("earlier", []), {k: v for k, v in old.items() if k != "earlier"}]
     elif not args.classes and TIMES_UPDATE.exists():  # a full measurement supersedes the partial ones
         TIMES_UPDATE.rename(TIMES_UPDATE.with_name(f"step_times_update_before_{time.strftime('%Y%m%d%H%M')}.json"))
-    target.write_text(json.dumps(out, indent=2) + "\n")
+    sio.write_record(benchmark_record("bench_peers", out, command=out["command"], setting="step times",
+                                      machine=out["machine"]), target, indent=2)
     print(json.dumps(out["cost_x_ct"]), "\n", json.dumps(out["equal_time_epochs_at_15"]), f"\n-> {target}")
 
 
@@ -411,7 +416,8 @@ def calibrate(args: argparse.Namespace) -> None:
            "equal_time_epochs": {c: max(1, round(epochs * ref / v)) for c, v in med.items()},
            "machine": machine_info(args.threads), "load_avg": list(os.getloadavg()),
            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_json(out, calibration_path(args.setting), indent=2)
+    sio.write_record(benchmark_record("bench_peers", out, command=out["command"], machine=out["machine"]),
+                     calibration_path(args.setting), indent=2)
     print(json.dumps(out["cost_x_ct"]), "\n", json.dumps(out["equal_time_epochs"]),
           f"\n-> {calibration_path(args.setting)}")
 

@@ -25,7 +25,6 @@ Writes benchmarks/results/bench_throughput.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,10 +34,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import load_average, machine_info  # benchmarks/machine.py
+from machine import load_average  # benchmarks/machine.py
 
 import stimulative as st
 from stimulative.data import build_data
+from stimulative.io import benchmark_record, machine_info, write_record
 from stimulative.train import train
 from stimulative.train.config import config_from_dict
 from stimulative.train.optim import build_optimizer, build_scheduler
@@ -176,8 +176,9 @@ def main() -> None:
         result["st_cost_vs_ct"] = {name: {"num_subnets": n, "min_input_scale": s,
                                           "cost_x_ct": round(ct / median[name], 3), "naive_cost_x_ct": 1 + n}
                                    for name, (n, s) in ST_SETTINGS.items()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    result = benchmark_record("bench_throughput", result, command=result["command"], wall_s=result["time_s"],
+                              machine=result["machine"])
+    write_record(result, args.out, indent=2)
 
     print(f"\nengine CT {median['engine CT']:.1f} img/s vs plain loop {median['plain loop']:.1f} img/s: "
           f"engine overhead {overhead:+.1f}% (target <= 5%)")

@@ -1,26 +1,12 @@
-"""What every benchmark records about the machine it ran on, and how it writes a record (imported by the
-benchmarks/ scripts)."""
+"""Helpers of the benchmark scripts for running jobs (imported by the benchmarks/ scripts). The record format,
+its writer and the machine description are ``stimulative.io`` (``benchmark_record``, ``write_record``,
+``machine_info``)."""
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import platform
 import time
 from pathlib import Path
-
-import PIL
-import torch
-import torchvision
-
-
-def write_json(obj: dict, path: Path, indent: int = 1) -> None:
-    """Write a record atomically (a stop mid-write leaves the old file or none, never half of one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=indent) + "\n")
-    os.replace(tmp, path)
 
 
 def reap(running: dict[str, tuple]) -> list[tuple[str, tuple]]:
@@ -53,15 +39,3 @@ def trained_at(checkpoint: Path | str) -> list[str]:
 
     saved = peek_checkpoint(checkpoint)
     return commits_of(saved.starts) if saved is not None else []
-
-
-def machine_info(threads: int | None = None) -> dict:
-    """Platform, library versions, CUDA device, load average at the start and the date (UTC)."""
-    return {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(), "cpu_count": os.cpu_count(), "torch_threads": threads,
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "load_average_at_start": load_average(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
