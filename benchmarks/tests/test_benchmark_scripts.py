@@ -1,4 +1,5 @@
-"""The benchmark scripts plan and summarise what they are documented to (benchmarks/*.py are scripts, not modules)."""
+"""The benchmark scripts plan and the report generator summarises what they are documented to (benchmarks/*.py are
+scripts, not modules)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BENCHMARKS, benchmark_script
+from scriptload import BENCHMARKS, benchmark_script
 
 
 @pytest.fixture()
@@ -86,7 +87,7 @@ def test_bench_lm_bad_time_ratios_file_is_one_error(bench_lm, monkeypatch, capsy
 
 
 def test_peers_crossing_extrapolates_the_equal_time_gap():
-    table = benchmark_script("make_peers_table")
+    table = benchmark_script("report")
     closing = table.crossing([(75_000, [-4.0, -3.0]), (225_000, [-2.0, -1.5])])
     slope = (-1.75 + 3.5) / math.log10(3)  # points per decade
     assert abs(closing["slope"] - slope) < 1e-9 and closing["now"] == -1.75
@@ -109,7 +110,7 @@ def test_peers_crossing_extrapolates_the_equal_time_gap():
 
 
 def test_peers_crossing_lines_pair_seeds_within_a_setting():
-    table = benchmark_script("make_peers_table")
+    table = benchmark_script("report")
 
     def rec(setting, variant, seed, acc, image_epochs):
         return {"setting_name": setting, "variant": variant, "seed": seed, "test_acc": acc, "epochs": 15,
@@ -128,7 +129,7 @@ def test_peers_crossing_lines_pair_seeds_within_a_setting():
 
 
 def test_peers_resnet8_goal_counts_resnet8_alone_not_the_smallest_depth_of_resnet14():
-    table = benchmark_script("make_peers_table")
+    table = benchmark_script("report")
 
     def alone(d, acc):
         return {"method": "alone", "variant": f"alone{6 * d + 2}", "depth_acc": {"1,1,1": acc},
@@ -142,7 +143,7 @@ def test_peers_resnet8_goal_counts_resnet8_alone_not_the_smallest_depth_of_resne
 
 def test_peers_budget_section_table_plot_and_crossing_from_records(tmp_path):
     """Records of two budgets give the budget table, budget.png (linked) and the crossing lines."""
-    table = benchmark_script("make_peers_table")
+    table = benchmark_script("report")
     real = json.loads((BENCHMARKS / "results" / "peers" / "peers_ct_s10.json").read_text())
     acc = {("r20", "ct"): 62.0, ("r20", "stpp"): 63.0, ("r20", "sd05"): 55.0, ("r20", "sd05_time"): 66.0,
            ("r20_15k", "ct"): 75.0, ("r20_15k", "stpp"): 77.0, ("r20_15k", "sd05"): 72.0,
@@ -159,7 +160,7 @@ def test_peers_budget_section_table_plot_and_crossing_from_records(tmp_path):
             name = f"peers_{variant}_s{seed}" if setting == "r20" else f"peers_{setting}_{variant}_s{seed}"
             (tmp_path / f"{name}.json").write_text(json.dumps(rec))
     assert table.plot_budget(tmp_path) == tmp_path / "budget.png" and (tmp_path / "budget.png").stat().st_size > 0
-    text = table.build(tmp_path)
+    text = table.build_peers(tmp_path)
     assert "| r20_15k | 225,000 | ST++ | 10,11 | 2.00 ± 0.00 |" in text
     assert "budget.png" in text
     assert "ST++ − stochastic depth p_L=0.5 at equal time, main network: -1.00 points at 225,000" in text
@@ -171,7 +172,7 @@ def test_peers_budget_section_table_plot_and_crossing_from_records(tmp_path):
 
 
 def test_peers_undominated_methods_at_equal_time():
-    table = benchmark_script("make_peers_table")
+    table = benchmark_script("report")
 
     def row(variant, main, front, budget="equal time"):
         return {"variant": variant, "label": variant, "epochs": 15, "budget": budget,
@@ -224,7 +225,7 @@ def test_records_name_the_commits_a_run_was_trained_at(tmp_path):
 def test_peers_goal_winner_lead_is_paired_over_common_seeds():
     """The lead over the runner-up: per-seed differences on the seeds both have, clear only above twice its std
     and judged from 3 seeds on."""
-    table = benchmark_script("make_peers_table")
+    table = benchmark_script("report")
 
     def row(variant, per_seed, budget="equal epochs"):
         values = list(per_seed.values())
@@ -283,7 +284,7 @@ def test_peers_add_fit_backfills_older_records_from_their_run_dirs(tmp_path, mon
 def test_peers_fit_table_per_budget_from_records():
     """The overfitting table: train − test of each seed averaged per setting and method; nothing when only the
     base setting has records (it answers the budget question) or no record has ``train_acc``."""
-    table = benchmark_script("make_peers_table")
+    table = benchmark_script("report")
 
     def rec(setting, variant, seed, train, test, loss, images=75_000):
         return {"setting_name": setting, "variant": variant, "method": "CT" if variant == "ct" else "ST++",
@@ -302,20 +303,9 @@ def test_peers_fit_table_per_budget_from_records():
 
 
 def test_peers_crossing_far_beyond_the_measured_budgets_is_not_given_as_a_number():
-    table = benchmark_script("make_peers_table")
+    table = benchmark_script("report")
     assert table._far(2_046_715.4, 225_000) == "2,046,715"
     assert table._far(2e22, 225_000) == "beyond 22,500,000 (100x the largest budget)"
-
-
-def test_benchmark_records_are_written_whole_by_the_one_writer(tmp_path):
-    """machine.write_json (every bench script's record writer): parent made, content read back, no temp file left,
-    an existing record replaced whole."""
-    machine = benchmark_script("machine")
-    path = tmp_path / "new" / "run.json"
-    machine.write_json({"a": 1}, path, indent=2)
-    machine.write_json({"b": [1, 2]}, path)
-    assert json.loads(path.read_text()) == {"b": [1, 2]}
-    assert [p.name for p in path.parent.iterdir()] == ["run.json"]
 
 
 def test_reap_returns_the_finished_jobs_and_reports_the_failed(tmp_path, capsys):
@@ -378,45 +368,36 @@ def test_bench_decode_bad_draft_model_is_one_line(monkeypatch, tmp_path, capsys)
     assert not list(tmp_path.glob("*.json"))
 
 
-def test_table_generators_write_docs_pages_not_the_readme(tmp_path, monkeypatch, capsys):
-    """make_table.py writes its blocks into docs/results.md and docs/peers.md (or the pages it is given), --check
-    reports a stale page; the peers and LM blocks live in docs/ with links relative to it; the README has no
-    generator's markers, so no generator writes into it."""
+def test_report_writes_docs_pages_not_the_readme(tmp_path, capsys):
+    """report.py writes every block into its page of docs/ (or of the folder it is given), --check reports a stale
+    page and writes nothing; a page without a block's markers is an error; the blocks' links resolve from docs/;
+    the README has no block's markers, so nothing is generated into it."""
     import re
 
+    report = benchmark_script("report")
     repo = BENCHMARKS.parent
-    make_table = benchmark_script("make_table")
-    assert make_table.RESULTS_DOC == repo / "docs" / "results.md"
-    assert make_table.EVIDENCE_DOC == repo / "docs" / "peers.md"
-    results, evidence = tmp_path / "results.md", tmp_path / "peers.md"
-    results.write_text(f"# R\n\n{make_table.START}\nstale\n{make_table.END}\n\nafter\n")
-    evidence.write_text(f"# E\n\n{make_table.EV_START}\nstale\n{make_table.EV_END}\n")
-    argv = ["make_table.py", "--results-doc", str(results), "--evidence-doc", str(evidence)]
-    monkeypatch.setattr(sys, "argv", [*argv, "--check"])
-    assert make_table.main() == 1 and "stale" in results.read_text()  # --check writes nothing
-    monkeypatch.setattr(sys, "argv", argv)
-    assert make_table.main() == 0
-    assert results.read_text() == f"# R\n\n{make_table.build()}\n\nafter\n"
-    assert evidence.read_text() == f"# E\n\n{make_table.build_evidence()}\n"
-    monkeypatch.setattr(sys, "argv", [*argv, "--check"])
-    assert make_table.main() == 0
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    pages = {}
+    for name, (_, page, _) in report.BLOCKS.items():
+        pages.setdefault(page, []).append(name)
+    for page, names in pages.items():
+        (docs / page).write_text("# P\n\n" + "".join(f"<!-- {n}:start (old) -->\nstale\n<!-- {n}:end -->\n\nafter\n"
+                                                    for n in names))
+    assert report.main(["--docs", str(docs), "--check"]) == 1
+    assert "stale" in (docs / "results.md").read_text()  # --check writes nothing
+    assert report.main(["--docs", str(docs), "results"]) == 0
+    assert (docs / "results.md").read_text() == f"# P\n\n{report.block('results')}\n\nafter\n"
+    assert report.main(["--docs", str(docs)]) == 0
+    assert report.main(["--docs", str(docs), "--check"]) == 0
+    for name in report.BLOCKS:
+        assert report.written_block(name, docs) == report.block(name)
+    (docs / "lm.md").write_text("no markers\n")
+    with pytest.raises(SystemExit, match="lm-table"):
+        report.main(["--docs", str(docs), "lm"])
     capsys.readouterr()
-    # the peers block's links resolve from docs/ (its page is docs/peers.md)
-    make_peers_table = benchmark_script("make_peers_table")
-    block = make_peers_table.build()
-    assert "--write docs/peers.md" in block
-    for target in re.findall(r"\]\(([^)#\s]+)", block):
-        assert (repo / "docs" / target).resolve().is_file(), target
-    # make_lm_table --write fills every block a page has, and refuses a page without its markers (the README)
-    make_lm_table = benchmark_script("make_lm_table")
-    page = tmp_path / "lm.md"
-    page.write_text(f"x\n{make_lm_table.STEP_START}\nold\n{make_lm_table.STEP_END}\ny\n")
-    lm_results = repo / "benchmarks" / "results" / "lm"
-    assert make_lm_table.write_blocks(page, lm_results) == ["step"]
-    assert make_lm_table.step_cost_markdown(lm_results) in page.read_text()
+    for name in ("peers-table", "evidence", "results"):
+        for target in re.findall(r"\]\(([^)#\s]+)", report.block(name)):
+            assert (repo / "docs" / target).resolve().is_file(), target
     readme = (repo / "README.md").read_text()
-    for marker in (make_table.START, make_table.EV_START, make_peers_table.START, make_lm_table.START,
-                   make_lm_table.BUDGET_START, make_lm_table.DEC_START, make_lm_table.STEP_START):
-        assert marker not in readme
-    with pytest.raises(SystemExit):
-        make_lm_table.write_blocks(repo / "README.md", lm_results)
+    assert not any(f"<!-- {name}:start" in readme for name in report.BLOCKS)
