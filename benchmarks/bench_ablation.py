@@ -4,7 +4,7 @@ Every run goes through ``stimulative train`` (a shipped recipe + ``key=value`` o
 ends, its record is written to ``benchmarks/results/ablation/<plan>/<run>.json`` with ``setting``, ``method``
 (CT / ST / ST++), ``variant``, ``seed``, ``epochs``, ``test_acc``, ``wall_s``, the exact command and the
 final metrics, so an interrupted invocation loses at most the runs in flight; rerunning the same command
-skips the runs whose record exists. ``make_table.py`` turns the records into the tables of docs/peers.md
+skips the runs whose record exists. ``report.py`` turns the records into the tables of docs/peers.md
 ("When does ST++ help?").
 
 A plan is a fixed setting (model, data subset, epochs, schedule) and a list of variants, each a method and

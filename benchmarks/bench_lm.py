@@ -23,7 +23,7 @@ time, ``resume=auto``). Then:
 Every finished step writes its record at once to ``benchmarks/results/lm/``: ``<run>.json`` per training run
 (setting, method, seed, steps, val_loss, per-depth losses, wall_s, exact command), ``loafing_lm.*``,
 ``decode_<run>.json``; a rerun skips what is finished, so an interrupted invocation loses at most the runs in
-flight (and those resume from their last checkpoint). ``benchmarks/make_lm_table.py`` turns the files into the
+flight (and those resume from their last checkpoint). ``benchmarks/report.py lm`` turns the files into the
 tables of docs/lm.md.
 
     nohup python benchmarks/bench_lm.py > benchmarks/work/lm/bench_lm.log 2>&1 &
@@ -324,7 +324,7 @@ def main() -> None:
     if not args.skip_decode:
         decode(args, results)
     print(f"[{stamp()}] bench_lm finished in {time.perf_counter() - t0:.0f}s; tables: "
-          f"python benchmarks/make_lm_table.py --results {results}", flush=True)
+          "python benchmarks/report.py lm", flush=True)
 
 
 if __name__ == "__main__":

@@ -279,7 +279,7 @@ def depth_mflops(run_dir: Path, configs: list[str]) -> dict[str, float]:
 
 def fit_of(final: dict) -> dict:
     """The last epoch's training accuracy (augmented, with drops) and test loss: how far the main network
-    overfits at this budget (what make_peers_table's overfitting table reads)."""
+    overfits at this budget (what report.py's overfitting table reads)."""
     return {"train_acc": final.get("train_acc"), "test_loss": final.get("test_loss")}
 
 

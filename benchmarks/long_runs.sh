@@ -3,7 +3,7 @@
 # resumable: start it again after a stop and every finished run is skipped (its record exists) and an unfinished
 # one continues from its checkpoint. Records land in benchmarks/results/{peers,lm_budget}/ as each run ends;
 # commit them with the regenerated tables (docs pages; see docs/development.md):
-#   python benchmarks/make_peers_table.py --write docs/peers.md && python benchmarks/make_lm_table.py --write docs/lm.md
+#   python benchmarks/report.py --plots
 #
 #   nohup bash benchmarks/long_runs.sh /tmp/data/cifar10-jpeg.tar.xz > /tmp/long_runs.log 2>&1 &
 #   bash benchmarks/long_runs.sh DATA peers      # one lane only (peers or lm)

@@ -54,6 +54,9 @@ def test_readme_is_short_and_links_every_moved_section():
     ci = (REPO / ".ci" / "run").read_text()
     assert 'pip install -e ".[dev]"' in _section("Install") and 'pip install -e ".[dev]"' in ci
     assert "python -m pytest" in _section("Tests and documentation") and "python -m pytest" in ci
+    # the benchmark scripts' own tests: a second suite, in the README and in CI
+    assert "python -m pytest benchmarks/tests" in _section("Tests and documentation")
+    assert 'for suite in "" benchmarks/tests' in ci and "python -m pytest $suite" in ci
     assert "mkdocs serve" in _section("Tests and documentation")
     # the sections that moved out of the README, one link away
     links = set(re.findall(r"\]\((docs/[^)#]+)", text))
