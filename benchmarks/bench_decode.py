@@ -28,8 +28,10 @@ such in docs/lm.md; record ``decode_reuse_<name>.json`` with a ``proxy`` entry.
 with the full model 18-50% of the time, against CT's own 33-66%): the case the adaptive fallback is for.
 
 Every prompt is decoded in every mode back to back (the order rotates per prompt and pass), ``--repeats``
-passes; a mode's ``speedup`` is the median over (prompt, pass) of plain greedy's time over the mode's time, and
-``vs_hf_exit`` of ours the median of ``hf_exit_<k>``'s time over ours. ``exit_agreement`` (in ``ours_exit_<k>``):
+passes; a mode's ``speedup`` is the median over (prompt, pass) of plain greedy's time over the mode's time; of
+ours, ``vs_no_draft`` the median of ``greedy_ours``' time over ours (the speculative gain alone: the same loop with
+drafting off) and ``vs_hf_exit`` the median of ``hf_exit_<k>``'s time over ours; the three columns of every
+decoding table. ``exit_agreement`` (in ``ours_exit_<k>``):
 the share of the generated positions (plain greedy's outputs, teacher-forced) where exit k's greedy token is the
 full model's. Every output must equal plain greedy's
 (``equal_greedy``; the script exits with status 1 otherwise, after writing its records). One record per model:
@@ -214,11 +216,12 @@ def run_mode(model: torch.nn.Module, mode: str, ids: torch.Tensor, new: int,
                                  pad_token_id=model.generation_config.pad_token_id, **extra)
         counts = dict(c) if c is not None else {}
         return out[0, ids.shape[1]:].tolist(), counts
+    mask = torch.ones_like(ids)  # as for model.generate above: the prompt as given, pad ids included
     if mode == "greedy_ours":
-        out = generate(model, ids, 1, new, max_draft_tokens=0)
+        out = generate(model, ids, 1, new, max_draft_tokens=0, attention_mask=mask)
     else:
         out = generate(model, ids, int(k), new, max_draft_tokens=args.max_draft_tokens,
-                       confidence_threshold=args.confidence, adaptive=not args.no_adaptive)
+                       confidence_threshold=args.confidence, adaptive=not args.no_adaptive, attention_mask=mask)
     return out.new_tokens.tolist(), {"rounds": out.rounds, "drafted": out.drafted, "accepted": out.accepted,
                                      "full_forwards": out.full_forwards, "greedy_steps": out.greedy_steps}
 
@@ -259,6 +262,7 @@ def bench(model: torch.nn.Module, prompts: list[torch.Tensor], args: argparse.Na
         if mode.startswith("ours_exit_"):
             hf_times = times[mode.replace("ours", "hf")]
             entry["vs_hf_exit"] = median([h / t for h, t in zip(hf_times, times[mode])])
+            entry["vs_no_draft"] = median([g / t for g, t in zip(times["greedy_ours"], times[mode])])
             entry["exit_agreement"] = agreement[entry["exit"]]
         result[mode] = entry
     return result
@@ -465,6 +469,8 @@ def main() -> int:
             extra = ""
             if "acceptance" in e:
                 extra = f", acceptance {e['acceptance']:.1%}, {e['tokens_per_full_forward']:.2f} tokens/full forward"
+            if "vs_no_draft" in e:
+                extra += f", {e['vs_no_draft']:.2f}x ours without drafts"
             if "vs_hf_exit" in e:
                 extra += f", {e['vs_hf_exit']:.2f}x hf_exit"
             print(f"  {mode:>14}: {e['tokens_per_s']:7.1f} tokens/s, {e['speedup']:.2f}x greedy{extra}, "

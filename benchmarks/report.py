@@ -929,6 +929,10 @@ def decode_table(decode: dict) -> list[str]:
                      f"draft settings: transformers' defaults (num_assistant_tokens={settings['num_assistant_tokens']}, "
                      f"schedule {settings['num_assistant_tokens_schedule']}, confidence threshold "
                      f"{settings['assistant_confidence_threshold']}).")
+        lines.append("Speed-up against transformers' plain greedy only: these records time transformers' own "
+                     "decodings; `stimulative.lm.generate` against plain greedy, against its own loop without drafts "
+                     f"and against `assistant_early_exit` is {NOT_MEASURED} here: see the decoding table of "
+                     "docs/lm.md.")
     return lines
 
 
@@ -1035,15 +1039,26 @@ def _exits(record: dict) -> list[int]:
     return sorted(record[k]["exit"] for k in record if k.startswith("ours_exit_"))
 
 
+NOT_MEASURED = "not measured"
+
+
+def _vs_no_draft(e: dict) -> str:
+    """Ours against our own loop with drafting off (the speculative gain alone), or "not measured" for a record
+    that predates ``vs_no_draft`` (bench_decode.py records it per prompt and pass since issue 32)."""
+    return f"{e['vs_no_draft']:.2f}x" if "vs_no_draft" in e else NOT_MEASURED
+
+
 def decode_reuse_table(records: dict[str, dict]) -> list[str]:
-    head = ["model", "decoding", "tokens/s", "speed-up vs greedy", "ours vs `assistant_early_exit`",
-            "exit agrees with full model", "acceptance", "tokens per full forward", "= greedy"]
+    head = ["model", "decoding", "tokens/s", "speed-up vs greedy (`generate`)", "ours vs ours, no draft",
+            "ours vs `assistant_early_exit`", "exit agrees with full model", "acceptance", "tokens per full forward",
+            "= greedy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(name: str, label: str, e: dict, vs_hf: str = "", agree: str = "", acc: str = "",
             tpf: str = "1.00") -> None:
+        no_draft = _vs_no_draft(e) if label.startswith("ours, exit") else ""
         lines.append(f"| {_label(name, records[name])} | {label} | {e['tokens_per_s']:.1f} | {e['speedup']:.2f}x | "
-                     f"{vs_hf} | {agree} | {acc} | {tpf} | {'yes' if e['equal_greedy'] else 'NO'} |")
+                     f"{no_draft} | {vs_hf} | {agree} | {acc} | {tpf} | {'yes' if e['equal_greedy'] else 'NO'} |")
 
     for name, r in records.items():
         row(name, "plain greedy (`generate`)", r["greedy"])
@@ -1202,6 +1217,20 @@ def decode_profile_lines(results: Path) -> list[str]:
     return out
 
 
+def _not_measured_note(records: dict[str, dict]) -> list[str]:
+    """Under a table with "not measured" cells: why, and the ratio of the two recorded speed-ups as a pointer
+    (a ratio of medians, not the per-prompt median the column holds)."""
+    missing = [(n, k) for n, r in records.items() for k in _exits(r) if "vs_no_draft" not in r[f"ours_exit_{k}"]]
+    if not missing:
+        return []
+    ratios = [f"{LABELS.get(n, n)} exit {k} {records[n][f'ours_exit_{k}']['speedup'] / records[n]['greedy_ours']['speedup']:.2f}x"
+              for n, k in missing if "greedy_ours" in records[n]]
+    return ["", f"\"{NOT_MEASURED}\": these records predate the column (the per-prompt times they were computed "
+                "from are not kept), and the models are not on this machine to run again. The ratio of the two "
+                "recorded speed-ups (ours over `ours, no draft`, a ratio of medians, not measured per prompt): "
+                + ", ".join(ratios) + "."]
+
+
 def decode_reuse_markdown(results: Path) -> str:
     """The lm-decode-table block: ``decode_reuse_*.json`` as a table, the settings, the commands and the aims;
     the proxies' table; ``decode_profile.json``."""
@@ -1219,7 +1248,8 @@ def decode_reuse_markdown(results: Path) -> str:
                 layers = r["layers"]
                 out.append(f"`{n}`: `{r['model']}` with the residual outputs of layers {layers // 2 + 1}..{layers} "
                            f"scaled by {r['disagree_scale']:g}.")
-        out += ["", *decode_reuse_table(trained), "", "Aims (issue 21):", "", *decode_reuse_aims(trained), ""]
+        out += ["", *decode_reuse_table(trained), *_not_measured_note(trained), "", "Aims (issue 21):", "",
+                *decode_reuse_aims(trained), ""]
     if proxies:
         out += [f"**{PROXY_LABEL[0].upper() + PROXY_LABEL[1:]}**: not trained models, and not in the aims. "
                 "A stand-in for a wider trained model, whose training is too expensive here:", ""]
@@ -1230,7 +1260,8 @@ def decode_reuse_markdown(results: Path) -> str:
                        f"vocabulary), the residual outputs of layers {first}..{last} scaled by "
                        f"{x['residual_scale']:g} (so its early exits agree with the full model at the rate in the "
                        f"table) and its LM head by {x['head_scale']:g} (confident drafts, like a trained model's).")
-        out += ["", *_commands(proxies), *_settings_lines(proxies), "", *decode_reuse_table(proxies), ""]
+        out += ["", *_commands(proxies), *_settings_lines(proxies), "", *decode_reuse_table(proxies),
+                *_not_measured_note(proxies), ""]
     profile = decode_profile_lines(results)
     if profile:
         out += [*profile, ""]
@@ -1463,6 +1494,34 @@ def gap_over_training(runs: dict) -> list[str]:
     return out
 
 
+def _vs_cell(es: list[dict], field: str, ours: bool) -> str:
+    """Mean ± std over seeds of ours' ``field`` (vs_no_draft, vs_hf_exit); "not measured" if a record lacks it."""
+    if not ours:
+        return ""
+    values = [e[field] for e in es if field in e]
+    return f"{_mean_std(values, '{:.2f}')}x" if len(values) == len(es) else NOT_MEASURED
+
+
+def _budget_gain_note(decode: dict) -> list[str]:
+    """Where the budget records lack ``vs_no_draft``: the ratio of ours' recorded speed-up to ``ours, no draft``'s
+    per seed (mean ± std), labelled as such."""
+    parts = []
+    for key, by_seed in decode.items():
+        for k in BUDGET_EXITS:
+            ds = [d for d in by_seed.values() if f"ours_exit_{k}" in d and "greedy_ours" in d]
+            if ds and any("vs_no_draft" not in d[f"ours_exit_{k}"] for d in ds):
+                ratios = [d[f"ours_exit_{k}"]["speedup"] / d["greedy_ours"]["speedup"] for d in ds]
+                parts.append(f"{BUDGET_RUNS[key]} exit {k} {_mean_std(ratios, '{:.2f}')}x")
+    if not parts:
+        return []
+    return ["", f"\"{NOT_MEASURED}\" (vs ours, no draft: the speculative gain alone): these records predate the "
+                "column and the models are not on this machine to run again. Our loop without drafts is "
+                + ", ".join(f"{BUDGET_RUNS[key]} {_mean_std([d['greedy_ours']['speedup'] for d in by_seed.values() if 'greedy_ours' in d], '{:.2f}')}x"
+                            for key, by_seed in decode.items() if any("greedy_ours" in d for d in by_seed.values()))
+                + " plain greedy; the ratio of ours' recorded speed-up to it (a ratio of medians per seed, not "
+                  "measured per prompt): " + "; ".join(parts) + "."]
+
+
 def budget_markdown(root: Path) -> str:
     runs, decode = load_budget(root)
     rel = _rel(root)
@@ -1483,7 +1542,8 @@ def budget_markdown(root: Path) -> str:
     out += ["", "Validation loss in nats per byte (256 held-out blocks of 128 bytes, mean ± std over seeds); the "
             "depth-4 model alone has only 4 layers, so its full model is its depth 4."]
     if decode:
-        head = ["model", "exit", "acceptance", "tokens per full forward", "speed-up vs greedy", "= greedy"]
+        head = ["model", "exit", "acceptance", "tokens per full forward", "speed-up vs greedy (`generate`)",
+                "vs ours, no draft", "vs `assistant_early_exit`", "= greedy"]
         out += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for key, by_seed in decode.items():
             # each early exit of ours, then a separate draft model if one drafted (bench_decode.py --draft-model)
@@ -1491,10 +1551,12 @@ def budget_markdown(root: Path) -> str:
                 es = [d[mode] for d in by_seed.values() if mode in d]
                 if es:
                     where = where or f"draft model ({es[0]['draft_layers']} layers)"
+                    ours = mode != "hf_draft"
                     out.append(f"| {BUDGET_RUNS[key]} | {where} | {_mean_std([e['acceptance'] for e in es], '{:.1%}')} | "
                                f"{_mean_std([e['tokens_per_full_forward'] for e in es], '{:.2f}')} | "
                                f"{_mean_std([e['speedup'] for e in es], '{:.2f}')}x | "
-                               f"{'yes' if all(e['equal_greedy'] for e in es) else 'NO'} |")
+                               f"{_vs_cell(es, 'vs_no_draft', ours)} | {_vs_cell(es, 'vs_hf_exit', ours)} | {'yes' if all(e['equal_greedy'] for e in es) else 'NO'} |")
+        out += _budget_gain_note(decode)
         out += ["", "Self-speculative decoding with `stimulative.lm.generate` (drafts of the first k layers, verified "
                 "from the draft's layer-k states), on the same prompts for every model; mean ± std over seeds."]
         if any("hf_draft" in d for by_seed in decode.values() for d in by_seed.values()):

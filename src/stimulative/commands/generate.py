@@ -163,12 +163,15 @@ def run(args: argparse.Namespace) -> int:
              ("ours without drafts (max_draft_tokens=0)", lambda: ours(max_draft_tokens=0)),
              (f"assistant_early_exit={args.exit_layer} (model.generate)",
               lambda: _hf_generate(model, ids, args.max_new_tokens, assistant_early_exit=args.exit_layer)))
+    layers_before = model.config.num_hidden_layers
     for i, (name, decode) in enumerate(modes):
         try:
             tokens, seconds = _timed(decode, args.repeats)
         except Exception as e:  # noqa: BLE001 - transformers' assistant_early_exit fails on some models (GPT-2)
             if i != 2:
                 raise
+            # it sets config.num_hidden_layers to K while drafting and does not restore it when it fails
+            model.config.num_hidden_layers = layers_before
             line = str(e).strip().splitlines()[0] if str(e).strip() else ""
             print(f"{name}: skipped, transformers cannot decode this model with it ({type(e).__name__}: {line})",
                   flush=True)
