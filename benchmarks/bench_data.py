@@ -29,7 +29,7 @@ from PIL import Image
 
 import stimulative as st
 from stimulative.data import DATASET_STATS, TensorBatches, build_data
-from stimulative.data.files import ImageSource, load_decoded
+from stimulative.data.archives import ImageSource, load_decoded
 from stimulative.io import benchmark_record, machine_info, write_record
 from stimulative.train.config import DataConfig
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-import stimulative.data.files as data_files
+import stimulative.data.archives as data_files
 from stimulative.data import (
     DATASET_STATS,
     DataError,
@@ -475,7 +475,7 @@ def test_probe_reads_a_sample_spread_over_the_source(tmp_path, archive):
             return real_open(fp, *args, **kwargs)
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("stimulative.data.files.Image.open", counting_open)
+            mp.setattr("stimulative.data.archives.Image.open", counting_open)
             assert source.probe_size(samples=4) == (8, 8)
         # 36 images: 4 evenly spaced (every 9th, from the first), headers only
         assert [Path(p).relative_to(root).as_posix() for p in opened] == \

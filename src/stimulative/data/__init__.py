@@ -2,12 +2,13 @@
 
 * ``config``: ``DataConfig``, the ``data`` section of a run's config (``stimulative.train.config`` builds it).
 * ``datasets``: ``build_data(cfg.data, ...)`` -> ``DataBundle`` (train/test batches, classes, input size).
-* ``files``: ImageFolder directories and archives; decoded once into a cache file (``stimulative.io``).
+* ``archives``: ImageFolder directories and archives; decoded once into a cache file (``stimulative.io``).
 * ``transforms``: the per-image ImageNet pipeline (crop, flip, jitter, lighting, UniformAugment).
 
 The package imports nothing above ``stimulative.io``.
 """
 
+from .archives import DataError
 from .config import DataConfig
 from .datasets import (
     DATASET_STATS,
@@ -22,7 +23,6 @@ from .datasets import (
     stratified_subset,
     synthetic_dataset,
 )
-from .files import DataError
 
 __all__ = [
     "DATASET_STATS", "DataBundle", "DataConfig", "DataError", "LoaderBatches", "TensorBatches", "build_data",

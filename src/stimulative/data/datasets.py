@@ -40,8 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
-from .config import DataConfig
-from .files import (
+from .archives import (
     SMALL_IMAGE_MAX,
     DataError,
     FileImageDataset,
@@ -52,6 +51,7 @@ from .files import (
     load_decoded,
     looks_like_image_folder,
 )
+from .config import DataConfig
 from .transforms import eval_transform, imagenet_train_transform, resize_train_transform
 
 __all__ = [
