@@ -142,7 +142,14 @@ def test_lm_budget_block_shows_the_separate_draft_model(tmp_path):
         {f"{kind}_exit_{k}": entry | {"speedup": speed} for kind, k, speed in
          (("hf", 2, 1.2), ("hf", 4, 1.1), ("ours", 2, 2.1), ("ours", 4, 1.8))}))
     block = make_lm_table.budget_markdown(tmp_path)
-    assert "| CT, depth-4 alone drafting | draft model (4 layers) | 50.0% | 2.00 | 1.50x | yes |" in block
+    assert "| CT, depth-4 alone drafting | draft model (4 layers) | 50.0% | 2.00 | 1.50x |  |  | yes |" in block
+    # ours: against our loop without drafts and against assistant_early_exit, or "not measured" in an old record
+    assert "| ST | 2 | 50.0% | 2.00 | 2.10x | not measured | not measured | yes |" in block
+    st = json.loads((folder / "decode_reuse_st.json").read_text())
+    st["ours_exit_2"] |= {"vs_no_draft": 1.75, "vs_hf_exit": 1.6}
+    (folder / "decode_reuse_st.json").write_text(json.dumps(st))
+    block = make_lm_table.budget_markdown(tmp_path)
+    assert "| ST | 2 | 50.0% | 2.00 | 2.10x | 1.75x | 1.60x | yes |" in block
     line = next(x for x in block.splitlines() if x.startswith("- Against a separately trained draft model"))
     assert "drafting 1.50x" in line and "(`assistant_early_exit`): ST exit 2 1.20x; ST exit 4 1.10x;" in line
     assert line.endswith("`stimulative.lm.generate`: ST exit 2 2.10x; ST exit 4 1.80x.")
