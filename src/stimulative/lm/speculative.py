@@ -21,14 +21,16 @@ The output is the plain greedy output of the full model, ``model.generate(input_
 max_new_tokens=n)``: the same layers on the same keys/values, the ``generation_config`` settings that change
 greedy output applied through ``transformers``' own logits processors, EOS and the token budget as there. Only
 the grouping of positions in a forward differs (the deep stack verifies several positions in one forward, the
-draft head reads several positions at once): in float32 a multi-token forward differs from one-token forwards by
-about 1e-7 in the logits, so two logits of one position closer than that may break the other way than in
-``model.generate`` (a near-tie, not only an exact tie); in bfloat16 such near-ties are common enough that about
-1% of decodes differ from ``model.generate``'s somewhere (as ``transformers``' own ``assistant_early_exit`` does).
-Measured by ``benchmarks/measure_ties.py``; the numbers are in docs/lm.md.
+draft head reads several positions at once): in float32 a multi-token forward differs from one-token forwards
+by up to about 1e-5 in the logits (2.5e-7 of their range, measured), so two logits of one position closer than
+that may break the other way than in ``model.generate`` (a near-tie, not only an exact tie; none seen in 144
+float32 decodes of random models). In bfloat16 near-ties are common: 14% of those decodes differed from
+``model.generate``'s somewhere, always from a position whose two top logits were within one bfloat16 rounding
+step (``transformers``' own ``assistant_early_exit``: 21%). Measured by ``benchmarks/measure_ties.py``
+(``benchmarks/results/lm/ties.json``; docs/lm.md).
 
 Exactness is decided by what was verified, not by what looks alike: ``SUPPORTED`` lists the model classes and
-configuration features whose output ``tests/test_generate.py`` checks token for token against
+configuration features whose output ``tests/test_generate*.py`` check token for token against
 ``model.generate`` (float32, the ``transformers`` versions ``pyproject.toml`` pins). Anything else raises
 ``UnsupportedError`` (a ``ValueError``) in one line naming the feature, and ``model.generate(input_ids,
 assistant_early_exit=k)`` is the alternative for a model outside the list. At run time the decoder checks that
@@ -358,9 +360,10 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
     """Greedy decoding of one prompt with drafts from the first ``exit_layer`` layers, verified by the rest.
 
     The result is token for token ``model.generate(input_ids, attention_mask=attention_mask, do_sample=False,
-    max_new_tokens=...)`` (float32; see the module docstring for near-ties, and for bfloat16, where about 1% of
-    decodes differ), including stopping right after an EOS token and the ``generation_config`` settings that
-    change greedy output (``repetition_penalty``, ``no_repeat_ngram_size``, ``suppress_tokens``,
+    max_new_tokens=...)`` (float32, up to near-ties within about 1e-5 of each other; in bfloat16 near-ties make
+    some decodes differ: 14% of random-model decodes did, see the module docstring), including stopping right
+    after an EOS token and the ``generation_config`` settings that change greedy output
+    (``repetition_penalty``, ``no_repeat_ngram_size``, ``suppress_tokens``,
     ``min_new_tokens``, ...: applied with transformers' logits processors; a setting not verified is refused).
     Only the speed depends on how often the early exit agrees with the full model. Batch size 1 only.
 
