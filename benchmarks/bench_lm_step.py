@@ -64,7 +64,7 @@ def main() -> None:
 
     def setting(n: int, one_forward: bool):
         space = st.SampleSpace.ordered(ed.full_depths, ed.min_depths, seed=0)
-        return st.StimulativeStep(ed, space, num_subnets=n, kl="plain", model=tok,
+        return st.StimulativeStep(ed, space, num_subnets=n, kl_norm="plain", model=tok,
                                   exits=exits if one_forward else None, seed=1)
 
     def recipe(name: str):

@@ -64,7 +64,7 @@ def make_config(images: int, out_dir: str, threads: int, channels_last: bool = F
         "eval_depths": [], "model": {"name": MODEL},
         "data": {"name": "synthetic", "train_subset": images, "test_subset": 128, "augment": "cifar"},
         "optim": {"name": "sgd", "lr": 0.1, "schedule": "onecycle"},
-        "st": {"num_subnets": num_subnets, "kl": "layer" if num_subnets > 1 else "plain",
+        "st": {"num_subnets": num_subnets, "kl_norm": "layer" if num_subnets > 1 else "plain",
                "amplitude": "adaptive", "min_input_scale": min_input_scale},
     })
 
@@ -106,7 +106,7 @@ def st_epoch(cfg, num_subnets: int, min_input_scale: float) -> float:
     model = st.create_model(MODEL, num_classes=10)
     ed = st.ElasticDepth(model)
     step = st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths, seed=0), num_subnets=num_subnets,
-                              kl="layer" if num_subnets > 1 else "plain", amplitude="adaptive",
+                              kl_norm="layer" if num_subnets > 1 else "plain", amplitude="adaptive",
                               min_input_scale=min_input_scale, seed=1)
     optimizer = build_optimizer(model, cfg)
     model.train()

@@ -3,13 +3,13 @@
     python examples/accelerate_st.py                                   # synthetic data, CPU, ~15 s
     accelerate launch examples/accelerate_st.py --data digits --epochs 5 --mixed-precision bf16
     accelerate launch --multi_gpu --num_processes 2 examples/accelerate_st.py --data ./cifar_folder/train \\
-        --model cifar_resnet20 --epochs 200 --batch-size 64 --num-subnets 6 --kl layer --min-input-scale 0.43
+        --model cifar_resnet20 --epochs 200 --batch-size 64 --num-subnets 6 --kl-norm layer --min-input-scale 0.43
     torchrun --nproc_per_node 2 examples/accelerate_st.py --cpu              # 2 CPU processes (gloo)
 
 The whole integration is two hooks of ``st.StimulativeStep``::
 
     step = st.StimulativeStep(ed, space, model=model, backward=accelerator.backward,
-                              no_sync=lambda: accelerator.no_sync(model), num_subnets=6, kl="layer")
+                              no_sync=lambda: accelerator.no_sync(model), num_subnets=6, kl_norm="layer")
 
 ``accelerator.backward`` scales fp16 losses (mixed precision is Accelerate's: ``--mixed-precision``); the main
 pass and all sub-network passes but the last run in ``accelerator.no_sync(model)``, so DDP all-reduces the
@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 import stimulative as st
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-ST_PLUS_PLUS = dict(num_subnets=6, kl="layer", amplitude="adaptive", min_input_scale=0.43)
+ST_PLUS_PLUS = dict(num_subnets=6, kl_norm="layer", amplitude="adaptive", min_input_scale=0.43)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch-size", type=int, default=32, help="per process")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--num-subnets", type=int, default=2, help="ST++: 6 (2 keeps the demo fast)")
-    p.add_argument("--kl", default="layer")
+    p.add_argument("--kl-norm", "--kl", dest="kl_norm", default="layer")
     p.add_argument("--amplitude", default="adaptive")
     p.add_argument("--min-input-scale", type=float, default=0.43)
     p.add_argument("--sampling", default="ordered")
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         num_workers=args.workers)
     amplitude = args.amplitude if args.amplitude == "adaptive" else float(args.amplitude)
-    st_options = dict(num_subnets=args.num_subnets, kl=args.kl, amplitude=amplitude,
+    st_options = dict(num_subnets=args.num_subnets, kl_norm=args.kl_norm, amplitude=amplitude,
                       min_input_scale=args.min_input_scale, sampling=args.sampling)
     result = train(model, loader, epochs=args.epochs, lr=args.lr, st_options=st_options, seed=args.seed,
                    clip_grad=args.clip_grad, mixed_precision=args.mixed_precision, cpu=args.cpu,

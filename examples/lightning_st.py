@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> tuple[L.Trainer, StimulativeModule]:
     p.add_argument("--batch-size", type=int, default=32, help="per device")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--num-subnets", type=int, default=2, help="ST++: 6 (2 keeps the demo fast)")
-    p.add_argument("--kl", default="layer")
+    p.add_argument("--kl-norm", "--kl", dest="kl_norm", default="layer")
     p.add_argument("--amplitude", default="adaptive")
     p.add_argument("--min-input-scale", type=float, default=0.43)
     p.add_argument("--sampling", default="ordered")
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> tuple[L.Trainer, StimulativeModule]:
     train_set, val_set, num_classes = build_data(args.data, args.val, args.samples, args.seed)
     model = st.create_model(args.model, num_classes=num_classes)
     amplitude = args.amplitude if args.amplitude == "adaptive" else float(args.amplitude)
-    st_options = dict(num_subnets=args.num_subnets, kl=args.kl, amplitude=amplitude,
+    st_options = dict(num_subnets=args.num_subnets, kl_norm=args.kl_norm, amplitude=amplitude,
                       min_input_scale=args.min_input_scale, sampling=args.sampling)
 
     def optimizer(params):

@@ -45,7 +45,7 @@ def test_recipe_loads_and_round_trips(recipe, tmp_path):
     if "_stpp" in recipe.stem:
         assert cfg.st.num_subnets > 1
     if "_st" in recipe.stem and "_stpp" not in recipe.stem:
-        assert cfg.st.num_subnets == 1 and cfg.st.kl == "plain"
+        assert cfg.st.num_subnets == 1 and cfg.st.kl_norm == "plain"
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
@@ -70,7 +70,7 @@ def test_paper_values_in_imagenet_recipes():
     a1 = load_config(Path(RECIPES[0]).parent / "imagenet_resnet50_stpp_a1.yaml")
     assert (a1.optim.lr, a1.batch_size, a1.epochs, a1.optim.weight_decay) == (0.2, 512, 200, 1e-4)
     assert (a1.data.input_size, a1.data.val_resize, a1.data.val_crop) == (200, 240, 224)
-    assert (a1.st.num_subnets, a1.st.kl, a1.st.sampling, a1.st.ranges) == (6, "layer", "inter_stage", [1, 2, 4, 1])
+    assert (a1.st.num_subnets, a1.st.kl_norm, a1.st.sampling, a1.st.ranges) == (6, "layer", "inter_stage", [1, 2, 4, 1])
     assert a1.st.min_input_scale == 0.43 and a1.optim.nesterov and a1.optim.label_smoothing == 0
     a2 = load_config(Path(RECIPES[0]).parent / "imagenet_resnet50_stpp_a2.yaml")
     assert a2.epochs == 400 and a2.data.uniform_augment
@@ -90,7 +90,7 @@ def test_defaults_and_overrides_parse_as_yaml():
 
 
 def test_config_dict_round_trip():
-    cfg = load_config(None, ["st.num_subnets=6", "st.kl=layer"])
+    cfg = load_config(None, ["st.num_subnets=6", "st.kl_norm=layer"])
     assert config_from_dict(config_to_dict(cfg)) == cfg
     assert config_from_dict(yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))) == cfg
 
@@ -102,7 +102,7 @@ def test_config_dict_round_trip():
     (["epochs=1e2"], r"config key 'epochs' expects int"),
     (["channels_last=maybe"], r"config key 'channels_last' expects bool"),
     (["optim.name=lamb"], r"'optim.name' must be one of sgd, adamw, got 'lamb'"),
-    (["st.kl=cosine"], r"'st.kl' must be one of plain, layer, layer_sg, l2"),
+    (["st.kl_norm=cosine"], r"'st.kl_norm' must be one of plain, layer, layer_sg, l2"),
     (["amp=fp8"], r"'amp' must be one of none, bf16, fp16"),
     (["epochs=0"], r"epochs must be >= 1"),
     (["ema=1.5"], r"ema must be in \[0, 1\)"),

@@ -40,7 +40,7 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-ST_ON = ["st.num_subnets=2", "st.min_input_scale=0.6", "st.kl=layer", "st.amplitude=adaptive", "ema=0.9",
+ST_ON = ["st.num_subnets=2", "st.min_input_scale=0.6", "st.kl_norm=layer", "st.amplitude=adaptive", "ema=0.9",
          "eval_depths=[[1,1,1]]", "bn_recal_images=32", "optim.warmup_epochs=1"]
 
 

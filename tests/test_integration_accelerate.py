@@ -30,7 +30,7 @@ import stimulative as st
 accelerate = pytest.importorskip("accelerate")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "accelerate_st.py"
-ST_OPTIONS = dict(num_subnets=2, kl="layer", amplitude="adaptive", min_input_scale=0.5,
+ST_OPTIONS = dict(num_subnets=2, kl_norm="layer", amplitude="adaptive", min_input_scale=0.5,
                   kl_schedule="cosine_down")
 EPOCHS, SAMPLES, BATCH, LR, SEED = 2, 16, 8, 0.1, 3
 

@@ -12,7 +12,7 @@ from conftest import NUM_CLASSES, batch, randomize_bn
 
 import stimulative as st
 
-OPTIONS = dict(kl="layer", amplitude="adaptive", min_input_scale=0.5, seed=4)
+OPTIONS = dict(kl_norm="layer", amplitude="adaptive", min_input_scale=0.5, seed=4)
 
 
 def tiny_model() -> torch.nn.Module:
@@ -120,7 +120,7 @@ def test_from_config_passes_the_hooks_on():
     rec = Recorder()
     model = tiny_model()
     ed = st.ElasticDepth(copy.deepcopy(model))
-    cfg = type("STSection", (), dict(num_subnets=2, sampling="ordered", ranges=None, kl="layer"))()
+    cfg = type("STSection", (), dict(num_subnets=2, sampling="ordered", ranges=None, kl_norm="layer"))()
     step = st.StimulativeStep.from_config(cfg, ed, backward=rec.backward, no_sync=rec.no_sync, seed=1)
     step(*batch(6, seed=1))
     assert [flag for _, flag in rec.calls] == [True, True, False]

@@ -32,7 +32,7 @@ import stimulative as st
 pl = pytest.importorskip("lightning.pytorch")
 from stimulative.integrations.lightning import StimulativeModule, cosine_schedule  # noqa: E402
 
-ST_OPTIONS = dict(num_subnets=2, kl="layer", amplitude="adaptive", min_input_scale=0.5,
+ST_OPTIONS = dict(num_subnets=2, kl_norm="layer", amplitude="adaptive", min_input_scale=0.5,
                   kl_schedule="cosine_down")
 EPOCHS, SAMPLES, BATCH = 2, 16, 8          # 2 steps per epoch, 4 optimiser steps
 SEED = 3                                   # sampler seed; input sizes: SEED + 1
@@ -130,12 +130,12 @@ def test_trainer_equals_plain_loop(tmp_path):
 
 def test_recipe_section_and_pickling():
     """``st=`` also takes a recipe's ``st`` section (STConfig); the unfitted module pickles (ddp_spawn)."""
-    section = st.STConfig(num_subnets=3, kl="layer", kl_schedule="cosine_up", start_epoch=1,
+    section = st.STConfig(num_subnets=3, kl_norm="layer", kl_schedule="cosine_up", start_epoch=1,
                           sampling="inter_stage", ranges=[1, 1, 1])
     module = StimulativeModule(bn_model(), st=section)
     clone = pickle.loads(pickle.dumps(module))
     step = clone.build()
-    assert (step.num_subnets, step.kl, step.kl_schedule) == (3, "layer", "cosine_up")
+    assert (step.num_subnets, step.kl_norm, step.kl_schedule) == (3, "layer", "cosine_up")
     assert step.space.kind == "inter_stage"
     step.set_epoch(0, 4)
     assert step.active_kl_weight == 0.0 and step.active_subnets == 0

@@ -197,7 +197,7 @@ def test_adapter_keeps_tuple_outputs():
 def test_stimulative_step_through_logits_wrapper():
     model, x, _ = _build("vit")
     ed = sth.elastic_depth(model.train())
-    step = st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths, seed=0), num_subnets=2, kl="layer",
+    step = st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths, seed=0), num_subnets=2, kl_norm="layer",
                               min_input_scale=1.0, seed=0)
     losses = step(x, torch.tensor([0, 3]))
     assert set(losses) == {"loss", "main", "subnet"} and losses["subnet"] > 0
@@ -208,7 +208,7 @@ def test_stimulative_step_through_logits_wrapper():
 # Trainer
 # --------------------------------------------------------------------------------------------------------------
 
-ST_OPTIONS = {"num_subnets": 2, "kl": "layer", "min_input_scale": 0.5, "seed": 3}  # ST++ options
+ST_OPTIONS = {"num_subnets": 2, "kl_norm": "layer", "min_input_scale": 0.5, "seed": 3}  # ST++ options
 
 
 def test_trainer_equals_plain_step_loop(tmp_path):

@@ -22,7 +22,7 @@ def recipe(tmp_path) -> st.Config:
         "model.name=cifar_resnet_tiny", "batch_size=32", "eval_batch_size=32", f"epochs={EPOCHS}", "eval_every=100",
         "threads=1", "device=cpu", "seed=3", f"out_dir={tmp_path}", "name=engine",
         "optim.lr=0.05", "optim.schedule=constant", "optim.no_decay_bn_bias=false",
-        "st.num_subnets=2", "st.kl=layer", "st.amplitude=adaptive", "st.min_input_scale=0.75",
+        "st.num_subnets=2", "st.kl_norm=layer", "st.amplitude=adaptive", "st.min_input_scale=0.75",
         "st.kl_schedule=cosine_up", "st.start_epoch=1", "st.kl_weight=2.0"])
 
 

@@ -39,7 +39,7 @@ DEMO_SETTINGS: dict = {
     "eval_every": 1000,
     "log_every": 10,
 }
-STPP_SETTINGS: dict = {"num_subnets": 3, "kl": "layer", "amplitude": "adaptive", "min_input_scale": 0.75}
+STPP_SETTINGS: dict = {"num_subnets": 3, "kl_norm": "layer", "amplitude": "adaptive", "min_input_scale": 0.75}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

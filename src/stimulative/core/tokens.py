@@ -11,13 +11,13 @@ backward per step, same losses and gradients as separate passes)::
 
     ed = sth.elastic_depth(hf_model)                       # one stage of decoder layers
     tok = TokenLogits(hf_model)
-    step = st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths, seed=0), num_subnets=2, kl="layer",
+    step = st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths, seed=0), num_subnets=2, kl_norm="layer",
                               model=tok, exits=sth.prefix_exits(ed, rows=tok.select_rows))
     losses = step(ids, next_token_targets(ids))            # backward inside; then optimizer.step()
 
 * main: cross-entropy averaged over the valid next-token positions;
-* every sub-network: ``subnet_loss`` on the same rows, i.e. the token-level KL (``kl="plain"``) or KL-
-  (``kl="layer"``...) of the sub-network's next-token distribution to the detached full model's, averaged
+* every sub-network: ``subnet_loss`` on the same rows, i.e. the token-level KL (``kl_norm="plain"``) or KL-
+  (``kl_norm="layer"``...) of the sub-network's next-token distribution to the detached full model's, averaged
   over the valid positions (``batchmean`` over rows).
 
 Keep ``min_input_scale=1.0`` (the step's random resize is for images) and ``subnet_fraction=1.0``.

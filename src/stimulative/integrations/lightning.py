@@ -8,7 +8,7 @@ manual optimisation (``automatic_optimization = False``)::
     from stimulative.integrations.lightning import StimulativeModule
 
     module = StimulativeModule(st.create_model("cifar_resnet20", num_classes=10),
-                               st=dict(num_subnets=6, kl="layer", amplitude="adaptive", min_input_scale=0.43))
+                               st=dict(num_subnets=6, kl_norm="layer", amplitude="adaptive", min_input_scale=0.43))
     L.Trainer(max_epochs=200).fit(module, train_loader, val_loader)
 
 What it does per batch: the main network and every sub-network forward/backward through
@@ -82,7 +82,7 @@ class StimulativeModule(pl.LightningModule):
             module applies ``ElasticDepth`` in ``setup()``).
         st: the ST options: a recipe's ``st`` section (``STConfig``, read by ``StimulativeStep.from_config``),
             or a mapping of ``StimulativeStep`` options plus ``sampling``/``ranges`` for the sample space
-            (e.g. ``dict(num_subnets=6, kl="layer", amplitude="adaptive", min_input_scale=0.43)``). None: ST
+            (e.g. ``dict(num_subnets=6, kl_norm="layer", amplitude="adaptive", min_input_scale=0.43)``). None: ST
             with one sub-network.
         optimizer: ``optimizer(parameters) -> Optimizer``; default SGD(lr 0.1, momentum 0.9, Nesterov,
             weight decay 5e-4). Or override ``configure_optimizers`` as usual.

@@ -37,7 +37,7 @@ from torch import nn
 import stimulative as st
 from stimulative._extras import require
 from stimulative.core.droppath import batch_dropped, drop_residual
-from stimulative.core.elastic import gated_subclass
+from stimulative.core.elastic import BRANCH, RUN, SKIP, gated_subclass
 from stimulative.core.exits import PrefixExits
 
 transformers = require("transformers", "transformers", "stimulative.integrations.transformers")
@@ -150,15 +150,15 @@ def _adapter_forward(self, *args, **kwargs):
     cls = type(self)
     mode = self._st_mode
     x = args[0] if args else kwargs[cls._st_input_name]
-    if mode == st.RUN and batch_dropped(self):  # LayerDrop / stochastic depth per batch: not computed
-        mode = st.SKIP
-    if mode == st.RUN:
+    if mode == RUN and batch_dropped(self):  # LayerDrop / stochastic depth per batch: not computed
+        mode = SKIP
+    if mode == RUN:
         out = self._st_orig_forward(*args, **kwargs)
         cls._st_tuple_len = len(out) if isinstance(out, tuple) else None  # learn what the caller expects
         if isinstance(out, tuple):  # stochastic depth / LayerDrop / LayerSkip when a rate is set
             return (drop_residual(self, x, out[0]),) + tuple(out[1:])
         return drop_residual(self, x, out)
-    if mode == st.SKIP:
+    if mode == SKIP:
         n = cls._st_tuple_len
         return x if n is None else (x,) + (None,) * (n - 1)
     out = self._st_orig_forward(*args, **kwargs)  # BRANCH: the residual increment only
@@ -195,7 +195,7 @@ class HFElasticDepth(st.ElasticDepth):
     def _patch(block: nn.Module) -> None:
         if not hasattr(type(block), "_st_original_class"):
             block.__class__ = _adapted_class(type(block))
-        block._st_mode = st.RUN
+        block._st_mode = RUN
 
 
 def elastic_depth(model: nn.Module) -> st.ElasticDepth:
@@ -221,14 +221,14 @@ def elastic_depth(model: nn.Module) -> st.ElasticDepth:
 # --------------------------------------------------------------------------------------------------------------
 
 def _kept_layers(ed: st.ElasticDepth, config: Sequence[Any] | None) -> dict[str, list[int]]:
-    modes = ed.block_modes(config) if config is not None else [[st.RUN] * d for d in ed.full_depths]
+    modes = ed.block_modes(config) if config is not None else [[RUN] * d for d in ed.full_depths]
     kept: dict[str, list[int]] = {}
     prefix = "model." if isinstance(ed.model, Logits) else ""
     for stage, row in zip(ed.stages, modes):
-        if any(m == st.BRANCH for m in row):
+        if any(m == BRANCH for m in row):
             raise ValueError("configs with BRANCH (raw sampling) modes cannot be extracted as a plain model")
         path = stage.block_names[0].rpartition(".")[0]
-        kept[path.removeprefix(prefix)] = [i for i, m in enumerate(row) if m == st.RUN]
+        kept[path.removeprefix(prefix)] = [i for i, m in enumerate(row) if m == RUN]
     return kept
 
 
@@ -407,7 +407,7 @@ class StimulativeTrainer(transformers.Trainer):
     """``transformers.Trainer`` whose ``training_step`` runs ST/ST++ (``st.StimulativeStep``).
 
     Args (besides the ``Trainer`` ones; ``model`` must be a supported ``transformers`` model):
-        st_options: keyword options of ``st.StimulativeStep`` (``num_subnets``, ``kl``, ``min_input_scale``,
+        st_options: keyword options of ``st.StimulativeStep`` (``num_subnets``, ``kl_norm``, ``min_input_scale``,
             ``kl_schedule``, ``start_epoch``, ``seed``, ``exits``...). ``backward``/``no_sync``/``model`` are set
             here.
         space: the ``st.SampleSpace``; default ordered over ``ed.full_depths`` seeded with ``args.seed``.
@@ -444,7 +444,7 @@ class StimulativeTrainer(transformers.Trainer):
         >>> model = transformers.AutoModelForCausalLM.from_pretrained("my-llama")  # doctest: +SKIP
         >>> data = [{"input_ids": row} for row in blocks]  # (context + 1,) token ids each  # doctest: +SKIP
         >>> trainer = StimulativeTrainer(model, transformers.TrainingArguments("out"), train_dataset=data,
-        ...                              st_options={"num_subnets": 1, "kl": "plain"})  # doctest: +SKIP
+        ...                              st_options={"num_subnets": 1, "kl_norm": "plain"})  # doctest: +SKIP
         >>> trainer.task, trainer.train()  # doctest: +SKIP
     """
 
@@ -560,4 +560,4 @@ def keep_layers(ed: st.ElasticDepth, layers: Sequence[int]) -> list[tuple[int, .
     keep = set(layers)
     if not keep or not keep <= set(range(ed.full_depths[0])):
         raise ValueError(f"layers must be a non-empty subset of 0..{ed.full_depths[0] - 1}, got {sorted(keep)}")
-    return [tuple(st.RUN if i in keep else st.SKIP for i in range(ed.full_depths[0]))]
+    return [tuple(RUN if i in keep else SKIP for i in range(ed.full_depths[0]))]

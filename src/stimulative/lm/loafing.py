@@ -28,7 +28,7 @@ def lm_method(cfg: LMConfig) -> str:
     """``CT`` (no sub-networks), ``ST`` (plain KL) or ``ST++`` (KL- : a normalised KL)."""
     if cfg.st.num_subnets == 0:
         return "CT"
-    return "ST" if cfg.st.kl == "plain" else "ST++"
+    return "ST" if cfg.st.kl_norm == "plain" else "ST++"
 
 
 def _data_key(cfg: LMConfig) -> tuple:

@@ -533,7 +533,7 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
     _log(f"{'resuming ' + str(source) + ' at' if source else 'starting'} step {done}/{total}: "
          f"{cfg.model.family} {layers}x{cfg.model.hidden_size} ({sum(p.numel() for p in model.parameters()):,} "
          f"params), context {cfg.model.context}, batch {cfg.batch_size}, sub-networks/step {cfg.st.num_subnets} "
-         f"(kl {cfg.st.kl}){', LayerSkip' if ls.enabled else ''}, {len(data.train):,} train / {len(data.val):,} val tokens, {spe} steps/epoch, "
+         f"(kl_norm {cfg.st.kl_norm}){', LayerSkip' if ls.enabled else ''}, {len(data.train):,} train / {len(data.val):,} val tokens, {spe} steps/epoch, "
          f"device {device}, run dir {run_dir}")
 
     sums = {"loss": 0.0, "main": 0.0, "subnet": 0.0}

@@ -11,6 +11,7 @@ import dataclasses
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,14 @@ import yaml
 from ..core.droppath import DROP_PATH_MODES, DROP_PATH_SCHEDULES
 from ..core.losses import KL_NORMS, KL_SCHEDULES, SUBNET_LOSSES
 from ..core.sampling import SAMPLING_KINDS
+from ..core.step import RENAMED_OPTIONS
 from ..data.config import DataConfig  # the data layer's; re-exported here
 from ..io import atomic_write_text
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "OptimConfig", "STConfig", "ConfigError",
     "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "save_config", "read_recipe",
-    "fill_dataclass", "RunPaths", "CHOICES",
+    "fill_dataclass", "RunPaths", "CHOICES", "RENAMED_KEYS", "upgrade_renamed_keys",
 ]
 
 
@@ -72,13 +74,14 @@ class STConfig:
     num_subnets: int = 0                  # 0 = common training (CT); 1 = ST; 6 = ST++ "Snet6"
     sampling: str = "ordered"             # ordered | inter_stage | stochastic | raw
     ranges: list | None = None            # InterSSR ranges (inter_stage)
-    kl: str = "plain"                     # plain | layer | layer_sg | l2  (KL- normalisation)
+    kl_norm: str = "plain"                # plain | layer | layer_sg | l2: KL- normalisation of the logits
+    #                                       before the sub-network loss (was `kl`, read until the next release)
     amplitude: Any = 1.0                  # float or "adaptive"
     temperature: float = 1.0
     kl_weight: float = 1.0
     kl_schedule: str = "constant"         # constant | cosine_up | cosine_down
     start_epoch: int = 0                  # first epoch that trains sub-networks
-    loss: str = "kl"                      # kl | soft_ce | ce | mse | dkd
+    loss: str = "kl"                      # kl | soft_ce | ce | mse | dkd: the sub-network loss (divergence)
     normalize_main: bool = False          # KL- normalise the main logits before CE too (reference code)
     min_input_scale: float = 1.0          # random smaller sub-network inputs (0.43 on ImageNet); 1 = off
     subnet_fraction: float = 1.0          # sub-networks see the first ceil(f * batch) samples (cost lever)
@@ -87,6 +90,13 @@ class STConfig:
     freeze_subnet_bn: bool = True         # sub-network passes don't update BN running stats
     prefix_exits: bool = True             # single-stage models (LMs, ViTs) at full input size: read the
     #                                       sub-networks off the main forward (same losses and gradients)
+
+    @property
+    def kl(self) -> str:
+        """Deprecated: the old name of ``kl_norm`` (read until the next release)."""
+        warnings.warn("STConfig.kl is now STConfig.kl_norm; 'kl' is read until the next release",
+                      DeprecationWarning, stacklevel=2)
+        return self.kl_norm
 
 
 class RunPaths:
@@ -102,6 +112,8 @@ class RunPaths:
 
 @dataclass
 class Config(RunPaths):
+    """A run's whole configuration: a recipe's keys (``load_config``), sections ``model``, ``data``, ``optim``, ``st``."""
+
     name: str = "run"
     out_dir: str = "runs"                 # the run writes to out_dir/name
     epochs: int = 10
@@ -140,11 +152,47 @@ CHOICES = {
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "onecycle", "constant"),
     "st.sampling": SAMPLING_KINDS,
-    "st.kl": KL_NORMS,
+    "st.kl_norm": KL_NORMS,
     "st.kl_schedule": KL_SCHEDULES,
     "st.loss": SUBNET_LOSSES,
     "amp": ("none", "bf16", "fp16"),
 }
+
+
+# Keys renamed in this release (old dotted key -> new): recipes and overrides with the old key are read, with a
+# DeprecationWarning, until the next release; saved configs (checkpoints, config.yaml) are read without one.
+RENAMED_KEYS = {f"st.{old}": f"st.{new}" for old, new in RENAMED_OPTIONS.items()}
+
+
+def _rename_keys(data: dict, prefix: str, warn: bool) -> dict:
+    """``data`` (the mapping at dotted ``prefix``) with the old names of renamed keys replaced by the new ones."""
+    for old_full, new_full in RENAMED_KEYS.items():
+        old_parent, _, old = old_full.rpartition(".")
+        new_parent, _, new = new_full.rpartition(".")
+        if old_parent + "." != prefix or new_parent != old_parent or old not in data:
+            continue
+        if warn:
+            warnings.warn(f"config key {old_full!r} is now {new_full!r}; {old_full!r} is read until the next "
+                          "release", DeprecationWarning, stacklevel=4)
+        data = dict(data)
+        value = data.pop(old)
+        if new in data and data[new] != value:
+            raise ConfigError(f"config keys {old_full!r} (the old name of {new_full!r}) and {new_full!r} are both "
+                              f"set, to {value!r} and {data[new]!r}: keep {new_full!r}")
+        data[new] = value
+    return data
+
+
+def upgrade_renamed_keys(config: dict) -> dict:
+    """A saved config (a checkpoint's, a run's ``config.yaml``) of an older release with its renamed keys under
+    their new names (``RENAMED_KEYS``), without a warning: the run was right when it was written."""
+    if not isinstance(config, dict):
+        return config
+    out = dict(config)
+    for section in {key.split(".")[0] for key in RENAMED_KEYS}:
+        if isinstance(out.get(section), dict):
+            out[section] = _rename_keys(out[section], section + ".", warn=False)
+    return out
 
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -183,6 +231,7 @@ def fill_dataclass(cls: type, data: dict, prefix: str = "", choices: dict[str, t
     choices = CHOICES if choices is None else choices
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+    data = _rename_keys(data, prefix, warn=True)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -292,12 +341,29 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=0.05)")
         key, raw = item.split("=", 1)
+        key = key.strip()
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as err:
             raise ConfigError(f"cannot parse the value of override {key}={raw!r}: {err}") from None
-        _set_path(data, key.strip(), value)
+        if key in RENAMED_KEYS:
+            warnings.warn(f"override {key!r} is now {RENAMED_KEYS[key]!r}; {key!r} is read until the next release",
+                          DeprecationWarning, stacklevel=2)
+            key = RENAMED_KEYS[key]
+        _set_path(data, key, value)
+        for old, new in RENAMED_KEYS.items():  # the override replaces the recipe's value under either name
+            parent, _, name = old.rpartition(".")
+            node = _get_path(data, parent)
+            if new == key and isinstance(node, dict):
+                node.pop(name, None)
     return data
+
+
+def _get_path(data: dict, dotted: str) -> Any:
+    node: Any = data
+    for k in dotted.split(".") if dotted else []:
+        node = node.get(k) if isinstance(node, dict) else None
+    return node
 
 
 def read_recipe(path: str | Path) -> dict:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .config import Config, ConfigError, config_to_dict
+from .config import Config, ConfigError, config_to_dict, upgrade_renamed_keys
 
 __all__ = ["FREE", "APPLIED", "resume_changes", "check_same_data"]
 
@@ -70,7 +70,7 @@ def resume_changes(saved: dict, cfg: Config, completed_epochs: int, source: str)
     Raises:
         ConfigError: a refused key differs (all of them listed), or ``epochs`` is below ``completed_epochs``.
     """
-    old, new = _flat(saved), _flat(config_to_dict(cfg))
+    old, new = _flat(upgrade_renamed_keys(saved)), _flat(config_to_dict(cfg))
     if new.get("model.num_classes") is None:  # null means "from the dataset": checked against the data later
         new["model.num_classes"] = old.get("model.num_classes")
     changed = [k for k in new if k in old and old[k] != new[k]]

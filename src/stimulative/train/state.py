@@ -45,6 +45,7 @@ from torch.optim.swa_utils import AveragedModel
 from ..core.step import StimulativeStep
 from ..data import data_fingerprint
 from ..provenance import run_start
+from .config import upgrade_renamed_keys
 from .optim import start_schedule_at
 
 __all__ = ["FORMAT", "TrainingState", "SavedRun", "model_weights", "exported_checkpoint"]
@@ -170,7 +171,8 @@ class SavedRun:
     def of(cls, ckpt: dict[str, Any]) -> SavedRun:
         history = list(ckpt.get("history") or ([ckpt["metrics"]] if ckpt.get("metrics") else []))
         num_classes = ckpt.get("num_classes")
-        return cls(ckpt.get("config"), int(num_classes) if num_classes else None, ckpt.get("depths"),
+        config = upgrade_renamed_keys(ckpt["config"]) if ckpt.get("config") is not None else None
+        return cls(config, int(num_classes) if num_classes else None, ckpt.get("depths"),
                    ckpt.get("ema") is not None, ckpt.get("epoch"), ckpt.get("step"), ckpt.get("best_acc"), history,
                    ckpt.get("best"), all(k in ckpt for k in _RESUMABLE), ckpt.get("data_fingerprint"),
                    list(ckpt.get("starts") or []))
