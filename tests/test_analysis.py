@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -137,8 +138,9 @@ def test_select_configs_sample_is_seeded_and_keeps_extremes():
     assert len(select_configs(st.ElasticDepth(st.create_model("cifar_resnet20")), all_configs=True)) == 27
 
 
-def test_loafing_individual_run_gives_gap(runs, tmp_path):
-    # an "individually trained" (1,1,1) network: an exported sub-network checkpoint of another model
+@pytest.mark.parametrize("flag", ["--alone", "--individual"])  # --individual: the name of version 0.1.0
+def test_loafing_run_trained_alone_gives_gap(runs, tmp_path, flag):
+    # a (1,1,1) network "trained alone": an exported sub-network checkpoint of another model
     torch.manual_seed(5)
     other = st.create_model("cifar_resnet_tiny", num_classes=10).eval()
     small = st.ElasticDepth(other).extract([1, 1, 1])
@@ -147,9 +149,17 @@ def test_loafing_individual_run_gives_gap(runs, tmp_path):
                      "num_classes": 10, "depths": [1, 1, 1], "epoch": 1, "step": 1, "metrics": {}, "best_acc": 0.0},
                     tmp_path / "alone111.pt")
     out = tmp_path / "out"
-    assert main(["loafing", str(runs["ct"]), "--depths", "2,2,2", "--individual", str(tmp_path / "alone111.pt"),
-                 "--bn-recal", "0", "--out", str(out), "--no-progress"]) == 0
+    args = ["loafing", str(runs["ct"]), "--depths", "2,2,2", flag, str(tmp_path / "alone111.pt"), "--bn-recal", "0",
+            "--out", str(out), "--no-progress"]
+    if flag == "--alone":
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            assert main(args) == 0
+    else:
+        with pytest.warns(DeprecationWarning, match="--individual is now --alone"):
+            assert main(args) == 0
     result = json.loads((out / "loafing.json").read_text())
+    assert result["settings"]["alone"] == {"alone111": str(tmp_path / "alone111.pt")}
     alone = [r for r in result["rows"] if r["kind"] == "alone"]
     inside = {r["depths"]: r for r in result["rows"] if r["kind"] == "inside"}
     assert set(inside) == {"2,2,2", "1,1,1"}  # the matched config was added to the evaluated list
@@ -160,20 +170,31 @@ def test_loafing_individual_run_gives_gap(runs, tmp_path):
 
 
 
-def test_loafing_trains_non_uniform_individuals(runs, tmp_path):
-    # --train-individual builds a (1,2,2) tiny ResNet (1-block first stage) and trains it with the engine
+def test_loafing_trains_non_uniform_networks_alone(runs, tmp_path, capsys):
+    # --train-alone builds a (1,2,2) tiny ResNet (1-block first stage) and trains it with the engine
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(config_to_dict(_config("tiny"))))
     out = tmp_path / "out"
-    assert main(["loafing", str(runs["ct"]), "--depths", "2,2,2", "--train-individual", str(recipe),
-                 "--individual-depths", "1,2,2", "--train-set", "epochs=1", "--bn-recal", "0",
+    assert main(["loafing", str(runs["ct"]), "--depths", "2,2,2", "--train-alone", str(recipe),
+                 "--alone-depths", "1,2,2", "--train-set", "epochs=1", "--bn-recal", "0",
                  "--out", str(out), "--no-progress"]) == 0
-    alone_ckpt = load_model(out / "individual" / "tiny_alone_1-2-2" / "last.pt")
+    alone_ckpt = load_model(out / "alone" / "tiny_alone_1-2-2" / "last.pt")
     assert alone_ckpt.model.blocks_per_stage == [1, 2, 2]
     result = json.loads((out / "loafing.json").read_text())
     assert [r["depths"] for r in result["rows"] if r["kind"] == "alone"] == ["1,2,2"]
     assert {r["depths"] for r in result["rows"] if r["kind"] == "inside"} == {"2,2,2", "1,2,2"}
     assert result["summary"][0]["n_alone"] == 1
+    # the flags of version 0.1.0 still work (one warning each), and reuse the runs it wrote to OUT/individual
+    (out / "alone").rename(out / "individual")
+    capsys.readouterr()
+    with pytest.warns(DeprecationWarning) as caught:
+        assert main(["loafing", str(runs["ct"]), "--depths", "2,2,2", "--train-individual", str(recipe),
+                     "--individual-depths", "1,2,2", "--train-set", "epochs=1", "--bn-recal", "0",
+                     "--out", str(out), "--no-progress"]) == 0
+    assert {str(w.message).split(" is now ")[0] for w in caught} >= {"--train-individual", "--individual-depths"}
+    assert "exists; reusing it" in capsys.readouterr().out
+    assert not (out / "alone").exists()
+    assert json.loads((out / "loafing.json").read_text())["rows"] == result["rows"]
 
 # ------------------------------------------------------------------------------------------------------------
 # logits

@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 
 from ._extras import missing_extra
 from .commands.options import check
@@ -80,6 +81,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():
+        # renamed options, flags and recipe keys: shown to the user (Python hides DeprecationWarning by default)
+        warnings.filterwarnings("default", message=".*until the next release", category=DeprecationWarning)
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser, modules = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -14,10 +14,12 @@ Example:
     True
 """
 
+from typing import Any
+
 from .erf import default_feature_layer, effective_receptive_field, erf_analysis, erf_radius, write_erf
 from .loafing import (
-    individual_accuracy,
-    individual_depths,
+    alone_accuracy,
+    alone_depths,
     loafing_analysis,
     loafing_summary,
     subnetwork_accuracy,
@@ -27,8 +29,17 @@ from .logits import logit_norms, logits_analysis, norms_by_blocks, subnetwork_lo
 from .report import compute_analysis, config_diff, find_analyses, read_run, read_runs, write_report
 
 __all__ = [
-    "compute_analysis", "config_diff", "default_feature_layer", "effective_receptive_field", "erf_analysis",
-    "erf_radius", "find_analyses", "individual_accuracy", "individual_depths", "loafing_analysis", "loafing_summary",
+    "alone_accuracy", "alone_depths", "compute_analysis", "config_diff", "default_feature_layer",
+    "effective_receptive_field", "erf_analysis", "erf_radius", "find_analyses", "loafing_analysis", "loafing_summary",
     "logit_norms", "logits_analysis", "norms_by_blocks", "read_run", "read_runs", "subnetwork_accuracy",
     "subnetwork_logit_norms", "write_erf", "write_loafing", "write_logits", "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The names of version 0.1.0 (``individual_accuracy``, ``individual_depths``), read until the next release."""
+    from . import loafing
+
+    if name in loafing._RENAMED:
+        return getattr(loafing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Network loafing: how well each sub-network works inside the trained network (and, optionally, alone).
 
 A residual network is an implicit ensemble of shallower sub-networks. After common training the sub-networks
-taken out of it are far worse than the same architectures trained individually: they "loaf" inside the group.
+taken out of it are far worse than the same architectures trained alone: they "loaf" inside the group.
 ``subnetwork_accuracy`` measures every requested sub-network inside a trained network, with the network's own
 BatchNorm statistics and with statistics re-estimated for that sub-network (so the gap is not just a BN
 mismatch); ``loafing_summary`` condenses a table into the loafing gap numbers.
@@ -20,8 +20,10 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -33,8 +35,19 @@ from ..runs import Run, measure_selected
 from ..train.log import run_colors
 from .plots import plot_loafing
 
-__all__ = ["subnetwork_accuracy", "individual_accuracy", "individual_depths", "loafing_summary", "loafing_analysis",
+__all__ = ["subnetwork_accuracy", "alone_accuracy", "alone_depths", "loafing_summary", "loafing_analysis",
            "write_loafing", "loafing_table", "COLUMNS"]
+
+# Names of version 0.1.0 ("individual" for a network trained on its own), read until the next release.
+_RENAMED = {"individual_accuracy": "alone_accuracy", "individual_depths": "alone_depths"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        warnings.warn(f"stimulative.analysis.loafing.{name} is now {_RENAMED[name]}; the old name is read until "
+                      "the next release", DeprecationWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 COLUMNS = ["run", "kind", "depths", "num_blocks", "acc", "acc_bn", "loss", "loss_bn", "n"]
 
@@ -79,8 +92,8 @@ def subnetwork_accuracy(ed: ElasticDepth, configs: Sequence[Sequence[int]], test
     return rows
 
 
-def individual_depths(run: Run) -> list[int]:
-    """The depth config an individually trained network corresponds to.
+def alone_depths(run: Run) -> list[int]:
+    """The depth config a network trained alone corresponds to.
 
     A network trained alone with ``d_i`` blocks in stage i is the ``(d_1, d_2, ...)`` sub-network of a deeper
     network of the same family (a ResNet-20 is the ``3,3,3`` sub-network of a ResNet-56). Exported sub-networks
@@ -94,9 +107,9 @@ def individual_depths(run: Run) -> list[int]:
     return list(run.ed.full_depths)
 
 
-def individual_accuracy(run: Run, test: Iterable, device: torch.device | str | None = None) -> dict:
-    """Accuracy of an individually trained network (its own BN statistics) as a loafing-table row."""
-    depths = individual_depths(run)
+def alone_accuracy(run: Run, test: Iterable, device: torch.device | str | None = None) -> dict:
+    """Accuracy of a network trained alone (its own BN statistics) as a loafing-table row."""
+    depths = alone_depths(run)
     result = evaluate(run.model, test, device=device)
     num_blocks = sum(depths)  # as ElasticDepth.num_blocks counts the same config inside the ensemble
     return {"run": run.name, "kind": ALONE, "depths": format_depths(depths), "num_blocks": num_blocks,
@@ -115,7 +128,7 @@ def loafing_summary(rows: Sequence[dict], run: str, full_depths: Sequence[int],
         rows: ``subnetwork_accuracy`` rows (only those with ``run == run`` and kind "inside" are used).
         run: run name.
         full_depths: the full network's config (its row is the reference).
-        alone: rows of individually trained networks (kind "alone"), matched by ``depths``.
+        alone: rows of networks trained alone (kind "alone"), matched by ``depths``.
 
     Returns:
         ``full_acc``/``full_acc_bn``; ``mean_sub_acc``(``_bn``): mean accuracy of the other sub-networks;
@@ -123,7 +136,7 @@ def loafing_summary(rows: Sequence[dict], run: str, full_depths: Sequence[int],
         ``min_sub_acc``(``_bn``): the worst of them; ``smallest_*``: the smallest evaluated sub-network;
         ``gap_vs_alone``(``_bn``): mean of
         (accuracy trained alone - accuracy inside) over the matched configs (the paper's loafing gap), None
-        without individual runs.
+        without runs trained alone.
     """
     inside = [r for r in rows if r["run"] == run and r["kind"] == INSIDE]
     full_key = format_depths(full_depths)
@@ -156,37 +169,37 @@ def loafing_summary(rows: Sequence[dict], run: str, full_depths: Sequence[int],
 # The whole analysis of several runs: rows, summaries, files, table
 # ------------------------------------------------------------------------------------------------------------
 
-def loafing_analysis(runs: Sequence[Run], individuals: Sequence[Run] = (), *, depths: Sequence[str] | None = None,
+def loafing_analysis(runs: Sequence[Run], alone: Sequence[Run] = (), *, depths: Sequence[str] | None = None,
                      all_configs: bool = False, sample: int | None = None, seed: int = 0, bn_images: int = 2000,
                      device: torch.device | str = "cpu", overrides: Sequence[str] = (),
                      progress: bool = True) -> dict:
     """The loafing table of ``runs``: every selected sub-network inside each (``select_configs``), plus the
-    networks trained alone (``individuals``, evaluated on the first run's test images).
+    networks trained alone (``alone``, evaluated on the first run's test images).
 
     Returns:
         ``{"rows", "summary", "settings"}`` (what ``write_loafing`` writes as loafing.json).
     """
 
     def alone_configs(run: Run) -> list[list[int]]:  # every matching alone-config is also evaluated inside
-        return [d for d in (individual_depths(ind) for ind in individuals) if _in_space(run, d)]
+        return [d for d in (alone_depths(a) for a in alone) if _in_space(run, d)]
 
     rows = measure_selected(runs, subnetwork_accuracy, depths=depths, all_configs=all_configs, sample=sample,
                             seed=seed, bn_images=bn_images, device=device, progress=progress, extra=alone_configs)
     alone_rows = []
-    for ind in individuals:
-        alone = individual_depths(ind)
-        if not any(_in_space(r, alone) for r in runs):
-            raise ValueError(f"individual run {ind.name!r} ({ind.path}) has depths {format_depths(alone)}, which "
-                             f"is not a sub-network of {', '.join(f'{r.name} {r.ed.full_depths}' for r in runs)}")
+    for one in alone:
+        depths_alone = alone_depths(one)
+        if not any(_in_space(r, depths_alone) for r in runs):
+            raise ValueError(f"run trained alone {one.name!r} ({one.path}) has depths "
+                             f"{format_depths(depths_alone)}, which is not a sub-network of {', '.join(f'{r.name} {r.ed.full_depths}' for r in runs)}")
         # evaluated on the first checkpoint's test set, so every number in the table uses the same images
-        alone_rows.append(individual_accuracy(ind, runs[0].data(device).test, device=device))
+        alone_rows.append(alone_accuracy(one, runs[0].data(device).test, device=device))
     rows += alone_rows
     summaries = [loafing_summary(rows, r.name, r.ed.full_depths,
                                  [a for a in alone_rows if _in_space(r, [int(d) for d in a["depths"].split(",")])])
                  for r in runs]
     settings = {"bn_recal_images": bn_images, "seed": seed, "overrides": list(overrides),
                 "checkpoints": {r.name: str(r.path) for r in runs},
-                "individual": {i.name: str(i.path) for i in individuals},
+                "alone": {a.name: str(a.path) for a in alone},
                 "selection": "depths" if depths else "all" if all_configs else
                              f"sample {sample}" if sample else "default",
                 "test_images": rows[0]["n"] if rows else 0, "num_classes": runs[0].num_classes}

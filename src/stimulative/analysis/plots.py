@@ -42,7 +42,7 @@ def _mean_by(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], lis
 
 def plot_loafing(rows: Sequence[dict], path: str | Path, bn_images: int = 0, chance: float | None = None,
                  colors: dict[str, str] | None = None) -> Path:
-    """Sub-network accuracy vs number of blocks, per run; individually trained networks as black stars.
+    """Sub-network accuracy vs number of blocks, per run; networks trained alone as black stars.
 
     Args:
         rows: loafing rows (``kind`` "inside" or "alone", ``run``, ``num_blocks``, ``acc``, ``acc_bn``).

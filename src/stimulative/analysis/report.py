@@ -126,7 +126,8 @@ def method_label(config: dict) -> str:
     n = int(st.get("num_subnets") or 0)
     if n == 0:
         return "CT (common training)"
-    parts = [f"{n} sub-network{'s' if n > 1 else ''}/step", f"KL {st.get('kl', 'plain')}"]
+    kl_norm = st.get("kl_norm", st.get("kl", "plain"))  # "kl": a run of an older release
+    parts = [f"{n} sub-network{'s' if n > 1 else ''}/step", f"KL {kl_norm}"]
     if float(st.get("min_input_scale") or 1.0) < 1.0:
         parts.append(f"smaller inputs (scale >= {st['min_input_scale']})")
     if st.get("sampling", "ordered") != "ordered":
@@ -191,7 +192,7 @@ def compute_analysis(kind: str, runs: Sequence[Run], out_dir: str | Path, *, bn_
 def find_analyses(runs: Sequence[RunRecord], out_dir: str | Path) -> dict[str, dict]:
     """Analysis results for these runs: ``out_dir/<kind>.json`` first, else merged ``RUN/analysis/<kind>.json``.
 
-    Rows of runs not in ``runs`` are dropped (individual "alone" rows of the loafing table are kept).
+    Rows of runs not in ``runs`` are dropped (the "alone" rows of the loafing table are kept).
     """
     names = {r.name for r in runs}
     found: dict[str, dict] = {}

@@ -7,8 +7,11 @@ each rule and its message exist once.
 from __future__ import annotations
 
 import argparse
+import warnings
+from typing import Any
 
-__all__ = ["BN_RECAL_DEFAULT", "add_bn_recal", "add_depth_selection", "add_run_arguments", "check"]
+__all__ = ["BN_RECAL_DEFAULT", "add_bn_recal", "add_depth_selection", "add_renamed_option", "add_run_arguments",
+           "check"]
 
 # Training images for BatchNorm re-estimation per measured (sub-)network: 2000, as the paper does before
 # evaluating a sub-network. The config key of the same idea is ``bn_recal_images`` (evaluation during training).
@@ -41,6 +44,26 @@ def add_run_arguments(parser: argparse.ArgumentParser, many: bool = True) -> Non
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling sub-networks and images")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+class _RenamedOption(argparse.Action):
+    """An option's old spelling: stores into the new option's ``dest``, with a ``DeprecationWarning``."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        warnings.warn(f"{option_string} is now {self.new}; {option_string} is read until the next release",
+                      DeprecationWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed_option(parser: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    """Accept ``old`` (hidden from the help) as the renamed option ``new`` whose ``dest`` it fills."""
+    parser.add_argument(old, dest=dest, action=_RenamedOption, new=new, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS, **kwargs)
 
 
 def check(args: argparse.Namespace) -> None:

@@ -1,7 +1,7 @@
 """Training the "alone" baselines of the loafing analysis: the same sub-network architectures trained by themselves.
 
 A sub-network ``(d_1, d_2, d_3)`` of a CIFAR ResNet is the CIFAR ResNet built with ``d_i`` blocks per stage, so
-its individual baseline is the same recipe with the model's depth changed (``stimulative.models.with_depths``:
+its baseline trained alone is the same recipe with the model's depth changed (``stimulative.models.with_depths``:
 ``cifar_resnet20`` for ``3,3,3``, otherwise ``blocks_per_stage=[d_1, d_2, d_3]``).
 """
 
@@ -15,11 +15,11 @@ from ..core.elastic import format_depths
 from ..models import with_depths
 from ..train import load_config, train
 
-__all__ = ["train_individuals"]
+__all__ = ["train_alone"]
 
 
-def train_individuals(recipe: str | Path, configs: Sequence[Sequence[int]], out_dir: str | Path,
-                      overrides: Sequence[str] = ()) -> list[Path]:
+def train_alone(recipe: str | Path, configs: Sequence[Sequence[int]], out_dir: str | Path,
+                overrides: Sequence[str] = ()) -> list[Path]:
     """Train one network per depth config with ``recipe`` (plus ``overrides``); reuse finished runs.
 
     Args:
@@ -37,7 +37,7 @@ def train_individuals(recipe: str | Path, configs: Sequence[Sequence[int]], out_
         name = f"{base.name}_alone_{format_depths(config, sep='-')}"
         run_dir = Path(out_dir) / name
         if (run_dir / "best.pt").is_file() or (run_dir / "last.pt").is_file():
-            print(f"individual run {run_dir} exists; reusing it")
+            print(f"run trained alone {run_dir} exists; reusing it")
             run_dirs.append(run_dir)
             continue
         model_name, kwargs = with_depths(base.model.name, config, base.model.kwargs)
