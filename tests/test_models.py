@@ -14,6 +14,7 @@ import torch
 from conftest import NUM_CLASSES, batch, fresh_model
 
 import stimulative as st
+from stimulative.core.elastic import SKIP
 from stimulative.models import CifarResNet
 
 ATOL, RTOL = 1e-5, 1e-4
@@ -139,7 +140,7 @@ def test_subnet_backward_skips_exactly_the_skipped_blocks(family):
     assert out.shape == (4, NUM_CLASSES) and torch.isfinite(out).all()
     torch.nn.functional.cross_entropy(out, y).backward()
     skipped = {id(p) for stage, row in zip(ed.stages, ed.block_modes(depths)) for block, mode in zip(stage.blocks, row)
-               if mode == st.SKIP for p in block.parameters()}
+               if mode == SKIP for p in block.parameters()}
     assert skipped, "the config should skip something"
     for p in model.parameters():
         assert (p.grad is None) == (id(p) in skipped)
@@ -156,7 +157,7 @@ def test_registry_builds_cifar_resnets(n):
 
 @pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_resnet_tiny"])
 def test_cifar_builders_accept_blocks_per_stage(name):
-    # what `stimulative loafing --train-individual` passes to train a (1,2,3) network alone
+    # what `stimulative loafing --train-alone` passes to train a (1,2,3) network alone
     model = st.create_model(name, num_classes=10, blocks_per_stage=[1, 2, 3])
     assert model.blocks_per_stage == [1, 2, 3] and len(model.layer3) == 3
     # a 1-block stage has nothing to skip, so ElasticDepth lists only the other two

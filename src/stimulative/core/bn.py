@@ -23,11 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .droppath import drop_path_paused
 
-__all__ = ["frozen_bn_stats", "recalibrate_bn", "recalibrated", "has_batchnorm"]
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, _BatchNorm) for m in model.modules())
+__all__ = ["frozen_bn_stats", "recalibrate_bn", "recalibrated"]
 
 
 def _tracking_bns(model: nn.Module) -> list[_BatchNorm]:

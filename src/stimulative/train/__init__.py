@@ -10,8 +10,13 @@
 * ``loop``: ``train_one_epoch`` and ``evaluate_epoch``.
 * ``log``: metrics files, console lines, training curves.
 * ``engine``: ``train(cfg)``, the wiring.
+
+The package is itself callable as ``train(cfg)``, so ``import stimulative as st; st.train(cfg)`` trains a run
+while ``stimulative.train.load_model`` and the modules above stay where they are.
 """
 
+import sys
+import types
 from typing import Any
 
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint, load_model, save_checkpoint
@@ -31,3 +36,15 @@ def __getattr__(name: str) -> Any:
 
         return train
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _CallableTrainPackage(types.ModuleType):
+    """``stimulative.train(cfg, ...)`` is ``stimulative.train.engine.train(cfg, ...)``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .engine import train
+
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableTrainPackage
