@@ -138,3 +138,37 @@ def test_chunked_training_equals_one_run_and_evaluation_matches_the_loss():
     assert res["tokens"] == target.numel()
     assert res["loss"] == pytest.approx(float(F.cross_entropy(logits, target)), rel=1e-5)
     assert res["agree"] == pytest.approx(float((logits.argmax(-1) == full.argmax(-1)).float().mean()))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_decoding_with_an_adapter_is_plain_greedy(family):
+    """The drafts go through the adapter (it is called), the verification does not: the output is
+    model.generate's, whatever the adapter says; a trained adapter is accepted more often than a random one."""
+    from stimulative.lm import generate
+
+    model = _model(family, layers=4)
+    torch.manual_seed(2)
+    batches = [torch.randint(0, 40, (4, 16)) for _ in range(4)]
+    trained = ExitAdapter(32, layer=2, rank=32)
+    train_exit_adapter(model, trained, batches, steps=80, lr=3e-3, warmup_steps=1)
+    noisy = ExitAdapter(32, layer=2, rank=32)
+    torch.nn.init.normal_(noisy.up.weight, std=3.0)
+    model.eval()
+    calls = []
+    noisy.register_forward_hook(lambda *a: calls.append(1))
+    accepted = {}
+    for name, adapter in (("trained", trained), ("noisy", noisy)):
+        total = [0, 0]
+        for seed in range(4):
+            ids = torch.randint(3, 40, (1, 6), generator=torch.Generator().manual_seed(seed))
+            out = generate(model, ids, None, max_new_tokens=24, exit_adapter=adapter, adaptive=False,
+                           eos_token_id=[], confidence_threshold=0.0)
+            want = model.generate(ids, do_sample=False, max_new_tokens=24, eos_token_id=None,
+                                  attention_mask=torch.ones_like(ids), pad_token_id=0)
+            assert torch.equal(out.sequences, want)
+            total[0] += out.accepted
+            total[1] += out.drafted
+        accepted[name] = total[0] / total[1]
+    assert calls and accepted["trained"] > accepted["noisy"]
+    with pytest.raises(ValueError, match="layer 2"):
+        generate(model, torch.tensor([[3, 4]]), 3, max_new_tokens=2, exit_adapter=trained)

@@ -233,6 +233,11 @@ class _Stack:
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(h))
 
+    def draft_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The early exit's logits on layer-k states (the shared tail; ``generate`` replaces it with an exit
+        adapter's when one is given)."""
+        return self.logits(h)
+
 
 _PRIOR_AGREEMENT = 0.5  # before anything is seen: enough to draft from an exit in the first 45% of the layers
 _DECAY = 0.9  # per observed draft token: the estimate follows about the last 10 of them
@@ -353,10 +358,11 @@ def _padding(model: nn.Module, ids: torch.Tensor, attention_mask: Any, eos: set[
 
 
 @torch.no_grad()
-def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_layer: int, max_new_tokens: int = 128,
-             *, attention_mask: torch.Tensor | Sequence[int] | None = None, max_draft_tokens: int = 16,
+def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_layer: int | None,
+             max_new_tokens: int = 128, *, attention_mask: torch.Tensor | Sequence[int] | None = None, max_draft_tokens: int = 16,
              confidence_threshold: float = 0.4, eos_token_id: int | Sequence[int] | None = None,
-             adaptive: bool = True, min_gain: float = 1.1) -> SpeculativeOutput:
+             adaptive: bool = True, min_gain: float = 1.1, exit_adapter: nn.Module | None = None
+             ) -> SpeculativeOutput:
     """Greedy decoding of one prompt with drafts from the first ``exit_layer`` layers, verified by the rest.
 
     The result is token for token ``model.generate(input_ids, attention_mask=attention_mask, do_sample=False,
@@ -372,7 +378,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
             raises ``UnsupportedError`` naming the feature); its train/eval mode is restored on return.
         input_ids: the prompt, shape ``(1, T)`` or ``(T,)``, T >= 1, ids in the model's vocabulary.
         exit_layer: k, the draft's depth: the first k of the model's L layers, 1 <= k <= L - 1 (an int, a numpy
-            integer or a 0-d integer tensor).
+            integer or a 0-d integer tensor; None with ``exit_adapter``: the adapter's layer).
         max_new_tokens: at most this many new tokens.
         attention_mask: None, or the prompt's mask: all ones, or left padding (zeros, then ones; the padding is
             kept in ``.sequences`` as ``model.generate`` keeps it). None with a prompt holding the model's pad
@@ -385,6 +391,9 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
             of the early exit with the full model, and adapt the draft length to the recent rounds (see the
             module docstring); False: always draft up to ``max_draft_tokens``.
         min_gain: draft only where the estimated tokens per layer pass beat plain greedy's by this factor.
+        exit_adapter: an ``stimulative.lm.adapter.ExitAdapter`` trained on this model's layer ``exit_layer``
+            (``None``: the model's own final norm + head read layer k). The drafts go through it; the verifying
+            layers get the plain layer-k states, so the output is the same greedy output.
 
     Returns:
         ``SpeculativeOutput``: ``.sequences`` (1, T + new) like ``model.generate``, and the counts.
@@ -402,6 +411,17 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
     """
     t0 = time.perf_counter()
     stack = _Stack(model)
+    if exit_adapter is not None:
+        if not isinstance(exit_adapter, nn.Module) or not hasattr(exit_adapter, "layer"):
+            raise ValueError(f"exit_adapter must be an ExitAdapter (stimulative.lm.adapter), got "
+                             f"{type(exit_adapter).__name__}")
+        if exit_layer is None:
+            exit_layer = exit_adapter.layer
+        if _as_int(exit_layer) != exit_adapter.layer:
+            raise ValueError(f"exit_adapter was trained on layer {exit_adapter.layer}, not exit_layer={exit_layer}")
+        if getattr(exit_adapter, "hidden_size", None) != getattr(model.config, "hidden_size", None):
+            raise ValueError(f"exit_adapter's hidden_size {exit_adapter.hidden_size} is not the model's "
+                             f"{getattr(model.config, 'hidden_size', None)}")
     n_layers = len(stack.layers)
     if n_layers < 2:
         raise UnsupportedError(f"stimulative.lm.generate needs a model of at least 2 layers (this one has "
@@ -458,12 +478,19 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
         return logits[0]
 
     training = model.training
+    adapter_training = exit_adapter.training if exit_adapter is not None else False
     model.eval()
+    if exit_adapter is not None:
+        exit_adapter.eval()
+        plain = stack.logits
+        stack.draft_logits = lambda h: plain(exit_adapter(h))  # the drafts only; verification reads stack.logits
     try:
         out = _decode(stack, ids, k, max_new_tokens, max_draft_tokens, confidence_threshold, eos, adaptive,
                       min_gain, scores if processors is not None else None)
     finally:
         model.train(training)
+        if exit_adapter is not None:
+            exit_adapter.train(adapter_training)
     if n_pad:
         out.sequences = torch.cat([padded[:, :n_pad], out.sequences], 1)
         out.prompt_length += n_pad
@@ -519,7 +546,7 @@ def _decode(stack: _Stack, ids: torch.Tensor, k: int, max_new_tokens: int, max_d
         pending = [h]  # layer-k hidden states of positions cached .. n - 1 + len(drafts)
         drafts: list[int] = []
         while len(drafts) < m_max:
-            prob, tok = pick(stack.logits(h[0, -1]), tokens + drafts).float().softmax(-1).max(-1)
+            prob, tok = pick(stack.draft_logits(h[0, -1]), tokens + drafts).float().softmax(-1).max(-1)
             drafts.append(int(tok))
             # run the drafted token through layers 1..k now: the next draft step and the verification need it
             h = stack.run(stack.embed_at(tok[None, None], n + len(drafts) - 1), shallow, n + len(drafts) - 1,
@@ -529,7 +556,7 @@ def _decode(stack: _Stack, ids: torch.Tensor, k: int, max_new_tokens: int, max_d
                 break
         # a plain greedy step of the adaptive mode still reads the draft head (no extra layer pass) to see
         # whether the early exit agrees with the full model again
-        watch = (int(pick(stack.logits(h[0, -1]), tokens).argmax(-1))
+        watch = (int(pick(stack.draft_logits(h[0, -1]), tokens).argmax(-1))
                  if adaptive and m_max == 0 and max_draft_tokens else None)
         # verify: layers k+1..L on the layer-k states of positions cached .. n - 1 + m in one forward
         m = len(drafts)
