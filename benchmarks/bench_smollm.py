@@ -18,8 +18,18 @@ adapter on layer ``--adapter-layer`` trains with ST's token KL to the full model
 checkpoint (``<work>/adapter_L<k>_s<seed>/state.pt``) and a rerun continues from it. Its records are
 ``adapter_L<k>_s<seed>_step<c>.json`` (only the adapter's exit is measured: the full model is the start's).
 
-    nohup python benchmarks/bench_smollm.py --methods st --checkpoints 50 100 200 400 > smollm.log 2>&1 &
+Decoding (``--decode SPEC ...``): held-out prompts (``--prompts``, half code windows of the validation files, half
+their docstrings: prose), each decoded greedily (``--new-tokens``) in every mode, interleaved per prompt:
+``greedy`` (``model.generate``), ``ours_no_draft`` (``stimulative.lm.generate`` with drafting off: our loop alone),
+``ours_exit`` (drafts from exit ``--exit``, verified by the rest: the output must equal greedy's) and, for the
+shared-head exits, ``hf_exit`` (``model.generate(assistant_early_exit=k)``). A SPEC is ``start`` (the converted
+model), ``st`` / ``ct`` (the run's last checkpoint) or ``adapter`` (the frozen model + the exit adapter's last
+state). Record: ``decode_<spec>_L<k>_t<threads>.json`` with per-mode tokens/s, the three speed-ups (medians of
+per-prompt time ratios), acceptance, tokens per full forward, equality with greedy, peak memory.
+
+    nohup python benchmarks/bench_smollm.py --methods st adapter --checkpoints 50 100 200 400 > smollm.log 2>&1 &
     python benchmarks/bench_smollm.py --methods ct st --checkpoints 100 --seed 0 --threads 1
+    python benchmarks/bench_smollm.py --decode start st adapter --exit 8 --prompts 16 --threads 1
 """
 
 from __future__ import annotations
@@ -146,6 +156,136 @@ def adapter_run(seed: int, stops: list[int], args: argparse.Namespace) -> None:
               f"{100 * res['agree']:.1f}%", flush=True)
 
 
+def decode_prompts(tokenizer, n: int, length: int) -> list[dict]:
+    """``n`` held-out prompts of ``length`` tokens: half windows of code evenly spaced over the validation files,
+    half the first docstrings (prose) found in them."""
+    import re
+
+    from stimulative.lm.data import TEXT_SUFFIXES, corpus_files, stdlib_files
+
+    files = [f for f in corpus_files(stdlib_files(), 0.1, TEXT_SUFFIXES)["val"] if f.suffix == ".py"]
+    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+    code, prose = [], []
+    for path, text in zip(files, texts):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) >= 2 * length:
+            code.append((path.name, ids[len(ids) // 2: len(ids) // 2 + length]))
+        for doc in re.findall(r'"""(.{400,}?)"""', text, flags=re.S):
+            ids = tokenizer.encode(" ".join(doc.split()), add_special_tokens=False)
+            if len(ids) >= length:
+                prose.append((path.name, ids[:length]))
+                break
+    half = n // 2
+    pick = [code[round(i * (len(code) - 1) / max(half - 1, 1))] for i in range(half)] if code else []
+    pick += [prose[round(i * (len(prose) - 1) / max(n - half - 1, 1))] for i in range(n - half)] if prose else []
+    if len(pick) < n:
+        sys.exit(f"found {len(code)} code and {len(prose)} prose prompts in the validation files; need {n}")
+    return [{"source": name, "kind": "code" if i < half else "prose", "ids": ids} for i, (name, ids) in enumerate(pick)]
+
+
+def decode_model(spec: str, args: argparse.Namespace):
+    """The model (eval mode), its tokenizer, the exit adapter (or None) and what was loaded (step, path)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stimulative.lm.gguf import cached_gguf
+
+    converted, _ = cached_gguf(args.gguf)
+    tokenizer = AutoTokenizer.from_pretrained(converted, local_files_only=True)
+    if spec in ("st", "ct"):
+        from stimulative.lm.train import load_lm
+
+        run = Path(args.work) / f"{spec}_s{args.seed}"
+        lm = load_lm(run)
+        return lm.model.eval(), tokenizer, None, {"run": str(run), "step": int(lm.checkpoint["step"])}
+    model = AutoModelForCausalLM.from_pretrained(converted, local_files_only=True).float().eval()
+    if spec == "start":
+        return model, tokenizer, None, {"model": str(converted), "step": 0}
+    if spec == "adapter":
+        from stimulative.lm.adapter import ExitAdapter
+
+        state_path = Path(args.work) / f"adapter_L{args.exit}_s{args.seed}" / "state.pt"
+        if not state_path.exists():
+            sys.exit(f"no adapter state at {state_path}: train it first (--methods adapter --adapter-layer "
+                     f"{args.exit})")
+        saved = torch.load(state_path, weights_only=True)
+        adapter = ExitAdapter(model.config.hidden_size, args.exit, rank=ADAPTER["rank"])
+        adapter.load_state_dict(saved["adapter"])
+        return model, tokenizer, adapter.eval(), {"adapter": str(state_path), "step": int(saved["step"])}
+    sys.exit(f"--decode specs are start, st, ct or adapter; got {spec!r}")
+
+
+def decode_run(spec: str, args: argparse.Namespace) -> Path:
+    import resource
+    import statistics
+
+    import torch
+
+    from stimulative.lm import generate
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer, adapter, loaded = decode_model(spec, args)
+    prompts = decode_prompts(tokenizer, args.prompts, args.prompt_tokens)
+    k, new = args.exit, args.new_tokens
+    modes = ["greedy", "ours_no_draft", "ours_exit"] + ([] if adapter is not None else ["hf_exit"])
+    eos = model.generation_config.eos_token_id
+    pad = model.generation_config.pad_token_id if model.generation_config.pad_token_id is not None else eos
+    rows = []
+    for i, prompt in enumerate(prompts):
+        ids = torch.tensor([prompt["ids"]])
+        mask = torch.ones_like(ids)
+        row: dict = {"source": prompt["source"], "kind": prompt["kind"]}
+        order = modes[i % len(modes):] + modes[:i % len(modes)]  # rotate: load changes hit every mode alike
+        outs = {}
+        for mode in order:
+            t0 = time.perf_counter()
+            if mode == "greedy":
+                seq = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new, pad_token_id=pad)
+            elif mode == "hf_exit":
+                seq = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new, pad_token_id=pad,
+                                     assistant_early_exit=k)
+            else:
+                out = generate(model, ids, k, new, attention_mask=mask, exit_adapter=adapter,
+                               max_draft_tokens=0 if mode == "ours_no_draft" else 16)
+                seq = out.sequences
+                if mode == "ours_exit":
+                    row.update(acceptance=out.acceptance, tokens_per_forward=out.tokens_per_forward,
+                               drafted=out.drafted, accepted=out.accepted)
+            row[f"{mode}_s"] = time.perf_counter() - t0
+            outs[mode] = seq
+        row["new_tokens"] = int(outs["greedy"].shape[1] - ids.shape[1])
+        row["equal_greedy"] = {m: bool(torch.equal(outs[m], outs["greedy"])) for m in modes if m != "greedy"}
+        rows.append(row)
+        print(f"  prompt {i + 1}/{len(prompts)} ({row['kind']}): greedy {row['greedy_s']:.1f}s, ours "
+              f"{row['ours_exit_s']:.1f}s, acceptance {row.get('acceptance', 0):.2f}, equal {row['equal_greedy']}",
+              flush=True)
+
+    def median_ratio(a: str, b: str) -> float:
+        return round(statistics.median(r[f"{a}_s"] / r[f"{b}_s"] for r in rows), 3)
+
+    tokens = sum(r["new_tokens"] for r in rows)
+    body = {"spec": spec, "exit": k, "adapter": adapter is not None, "loaded": loaded, "prompts": len(rows),
+            "prompt_tokens": args.prompt_tokens, "new_tokens": new,
+            "tokens_per_s": {m: round(tokens / sum(r[f"{m}_s"] for r in rows), 2) for m in modes},
+            "speedup_vs_generate": median_ratio("greedy", "ours_exit"),
+            "speedup_vs_no_draft": median_ratio("ours_no_draft", "ours_exit"),
+            "speedup_vs_hf_exit": median_ratio("hf_exit", "ours_exit") if "hf_exit" in modes else None,
+            "no_draft_vs_generate": median_ratio("greedy", "ours_no_draft"),
+            "acceptance": round(sum(r["accepted"] for r in rows) / max(1, sum(r["drafted"] for r in rows)), 4),
+            "tokens_per_forward": round(statistics.median(r["tokens_per_forward"] for r in rows), 3),
+            "all_equal_greedy": all(r["equal_greedy"]["ours_exit"] for r in rows),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "rows": rows}
+    cmd = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
+    method = {"start": "start", "st": "st", "ct": "ct", "adapter": "adapter"}[spec]
+    path = record(method, args.seed, loaded["step"], body, cmd, args,
+                  name=f"decode_{spec}_L{k}_t{args.threads}.json")
+    print(f"-> {path.name}: {body['speedup_vs_generate']}x generate, {body['speedup_vs_no_draft']}x no-draft, "
+          f"acceptance {body['acceptance']:.2f}, all equal {body['all_equal_greedy']}", flush=True)
+    if not body["all_equal_greedy"]:
+        sys.exit(f"{spec}: a decoded output differs from greedy (see {path})")
+    return path
+
+
 def run_record(method: str, seed: int, stop: int, args: argparse.Namespace, wall_s: float) -> dict:
     from stimulative.train.checkpoint import peek_checkpoint
 
@@ -168,8 +308,8 @@ def record(method: str, seed: int, step: int, body: dict, cmd: str, args: argpar
            name: str | None = None) -> Path:
     out = {"setting": "SmolLM2-135M-Instruct (GGUF Q4_1 de-quantized to float32), continued pre-training on the "
                       "stdlib sources (held-out files), context 256, batch 4, AdamW lr 1e-4 constant",
-           "method": {"ct": "CT", "st": "ST", "start": "start", "adapter": "exit adapter"}[method], "seed": seed,
-           "steps": step,
+           "method": {"ct": "CT", "st": "ST", "start": "start", "adapter": "exit adapter"}.get(method, method),
+           "seed": seed, "steps": step,
            "threads": args.threads, **body, "command": cmd, "machine": machine_info(args.threads),
            "load_avg_end": load_average(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     name = name or (f"start_s{seed}.json" if method == "start" else f"{method}_s{seed}_step{step}.json")
@@ -189,12 +329,23 @@ def main() -> None:
     p.add_argument("--work", default=str(WORK))
     p.add_argument("--no-start", action="store_true", help="skip the untrained model's record")
     p.add_argument("--adapter-layer", type=int, default=8, help="method adapter: the exit layer (default 8)")
+    p.add_argument("--decode", nargs="+", metavar="SPEC", help="decode held-out prompts with these models "
+                   "(start, st, ct, adapter) instead of training")
+    p.add_argument("--exit", type=int, default=8, help="--decode: the draft exit (default 8)")
+    p.add_argument("--prompts", type=int, default=16, help="--decode: held-out prompts, half code, half prose")
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
     args = p.parse_args()
     args.gguf = str(Path(args.gguf).expanduser().resolve()) if args.gguf else str(default_gguf())
     if not Path(args.gguf).is_file():
         sys.exit(f"--gguf {args.gguf!r} is not a file")
     if any(c < 1 or c > STEPS for c in args.checkpoints):
         sys.exit(f"--checkpoints must be in 1..{STEPS}")
+    if args.decode:
+        os.environ.update(TQDM_DISABLE="1", OMP_NUM_THREADS=str(args.threads))
+        for spec in args.decode:
+            decode_run(spec, args)
+        return
     env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     os.environ.update(env)
     start = Path(args.results) / f"start_s{args.seed}.json"
