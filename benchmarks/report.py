@@ -764,9 +764,15 @@ def _parity_cell(variant: str, budget: str, records: list[dict]) -> str:
     ``PARITY_TOLERANCE`` off is flagged (equal-epochs runs are not meant to match it)."""
     if variant == FULL_REFERENCE:
         return "reference"
-    ref = {r["seed"]: r["train_s"] for r in records if r["variant"] == FULL_REFERENCE}
-    ratios = [r["train_s"] / ref[r["seed"]] for r in sorted(records, key=lambda r: r["seed"])
-              if r["variant"] == variant and r["seed"] in ref and ref[r["seed"]]]
+    # CPU time where both runs recorded it (what the run cost, little moved by other jobs on the machine), else wall
+    refs = {r["seed"]: r for r in records if r["variant"] == FULL_REFERENCE}
+
+    def ratio(r: dict) -> float:
+        key = "train_cpu_s" if r.get("train_cpu_s") and refs[r["seed"]].get("train_cpu_s") else "train_s"
+        return r[key] / refs[r["seed"]][key]
+
+    ratios = [ratio(r) for r in sorted(records, key=lambda r: r["seed"])
+              if r["variant"] == variant and r["seed"] in refs and refs[r["seed"]]["train_s"]]
     if not ratios:
         return "–"
     text = ", ".join(f"{x:.2f}x" for x in ratios)

@@ -97,8 +97,10 @@ def test_run_outputs(tmp_path):
     records = read_metrics(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]
     for key in ("step", "lr", "train_loss", "train_loss_main", "train_loss_subnet", "train_acc", "test_acc",
-                "test_loss", "test_acc_d1-1-1", "ema_test_acc", "img_per_s", "epoch_time_s"):
+                "test_loss", "test_acc_d1-1-1", "ema_test_acc", "img_per_s", "epoch_time_s", "epoch_cpu_s"):
         assert key in records[-1], key
+    # the epoch's CPU time: positive, and with one thread at most its wall time plus the timer's resolution
+    assert 0 < records[-1]["epoch_cpu_s"] <= records[-1]["epoch_time_s"] * max(1, torch.get_num_threads()) + 0.05
     assert records[-1]["train_loss_subnet"] > 0
     assert math.isclose(records[-1]["train_loss"], records[-1]["train_loss_main"] + records[-1]["train_loss_subnet"])
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")

@@ -199,3 +199,9 @@ def test_peers_full_setting_headline_parity_and_drop_mode_speedups(report, tmp_p
                         "| 53.93 ± 0.00 | -1.00 ± 0.00 | 1.00x, 1.00x, 1.15x **more than 10% off** |")
     assert text.index("**Full setting**") < text.index("Per-batch drop modes") < text.index("5,000 training images")
     assert "1 runs so far" in text  # the subset's count leaves the full setting out
+    # where both runs recorded their CPU time, parity reads it (a loaded machine stretches the wall time only)
+    for name, cpu in (("stpp_frac50_s12", 990.0), ("sdb05_time_s12", 1000.0)):
+        path = tmp_path / f"peers_r20_full_{name}.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"train_cpu_s": cpu}))
+    table = [line for line in report.build_peers(tmp_path).splitlines() if line.startswith("| ") and "equal" in line]
+    assert table[2].endswith("| 1.00x, 1.00x, 1.01x |")

@@ -79,8 +79,9 @@ def train_one_epoch(cfg: Config, runtime: Runtime, state: TrainingState, forward
 
     Returns:
         (the epoch's record, whether ``max_steps`` stopped it). The record holds ``epoch``, ``step``, ``lr``,
-        ``kl_weight``, ``train_loss``/``_main``/``_subnet``, ``train_acc``, ``img_per_s``, ``epoch_time_s`` and
-        ``partial`` when the epoch was cut short.
+        ``kl_weight``, ``train_loss``/``_main``/``_subnet``, ``train_acc``, ``img_per_s``, ``epoch_time_s`` (wall),
+        ``epoch_cpu_s`` (this process's CPU time: what the epoch cost, little moved by other jobs on a shared
+        machine) and ``partial`` when the epoch was cut short.
 
     Raises:
         NonFiniteLossError: a NaN/inf loss, weight or BatchNorm statistic.
@@ -102,7 +103,7 @@ def train_one_epoch(cfg: Config, runtime: Runtime, state: TrainingState, forward
     stopped = False
     bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                disable=None if main and not os.environ.get("TQDM_DISABLE") else True, dynamic_ncols=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i, (x, y) in enumerate(bar):
         batches_done = i + 1
         if i < skip_batches:
@@ -150,7 +151,7 @@ def train_one_epoch(cfg: Config, runtime: Runtime, state: TrainingState, forward
             break
     bar.close()
     runtime.synchronize()
-    train_time = time.perf_counter() - t0
+    train_time, cpu_time = time.perf_counter() - t0, time.process_time() - c0
     total_main, total_sub, correct, count = runtime.all_reduce([sum_main, sum_sub, float(criterion.correct),
                                                                  float(seen)])
     record: dict[str, Any] = {
@@ -159,7 +160,7 @@ def train_one_epoch(cfg: Config, runtime: Runtime, state: TrainingState, forward
         "train_loss": (total_main + total_sub) / count,
         "train_loss_main": total_main / count, "train_loss_subnet": total_sub / count,
         "train_acc": 100 * correct / count,
-        "img_per_s": count / max(train_time, 1e-9), "epoch_time_s": train_time,
+        "img_per_s": count / max(train_time, 1e-9), "epoch_time_s": train_time, "epoch_cpu_s": cpu_time,
     }
     if stopped and batches_done < steps_per_epoch:
         record["partial"] = True
