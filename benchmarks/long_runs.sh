@@ -45,7 +45,7 @@ peers() {
 peers_full() {  # issue 30: all 50k/10k images; calibrate once, then seeds 10-12 of every cell, 13-14 of the pair
   cd benchmarks
   [ -f results/peers/calibration_r20_full.json ] || \
-    python bench_peers.py --calibrate --setting r20_full --images 2560 --repeats 2 --data "$DATA" || return 1
+    python bench_peers.py --calibrate --setting r20_full --images 2560 --repeats 3 --data "$DATA" || return 1
   python bench_peers.py --jobs "${PEERS_JOBS:-1}" --setting r20_full --seeds 10 11 12 --data "$DATA"
   cd ..
 }
