@@ -295,3 +295,26 @@ def test_cli_compare_shows_the_first_differing_position(tmp_path, capsys, monkey
     assert "DIFFERS at new token 2: ours " in line and "(5 vs 5 new tokens)" in line
     assert command.first_difference([1, 2], [1, 2]) == "identical"
     assert command.first_difference([1, 2], [1, 2, 3]).startswith("DIFFERS at new token 2: ours end, theirs 3")
+
+
+def test_cli_generate_with_an_exit_adapter(tmp_path, capsys):
+    """--adapter FILE drafts through an exit adapter: the output is still plain greedy's, assistant_early_exit is
+    skipped with a note; a wrong layer or a file that is no adapter is one error line."""
+    from stimulative.lm.adapter import ExitAdapter, save_adapter
+
+    llama = save_tiny(tmp_path / "llama", "llama")
+    capsys.readouterr()
+    adapter = ExitAdapter(16, layer=1, rank=8)
+    torch.nn.init.normal_(adapter.up.weight, std=0.5)
+    path = save_adapter(adapter, tmp_path / "exit1.pt")
+    assert main(["generate", str(llama), "--exit", "1", "--adapter", str(path), "--prompt", "abc",
+                 "--max-new-tokens", "8", "--compare", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "plain greedy (model.generate): 8 tokens" in out and out.count("; identical") == 2
+    assert "assistant_early_exit=1 (model.generate): skipped" in out
+    assert main(["generate", str(llama), "--exit", "2", "--adapter", str(path), "--prompt", "abc"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on layer 1" in err and one_error_line(err)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert main(["generate", str(llama), "--exit", "1", "--adapter", str(tmp_path / "junk.pt"), "--prompt", "a"]) == 2
+    assert one_error_line(capsys.readouterr().err)

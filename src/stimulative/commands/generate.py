@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "say if identical and how much faster ours is")
     parser.add_argument("--repeats", type=int, default=3, metavar="R",
                         help="--compare: timed runs of every decoding, the median is reported (default: 3)")
+    parser.add_argument("--adapter", metavar="FILE",
+                        help="draft through this exit adapter (stimulative.lm.adapter.save_adapter) on layer K; "
+                             "--compare then skips assistant_early_exit, which cannot use it")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=0, metavar="N", help="torch threads (default: torch's)")
 
@@ -136,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
     mask = torch.ones_like(ids)  # the prompt as written, even where it holds the pad token id
     options = {"max_draft_tokens": args.max_draft_tokens, "confidence_threshold": args.confidence,
                "adaptive": not args.no_adaptive, "attention_mask": mask}
+    if getattr(args, "adapter", None):
+        from ..lm.adapter import load_adapter
+
+        options["exit_adapter"] = load_adapter(args.adapter, map_location=ids.device)
     generate(model, ids, args.exit_layer, min(4, args.max_new_tokens), **options)  # warm-up (and argument checks)
     out = generate(model, ids, args.exit_layer, args.max_new_tokens, **options)
     layers = model.config.num_hidden_layers
@@ -165,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
               lambda: _hf_generate(model, ids, args.max_new_tokens, assistant_early_exit=args.exit_layer)))
     layers_before = model.config.num_hidden_layers
     for i, (name, decode) in enumerate(modes):
+        if i == 2 and "exit_adapter" in options:
+            print(f"{name}: skipped, it drafts through the model's own head, not the exit adapter", flush=True)
+            continue
         try:
             tokens, seconds = _timed(decode, args.repeats)
         except Exception as e:  # noqa: BLE001 - transformers' assistant_early_exit fails on some models (GPT-2)

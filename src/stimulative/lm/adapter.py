@@ -70,7 +70,7 @@ class ExitAdapter(nn.Module):
 
 
 def _tail(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    from ..integrations.transformers import output_tail
+    from ..hf import output_tail
 
     tail = output_tail(model)
     if tail is None:
@@ -108,7 +108,7 @@ def _hidden_and_full(model: nn.Module, adapter: ExitAdapter, ids: torch.Tensor
 def exit_logits(model: nn.Module, adapter: ExitAdapter, ids: torch.Tensor) -> torch.Tensor:
     """The adapter exit's next-token logits at every position of ``ids`` ``(batch, time)``: ``(batch, time, V)``.
     Runs the first ``adapter.layer`` layers only (the model is made depth-elastic in place, ``elastic_depth``)."""
-    from ..integrations.transformers import elastic_depth
+    from ..hf import elastic_depth
 
     _check(model, adapter)
     ed = elastic_depth(model)
@@ -257,7 +257,11 @@ def load_adapter(path: str | Path, map_location: str | torch.device = "cpu") -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"exit adapter {str(path)!r} does not exist")
-    saved = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a file that is no torch checkpoint at all
+        raise ValueError(f"{str(path)!r} is not an exit adapter written by stimulative (it does not load: "
+                         f"{type(e).__name__})") from e
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not an exit adapter written by stimulative (format {FORMAT})")
     adapter = ExitAdapter(saved["hidden_size"], saved["layer"], saved["rank"], saved["eps"])
