@@ -79,7 +79,7 @@ def start_record(seed: int, args: argparse.Namespace) -> dict:
     """The untrained model: full-model loss and every exit's loss and agreement on the same validation blocks."""
     import torch
 
-    from stimulative.integrations.transformers import elastic_depth
+    from stimulative.hf import elastic_depth
     from stimulative.lm.config import load_lm_config
     from stimulative.lm.evaluate import depth_losses
     from stimulative.lm.train import build_lm, load_lm_data, resolve_pretrained
@@ -104,7 +104,13 @@ def adapter_run(seed: int, stops: list[int], args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM
 
     from stimulative.io import atomic_torch_save
-    from stimulative.lm.adapter import ExitAdapter, adapter_optimizer, evaluate_adapter, train_exit_adapter
+    from stimulative.lm.adapter import (
+        ExitAdapter,
+        adapter_optimizer,
+        evaluate_adapter,
+        save_adapter,
+        train_exit_adapter,
+    )
     from stimulative.lm.config import load_lm_config
     from stimulative.lm.train import load_lm_data, resolve_pretrained
 
@@ -142,6 +148,8 @@ def adapter_run(seed: int, stops: list[int], args: argparse.Namespace) -> None:
             step = stop
             atomic_torch_save({"adapter": adapter.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                                "train_s": train_s}, state_path)
+            # what `stimulative generate DIR --exit K --adapter FILE` reads
+            save_adapter(adapter, state_path.with_name("adapter.pt"), step=step, model=str(cfg.model.pretrained))
         if step != stop:  # the saved state is past this checkpoint: it cannot be measured any more
             print(f"skip {name} step {stop}: the saved state is at step {step}", flush=True)
             continue
