@@ -82,7 +82,6 @@ def _check_finite(loss: torch.Tensor, what: str) -> None:
                                  "check the data, or use fp32/bf16 instead of fp16")
 
 
-
 def _grad_vector(params: list[torch.Tensor]) -> torch.Tensor:
     """All gradients as one fp32 vector (zeros for parameters without a gradient yet)."""
     return torch.cat([(p.grad.detach().float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32))
@@ -94,6 +93,39 @@ def _logit_std(logits: torch.Tensor) -> float:
     return float(at_least_fp32(logits.detach()).std(dim=-1, unbiased=False).mean())
 
 
+# Options renamed in this release: the old keyword is read with a DeprecationWarning until the next one.
+RENAMED_OPTIONS = {"kl": "kl_norm"}
+
+
+def renamed_options(values: dict[str, Any], where: str, stacklevel: int = 3) -> dict[str, Any]:
+    """``values`` with every old option name (``RENAMED_OPTIONS``) replaced by the new one, with a
+    ``DeprecationWarning`` naming both; the old and the new name given with different values is an error."""
+    for old, new in RENAMED_OPTIONS.items():
+        if old not in values:
+            continue
+        warnings.warn(f"{where}: the option {old!r} is now {new!r}; {old!r} is read until the next release",
+                      DeprecationWarning, stacklevel=stacklevel)
+        values = dict(values)
+        value = values.pop(old)
+        if new in values and values[new] != value:
+            raise ValueError(f"{where}: {old!r}={value!r} (the old name of {new!r}) contradicts {new}={values[new]!r}")
+        values[new] = value
+    return values
+
+
+def _accepts_renamed_options(cls: type) -> type:
+    """Let the dataclass ``cls`` take the old names of renamed options as keywords (``renamed_options``)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **renamed_options(kwargs, cls.__name__))
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_accepts_renamed_options
 @dataclass(frozen=True)
 class StepOptions:
     """What one stimulative step does: the method's options, checked when built.
@@ -150,39 +182,6 @@ class StepOptions:
 
 
 _STEP_OPTIONS = tuple(f.name for f in fields(StepOptions))
-# Options renamed in this release: the old keyword is read with a DeprecationWarning until the next one.
-RENAMED_OPTIONS = {"kl": "kl_norm"}
-
-
-def renamed_options(values: dict[str, Any], where: str, stacklevel: int = 3) -> dict[str, Any]:
-    """``values`` with every old option name (``RENAMED_OPTIONS``) replaced by the new one, with a
-    ``DeprecationWarning`` naming both; the old and the new name given with different values is an error."""
-    for old, new in RENAMED_OPTIONS.items():
-        if old not in values:
-            continue
-        warnings.warn(f"{where}: the option {old!r} is now {new!r}; {old!r} is read until the next release",
-                      DeprecationWarning, stacklevel=stacklevel)
-        values = dict(values)
-        value = values.pop(old)
-        if new in values and values[new] != value:
-            raise ValueError(f"{where}: {old!r}={value!r} (the old name of {new!r}) contradicts {new}={values[new]!r}")
-        values[new] = value
-    return values
-
-
-def _accepts_renamed_options(cls: type) -> type:
-    """Let the dataclass ``cls`` take the old names of renamed options as keywords (``renamed_options``)."""
-    init = cls.__init__
-
-    @functools.wraps(init)
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **renamed_options(kwargs, cls.__name__))
-
-    cls.__init__ = __init__
-    return cls
-
-
-StepOptions = _accepts_renamed_options(StepOptions)
 
 
 def _merge_options(options: StepOptions | None = None, **values: Any) -> StepOptions:
