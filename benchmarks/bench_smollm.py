@@ -157,7 +157,7 @@ def adapter_run(seed: int, stops: list[int], args: argparse.Namespace) -> None:
         res = evaluate_adapter(model, adapter, val)
         body = {"exits": {str(k): {"loss": res["loss"], "agree": res["agree"]}}, "val_tokens": res["tokens"],
                 "adapter": {"layer": k, **ADAPTER, "parameters": sum(p.numel() for p in adapter.parameters())},
-                "train_s": round(train_s, 1), "train_cpu_hours": round(train_s / 3600, 3),
+                "train_s": round(train_s, 1), "train_hours": round(train_s / 3600, 3),
                 "eval_s": round(time.perf_counter() - t0, 1)}
         path = record("adapter", seed, stop, body, command, args, name=f"{name}_step{stop}.json")
         print(f"[{time.strftime('%H:%M:%S')}] -> {path.name}: exit {k} loss {res['loss']:.4f}, agreement "
@@ -307,7 +307,7 @@ def run_record(method: str, seed: int, stop: int, args: argparse.Namespace, wall
     return {"val_loss": row["val_loss"], "val_tokens": row["val_tokens"],
             "exits": {str(k): {"loss": row[f"val_loss_d{k}"], "agree": row.get(f"val_agree_d{k}")} for k in depths},
             "train_loss_main": row["train_loss_main"], "train_loss_subnet": row["train_loss_subnet"],
-            "train_s": round(row["train_time_s"], 1), "train_cpu_hours": round(row["train_time_s"] / 3600, 3),
+            "train_s": round(row["train_time_s"], 1), "train_hours": round(row["train_time_s"] / 3600, 3),
             "tokens_per_s": round(row["tokens_per_s"], 1), "invocation_wall_s": round(wall_s, 1),
             "trained_at": [] if saved is None else saved.starts}
 

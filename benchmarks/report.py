@@ -15,6 +15,8 @@ Pages and their blocks (each between ``<!-- NAME:start ... -->`` and ``<!-- NAME
   ``bench_lm.py``), ``lm-budget`` (``results/lm_budget/s<seed>/``), ``lm-step-cost`` (``step_cost.json`` of
   ``bench_lm_step.py``) and ``lm-decode-table`` (``decode_reuse_*.json`` and ``decode_profile.json`` of
   ``bench_decode.py``), each with the aims of its issue judged from the records.
+* ``pretrained`` (docs/pretrained.md): ``lm-pretrained``: SmolLM2-135M's exits by method and steps and its
+  decoding (``results/smollm2/*.json`` of ``bench_smollm.py``).
 
     python benchmarks/report.py                  # rewrite every page's blocks
     python benchmarks/report.py peers lm         # only these pages
@@ -1579,6 +1581,88 @@ def budget_markdown(root: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# docs/pretrained.md: a real pretrained LM (SmolLM2-135M) made to decode faster (bench_smollm.py, issue 29)
+
+SMOLLM = RESULTS / "smollm2"
+
+
+def _smollm_records(results: Path) -> tuple[list[dict], list[dict]]:
+    """The training/agreement records (start, ST, CT, adapter by step) and the decoding records."""
+    train, decode = [], []
+    for path in sorted(results.glob("*.json")):
+        rec = read_record(path, "bench_smollm")
+        rec["_name"] = path.stem
+        (decode if path.stem.startswith("decode_") else train).append(rec)
+    return train, decode
+
+
+def _smollm_label(rec: dict) -> str:
+    if rec["_name"].startswith("start"):
+        return "start (the converted model, untrained exits)"
+    if rec["_name"].startswith("adapter"):
+        a = rec.get("adapter", {})
+        return f"exit adapter on layer {a.get('layer')} (rank {a.get('rank')}, frozen model)"
+    return {"st": "ST (3 exits per step, shared head)", "ct": "CT"}.get(rec["_name"].split("_")[0], rec["method"])
+
+
+def smollm_agreement_table(train: list[dict]) -> list[str]:
+    exits = sorted({int(k) for r in train for k in r.get("exits", {})})
+    head = ("| method | steps | training hours (1 thread, wall) | full model loss | "
+            + " | ".join(f"exit {k}" for k in exits) + " |")
+    lines = [head, "|---|---:|---:|---:|" + "---:|" * len(exits)]
+    order = {"start": 0, "st": 1, "adapter": 2, "ct": 3}
+    for r in sorted(train, key=lambda r: (order.get(r["_name"].split("_")[0], 9), r.get("steps", 0))):
+        cells = []
+        for k in exits:
+            e = r.get("exits", {}).get(str(k))
+            cells.append("–" if e is None or e.get("agree") is None else f"{e['loss']:.2f} / {100 * e['agree']:.1f}%")
+        full = r.get("val_loss")
+        hours = r.get("train_hours")
+        lines.append(f"| {_smollm_label(r)} | {r.get('steps', 0)} | {'–' if hours is None else f'{hours:.2f}'} | "
+                     f"{'–' if full is None else f'{full:.4f}'} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def smollm_decode_table(decode: list[dict]) -> list[str]:
+    lines = ["| model | exit | steps | threads | tokens/s: generate / ours no draft / ours | vs `model.generate` | "
+             "vs our loop, no draft | vs `assistant_early_exit` | acceptance | tokens per full forward | "
+             "identical to greedy | peak memory |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|"]
+    for r in decode:
+        t = r["tokens_per_s"]
+        vs_hf = "–" if r.get("speedup_vs_hf_exit") is None else f"{r['speedup_vs_hf_exit']:.2f}x"
+        name = {"start": "start", "st": "ST", "ct": "CT", "adapter": "exit adapter"}.get(r["spec"], r["spec"])
+        lines.append(f"| {name} | {r['exit']} | {r['loaded'].get('step')} | {r.get('threads')} | "
+                     f"{t['greedy']:.1f} / {t['ours_no_draft']:.1f} / {t['ours_exit']:.1f} | "
+                     f"{r['speedup_vs_generate']:.2f}x | {r['speedup_vs_no_draft']:.2f}x | {vs_hf} | "
+                     f"{100 * r['acceptance']:.1f}% | {r['tokens_per_forward']:.2f} | "
+                     f"{'every prompt' if r['all_equal_greedy'] else '**no**'} ({r['prompts']} prompts) | "
+                     f"{r['peak_rss_mib']:,.0f} MiB |")
+    return lines
+
+
+def pretrained_markdown(results: Path = SMOLLM) -> str:
+    train, decode = _smollm_records(results) if results.exists() else ([], [])
+    out = [GENERATED.format(page="pretrained", what="smollm2/ (bench_smollm.py)"), ""]
+    if not train:
+        return "\n".join([*out, "_No records yet: run `python benchmarks/bench_smollm.py`._", ""])
+    first = train[0]
+    out += [f"Setting: {first['setting']}. Held-out: {first.get('val_tokens', '?'):,} next-token positions of the "
+            "validation files. Cells: an exit's held-out loss (nats) / its top-1 agreement with the full model "
+            "(the share of positions where its next token is the full model's: what a draft needs).", "",
+            *smollm_agreement_table(train), ""]
+    if decode:
+        out += ["Decoding held-out prompts (half code, half docstring prose), 64 new tokens each, greedy; the "
+                "speed-ups are medians over prompts of per-prompt time ratios; the middle one is the speculative "
+                "gain alone (the same loop with drafting off):", "", *smollm_decode_table(decode), ""]
+    else:
+        out += ["_No decoding records yet: `python benchmarks/bench_smollm.py --decode start st adapter`._", ""]
+    commands = sorted({r["command"] for r in train + decode})
+    out += ["Regenerate:", "", "```bash", *commands, "python benchmarks/report.py pretrained", "```", ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the pages: every block, where it lives, and how it is written
 
 # block name: (page, the docs file, its builder)
@@ -1590,6 +1674,7 @@ BLOCKS: dict[str, tuple[str, str, Callable[[], str]]] = {
     "lm-budget": ("lm", "lm.md", lambda: budget_markdown(BUDGET)),
     "lm-step-cost": ("lm", "lm.md", lambda: step_cost_markdown(LM_RESULTS)),
     "lm-decode-table": ("lm", "lm.md", lambda: decode_reuse_markdown(LM_RESULTS)),
+    "lm-pretrained": ("pretrained", "pretrained.md", lambda: pretrained_markdown(SMOLLM)),
 }
 PAGES = list(dict.fromkeys(page for page, _, _ in BLOCKS.values()))
 

@@ -17,7 +17,7 @@ def report():
 
 
 @pytest.mark.parametrize("name", ["results", "peers-table", "evidence", "lm-table", "lm-budget", "lm-step-cost",
-                                  "lm-decode-table"])
+                                  "lm-decode-table", "lm-pretrained"])
 def test_every_docs_block_is_what_the_report_builds(report, name):
     assert name in report.BLOCKS
     assert report.written_block(name) == report.block(name), \
@@ -205,3 +205,30 @@ def test_peers_full_setting_headline_parity_and_drop_mode_speedups(report, tmp_p
         path.write_text(json.dumps(json.loads(path.read_text()) | {"train_cpu_s": cpu}))
     table = [line for line in report.build_peers(tmp_path).splitlines() if line.startswith("| ") and "equal" in line]
     assert table[2].endswith("| 1.00x, 1.00x, 1.01x |")
+
+
+def test_pretrained_page_tables_from_smollm_records(report, tmp_path):
+    """docs/pretrained.md (issue 29): the exits' loss / agreement by method and steps, and the decoding records
+    with the three speed-ups; no records says so."""
+    assert "_No records yet" in report.pretrained_markdown(tmp_path)
+    base = {"format": "stimulative-benchmark/1", "benchmark": "bench_smollm", "setting": "smollm", "seed": 0,
+            "wall_s": None, "code_version": "x", "machine": {}, "val_tokens": 8192}
+    (tmp_path / "start_s0.json").write_text(json.dumps(base | {
+        "method": "start", "steps": 0, "command": "python benchmarks/bench_smollm.py", "val_loss": 2.27,
+        "exits": {"8": {"loss": 20.19, "agree": 0.024}, "24": {"loss": 11.8, "agree": 0.269}}}))
+    (tmp_path / "adapter_L8_s0_step50.json").write_text(json.dumps(base | {
+        "method": "exit adapter", "steps": 50, "command": "python benchmarks/bench_smollm.py --methods adapter",
+        "train_hours": 0.25, "adapter": {"layer": 8, "rank": 1024}, "exits": {"8": {"loss": 3.1, "agree": 0.41}}}))
+    (tmp_path / "decode_adapter_L8_t1.json").write_text(json.dumps(base | {
+        "method": "adapter", "steps": 50, "command": "python benchmarks/bench_smollm.py --decode adapter",
+        "spec": "adapter", "exit": 8, "threads": 1, "loaded": {"step": 50}, "prompts": 16,
+        "tokens_per_s": {"greedy": 10.0, "ours_no_draft": 11.5, "ours_exit": 14.0},
+        "speedup_vs_generate": 1.41, "speedup_vs_no_draft": 1.22, "speedup_vs_hf_exit": None,
+        "acceptance": 0.55, "tokens_per_forward": 2.1, "all_equal_greedy": True, "peak_rss_mib": 1900.0}))
+    text = report.pretrained_markdown(tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert rows[0] == "| start (the converted model, untrained exits) | 0 | – | 2.2700 | 20.19 / 2.4% | 11.80 / 26.9% |"
+    assert rows[1] == "| exit adapter on layer 8 (rank 1024, frozen model) | 50 | 0.25 | – | 3.10 / 41.0% | – |"
+    assert ("| exit adapter | 8 | 50 | 1 | 10.0 / 11.5 / 14.0 | 1.41x | 1.22x | – | 55.0% | 2.10 | every prompt "
+            "(16 prompts) | 1,900 MiB |") in text
+    assert "python benchmarks/bench_smollm.py --decode adapter" in text
