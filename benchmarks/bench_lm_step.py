@@ -29,9 +29,9 @@ import torch
 from machine import load_average  # benchmarks/machine.py
 
 import stimulative as st
+from stimulative import hf as st_hf
 from stimulative.core.droppath import set_drop_path
 from stimulative.core.tokens import TokenLogits, next_token_targets
-from stimulative.integrations import transformers as sth
 from stimulative.io import benchmark_record, machine_info, write_record
 from stimulative.lm.config import load_lm_config
 from stimulative.lm.layerskip import LayerSkipStep
@@ -55,9 +55,9 @@ def main() -> None:
     cfg = load_lm_config(REPO / "recipes" / "lm_llama_ct.yaml", overrides)
     torch.manual_seed(0)
     model = build_lm(cfg, 257, 256)
-    ed = sth.elastic_depth(model)
+    ed = st_hf.elastic_depth(model)
     tok = TokenLogits(model)
-    exits = sth.prefix_exits(ed, rows=tok.select_rows)
+    exits = st_hf.prefix_exits(ed, rows=tok.select_rows)
     optimizer = _optimizer(model, cfg)
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 257, (cfg.batch_size, cfg.model.context + 1), generator=g) for _ in range(4)]

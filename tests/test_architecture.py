@@ -4,8 +4,8 @@ The graph is read from the source (AST), so imports inside functions and under `
 as module-level ones. Layers, bottom to top (a module may import its own folder and any lower layer; two
 folders of the same layer never import each other):
 
-    io.py, _extras.py, provenance.py  <  core/  <  models.py | data/  <  train/  <  runs.py  <  analysis/ | deploy/
-    <  stimulative (the facade __init__)  <  integrations/  <  lm/  <  commands/  <  cli.py, __main__.py
+    io.py, _extras.py, provenance.py  <  core/  <  models.py, hf.py | data/  <  train/  <  lm/  <  runs.py
+    <  analysis/ | deploy/  <  stimulative (the facade __init__)  <  integrations/  <  commands/  <  cli.py, __main__.py
 
 ``core/`` imports nothing of stimulative outside ``core/``; ``commands/`` import only ``commands/options`` of
 their folder, and nothing imports ``commands/`` but ``cli.py`` (which loads the commands by name).
@@ -25,15 +25,15 @@ PACKAGE = "stimulative"
 GROUPS: dict[str, tuple[int, tuple[str, ...]]] = {
     "io": (0, ("stimulative.io", "stimulative._extras", "stimulative._version", "stimulative.provenance")),
     "core": (1, ("stimulative.core",)),
-    "models": (2, ("stimulative.models",)),
+    "models": (2, ("stimulative.models", "stimulative.hf")),
     "data": (2, ("stimulative.data",)),
     "train": (3, ("stimulative.train",)),
-    "runs": (4, ("stimulative.runs",)),
-    "analysis": (5, ("stimulative.analysis",)),
-    "deploy": (5, ("stimulative.deploy",)),
-    "facade": (6, ("stimulative",)),
-    "integrations": (7, ("stimulative.integrations",)),
-    "lm": (8, ("stimulative.lm",)),
+    "lm": (4, ("stimulative.lm",)),
+    "runs": (5, ("stimulative.runs",)),
+    "analysis": (6, ("stimulative.analysis",)),
+    "deploy": (6, ("stimulative.deploy",)),
+    "facade": (7, ("stimulative",)),
+    "integrations": (8, ("stimulative.integrations",)),
     "commands": (9, ("stimulative.commands",)),
     "cli": (10, ("stimulative.cli", "stimulative.__main__")),
 }

@@ -107,7 +107,7 @@ def test_bn_reestimation_and_gradients_with_drops():
 
 def test_hf_layers_drop_in_train_mode_only():
     transformers = pytest.importorskip("transformers")
-    from stimulative.integrations.transformers import elastic_depth
+    from stimulative.hf import elastic_depth
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,

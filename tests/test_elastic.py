@@ -301,7 +301,7 @@ def test_torch_save_of_an_elastic_model_loads_and_runs_the_same(name, tmp_path):
     torch.manual_seed(0)
     if name == "hf_llama":
         transformers = pytest.importorskip("transformers")
-        from stimulative.integrations.transformers import Logits, elastic_depth
+        from stimulative.hf import Logits, elastic_depth
 
         model = Logits(transformers.LlamaForCausalLM(transformers.LlamaConfig(
             vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,

@@ -15,8 +15,8 @@ from stimulative.core.step import prefix_step_applies
 
 transformers = pytest.importorskip("transformers")
 
+from stimulative import hf as st_hf  # noqa: E402
 from stimulative.core.tokens import IGNORE_INDEX, TokenLogits, next_token_targets  # noqa: E402
-from stimulative.integrations import transformers as sth  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -36,13 +36,13 @@ def _gpt2():
 def _lm_case(build, padded: bool):
     torch.manual_seed(0)
     hf = build().double().train()
-    ed = sth.elastic_depth(hf)
+    ed = st_hf.elastic_depth(hf)
     ids = torch.randint(0, 64, (3, 12))
     if padded:
         ids[0, :4] = IGNORE_INDEX  # left padding
         ids[2, 9:] = IGNORE_INDEX  # right padding
     tok = TokenLogits(hf)
-    return ed, tok, ids, next_token_targets(ids), sth.prefix_exits(ed, rows=tok.select_rows)
+    return ed, tok, ids, next_token_targets(ids), st_hf.prefix_exits(ed, rows=tok.select_rows)
 
 
 def _hf_vit_case():
@@ -50,9 +50,9 @@ def _hf_vit_case():
     cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
                                  image_size=16, patch_size=4, num_labels=5)
     hf = transformers.ViTForImageClassification(cfg).double().train()
-    ed = sth.elastic_depth(hf)
+    ed = st_hf.elastic_depth(hf)
     return ed, ed.model, torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 5, (4,)), \
-        sth.prefix_exits(ed)
+        st_hf.prefix_exits(ed)
 
 
 def _timm_vit_case():
@@ -188,9 +188,9 @@ def test_dropout_in_train_mode_keeps_separate_passes():
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=4, n_head=2, n_positions=64)  # dropout 0.1
     hf = transformers.GPT2LMHeadModel(cfg).train()
-    ed = sth.elastic_depth(hf)
+    ed = st_hf.elastic_depth(hf)
     tok = TokenLogits(hf)
-    exits = sth.prefix_exits(ed, rows=tok.select_rows)
+    exits = st_hf.prefix_exits(ed, rows=tok.select_rows)
     from stimulative.core.exits import random_layers_active
 
     assert random_layers_active(hf)

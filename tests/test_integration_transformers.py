@@ -13,6 +13,7 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 
 import stimulative as st  # noqa: E402
+from stimulative import hf as st_hf  # noqa: E402
 from stimulative.integrations import transformers as sth  # noqa: E402
 
 torch.set_num_threads(1)
@@ -72,7 +73,7 @@ def _logits(model, x):
 def _hand_truncated(model, keep_per_stage):
     """A deep copy with only the given layers of every stage, cut by hand (ModuleList/Sequential slicing)."""
     clone = copy.deepcopy(model)
-    stages = sth.find_layer_stages(clone)
+    stages = st_hf.find_layer_stages(clone)
     for stage, keep in zip(stages, keep_per_stage):
         parent_name, _, local = stage.path.rpartition(".")
         parent = clone.get_submodule(parent_name)
@@ -87,18 +88,18 @@ def _hand_truncated(model, keep_per_stage):
 
 
 def test_supported_model_types_are_all_tested():
-    assert set(MODELS) == set(sth.SUPPORTED_MODEL_TYPES)
+    assert set(MODELS) == set(st_hf.SUPPORTED_MODEL_TYPES)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_layers_found(name):
     model, _, _ = _build(name)
-    stages = sth.find_layer_stages(model)
+    stages = st_hf.find_layer_stages(model)
     cfg = model.config
     expected = list(cfg.depths) if hasattr(cfg, "depths") and name in ("resnet", "convnext") \
         else [cfg.num_hidden_layers]
     assert [s.num_layers for s in stages] == expected
-    ed = sth.elastic_depth(model)
+    ed = st_hf.elastic_depth(model)
     assert ed.full_depths == expected
     if name == "resnet":  # the first layer of stage 2 has a projection shortcut: never skipped
         assert ed.stages[1].skippable[0] is False and ed.min_depths == [1, 1]
@@ -109,7 +110,7 @@ def test_depth_forward_equals_hand_truncated(name):
     model, x, depths = _build(name)
     reference = _hand_truncated(model, [range(d) for d in depths])
     full = _logits(model, x)
-    ed = sth.elastic_depth(model)
+    ed = st_hf.elastic_depth(model)
     kwargs = {"use_cache": False} if name in ("llama", "gpt2") else {}
     with torch.no_grad(), ed.depth(depths):
         sub = ed.model(x, **kwargs)
@@ -122,10 +123,10 @@ def test_depth_forward_equals_hand_truncated(name):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_extract_save_pretrained_from_pretrained(name, tmp_path):
     model, x, depths = _build(name)
-    ed = sth.elastic_depth(model)
+    ed = st_hf.elastic_depth(model)
     with torch.no_grad(), ed.depth(depths):
         expected = _logits(model, x)
-    small = sth.extract_pretrained(ed, depths)
+    small = st_hf.extract_pretrained(ed, depths)
     assert type(small) is type(model)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
     assert not any(hasattr(type(m), "_st_original_class") for m in small.modules())  # plain hf modules
@@ -142,7 +143,7 @@ def test_extract_save_pretrained_from_pretrained(name, tmp_path):
 
 def test_extract_from_plain_model_leaves_it_plain():
     model, x, _ = _build("gpt2")
-    small = sth.extract_pretrained(model, [1])
+    small = st_hf.extract_pretrained(model, [1])
     assert small.config.n_layer == 1
     assert not any(hasattr(type(m), "_st_original_class") for m in model.modules())
     assert torch.equal(_logits(small, x), _logits(_hand_truncated(model, [[0]]), x))
@@ -152,12 +153,12 @@ def test_extract_from_plain_model_leaves_it_plain():
 def test_every_other_layer(name, tmp_path):
     """SortedNet/LayerDrop pattern: layers 0 and 2 of 3-4, then the final norm and the LM head."""
     model, x, _ = _build(name)
-    ed = sth.elastic_depth(model)
-    config = sth.keep_layers(ed, [0, 2])
+    ed = st_hf.elastic_depth(model)
+    config = st_hf.keep_layers(ed, [0, 2])
     with torch.no_grad(), ed.depth(config):
         sub = ed.model(x, use_cache=False)
     assert torch.equal(sub, _logits(_hand_truncated(model, [[0, 2]]), x))
-    small = sth.extract_pretrained(ed, config)
+    small = st_hf.extract_pretrained(ed, config)
     small.save_pretrained(tmp_path)
     assert torch.equal(_logits(type(model).from_pretrained(tmp_path).eval(), x), sub)
 
@@ -185,7 +186,7 @@ def test_adapter_keeps_tuple_outputs():
 
     net = Net()
     x = torch.randn(2, 4)
-    ed = sth.HFElasticDepth(net, stages=["layers"])
+    ed = st_hf.HFElasticDepth(net, stages=["layers"])
     with torch.no_grad(), ed.depth([1]):
         out = net(x)
         assert isinstance(net.layers[2](x), tuple)
@@ -196,7 +197,7 @@ def test_adapter_keeps_tuple_outputs():
 
 def test_stimulative_step_through_logits_wrapper():
     model, x, _ = _build("vit")
-    ed = sth.elastic_depth(model.train())
+    ed = st_hf.elastic_depth(model.train())
     step = st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths, seed=0), num_subnets=2, kl_norm="layer",
                               min_input_scale=1.0, seed=0)
     losses = step(x, torch.tensor([0, 3]))
@@ -234,7 +235,7 @@ def test_trainer_equals_plain_step_loop(tmp_path):
     assert any(r.get("st_subnet", 0) > 0 for r in trainer.state.log_history)
 
     # the plain loop: same initial weights, same micro-batches, same seeds, loss / micro-batches per step
-    ed = sth.elastic_depth(initial)
+    ed = st_hf.elastic_depth(initial)
     space = st.SampleSpace.ordered(ed.full_depths, ed.min_depths, seed=7)
     step = st.StimulativeStep(ed, space, **ST_OPTIONS, backward=lambda loss: (loss / 2).backward())
     opt = torch.optim.SGD(initial.parameters(), lr=0.1, momentum=0.9)

@@ -15,9 +15,9 @@ transformers = pytest.importorskip("transformers")
 
 from test_lm_train import _args  # noqa: E402
 
+from stimulative import hf as st_hf  # noqa: E402
 from stimulative.core.droppath import set_drop_path  # noqa: E402
 from stimulative.core.tokens import TokenLogits, next_token_targets  # noqa: E402
-from stimulative.integrations import transformers as sth  # noqa: E402
 from stimulative.lm.config import ConfigError, load_lm_config  # noqa: E402
 from stimulative.lm.layerskip import (  # noqa: E402
     LayerSkipStep,
@@ -67,9 +67,9 @@ def _llama(layers=4):
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
     hf = transformers.LlamaForCausalLM(cfg).double()
-    ed = sth.elastic_depth(hf)
+    ed = st_hf.elastic_depth(hf)
     tok = TokenLogits(hf)
-    return hf, ed, tok, sth.prefix_exits(ed, rows=tok.select_rows)
+    return hf, ed, tok, st_hf.prefix_exits(ed, rows=tok.select_rows)
 
 
 def test_loss_is_the_weighted_ce_of_the_exits():

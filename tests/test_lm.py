@@ -86,11 +86,11 @@ def test_data_roots(tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 
 def _sth():
-    """The transformers integration, or skip the test when the extra is not installed."""
+    """The transformers model adapters (stimulative.hf), or skip the test when the extra is not installed."""
     pytest.importorskip("transformers")
-    from stimulative.integrations import transformers as sth
+    from stimulative import hf as st_hf
 
-    return sth
+    return st_hf
 
 
 def _llama(layers=4, vocab=48):
@@ -112,7 +112,7 @@ def _padded_batch(vocab=48):
 
 
 def test_token_logits_rows_and_padding():
-    sth = _sth()
+    st_hf = _sth()
 
     model = _llama().eval()
     ids = _padded_batch()
@@ -124,7 +124,7 @@ def test_token_logits_rows_and_padding():
         assert torch.allclose(rows[9:15], model(ids[1:2, :7]).logits[0, :6], atol=1e-5)
         assert torch.allclose(rows[15:], model(ids[2:3, 3:]).logits[0, :6], atol=1e-5)
     # also through the ElasticDepth wrapper, and the criterion accepts either target form
-    ed = sth.elastic_depth(model)
+    ed = st_hf.elastic_depth(model)
     assert torch.equal(TokenLogits(ed.model)(ids), rows)
     assert torch.equal(token_cross_entropy(rows, ids), token_cross_entropy(rows, y))
 
@@ -160,10 +160,10 @@ def _hand_loss(model, ed, ids, configs):
 
 
 def test_st_step_gradients_equal_hand_written_loss():
-    sth = _sth()
+    st_hf = _sth()
 
     model = _llama().train()
-    ed = sth.elastic_depth(model)
+    ed = st_hf.elastic_depth(model)
     ids = _padded_batch()
     space = st.SampleSpace.ordered(ed.full_depths, seed=0)
     step = st.StimulativeStep(ed, space, num_subnets=3, kl="layer", model=TokenLogits(model), seed=0)
@@ -182,17 +182,17 @@ def test_st_step_gradients_equal_hand_written_loss():
 
 def test_every_other_layer_space_in_the_step():
     """A sub-network pattern that is not a prefix (SortedNet/LayerDrop: every other layer)."""
-    sth = _sth()
+    st_hf = _sth()
 
     model = _llama().train()
-    ed = sth.elastic_depth(model)
+    ed = st_hf.elastic_depth(model)
     ids = _padded_batch()
 
     class EveryOther:
         full_depths = ed.full_depths
 
         def sample(self):
-            return sth.keep_layers(ed, range(0, 4, 2))
+            return st_hf.keep_layers(ed, range(0, 4, 2))
 
     step = st.StimulativeStep(ed, EveryOther(), num_subnets=1, kl="plain", model=TokenLogits(model))
     step(*token_batch(ids))
@@ -201,7 +201,7 @@ def test_every_other_layer_space_in_the_step():
     real = ids != -100
     valid = real[:, :-1] & real[:, 1:]
     full = TokenLogits(model)(ids)
-    with ed.depth(sth.keep_layers(ed, [0, 2])):
+    with ed.depth(st_hf.keep_layers(ed, [0, 2])):
         sub = TokenLogits(model)(ids)
     loss = F.cross_entropy(full, next_token_targets(ids)) + F.kl_div(
         sub.log_softmax(-1), full.detach().log_softmax(-1), log_target=True, reduction="sum") / valid.sum()
@@ -215,16 +215,16 @@ def test_every_other_layer_space_in_the_step():
 # --------------------------------------------------------------------------------------------------------------
 
 def test_speculative_decoding_equals_greedy():
-    sth = _sth()
+    st_hf = _sth()
 
     model = _llama(layers=3).eval()
     prompt = torch.tensor([[1, 5, 9, 11, 7]])
     kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
     greedy = model.generate(prompt, **kwargs)
-    ed = sth.elastic_depth(model)  # patched model: generate is unchanged
+    ed = st_hf.elastic_depth(model)  # patched model: generate is unchanged
     assert torch.equal(model.generate(prompt, **kwargs), greedy)
     early = model.generate(prompt, assistant_early_exit=1, **kwargs)
-    draft = sth.extract_pretrained(ed, [1]).eval()
+    draft = st_hf.extract_pretrained(ed, [1]).eval()
     drafted = model.generate(prompt, assistant_model=draft, **kwargs)
     assert greedy.shape[1] == prompt.shape[1] + 12
     assert torch.equal(early, greedy) and torch.equal(drafted, greedy)
@@ -232,10 +232,10 @@ def test_speculative_decoding_equals_greedy():
 
 
 def test_depth_losses_equal_truncated_models():
-    sth = _sth()
+    st_hf = _sth()
 
     model = _llama(layers=3)
-    ed = sth.elastic_depth(model)
+    ed = st_hf.elastic_depth(model)
     batches = [_padded_batch(), _padded_batch()[:2]]
     result = depth_losses(ed, batches)
     assert sorted(result) == [1, 2, 3] and model.training
@@ -244,7 +244,7 @@ def test_depth_losses_equal_truncated_models():
         full_top = torch.cat([TokenLogits(model)(b) for b in batches]).argmax(-1)
     model.train()
     for k, row in result.items():
-        small = sth.extract_pretrained(ed, [k]).eval()
+        small = st_hf.extract_pretrained(ed, [k]).eval()
         with torch.no_grad():
             rows = torch.cat([TokenLogits(small)(b) for b in batches])
         expected = F.cross_entropy(rows, torch.cat([next_token_targets(b) for b in batches]))
@@ -257,7 +257,7 @@ def test_depth_losses_equal_truncated_models():
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_depth_losses_read_every_depth_off_one_forward(family, monkeypatch):
     """One forward per batch for all depths (prefix exits) gives the numbers of a forward per depth."""
-    sth = _sth()
+    st_hf = _sth()
     import transformers
 
     import stimulative.lm.evaluate as evaluate
@@ -265,7 +265,7 @@ def test_depth_losses_read_every_depth_off_one_forward(family, monkeypatch):
     torch.manual_seed(0)
     model = _llama(layers=4) if family == "llama" else transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=257, n_embd=16, n_layer=4, n_head=2, n_positions=64))
-    ed = sth.elastic_depth(model)
+    ed = st_hf.elastic_depth(model)
     batches = [_padded_batch(), _padded_batch()[:2]]
     forwards = []
     handle = model.register_forward_hook(lambda *a: forwards.append(1))

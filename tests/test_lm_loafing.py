@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from test_lm_train import TINY, text_folder  # noqa: E402
 
-from stimulative.integrations import transformers as sth  # noqa: E402
+from stimulative import hf as st_hf  # noqa: E402
 from stimulative.lm import depth_losses  # noqa: E402
 from stimulative.lm.decode import count_acceptance, decode_benchmark, prompts_from_tokens  # noqa: E402
 from stimulative.lm.export import export_lm  # noqa: E402
@@ -43,8 +43,8 @@ def test_loafing_table_equals_depth_losses(runs, tmp_path):
     direct = {}
     for label in ("CT", "ST"):
         model = load_lm(runs[label.lower()]).model
-        direct[label] = depth_losses(sth.elastic_depth(model), batches)
-    alone_loss = depth_losses(sth.elastic_depth(load_lm(runs["alone"]).model), batches)[2]["loss"]
+        direct[label] = depth_losses(st_hf.elastic_depth(model), batches)
+    alone_loss = depth_losses(st_hf.elastic_depth(load_lm(runs["alone"]).model), batches)[2]["loss"]
     assert sorted((r["run"], r["depth"]) for r in result["rows"]) == [(m, k) for m in ("CT", "ST") for k in (1, 2, 3)]
     for row in result["rows"]:
         assert row["loss"] == pytest.approx(direct[row["run"]][row["depth"]]["loss"], rel=1e-6)
@@ -65,7 +65,7 @@ def test_export_loads_with_from_pretrained_and_equals_the_sub_network(runs, tmp_
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "d2").eval()
     assert hf.config.num_hidden_layers == 2 and len(hf.model.layers) == 2
     lm = load_lm(runs["st"])
-    ed = sth.elastic_depth(lm.model)
+    ed = st_hf.elastic_depth(lm.model)
     ids = load_lm_data(lm.config, train=False).val_batches(4, 4)[0]
     with torch.no_grad(), ed.depth([2]):
         expected = ed.model(ids)

@@ -18,6 +18,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import stimulative as st  # noqa: E402
+from stimulative import hf as st_hf  # noqa: E402
 from stimulative.core.tokens import TokenLogits, next_token_targets  # noqa: E402
 from stimulative.integrations import transformers as sth  # noqa: E402
 from stimulative.io import read_jsonl  # noqa: E402
@@ -94,10 +95,10 @@ def _args(ckpt: Path, text: Path, out: Path, name: str, *extra: str) -> list[str
 def hand_loop(ckpt: Path, batches: list[torch.Tensor]) -> tuple[list[dict[str, float]], torch.nn.Module]:
     """The project's own loop: ``StimulativeStep`` (prefix exits) + AdamW + clipping on ``batches``."""
     model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, local_files_only=True).float().train()
-    ed = sth.elastic_depth(model)
+    ed = st_hf.elastic_depth(model)
     tok = TokenLogits(model)
     step = st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths, ed.min_depths, seed=SEED), num_subnets=2,
-                              kl="layer", model=tok, exits=sth.prefix_exits(ed, rows=tok.select_rows), seed=SEED + 1)
+                              kl="layer", model=tok, exits=st_hf.prefix_exits(ed, rows=tok.select_rows), seed=SEED + 1)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": WD},
                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=LR,
@@ -179,7 +180,7 @@ def test_train_lm_and_trainer_equal_the_hand_loop(family, checkpoints, tmp_path)
     small = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "d2", local_files_only=True).eval()
     assert small.config.num_hidden_layers == 2 and info["depth"] == 2
     assert ((tmp_path / "d2" / "tokenizer_config.json").is_file()) == (family == "gpt2")
-    ed = sth.elastic_depth(lm.model)
+    ed = st_hf.elastic_depth(lm.model)
     with torch.no_grad(), ed.depth([2]):
         assert torch.allclose(small(batches[0]).logits, lm.model(batches[0]).logits, atol=1e-5)
     ed.remove()

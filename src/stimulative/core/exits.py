@@ -10,7 +10,7 @@ separate forward/backward per sub-network (autograd sums the paths), for the pri
 ``StimulativeStep(..., exits=PrefixExits(ed, tail))`` uses it for every step whose sub-networks are prefixes at
 full size (ordered or inter-stage sampling of one stage, ``min_input_scale=1``, ``subnet_fraction=1``); any
 other step keeps the separate forwards. ``vision_prefix_exits(ed)`` builds the tail of torchvision's and timm's
-ViTs; ``stimulative.integrations.transformers.prefix_exits`` that of ``transformers`` models.
+ViTs; ``stimulative.hf.prefix_exits`` that of ``transformers`` models.
 
 Example:
     >>> import torch, timm, stimulative as st

@@ -9,10 +9,10 @@ targets as they are; its losses are then exactly the token-level ones. A sub-net
 prefix of its layers, so ``prefix_exits`` reads the sub-networks off the main forward (one forward and one
 backward per step, same losses and gradients as separate passes)::
 
-    ed = sth.elastic_depth(hf_model)                       # one stage of decoder layers
+    ed = hf.elastic_depth(hf_model)                       # one stage of decoder layers
     tok = TokenLogits(hf_model)
     step = st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths, seed=0), num_subnets=2, kl_norm="layer",
-                              model=tok, exits=sth.prefix_exits(ed, rows=tok.select_rows))
+                              model=tok, exits=hf.prefix_exits(ed, rows=tok.select_rows))
     losses = step(ids, next_token_targets(ids))            # backward inside; then optimizer.step()
 
 * main: cross-entropy averaged over the valid next-token positions;
@@ -76,7 +76,7 @@ class TokenLogits(nn.Module):
 
     Args:
         model: a causal LM called as ``model(input_ids, attention_mask=..., position_ids=..., use_cache=False)``
-            returning ``.logits`` (a ``transformers`` model, its DDP wrapper, or ``sth.Logits``), or a module
+            returning ``.logits`` (a ``transformers`` model, its DDP wrapper, or ``hf.Logits``), or a module
             returning the ``(batch, time, vocab)`` logits tensor itself.
         ignore_index: the id that marks padding in the batch.
 

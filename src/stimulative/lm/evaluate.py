@@ -24,7 +24,7 @@ def depth_losses(ed, batches: Iterable[torch.Tensor], depths: Sequence[int] | No
     layers, then the final norm and the LM head.
 
     Args:
-        ed: the ``ElasticDepth`` of ``stimulative.integrations.transformers.elastic_depth`` (one stage).
+        ed: the ``ElasticDepth`` of ``stimulative.hf.elastic_depth`` (one stage).
         batches: ``(batch, time)`` id tensors (``PackedBlocks`` batches); pass a list or a re-iterable loader.
             Every depth is read off one forward per batch (``PrefixExits``: the same numbers as a forward per
             depth) when the model's exits are exact, else each depth runs its own forwards.
@@ -87,7 +87,7 @@ def _depth_logits(ed, model: TokenLogits, exits: PrefixExits | None, ids: torch.
 def _one_forward_exits(ed, model: TokenLogits, batches: Iterable[torch.Tensor], device) -> PrefixExits | None:
     """The model's prefix exits when they are exact (its final norm + head, checked once on the first batch),
     else None (separate forwards per depth)."""
-    from ..integrations.transformers import prefix_exits
+    from ..hf import prefix_exits
 
     exits = prefix_exits(ed, rows=model.select_rows)
     if exits is None:

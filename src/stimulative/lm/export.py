@@ -28,7 +28,7 @@ def export_lm(run: str | Path, depth: int | None, out_dir: str | Path, evaluate:
     Returns ``{"path", "depth", "num_hidden_layers", "source", "val_loss"?, "val_ppl"?}`` (also written to
     ``out_dir/stimulative_lm.json``).
     """
-    from ..integrations.transformers import elastic_depth, extract_pretrained
+    from ..hf import elastic_depth, extract_pretrained
 
     lm = load_lm(run, device)
     ed = elastic_depth(lm.model)

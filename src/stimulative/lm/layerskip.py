@@ -22,15 +22,15 @@ torchtune's ``early_exit_loss``/``layer_dropout`` modules (torchtune itself targ
 
 Example:
     >>> import torch, transformers
-    >>> from stimulative.integrations import transformers as sth
+    >>> from stimulative import hf
     >>> from stimulative.lm.layerskip import LayerSkipStep
     >>> from stimulative.core.tokens import TokenLogits, next_token_targets
     >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
     ...                                num_attention_heads=2, max_position_embeddings=32)
     >>> model = transformers.LlamaForCausalLM(cfg)
-    >>> ed = sth.elastic_depth(model)
+    >>> ed = hf.elastic_depth(model)
     >>> tok = TokenLogits(model)
-    >>> step = LayerSkipStep(ed, sth.prefix_exits(ed, rows=tok.select_rows), model=tok, total_steps=100,
+    >>> step = LayerSkipStep(ed, hf.prefix_exits(ed, rows=tok.select_rows), model=tok, total_steps=100,
     ...                      p_max=0.1, e_scale=0.1, rotation=2)
     >>> ids = torch.randint(0, 64, (2, 16))
     >>> sorted(step(ids, next_token_targets(ids)))
@@ -123,8 +123,8 @@ class LayerSkipStep:
     counter (``calls``; set it when resuming).
 
     Args:
-        ed: the LM's ``ElasticDepth`` (one stage of decoder layers: ``sth.elastic_depth(model)``).
-        exits: its ``PrefixExits`` (``sth.prefix_exits(ed, rows=TokenLogits(model).select_rows)``).
+        ed: the LM's ``ElasticDepth`` (one stage of decoder layers: ``hf.elastic_depth(model)``).
+        exits: its ``PrefixExits`` (``hf.prefix_exits(ed, rows=TokenLogits(model).select_rows)``).
         total_steps: ``T`` of the dropout time schedule.
         p_max: the largest layer-dropout rate (last layer, last step).
         e_scale: the early layers' loss scale.
@@ -149,7 +149,7 @@ class LayerSkipStep:
         if self.ed.num_stages != 1:
             raise ValueError("LayerSkip needs a model with one stage of layers (a decoder-only LM)")
         if not isinstance(self.exits, PrefixExits) or self.exits.ed is not self.ed:
-            raise ValueError("exits must be the PrefixExits of the same ElasticDepth (sth.prefix_exits(ed, ...)); "
+            raise ValueError("exits must be the PrefixExits of the same ElasticDepth (hf.prefix_exits(ed, ...)); "
                              "None means the model's final norm and head were not recognised")
         if not 0 <= self.p_max < 1:
             raise ValueError(f"p_max must be in [0, 1), got {self.p_max}")

@@ -73,7 +73,7 @@ def lm_loafing(runs: Mapping[str, str | Path] | Sequence[str | Path], alone: Seq
     blocks = first.data.val_blocks if val_blocks is None else val_blocks
     batches = load_lm_data(first, train=False).val_batches(blocks, batch_size or first.eval_batch_size)
 
-    from ..integrations.transformers import elastic_depth
+    from ..hf import elastic_depth
 
     alone_rows: dict[int, dict[str, Any]] = {}
     for lm in alone_loaded:

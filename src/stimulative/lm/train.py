@@ -481,7 +481,7 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
     if cfg.model.pretrained:
         _save_hf_config(model, tok, run_dir)
         _log(f"continuing {cfg.model.pretrained} ({type(model).__name__}), tokenizer {cfg.data.tokenizer}")
-    from ..integrations.transformers import elastic_depth, prefix_exits
+    from ..hf import elastic_depth, prefix_exits
 
     ed = elastic_depth(model)
     layers = ed.full_depths[0]
