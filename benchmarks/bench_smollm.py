@@ -51,7 +51,7 @@ from stimulative.io import benchmark_record, machine_info, write_record
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "smollm2"
 WORK = REPO / "benchmarks" / "work" / "smollm2"
-METHODS = {"ct": "lm_pretrained_ct", "st": "lm_pretrained_st", "adapter": None}
+METHODS = {"ct": "lm_pretrained_ct", "st": "lm_pretrained_st", "layerskip": "lm_pretrained_layerskip", "adapter": None}
 ADAPTER = {"rank": 1024, "lr": 1e-3, "warmup_steps": 20}  # the frozen model's exit adapter (stimulative.lm.adapter)
 STEPS = 1000  # every run's schedule length: a checkpoint at step c is the first c steps of the same run
 
@@ -200,7 +200,7 @@ def decode_model(spec: str, args: argparse.Namespace):
 
     converted, _ = cached_gguf(args.gguf)
     tokenizer = AutoTokenizer.from_pretrained(converted, local_files_only=True)
-    if spec in ("st", "ct"):
+    if spec in ("st", "ct", "layerskip"):
         from stimulative.lm.train import load_lm
 
         run = Path(args.work) / f"{spec}_s{args.seed}"
@@ -220,7 +220,7 @@ def decode_model(spec: str, args: argparse.Namespace):
         adapter = ExitAdapter(model.config.hidden_size, args.exit, rank=ADAPTER["rank"])
         adapter.load_state_dict(saved["adapter"])
         return model, tokenizer, adapter.eval(), {"adapter": str(state_path), "step": int(saved["step"])}
-    sys.exit(f"--decode specs are start, st, ct or adapter; got {spec!r}")
+    sys.exit(f"--decode specs are start, st, ct, layerskip or adapter; got {spec!r}")
 
 
 def decode_run(spec: str, args: argparse.Namespace) -> Path:
@@ -284,7 +284,7 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
             "all_equal_greedy": all(r["equal_greedy"]["ours_exit"] for r in rows),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "rows": rows}
     cmd = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
-    method = {"start": "start", "st": "st", "ct": "ct", "adapter": "adapter"}[spec]
+    method = spec
     path = record(method, args.seed, loaded["step"], body, cmd, args,
                   name=f"decode_{spec}_L{k}_t{args.threads}.json")
     print(f"-> {path.name}: {body['speedup_vs_generate']}x generate, {body['speedup_vs_no_draft']}x no-draft, "
@@ -316,7 +316,8 @@ def record(method: str, seed: int, step: int, body: dict, cmd: str, args: argpar
            name: str | None = None) -> Path:
     out = {"setting": "SmolLM2-135M-Instruct (GGUF Q4_1 de-quantized to float32), continued pre-training on the "
                       "stdlib sources (held-out files), context 256, batch 4, AdamW lr 1e-4 constant",
-           "method": {"ct": "CT", "st": "ST", "start": "start", "adapter": "exit adapter"}.get(method, method),
+           "method": {"ct": "CT", "st": "ST", "layerskip": "LayerSkip", "start": "start",
+                      "adapter": "exit adapter"}.get(method, method),
            "seed": seed, "steps": step,
            "threads": args.threads, **body, "command": cmd, "machine": machine_info(args.threads),
            "load_avg_end": load_average(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}

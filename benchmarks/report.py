@@ -1602,7 +1602,8 @@ def _smollm_label(rec: dict) -> str:
     if rec["_name"].startswith("adapter"):
         a = rec.get("adapter", {})
         return f"exit adapter on layer {a.get('layer')} (rank {a.get('rank')}, frozen model)"
-    return {"st": "ST (3 exits per step, shared head)", "ct": "CT"}.get(rec["_name"].split("_")[0], rec["method"])
+    return {"st": "ST (3 exits per step, shared head)", "ct": "CT",
+            "layerskip": "LayerSkip (shared head)"}.get(rec["_name"].split("_")[0], rec["method"])
 
 
 def smollm_agreement_table(train: list[dict]) -> list[str]:
@@ -1610,7 +1611,7 @@ def smollm_agreement_table(train: list[dict]) -> list[str]:
     head = ("| method | steps | training hours (1 thread, wall) | full model loss | "
             + " | ".join(f"exit {k}" for k in exits) + " |")
     lines = [head, "|---|---:|---:|---:|" + "---:|" * len(exits)]
-    order = {"start": 0, "st": 1, "adapter": 2, "ct": 3}
+    order = {"start": 0, "st": 1, "adapter": 2, "layerskip": 3, "ct": 4}
     for r in sorted(train, key=lambda r: (order.get(r["_name"].split("_")[0], 9), r.get("steps", 0))):
         cells = []
         for k in exits:
@@ -1631,7 +1632,8 @@ def smollm_decode_table(decode: list[dict]) -> list[str]:
     for r in decode:
         t = r["tokens_per_s"]
         vs_hf = "–" if r.get("speedup_vs_hf_exit") is None else f"{r['speedup_vs_hf_exit']:.2f}x"
-        name = {"start": "start", "st": "ST", "ct": "CT", "adapter": "exit adapter"}.get(r["spec"], r["spec"])
+        name = {"start": "start", "st": "ST", "ct": "CT", "layerskip": "LayerSkip",
+                "adapter": "exit adapter"}.get(r["spec"], r["spec"])
         lines.append(f"| {name} | {r['exit']} | {r['loaded'].get('step')} | {r.get('threads')} | "
                      f"{t['greedy']:.1f} / {t['ours_no_draft']:.1f} / {t['ours_exit']:.1f} | "
                      f"{r['speedup_vs_generate']:.2f}x | {r['speedup_vs_no_draft']:.2f}x | {vs_hf} | "
