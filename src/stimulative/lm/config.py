@@ -99,6 +99,7 @@ class LMConfig(RunPaths):
     threads: int = 0                      # torch.set_num_threads; 0 = leave as is
     device: str = "auto"                  # auto | cpu | cuda | cuda:1 ...
     resume: str | None = None             # null | auto | path/to/last.pt or run dir
+    overwrite: bool = False               # a fresh run may replace the checkpoint and logs already in the run dir
     max_steps: int = 0                    # stop at this global step (checkpoint written; resume later); 0 = off
     model: LMModelConfig = field(default_factory=LMModelConfig)
     data: LMDataConfig = field(default_factory=LMDataConfig)
@@ -160,6 +161,8 @@ def _validate(cfg: LMConfig) -> None:
                           f"{m.pretrained!r}")
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).expanduser().exists():
         raise ConfigError(f"resume checkpoint {cfg.resume!r} does not exist (use resume=auto or a path)")
+    if cfg.overwrite and cfg.resume is not None:
+        raise ConfigError(f"overwrite=true starts the run afresh, resume={cfg.resume!r} continues it: give one of them")
 
 
 def lm_config_from_dict(data: dict | None) -> LMConfig:

@@ -23,16 +23,20 @@ import hashlib
 import os
 import sysconfig
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
 
 from .._extras import require
 
+if TYPE_CHECKING:
+    from .config import LMConfig
+
 __all__ = ["ByteTokenizer", "HFTokenizer", "load_tokenizer", "corpus_files", "is_text_file", "split_by_file", "encode_files", "corpus_tokens",
-           "PackedBlocks", "stdlib_files", "TEXT_SUFFIXES"]
+           "PackedBlocks", "stdlib_files", "TEXT_SUFFIXES", "LMData", "load_lm_data"]
 
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst", ".json", ".c", ".h", ".html", ".csv", ".toml", ".yaml", ".yml")
 
@@ -245,3 +249,65 @@ class PackedBlocks(Dataset):
             raise IndexError(index)
         start = (index % self.num_blocks) * self.block_size
         return self.tokens[start:start + self.block_size + 1].long()
+
+
+def _split_files(cfg: LMConfig) -> dict[str, Any]:
+    root = cfg.data.root
+    if root in (None, "stdlib"):  # the demo corpus: its source and text files, as the benchmarks were made
+        return corpus_files(stdlib_files(), cfg.data.val_fraction, TEXT_SUFFIXES)
+    splits = corpus_files(Path(root).expanduser(), cfg.data.val_fraction)
+    if splits["skipped"]:
+        print(f"data: {splits['skipped']} binary or empty files under {root} skipped")
+    return splits
+
+
+@dataclass
+class LMData:
+    """The token streams of a run: ``train`` (1-D, may be None when only validating) and ``val``."""
+
+    train: torch.Tensor | None
+    val: torch.Tensor
+    tokenizer: Any
+    context: int
+    steps_per_epoch: int = 1  # steps of batch_size blocks that cover the training tokens once
+
+    def train_batch(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
+        """The ``(batch_size, context + 1)`` int64 batch of optimizer step ``step``: random windows of the
+        training stream from a generator seeded with ``(seed, step)`` (the same batch on resume)."""
+        t = self.context + 1
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        starts = torch.randint(0, len(self.train) - t + 1, (batch_size,), generator=g)
+        return self.train[starts[:, None] + torch.arange(t)].long()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The identity of the training tokens (their count and sha1, and the vocabulary size), recorded in every
+        checkpoint: a resume on other data (other files, another tokenizer or split) is refused."""
+        tokens = self.train.contiguous()
+        digest = hashlib.sha1(tokens.numpy().tobytes()).hexdigest()
+        return {"kind": "tokens", "tokens": int(tokens.numel()), "vocab_size": int(self.tokenizer.vocab_size),
+                "sha1": digest}
+
+    def val_batches(self, num_blocks: int = 0, batch_size: int = 32) -> list[torch.Tensor]:
+        """``num_blocks`` (0 = all) validation blocks evenly spaced over the val stream, in batches."""
+        blocks = PackedBlocks(self.val, self.context)
+        n = len(blocks)
+        idx = range(n) if not num_blocks or num_blocks >= n else \
+            sorted({round(i * (n - 1) / max(num_blocks - 1, 1)) for i in range(num_blocks)})
+        rows = [blocks[i] for i in idx]
+        return [torch.stack(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
+def load_lm_data(cfg: LMConfig, train: bool = True) -> LMData:
+    """Tokenize ``cfg.data`` (``train=False``: the validation split only)."""
+    tok = load_tokenizer(cfg.data.tokenizer)
+    splits = _split_files(cfg)
+    cut = splits.get("val_bytes")
+    limit = cfg.data.max_bytes or None
+    val = encode_files(splits["val"], tok, start_byte=cut or 0, max_bytes=limit)
+    tr = encode_files(splits["train"], tok, end_byte=cut, max_bytes=limit) if train else None
+    need = cfg.model.context + 2
+    if tr is not None and len(tr) < need or len(val) < need:
+        raise ValueError(f"the data of {cfg.data.root or 'stdlib'} is shorter than one block of {need} tokens "
+                         "(lower model.context or add text)")
+    spe = max(1, len(tr) // (cfg.batch_size * cfg.model.context)) if tr is not None else 1
+    return LMData(tr, val, tok, cfg.model.context, spe)

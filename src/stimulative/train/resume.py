@@ -21,12 +21,14 @@ checkpoint recorded (number of training files and their bytes; older checkpoints
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from .config import Config, ConfigError, config_to_dict, upgrade_renamed_keys
+from .config import ConfigError, upgrade_renamed_keys
 
-__all__ = ["FREE", "APPLIED", "resume_changes", "check_same_data"]
+__all__ = ["FREE", "APPLIED", "ResumePolicy", "IMAGE_RESUME", "resume_changes", "check_same_data"]
 
 FREE = frozenset({
     "name", "out_dir", "resume", "overwrite", "device", "threads", "compile", "channels_last", "deterministic",
@@ -38,7 +40,23 @@ APPLIED = frozenset({
     "epochs", "optim.lr", "optim.momentum", "optim.nesterov", "optim.weight_decay", "optim.betas", "optim.min_lr",
     "optim.warmup_epochs", "optim.clip_grad", "optim.label_smoothing",
 })
-_SECTIONS = ("model", "data", "optim", "st")
+_SECTIONS = ("model", "data", "optim", "st", "layerskip")
+
+
+@dataclass(frozen=True)
+class ResumePolicy:
+    """What a resumed run of one kind may change: its ``free`` and ``applied`` keys (everything else is
+    refused) and the key of its length (``epochs`` of an image run, ``steps`` of a language-model run), which
+    may not fall below what the checkpoint has completed (``SavedRun.epoch`` or ``SavedRun.step``)."""
+
+    free: frozenset = FREE
+    applied: frozenset = APPLIED
+    length: str | None = "epochs"  # the config key of the run's length (None: the run checks it itself)
+    completed: str = "epoch"   # the SavedRun field it is compared with
+    unit: str = "epochs"
+
+
+IMAGE_RESUME = ResumePolicy()
 
 
 def _flat(config: dict) -> dict[str, Any]:
@@ -55,14 +73,16 @@ def _show(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def resume_changes(saved: dict, cfg: Config, completed_epochs: int, source: str) -> list[str]:
+def resume_changes(saved: dict, cfg: Any, completed_epochs: int, source: str,
+                   policy: ResumePolicy = IMAGE_RESUME) -> list[str]:
     """Compare the checkpoint's config with ``cfg`` under the policy above.
 
     Args:
         saved: the checkpoint's resolved config (``SavedRun.config``).
-        cfg: the new run's config.
-        completed_epochs: epochs the checkpoint has completed.
+        cfg: the new run's config (a dataclass: ``Config``, or ``LMConfig`` with its ``policy``).
+        completed_epochs: epochs (with ``policy.completed == "step"``: steps) the checkpoint has completed.
         source: the checkpoint's path, for the message.
+        policy: the free/applied keys and the length key (default: an image run's).
 
     Returns:
         ``key: old -> new`` of every applied change (empty when nothing changed).
@@ -70,24 +90,27 @@ def resume_changes(saved: dict, cfg: Config, completed_epochs: int, source: str)
     Raises:
         ConfigError: a refused key differs (all of them listed), or ``epochs`` is below ``completed_epochs``.
     """
-    old, new = _flat(upgrade_renamed_keys(saved)), _flat(config_to_dict(cfg))
+    old, new = _flat(upgrade_renamed_keys(saved)), _flat(dataclasses.asdict(cfg))
     if new.get("model.num_classes") is None:  # null means "from the dataset": checked against the data later
         new["model.num_classes"] = old.get("model.num_classes")
     changed = [k for k in new if k in old and old[k] != new[k]]
-    refused = [k for k in changed if k not in FREE and k not in APPLIED]
+    refused = [k for k in changed if k not in policy.free and k not in policy.applied]
     if refused:
         listing = ", ".join(f"{k}: {_show(old[k])} -> {_show(new[k])}" for k in refused)
         raise ConfigError(f"cannot resume {source}: the config differs from the checkpoint's in {listing}; a "
                           "resumed run must keep these keys (see docs/reliability.md); start a new run with "
                           "another name instead")
-    if cfg.epochs < completed_epochs:
-        raise ConfigError(f"cannot resume {source}: epochs: {_show(old.get('epochs'))} -> {cfg.epochs}, but the "
-                          f"checkpoint has already completed {completed_epochs} epochs")
-    return [f"{k}: {_show(old[k])} -> {_show(new[k])}" for k in changed if k in APPLIED]
+    length = getattr(cfg, policy.length) if policy.length else None
+    if length is not None and length < completed_epochs:
+        raise ConfigError(f"cannot resume {source}: {policy.length}: {_show(old.get(policy.length))} -> {length}, "
+                          f"but the checkpoint has already completed {completed_epochs} {policy.unit}")
+    return [f"{k}: {_show(old[k])} -> {_show(new[k])}" for k in changed if k in policy.applied]
 
 
 def _describe(fingerprint: dict[str, Any]) -> str:
     kind, files, size = fingerprint.get("kind"), fingerprint.get("files"), fingerprint.get("bytes")
+    if kind == "tokens":  # a language model's training token stream
+        return f"{fingerprint.get('tokens')} training tokens (sha1 {str(fingerprint.get('sha1'))[:12]})"
     if kind == "archive":
         return f"an archive of {size} bytes"
     what = "training images" if kind == "folder" else "files"

@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,7 @@ import torch
 from ..data import data_fingerprint
 from ..io import remove_stale_temps, writable_dir
 from .checkpoint import CheckpointError, load_checkpoint, peek_checkpoint, resume_path, save_checkpoint
-from .config import Config
-from .resume import check_same_data, resume_changes
+from .resume import IMAGE_RESUME, ResumePolicy, check_same_data, resume_changes
 from .state import SavedRun
 
 try:
@@ -43,7 +43,7 @@ __all__ = ["RunDirError", "RunLock", "RunStart", "open_run_dir", "RUN_FILES", "R
 
 LOCK_NAME = ".lock"
 RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "metrics.csv", "steps.jsonl", "training.png")
-RUN_FOLDERS = ("tensorboard", "analysis")
+RUN_FOLDERS = ("tensorboard", "analysis", "hf_config")  # hf_config: a language-model run's copy of its model config
 
 
 class RunDirError(ValueError):
@@ -144,6 +144,7 @@ class RunStart:
     checkpoint: dict[str, Any] | None = None
     applied: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    fingerprint: dict[str, Any] | None = None   # the training data's, as checked
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -189,8 +190,17 @@ def _repair_best(run_dir: Path, source: Path, ckpt: dict[str, Any], saved: Saved
     return True
 
 
-def open_run_dir(cfg: Config, device: torch.device | str = "cpu") -> RunStart:
+def open_run_dir(cfg: Any, device: torch.device | str = "cpu", policy: ResumePolicy = IMAGE_RESUME,
+                 fingerprint: Callable[[], dict[str, Any] | None] | None = None) -> RunStart:
     """Rank 0, before anything is written: check, lock and prepare ``cfg.run_dir`` (see the module docstring).
+
+    Args:
+        cfg: the run's config: an image run's ``Config``, or a language-model run's ``LMConfig`` (any config with
+            ``run_dir``, ``resume``, ``overwrite`` and ``data.root``).
+        device: where the checkpoint to resume is loaded.
+        policy: what a resume may change (``train.resume``; default: an image run's).
+        fingerprint: the training data's fingerprint now (default: ``data_fingerprint`` of ``cfg.data``);
+            called once, under the lock.
 
     Raises:
         RunDirError: read-only, in use, or holding another run (without ``overwrite=true``).
@@ -216,9 +226,12 @@ def open_run_dir(cfg: Config, device: torch.device | str = "cpu") -> RunStart:
             if saved.config is None or not saved.resumable:
                 raise CheckpointError(f"cannot resume {str(source)!r}: it is not a training checkpoint (an exported "
                                       "network?); resume from a run's last.pt")
-            start.applied = resume_changes(saved.config, cfg, int(saved.epoch or 0), repr(str(source)))
+            start.applied = resume_changes(saved.config, cfg, int(getattr(saved, policy.completed) or 0),
+                                           repr(str(source)), policy)
         # the training data's fingerprint, read afresh: a resume compares it, every checkpoint of the run records it
-        current = data_fingerprint(cfg.data.name, cfg.data.root, refresh=True)
+        current = fingerprint() if fingerprint is not None else \
+            data_fingerprint(cfg.data.name, cfg.data.root, refresh=True)
+        start.fingerprint = current
         if source is not None:
             check_same_data(saved.data_fingerprint, current, (saved.config.get("data") or {}).get("root"),
                             cfg.data.root, repr(str(source)))

@@ -126,19 +126,21 @@ class Runtime:
 
     @classmethod
     def start(cls, cfg: Config) -> Runtime:
-        """Resolve the device, join torchrun's process group, apply threads / determinism / amp; check the batch."""
+        """Resolve the device, join torchrun's process group, apply threads / determinism / amp; check the batch.
+
+        ``cfg`` is a ``Config`` or a language-model run's ``LMConfig`` (no ``deterministic``/``amp`` keys: off)."""
         device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
         runtime = cls(device, setup_distributed(device))
         try:
             if cfg.threads > 0:
                 torch.set_num_threads(cfg.threads)
-            if cfg.deterministic:
+            if getattr(cfg, "deterministic", False):
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
                 torch.use_deterministic_algorithms(True, warn_only=True)
                 torch.backends.cudnn.benchmark = False
             elif device.type == "cuda":
                 torch.backends.cudnn.benchmark = True
-            runtime.autocast = amp_dtype(cfg.amp, device)
+            runtime.autocast = amp_dtype(getattr(cfg, "amp", "none"), device)
             if cfg.batch_size % runtime.dist.world_size:
                 raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {runtime.dist.world_size} "
                                  "processes")

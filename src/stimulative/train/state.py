@@ -52,6 +52,8 @@ __all__ = ["FORMAT", "TrainingState", "SavedRun", "model_weights", "exported_che
 
 FORMAT = "stimulative-v1"
 _RESUMABLE = ("optimizer", "epoch", "step", "rng", "space_rng", "step_rng")
+# a language-model checkpoint of the release before LM runs used this state: torch_rng/cuda_rng, no epoch
+_RESUMABLE_LM_V1 = ("optimizer", "step", "torch_rng", "space_rng", "step_rng")
 
 
 @dataclass
@@ -61,6 +63,11 @@ class TrainingState:
     ``epoch`` counts completed epochs, ``global_step`` optimizer steps; ``history`` holds one record per
     completed epoch; ``best`` is the (epoch, step) of the best epoch so far (what ``best.pt`` holds).
     ``step.space`` is the sub-network sampler.
+
+    A run counted in steps (``by_step``: language models, whose batches depend on (seed, step) only and whose
+    global RNGs are not re-seeded per epoch) restores the RNG states at every resume and may stop anywhere;
+    ``history`` then holds one record per validation. ``fingerprint`` is the training data's identity when the
+    run computes it itself (else it is derived from the config's ``data.name``/``data.root``).
     """
 
     model: nn.Module
@@ -76,6 +83,8 @@ class TrainingState:
     best: dict[str, int] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     starts: list[dict[str, Any]] = field(default_factory=lambda: [run_start()])  # this start; restore prepends
+    by_step: bool = False
+    fingerprint: dict[str, Any] | None = None
 
     def checkpoint(self, config: dict, num_classes: int, record: dict[str, Any], device: torch.device) -> dict[str, Any]:
         """The training checkpoint dict now (``record``: the last epoch's, possibly partial)."""
@@ -89,7 +98,8 @@ class TrainingState:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": _rng_state(device), "space_rng": self.step.space.rng.getstate(), "step_rng": self.step.rng.getstate(),
             "metrics": record, "history": self.history, "best_acc": self.best_acc, "best": self.best,
-            "steps_per_epoch": self.steps_per_epoch, "data_fingerprint": _fingerprint(config),
+            "steps_per_epoch": self.steps_per_epoch,
+            "data_fingerprint": self.fingerprint if self.fingerprint is not None else _fingerprint(config),
             "starts": self.starts,
         }
 
@@ -134,12 +144,16 @@ class TrainingState:
             self.ema.n_averaged.fill_(int(ckpt.get("ema_n_averaged", 1)))
         self.step.space.rng.setstate(_as_tuple(ckpt["space_rng"]))
         self.step.rng.setstate(_as_tuple(ckpt["step_rng"]))
-        self.epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.epoch, self.global_step = int(ckpt.get("epoch", 0)), int(ckpt["step"])
         self.step.calls = self.global_step  # one call per optimizer step: keeps subnet_every / stats_every in phase
         self.best_acc, self.history = float(ckpt.get("best_acc", -1.0)), list(ckpt.get("history", []))
         self.best = ckpt.get("best")
         self.starts = [*ckpt.get("starts", []), *self.starts[-1:]]
         start_schedule_at(self.scheduler, self.global_step)
+        if self.by_step:
+            rng = ckpt.get("rng") or {"torch": ckpt["torch_rng"], "cuda": ckpt.get("cuda_rng")}
+            _set_rng_state(rng, device)
+            return 0
         skip = self.global_step - self.epoch * steps_per_epoch
         if not 0 <= skip < steps_per_epoch:
             raise ValueError(f"cannot resume {str(source)!r}: it stopped at step {self.global_step} of epoch "
@@ -174,7 +188,8 @@ class SavedRun:
         config = upgrade_renamed_keys(ckpt["config"]) if ckpt.get("config") is not None else None
         return cls(config, int(num_classes) if num_classes else None, ckpt.get("depths"),
                    ckpt.get("ema") is not None, ckpt.get("epoch"), ckpt.get("step"), ckpt.get("best_acc"), history,
-                   ckpt.get("best"), all(k in ckpt for k in _RESUMABLE), ckpt.get("data_fingerprint"),
+                   ckpt.get("best"), all(k in ckpt for k in _RESUMABLE) or all(k in ckpt for k in _RESUMABLE_LM_V1),
+                   ckpt.get("data_fingerprint"),
                    list(ckpt.get("starts") or []))
 
     @property
@@ -222,9 +237,11 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
-    random.setstate(_as_tuple(state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    if state.get("python") is not None:
+        random.setstate(_as_tuple(state["python"]))
+    if state.get("numpy") is not None:
+        n = state["numpy"]
+        np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
 
 
 def _as_tuple(x: Any) -> Any:
