@@ -152,11 +152,13 @@ def load(name: str, spec: str, args: argparse.Namespace) -> tuple[torch.nn.Modul
         model = proxy_model(int(spec.split(":", 1)[1]), args.proxy_scale, args.proxy_from, args.proxy_head_scale)
         return model, [torch.randint(0, 256, (args.prompt_tokens,), generator=g) for _ in range(args.prompts)]
     from stimulative.commands.generate import load_model_and_tokenizer
-    from stimulative.lm.cli import is_lm_run
+    from stimulative.lm.config import is_lm_run
 
     if is_lm_run(spec):
-        from stimulative.lm.decode import prompts_from_tokens
-        from stimulative.lm.train import load_lm, load_lm_data
+        from lm_decode import prompts_from_tokens
+
+        from stimulative.lm.data import load_lm_data
+        from stimulative.lm.model import load_lm
 
         lm = load_lm(spec)
         val = load_lm_data(lm.config, train=False).val
@@ -204,7 +206,8 @@ def run_mode(model: torch.nn.Module, mode: str, ids: torch.Tensor, new: int,
              args: argparse.Namespace) -> tuple[list[int], dict]:
     """Decode ``ids`` (1, T) in ``mode`` (greedy, greedy_ours, hf_exit_<k>, ours_exit_<k>, hf_draft): new tokens,
     counts."""
-    from stimulative.lm.decode import count_acceptance
+    from lm_decode import count_acceptance
+
     from stimulative.lm.speculative import generate
 
     kind, _, k = mode.partition("_exit_")

@@ -8,13 +8,13 @@ of ``--methods``) for the training time of ``--equal-time-of`` (default ST): ste
 the method's own training time per step at equal steps, or with ``--time-ratios`` the ratio of step times
 measured side by side (``bench_lm_step.py --recipes``: robust to the load of a shared machine; a method within
 3% of the reference gets no separate run, equal steps being equal time). Every
-run goes through ``python -m stimulative.lm train`` (one thread per process, at most ``--jobs`` processes at a
+run goes through ``stimulative train`` (one thread per process, at most ``--jobs`` processes at a
 time, ``resume=auto``). Then:
 
 * loafing by depth (``stimulative.lm.loafing.lm_loafing``): validation loss/perplexity of every depth 1..8
   inside CT, ST (and ST++), next to the depth-4 model trained alone, on the same 256 validation blocks
   (``loafing_lm.{json,csv,png}``);
-* self-speculative decoding on CPU (``stimulative.lm.decode.decode_benchmark``): the CT and the ST model (and
+* self-speculative decoding on CPU (``benchmarks/lm_decode.py``: ``decode_benchmark``): the CT and the ST model (and
   ST++), the same prompts (evenly spaced over the validation split), greedy: plain tokens/s, and with
   ``generate(..., assistant_early_exit=k)`` tokens/s, drafted/accepted tokens and the acceptance rate (the modes
   interleaved per prompt, 3 passes, speed-up = median time ratio, so a load change hits all modes alike); every
@@ -120,7 +120,7 @@ def command(key: str, spec: dict, args: argparse.Namespace, results: Path) -> li
     if args.chunk_steps:  # this invocation trains at most chunk_steps more steps (resume=auto continues)
         done = _steps_done(Path(args.work) / f"{args.prefix}{key}")
         extra.append(f"max_steps={done + args.chunk_steps}")
-    return [sys.executable, "-m", "stimulative.lm", "train", spec["recipe"], f"name={args.prefix}{key}",
+    return [sys.executable, "-m", "stimulative", "train", spec["recipe"], f"name={args.prefix}{key}",
             f"out_dir={args.work}", f"threads={args.threads}", "device=cpu", "resume=auto", f"seed={args.seed}",
             *(QUICK if args.quick else []), *args.set, *extra]
 
@@ -240,9 +240,10 @@ def loafing(args: argparse.Namespace, results: Path) -> None:
 
 def decode(args: argparse.Namespace, results: Path) -> None:
     import torch
+    from lm_decode import decode_benchmark, prompts_from_tokens
 
-    from stimulative.lm.decode import decode_benchmark, prompts_from_tokens
-    from stimulative.lm.train import load_lm, load_lm_data
+    from stimulative.lm.data import load_lm_data
+    from stimulative.lm.model import load_lm
 
     torch.set_num_threads(args.threads)
     unequal = []

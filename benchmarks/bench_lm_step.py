@@ -35,7 +35,8 @@ from stimulative.core.tokens import TokenLogits, next_token_targets
 from stimulative.io import benchmark_record, machine_info, write_record
 from stimulative.lm.config import load_lm_config
 from stimulative.lm.layerskip import LayerSkipStep
-from stimulative.lm.train import _optimizer, build_lm
+from stimulative.lm.model import build_lm
+from stimulative.train.optim import build_optimizer, matrix_decay_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def main() -> None:
     ed = st_hf.elastic_depth(model)
     tok = TokenLogits(model)
     exits = st_hf.prefix_exits(ed, rows=tok.select_rows)
-    optimizer = _optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, params=matrix_decay_groups(model, cfg.optim.weight_decay))
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 257, (cfg.batch_size, cfg.model.context + 1), generator=g) for _ in range(4)]
 

@@ -81,8 +81,9 @@ def start_record(seed: int, args: argparse.Namespace) -> dict:
 
     from stimulative.hf import elastic_depth
     from stimulative.lm.config import load_lm_config
+    from stimulative.lm.data import load_lm_data
     from stimulative.lm.evaluate import depth_losses
-    from stimulative.lm.train import build_lm, load_lm_data, resolve_pretrained
+    from stimulative.lm.model import build_lm, resolve_pretrained
 
     torch.set_num_threads(args.threads)
     cfg = resolve_pretrained(load_lm_config(REPO / "recipes" / "lm_pretrained_st.yaml",
@@ -112,7 +113,8 @@ def adapter_run(seed: int, stops: list[int], args: argparse.Namespace) -> None:
         train_exit_adapter,
     )
     from stimulative.lm.config import load_lm_config
-    from stimulative.lm.train import load_lm_data, resolve_pretrained
+    from stimulative.lm.data import load_lm_data
+    from stimulative.lm.model import resolve_pretrained
 
     torch.set_num_threads(args.threads)
     k = args.adapter_layer
@@ -201,7 +203,7 @@ def decode_model(spec: str, args: argparse.Namespace):
     converted, _ = cached_gguf(args.gguf)
     tokenizer = AutoTokenizer.from_pretrained(converted, local_files_only=True)
     if spec in ("st", "ct", "layerskip"):
-        from stimulative.lm.train import load_lm
+        from stimulative.lm.model import load_lm
 
         run = Path(args.work) / f"{spec}_s{args.seed}"
         lm = load_lm(run)

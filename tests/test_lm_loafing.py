@@ -1,5 +1,6 @@
-"""stimulative.lm loafing / export / decoding on tiny trained runs: table values = depth_losses, export ->
-from_pretrained = the depth-k sub-network, speculative decoding = plain greedy with counted acceptance."""
+"""stimulative.lm loafing / export on tiny trained runs: table values = depth_losses, export -> from_pretrained =
+the depth-k sub-network; the LM commands of ``stimulative`` (the decoding benchmark's test is
+benchmarks/tests/test_lm_decode.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from test_lm_train import TINY, text_folder  # noqa: E402
 
 from stimulative import hf as st_hf  # noqa: E402
 from stimulative.lm import depth_losses  # noqa: E402
-from stimulative.lm.decode import count_acceptance, decode_benchmark, prompts_from_tokens  # noqa: E402
 from stimulative.lm.export import export_lm  # noqa: E402
 from stimulative.lm.loafing import lm_loafing  # noqa: E402
 from stimulative.lm.train import load_lm, load_lm_data, train_lm  # noqa: E402
@@ -78,32 +78,13 @@ def test_export_loads_with_from_pretrained_and_equals_the_sub_network(runs, tmp_
         export_lm(runs["st"], 4, tmp_path / "bad")
 
 
-def test_speculative_decoding_of_a_trained_run_equals_greedy(runs, tmp_path):
-    lm = load_lm(runs["st"])
-    prompts = prompts_from_tokens(load_lm_data(lm.config, train=False).val, 2, 6)
-    result = decode_benchmark(lm.model, prompts, exits=[1, 2], max_new_tokens=10, warmup=False)
-    assert result["greedy"]["tokens"] > 0
-    for k in (1, 2):
-        r = result[f"exit_{k}"]
-        assert r["equal_greedy"] and r["tokens"] == result["greedy"]["tokens"]
-        assert r["rounds"] > 0 and 0 <= r["accepted"] <= r["drafted"] and 0 <= r["acceptance"] <= 1
-    # the exported prefix as an assistant model gives the plain greedy output too, and counts the same way
-    export_lm(runs["st"], 1, tmp_path / "d1")
-    draft = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "d1").eval()
-    kwargs = {"max_new_tokens": 10, "do_sample": False, "pad_token_id": lm.model.generation_config.pad_token_id}
-    p = prompts[0].reshape(1, -1)
-    with count_acceptance() as counts:
-        assisted = lm.model.generate(p, assistant_model=draft, **kwargs)
-    assert torch.equal(assisted, lm.model.generate(p, **kwargs)) and counts["rounds"] > 0
-
-
 def test_command_line(runs, tmp_path, capsys):
-    from stimulative.lm.__main__ import main
-    from stimulative.lm.cli import is_lm_recipe, is_lm_run
+    from stimulative.cli import main
+    from stimulative.lm.config import is_lm_recipe, is_lm_run
 
     assert is_lm_run(runs["st"]) and is_lm_run(Path(runs["st"]) / "last.pt") and not is_lm_run(tmp_path)
     assert is_lm_recipe(REPO / "recipes/lm_llama_ct.yaml")
-    assert main(["loafing", runs["ct"], runs["st"], "--alone", runs["alone"], "-o", str(tmp_path / "l")]) == 0
+    assert main(["loafing", runs["ct"], runs["st"], "--alone", runs["alone"], "--out", str(tmp_path / "l")]) == 0
     assert "vs alone" in capsys.readouterr().out and (tmp_path / "l" / "loafing_lm.png").is_file()
     assert main(["export", runs["ct"], "--depth", "1", "-o", str(tmp_path / "e")]) == 0
     assert json.loads(capsys.readouterr().out)["num_hidden_layers"] == 1

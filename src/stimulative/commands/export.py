@@ -13,7 +13,11 @@ formats:
   safetensors  state_dict + OUT.json sidecar (model, depths, num_classes, input size, how to build it)
   backbone     plain state_dict without the classifier head (torchvision ResNet keys minus fc.*)
 
+A language-model run (task: lm) is exported as a transformers save_pretrained directory of its first --depth
+layers (with its tokenizer and stimulative_lm.json; --evaluate adds the validation loss).
+
 examples:
+  stimulative export runs/lm_llama_st --depth 4 -o lm_st_d4
   stimulative export runs/r20_stpp/best.pt --depth 1,2,3 --format onnx -o r20_123.onnx data.root=cifar10.tar.xz
   stimulative export runs/r50/best.pt --format backbone -o r50_backbone.pth --bn-recal 0
 """
@@ -48,13 +52,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..core.elastic import format_depths, parse_depths
     from ..deploy.export import check_format, export_run
-    from ..lm.cli import is_lm_run
+    from ..lm.config import is_lm_run
     from ..runs import open_run
 
     if is_lm_run(args.checkpoint):  # a language model: a save_pretrained directory with --depth layers
-        from ..lm.cli import export_command
+        import json
 
-        return export_command(args.checkpoint, args.depth, args.output, evaluate=args.evaluate)
+        from ..lm.export import export_lm
+
+        depth = None if args.depth is None else int(args.depth)
+        print(json.dumps(export_lm(args.checkpoint, depth, args.output, evaluate=args.evaluate), indent=1))
+        return 0
     fmt = check_format(args.format)
     depths = parse_depths(args.depth) if args.depth is not None else None
     run = open_run(args.checkpoint, args.overrides, use_ema=args.ema)

@@ -9,7 +9,7 @@ generate(assistant_early_exit=K); each output is "identical" to ours or shown at
 (exit status 1 if plain greedy's differs), and the speed-ups are medians over --repeats timed runs of each. A
 model that assistant_early_exit cannot decode (GPT-2 in transformers 5.x) gets a one-line note instead.
 
-RUN is an LM run directory (stimulative.lm train) or a transformers model directory (stimulative export of an
+RUN is an LM run directory (stimulative train of a task: lm recipe) or a transformers model directory (stimulative export of an
 LM run, or any save_pretrained Llama / GPT-2); the tokenizer is the run's, the one saved in the directory, the
 one named in its stimulative_lm.json, or else the byte tokenizer.
 
@@ -55,12 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model_and_tokenizer(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     """The model (eval mode) and tokenizer of an LM run directory or a ``save_pretrained`` directory."""
-    from ..lm.cli import is_lm_run
+    from ..lm.config import is_lm_run
     from ..lm.data import ByteTokenizer, HFTokenizer, load_tokenizer
 
     path = Path(path).expanduser()
     if is_lm_run(path):
-        from ..lm.train import load_lm
+        from ..lm.model import load_lm
 
         lm = load_lm(path, device)
         return lm.model, lm.tokenizer

@@ -12,6 +12,8 @@ examples:
   stimulative loafing runs/ct runs/stpp data.test_subset=2000
   stimulative loafing runs/ct56 --depths 3,3,3 5,5,5 --alone runs/resnet20 runs/resnet32
   stimulative loafing runs/ct56 --sample 16 --bn-recal 0
+  stimulative loafing runs/lm_llama_ct runs/lm_llama_st --alone runs/lm_llama_d4 --out runs/lm_loafing   (LM runs:
+      validation loss of every depth, written to loafing_lm.{json,csv,png})
 """
 
 from __future__ import annotations
@@ -47,15 +49,13 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.alone import train_alone
     from ..analysis.loafing import loafing_analysis, loafing_table, write_loafing
     from ..core.elastic import format_depths
-    from ..lm.cli import is_lm_run
+    from ..lm.config import is_lm_run
     from ..runs import default_out_dir, open_run, open_runs, select_configs, split_overrides, unique_names
     from ..train.runtime import resolve_device
 
     lm_inputs = [p for p in args.inputs if "=" not in p]
     if lm_inputs and all(is_lm_run(p) for p in lm_inputs):  # language-model runs: loss by depth
-        from ..lm.cli import loafing_command
-
-        return loafing_command(lm_inputs, args.alone, args.out)
+        return _lm_loafing(lm_inputs, args.alone, args.out)
     runs = open_runs(args.inputs)
     out = default_out_dir(runs, args.out)
     _, overrides = split_overrides(args.inputs)
@@ -75,4 +75,22 @@ def run(args: argparse.Namespace) -> int:
     paths = write_loafing(result, out)
     print(loafing_table(result["rows"], result["summary"]))
     print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _lm_loafing(runs: list[str], alone: list[str], out: str | None) -> int:
+    """Language-model runs: validation loss of every depth inside each run vs the runs with fewer layers trained
+    alone (``--alone``), written to OUT/loafing_lm.{json,csv,png}."""
+    from pathlib import Path
+
+    from ..lm.loafing import lm_loafing
+
+    out = out or str(Path(runs[0]).expanduser().parent / "loafing_lm")
+    result = lm_loafing(list(runs), list(alone), out)
+    for row in result["rows"]:
+        rel = f" ({row['rel_to_alone']:+.1%} vs alone)" if "rel_to_alone" in row else ""
+        print(f"{row['run']:>24} depth {row['depth']:>2}: loss {row['loss']:.4f} ppl {row['ppl']:.3f}{rel}")
+    for k, row in sorted(result["alone"].items()):
+        print(f"{row['run']:>24} depth {k:>2} trained alone: loss {row['loss']:.4f} ppl {row['ppl']:.3f}")
+    print(f"wrote {out}/loafing_lm.json, .csv, .png", flush=True)
     return 0

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from ..lm.cli import is_lm_recipe
+    from ..lm.config import is_lm_recipe
     from ..train.config import config_to_dict, load_config, read_recipe
 
     recipe, overrides = args.recipe, list(args.overrides)
@@ -37,10 +37,8 @@ def run(args: argparse.Namespace) -> int:
         recipe, overrides = None, [recipe, *overrides]  # `stimulative train key=value ...`
     if recipe is not None:
         read_recipe(recipe)  # missing, binary, empty, not a mapping: one line naming the file, before dispatching
-    if is_lm_recipe(recipe):  # `task: lm`: a causal language model (stimulative.lm)
-        from ..lm.cli import train_command
-
-        return train_command(recipe, overrides, print_config=args.print_config)
+    if is_lm_recipe(recipe):  # `task: lm`: a causal language model (stimulative.lm), on the same engine
+        return _train_lm(recipe, overrides, args.print_config)
     cfg = load_config(recipe, overrides)
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
@@ -57,4 +55,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"stimulative train: finished {summary['epochs']} epochs ({summary['step']} steps); "
               f"final test acc {acc:.2f}%, best {summary['best_acc']:.2f}%; run in {summary['run_dir']}"
               if acc is not None else f"stimulative train: finished; run in {summary['run_dir']}", flush=True)
+    return 0
+
+
+def _train_lm(recipe: str, overrides: list[str], print_config: bool) -> int:
+    import yaml
+
+    from ..lm.config import lm_config_to_dict, load_lm_config
+
+    cfg = load_lm_config(recipe, overrides)
+    if print_config:
+        print(yaml.safe_dump(lm_config_to_dict(cfg), sort_keys=False), end="")
+        return 0
+    from ..lm.train import train_lm
+
+    print(f"stimulative train: writing the run to {cfg.run_dir}", flush=True)
+    summary = train_lm(cfg)
+    loss = summary["final"].get("val_loss")
+    print(f"stimulative train: finished step {summary['step']}/{summary['steps']}"
+          + (f"; val loss {loss:.4f} (full model)" if loss is not None else "") + f"; run in {summary['run_dir']}",
+          flush=True)
     return 0

@@ -14,18 +14,21 @@
 
 Runs (import the submodules; they need ``transformers``):
 
-* ``stimulative.lm.train``: ``train_lm(recipe, overrides)`` trains/resumes a CT/ST/ST++ run of a ``task: lm`` recipe
-  (``stimulative.lm.config``: ``LMConfig``, ``load_lm_config``); ``load_lm(run_dir)`` loads it back.
+* ``stimulative.lm.config``: ``LMConfig``, ``load_lm_config`` (a ``task: lm`` recipe); ``stimulative.lm.data``: the
+  run's token streams (``load_lm_data``); ``stimulative.lm.model``: ``build_lm`` (the recipe's model,
+  ``model.pretrained`` included) and ``load_lm(run_dir)``.
+* ``stimulative.lm.train``: ``train_lm(recipe, overrides)`` trains/resumes a CT/ST/ST++/LayerSkip run: the LM task
+  of the training engine (``stimulative.train``: run directory, lock, resume checks, checkpoints, optimizer and
+  schedule, the step loop).
 * ``stimulative.lm.loafing``: ``lm_loafing(runs, alone, out_dir)``: loss of every depth inside each run vs depth-k
   models trained alone (table and figure).
 * ``stimulative.lm.export``: ``export_lm(run, k, out_dir)``: the first k layers as a ``save_pretrained`` directory.
-* ``stimulative.lm.decode``: ``decode_benchmark``: self-speculative decoding (``assistant_early_exit=k``) speed,
-  acceptance, equality with plain greedy.
-* ``python -m stimulative.lm {train,loafing,export}``: the same from the command line (docs/lm.md).
+* ``stimulative.lm.adapter``: an exit adapter on a frozen LM (``generate(exit_adapter=...)``).
+* The command line is ``stimulative train|loafing|export|generate|convert`` (docs/lm.md); ``stimulative.open_run``
+  opens an LM run like any other.
 
-Models come from ``transformers`` (optional extra); their layers are found and cut by
-``stimulative.integrations.transformers``. Nothing here imports ``transformers`` except ``load_tokenizer`` for a
-local tokenizer directory.
+Models come from ``transformers`` (optional extra); their layers are found and cut by ``stimulative.hf``.
+Nothing here imports ``transformers`` at import time.
 """
 
 from ..core.tokens import IGNORE_INDEX, TokenLogits, next_token_targets, token_batch, token_cross_entropy

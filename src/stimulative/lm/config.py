@@ -25,7 +25,7 @@ from ..train.config import CHOICES as TRAIN_CHOICES
 from ..train.config import ConfigError, RunPaths, STConfig, apply_overrides, fill_dataclass, read_recipe
 
 __all__ = ["LMConfig", "LMModelConfig", "LayerSkipConfig", "LMDataConfig", "LMOptimConfig", "load_lm_config", "lm_config_from_dict",
-           "lm_config_to_dict", "save_lm_config", "is_lm_recipe", "default_eval_depths", "ConfigError"]
+           "lm_config_to_dict", "save_lm_config", "is_lm_recipe", "is_lm_run", "default_eval_depths", "ConfigError"]
 
 FAMILIES = ("llama", "gpt2")
 
@@ -184,6 +184,20 @@ def is_lm_recipe(path: str | Path | None) -> bool:
         return read_recipe(path).get("task") == "lm"
     except ConfigError:
         return False
+
+
+def is_lm_run(path: str | Path) -> bool:
+    """True for an LM run directory (or a ``.pt`` inside one): its ``config.yaml`` says ``task: lm``."""
+    path = Path(path).expanduser()
+    folder = path if path.is_dir() else path.parent
+    config = folder / "config.yaml"
+    if not config.is_file():
+        return False
+    try:
+        data = yaml.safe_load(config.read_text())
+    except yaml.YAMLError:
+        return False
+    return isinstance(data, dict) and data.get("task") == "lm"
 
 
 def load_lm_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> LMConfig:

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from ..io import write_json
+from .data import load_lm_data
 from .evaluate import depth_losses
-from .train import load_lm, load_lm_data
+from .model import load_lm
 
 __all__ = ["export_lm"]
 

@@ -18,8 +18,9 @@ import torch
 
 from ..io import write_csv, write_json
 from .config import LMConfig
+from .data import load_lm_data
 from .evaluate import depth_losses
-from .train import load_lm, load_lm_data
+from .model import load_lm
 
 __all__ = ["lm_loafing", "lm_method", "plot_loafing_lm"]
 
