@@ -91,3 +91,18 @@ def test_command_line(runs, tmp_path, capsys):
     args = [f"data.root={runs['tmp'] / 'text'}", f"out_dir={tmp_path}", "name=c", *TINY, "steps=1"]
     assert main(["train", str(REPO / "recipes/lm_llama_ct.yaml"), *args]) == 0
     assert "finished step 1/1" in capsys.readouterr().out and is_lm_run(tmp_path / "c")
+
+
+def test_open_run_opens_an_lm_run_like_any_other(runs):
+    import stimulative as st
+
+    run = st.open_run(runs["st"], ["data.val_blocks=2"])
+    assert run.is_lm and not run.exported and run.tokenizer is not None
+    assert type(run.model).__name__ == "LlamaForCausalLM" and not run.model.training
+    assert run.model.config.num_hidden_layers == 3 and run.ed.full_depths == [3]
+    assert run.config.data.val_blocks == 2 and run.name == "st"
+    ref = load_lm(runs["st"])
+    for key, value in ref.model.state_dict().items():
+        assert torch.equal(value, run.model.state_dict()[key]), key
+    with pytest.raises(ValueError, match="no EMA weights"):
+        st.open_run(runs["st"], use_ema=True)

@@ -4,6 +4,10 @@ Every command that reads a run takes checkpoints (``.pt`` files or run directori
 ``key=value`` overrides of the checkpoint's own config (e.g. ``data.root=/data/cifar10 data.test_subset=1000``),
 so a run trained on another machine can be used where its data lives.
 
+``open_run`` is the one way to open a trained run: an image run (``load_model`` underneath) or a language-model
+run (``task: lm``; ``stimulative.lm.model.load_lm`` underneath: ``run.model`` is the ``transformers`` model,
+``run.tokenizer`` its tokenizer, ``run.ed`` its elastic depth).
+
 Example:
     >>> run = open_run("runs/ct/best.pt", ["data.test_subset=1000"])          # doctest: +SKIP
     >>> data = run.data()                                                     # doctest: +SKIP
@@ -25,6 +29,8 @@ from .core.elastic import ElasticDepth, format_depths, parse_depths
 from .core.evaluation import evaluate, evaluate_depth
 from .core.sampling import SampleSpace
 from .data import DataBundle, build_data
+from .lm.config import LMConfig, is_lm_run, lm_config_from_dict, lm_config_to_dict
+from .lm.model import LoadedLM
 from .train.checkpoint import LoadedModel, load_model
 from .train.config import Config, apply_overrides, config_from_dict, config_to_dict
 from .train.runtime import resolve_device
@@ -52,12 +58,22 @@ class Run:
 
     name: str
     path: Path
-    loaded: LoadedModel
-    config: Config
+    loaded: LoadedModel | LoadedLM
+    config: Config | LMConfig
 
     @property
     def model(self) -> torch.nn.Module:
         return self.loaded.model
+
+    @property
+    def is_lm(self) -> bool:
+        """A language-model run (``task: lm``): ``model`` is the ``transformers`` model, ``tokenizer`` is set."""
+        return isinstance(self.loaded, LoadedLM)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer of a language-model run (None for an image run)."""
+        return self.loaded.tokenizer if self.is_lm else None
 
     @property
     def num_classes(self) -> int:
@@ -66,11 +82,17 @@ class Run:
     @property
     def exported(self) -> bool:
         """An exported sub-network (its depths are fixed, ``ed`` is not available)."""
-        return self.loaded.ed is None
+        return not self.is_lm and self.loaded.ed is None
 
     @property
     def ed(self) -> ElasticDepth:
         """The model's ElasticDepth; a clear error for an exported sub-network."""
+        if self.is_lm:
+            if getattr(self, "_lm_ed", None) is None:
+                from .hf import elastic_depth
+
+                self._lm_ed = elastic_depth(self.loaded.model)
+            return self._lm_ed
         if self.loaded.ed is None:
             raise ValueError(f"{self.path} is an exported sub-network (depths {self.loaded.depths}); "
                              "use the full training checkpoint instead")
@@ -112,7 +134,8 @@ def open_run(path: str | Path, overrides: Sequence[str] = (), name: str | None =
     """Load a checkpoint (or a run directory's ``best.pt``/``last.pt``) and apply config overrides.
 
     Args:
-        path: checkpoint file or run directory.
+        path: checkpoint file or run directory (an image run, or a language-model run: ``run.model`` is then the
+            ``transformers`` model in eval mode and ``run.tokenizer`` its tokenizer).
         overrides: ``key=value`` strings applied to the checkpoint's config (``stimulative.load_config`` syntax).
         name: label for tables and plots (default: the run's configured ``name``).
         use_ema: load the EMA weights (an error when the checkpoint has none).
@@ -121,6 +144,16 @@ def open_run(path: str | Path, overrides: Sequence[str] = (), name: str | None =
         ValueError: missing/corrupt checkpoint (``CheckpointError``), a bad override, no EMA weights.
     """
     path = Path(path).expanduser()
+    if is_lm_run(path):
+        if use_ema:
+            raise ValueError(f"{str(path)!r} is a language-model run: it has no EMA weights")
+        from .lm.model import load_lm
+
+        lm = load_lm(path)
+        lm_config = lm.config
+        if overrides:
+            lm_config = lm_config_from_dict(apply_overrides(lm_config_to_dict(lm_config), list(overrides)))
+        return Run(name or lm_config.name, path, lm, lm_config)
     try:
         loaded = load_model(path, use_ema=use_ema)
     except TypeError as err:  # e.g. a builder that does not accept a recorded kwarg
