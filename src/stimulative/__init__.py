@@ -9,8 +9,8 @@ sub-network sampling (``SampleSpace``), the losses, BatchNorm helpers and evalua
 exporting a sub-network (``extract_subnetwork``, ``export_run``). Everything else is imported from its module
 (``stimulative.core.elastic.RUN``, ``stimulative.core.elastic.find_stages``, ``stimulative.core.losses``...).
 
-The package is layered (docs/architecture.md): ``core`` (the method) <- ``models``, ``data`` <- ``train`` <-
-``runs`` <- ``analysis``, ``deploy`` <- this facade <- ``integrations`` <- ``lm`` <- ``commands``/``cli``.
+The package is layered (docs/architecture.md): ``core`` (the method) <- ``models``, ``hf``, ``data`` <- ``train`` <-
+``lm`` <- ``runs`` <- ``analysis``, ``deploy`` <- this facade <- ``integrations`` <- ``commands``/``cli``.
 """
 
 from __future__ import annotations

@@ -2,12 +2,13 @@
 
 * ``config``: ``Config`` and its sections, YAML recipes and ``key=value`` overrides (``load_config``).
 * ``runtime``: the device (``resolve_device``), DDP, autocast.
-* ``optim``: optimizer and LR schedule.
+* ``optim``: optimizer and LR schedule (one builder of each, for image and language-model runs).
 * ``state``: ``TrainingState`` and the checkpoint layout (the only module that knows it).
 * ``checkpoint``: checkpoint files: atomic save, safe load, ``load_model``.
 * ``resume``: what a resumed run may change (free, applied and refused keys).
 * ``rundir``: the run directory: writable check, lock, fresh vs existing run, leftovers of interrupted writes.
 * ``loop``: ``train_one_epoch`` and ``evaluate_epoch``.
+* ``steps``: ``train_steps``, the loop of a run counted in steps (the language-model task, ``stimulative.lm.train``).
 * ``log``: metrics files, console lines, training curves.
 * ``engine``: ``train(cfg)``, the wiring.
 
