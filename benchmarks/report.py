@@ -1618,7 +1618,7 @@ def smollm_agreement_table(train: list[dict]) -> list[str]:
             e = r.get("exits", {}).get(str(k))
             cells.append("–" if e is None or e.get("agree") is None else f"{e['loss']:.2f} / {100 * e['agree']:.1f}%")
         full = r.get("val_loss")
-        hours = r.get("train_hours")
+        hours = r.get("train_hours", r.get("train_cpu_hours"))  # the first records named the wall hours so
         lines.append(f"| {_smollm_label(r)} | {r.get('steps', 0)} | {'–' if hours is None else f'{hours:.2f}'} | "
                      f"{'–' if full is None else f'{full:.4f}'} | " + " | ".join(cells) + " |")
     return lines
