@@ -296,6 +296,47 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
     return path
 
 
+def grad_probe(args: argparse.Namespace) -> Path:
+    """Instrument ST's first step on the start model: the gradient norm of the main CE and of the KL of exits
+    ``--probe-exits`` (ST's sub-network losses, read through the shared final norm + head) on the first training
+    batch, and each KL gradient's cosine to the main one: how much of a globally clipped update the exits take."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from stimulative.lm.config import load_lm_config
+    from stimulative.lm.data import load_lm_data
+    from stimulative.lm.model import resolve_pretrained
+
+    torch.set_num_threads(args.threads)
+    cfg = resolve_pretrained(load_lm_config(REPO / "recipes" / "lm_pretrained_st.yaml",
+                                            [f"model.pretrained={args.gguf}", f"seed={args.seed}"]))
+    data = load_lm_data(cfg)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.pretrained, local_files_only=True).float().train()
+    ids = data.train_batch(0, cfg.batch_size, cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = model(ids, output_hidden_states=True, use_cache=False)
+    logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
+    losses = {"main": F.cross_entropy(logits, ids[:, 1:].reshape(-1))}
+    tail = model.get_output_embeddings(), model.model.norm
+    for k in args.probe_exits:
+        s = tail[0](tail[1](out.hidden_states[k]))[:, :-1].reshape(-1, logits.shape[-1])
+        losses[f"exit_{k}"] = F.kl_div(F.log_softmax(s, -1), F.log_softmax(logits.detach(), -1),
+                                       reduction="batchmean", log_target=True)
+    grads = {}
+    for i, (name, loss) in enumerate(losses.items()):
+        g = torch.autograd.grad(loss, params, retain_graph=i < len(losses) - 1, allow_unused=True)
+        grads[name] = torch.cat([(x if x is not None else torch.zeros_like(p)).flatten() for x, p in zip(g, params)])
+    body = {"losses": {n: float(v.detach()) for n, v in losses.items()},
+            "grad_norm": {n: float(g.norm()) for n, g in grads.items()},
+            "cosine_to_main": {n: float(F.cosine_similarity(g, grads["main"], 0)) for n, g in grads.items()
+                               if n != "main"}, "clip_grad": cfg.optim.clip_grad}
+    cmd = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
+    path = record("grad_probe", args.seed, 0, body, cmd, args, name=f"grad_probe_s{args.seed}.json")
+    print(json.dumps(body, indent=1), f"\n-> {path}", flush=True)
+    return path
+
+
 def run_record(method: str, seed: int, stop: int, args: argparse.Namespace, wall_s: float) -> dict:
     from stimulative.train.checkpoint import peek_checkpoint
 
@@ -340,6 +381,9 @@ def main() -> None:
     p.add_argument("--work", default=str(WORK))
     p.add_argument("--no-start", action="store_true", help="skip the untrained model's record")
     p.add_argument("--adapter-layer", type=int, default=8, help="method adapter: the exit layer (default 8)")
+    p.add_argument("--grad-probe", action="store_true", help="instrument ST's first step: gradient norms and "
+                   "cosines of the main loss and the exits' KL (--probe-exits)")
+    p.add_argument("--probe-exits", type=int, nargs="+", default=[8, 24])
     p.add_argument("--decode", nargs="+", metavar="SPEC", help="decode held-out prompts with these models "
                    "(start, st, ct, adapter) instead of training")
     p.add_argument("--exit", type=int, default=8, help="--decode: the draft exit (default 8)")
@@ -352,6 +396,9 @@ def main() -> None:
         sys.exit(f"--gguf {args.gguf!r} is not a file")
     if any(c < 1 or c > STEPS for c in args.checkpoints):
         sys.exit(f"--checkpoints must be in 1..{STEPS}")
+    if args.grad_probe:
+        grad_probe(args)
+        return
     if args.decode:
         os.environ.update(TQDM_DISABLE="1", OMP_NUM_THREADS=str(args.threads))
         for spec in args.decode:

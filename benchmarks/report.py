@@ -1590,10 +1590,27 @@ def _smollm_records(results: Path) -> tuple[list[dict], list[dict]]:
     """The training/agreement records (start, ST, CT, adapter by step) and the decoding records."""
     train, decode = [], []
     for path in sorted(results.glob("*.json")):
+        if path.stem.startswith("grad_probe"):  # instrumentation, shown by probe_lines
+            continue
         rec = read_record(path, "bench_smollm")
         rec["_name"] = path.stem
         (decode if path.stem.startswith("decode_") else train).append(rec)
     return train, decode
+
+
+def probe_lines(results: Path) -> list[str]:
+    """ST's first step instrumented (``bench_smollm.py --grad-probe``): the gradient norms of its losses."""
+    out = []
+    for path in sorted(results.glob("grad_probe_*.json")):
+        r = read_record(path, "bench_smollm")
+        exits = [n for n in r["grad_norm"] if n != "main"]
+        parts = ", ".join(f"exit {n.split('_')[1]}'s KL {r['losses'][n]:.1f} nats, gradient norm "
+                          f"{r['grad_norm'][n]:.1f} (cosine to the main gradient {r['cosine_to_main'][n]:+.2f})"
+                          for n in exits)
+        out += [f"ST's first step, instrumented (`{r['command']}`): the main loss {r['losses']['main']:.2f} nats "
+                f"has gradient norm {r['grad_norm']['main']:.2f}; {parts}. With the gradient clipped to a total norm "
+                f"of {r['clip_grad']:g}, the exits' nearly orthogonal gradients take almost all of each update.", ""]
+    return out
 
 
 def _smollm_label(rec: dict) -> str:
@@ -1653,6 +1670,7 @@ def pretrained_markdown(results: Path = SMOLLM) -> str:
             "validation files. Cells: an exit's held-out loss (nats) / its top-1 agreement with the full model "
             "(the share of positions where its next token is the full model's: what a draft needs).", "",
             *smollm_agreement_table(train), ""]
+    out += probe_lines(results)
     if decode:
         out += ["Decoding held-out prompts (half code, half docstring prose), 64 new tokens each, greedy; the "
                 "speed-ups are medians over prompts of per-prompt time ratios; the middle one is the speculative "
