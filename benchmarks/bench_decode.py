@@ -69,6 +69,7 @@ import time
 from pathlib import Path
 
 import torch
+from lm_decode import count_acceptance, prompts_from_tokens  # benchmarks/lm_decode.py
 from machine import load_average  # benchmarks/machine.py
 
 from stimulative.io import benchmark_record, machine_info, write_record
@@ -155,7 +156,6 @@ def load(name: str, spec: str, args: argparse.Namespace) -> tuple[torch.nn.Modul
     from stimulative.lm.config import is_lm_run
 
     if is_lm_run(spec):
-        from lm_decode import prompts_from_tokens
 
         from stimulative.lm.data import load_lm_data
         from stimulative.lm.model import load_lm
@@ -206,7 +206,6 @@ def run_mode(model: torch.nn.Module, mode: str, ids: torch.Tensor, new: int,
              args: argparse.Namespace) -> tuple[list[int], dict]:
     """Decode ``ids`` (1, T) in ``mode`` (greedy, greedy_ours, hf_exit_<k>, ours_exit_<k>, hf_draft): new tokens,
     counts."""
-    from lm_decode import count_acceptance
 
     from stimulative.lm.speculative import generate
 

@@ -42,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+from lm_decode import decode_benchmark, prompts_from_tokens  # benchmarks/lm_decode.py
 from machine import load_average, trained_at  # benchmarks/machine.py
 
 from stimulative.io import benchmark_record, machine_info, write_record
@@ -240,7 +241,6 @@ def loafing(args: argparse.Namespace, results: Path) -> None:
 
 def decode(args: argparse.Namespace, results: Path) -> None:
     import torch
-    from lm_decode import decode_benchmark, prompts_from_tokens
 
     from stimulative.lm.data import load_lm_data
     from stimulative.lm.model import load_lm
