@@ -1636,8 +1636,10 @@ def smollm_agreement_table(train: list[dict]) -> list[str]:
             cells.append("–" if e is None or e.get("agree") is None else f"{e['loss']:.2f} / {100 * e['agree']:.1f}%")
         full = r.get("val_loss")
         hours = r.get("train_hours", r.get("train_cpu_hours"))  # the first records named the wall hours so
+        frozen = r["_name"].startswith("adapter")  # the adapter leaves every weight of the model as it was
+        full_cell = "the start's (frozen)" if frozen else ("–" if full is None else f"{full:.4f}")
         lines.append(f"| {_smollm_label(r)} | {r.get('steps', 0)} | {'–' if hours is None else f'{hours:.2f}'} | "
-                     f"{'–' if full is None else f'{full:.4f}'} | " + " | ".join(cells) + " |")
+                     f"{full_cell} | " + " | ".join(cells) + " |")
     return lines
 
 
