@@ -811,10 +811,13 @@ def calibration_table(path: Path) -> list[str]:
         if sample in per_image and batch in per_image:
             lines.append(f"| {name} | {cost[sample]:.2f} | {cost[batch]:.2f} | "
                          f"{per_image[sample] / per_image[batch]:.2f}x | {cal['equal_time_epochs'].get(batch, '–')} |")
-    spread = [max(v) / min(v) for v in cal.get("epoch_s_all_repeats", {}).values() if v and min(v) > 0]
-    repeats = max((len(v) for v in cal.get("epoch_s_all_repeats", {}).values()), default=0)
+    cpu = cal.get("time") == "cpu"  # CPU time per epoch (little moved by other jobs), else wall time
+    timings = cal.get("epoch_cpu_s_all_repeats" if cpu else "epoch_s_all_repeats") or {}
+    spread = [max(v) / min(v) for v in timings.values() if v and min(v) > 0]
+    repeats = max((len(v) for v in timings.values()), default=0)
     lines += ["", f"`{cal['command']}`: one epoch of {cal['images_per_epoch']:,} training images per cost class "
-              f"through `stimulative train`, median of {repeats} interleaved repeats, {cal['threads']} "
+              f"through `stimulative train`, {'the process CPU time, ' if cpu else ''}median of {repeats} "
+              f"interleaved repeats, {cal['threads']} "
               f"thread{'s' if cal['threads'] != 1 else ''}; per sample every block is computed whatever the rate, so "
               "one per-sample timing (stochastic depth p_L=0.5, LayerDrop p=0.2) serves every rate; ST++ with "
               f"subnet_fraction 0.5 costs {cost[cal['reference']]:.2f}x CT."

@@ -173,7 +173,10 @@ def test_peers_full_setting_headline_parity_and_drop_mode_speedups(report, tmp_p
     cal = json.loads((REPO / "benchmarks/results/peers/calibration_r20_full.json").read_text())
     (tmp_path / "calibration_r20_full.json").write_text(json.dumps(
         cal | {"s_per_image": {"ST++ frac50": 0.02, "CT": 0.01, "SD": 0.011, "SDb05": 0.0088, "SDb01": 0.01,
-                               "LD": 0.013, "LDb02": 0.01}}))
+                               "LD": 0.013, "LDb02": 0.01},
+               "cost_x_ct": {"ST++ frac50": 2.0, "CT": 1.0, "SD": 1.10, "SDb05": 0.96, "SDb01": 1.0, "LD": 1.38,
+                             "LDb02": 1.06},
+               "equal_time_epochs": {"SDb05": 27, "SDb01": 30, "LDb02": 25}}))
     text = report.build_peers(tmp_path)
     assert "_No records of the full setting yet" in text
     assert "| stochastic depth p_L=0.5 | 1.10 | 0.96 | 1.25x | 27 |" in text  # 0.011 / 0.0088
