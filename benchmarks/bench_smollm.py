@@ -51,7 +51,11 @@ from stimulative.io import benchmark_record, machine_info, write_record
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "smollm2"
 WORK = REPO / "benchmarks" / "work" / "smollm2"
-METHODS = {"ct": "lm_pretrained_ct", "st": "lm_pretrained_st", "layerskip": "lm_pretrained_layerskip", "adapter": None}
+METHODS = {"ct": "lm_pretrained_ct", "st": "lm_pretrained_st", "layerskip": "lm_pretrained_layerskip", "adapter": None,
+           "stw005": "lm_pretrained_st"}
+# one factor against the recipe: ST with the sub-network weight 0.05 (the exits' KL gradients are 12x the main
+# loss's at the start: bench_smollm.py --grad-probe)
+OVERRIDES = {"stw005": ["st.kl_weight=0.05"]}
 ADAPTER = {"rank": 1024, "lr": 1e-3, "warmup_steps": 20}  # the frozen model's exit adapter (stimulative.lm.adapter)
 STEPS = 1000  # every run's schedule length: a checkpoint at step c is the first c steps of the same run
 
@@ -72,7 +76,8 @@ def shown(cmd: list[str]) -> str:
 def train_command(method: str, seed: int, stop: int, args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "stimulative", "train", str(REPO / "recipes" / f"{METHODS[method]}.yaml"),
             f"name={method}_s{seed}", f"out_dir={args.work}", f"model.pretrained={args.gguf}", f"steps={STEPS}",
-            f"max_steps={stop}", f"eval_every={STEPS}", f"seed={seed}", f"threads={args.threads}", "device=cpu"]
+            f"max_steps={stop}", f"eval_every={STEPS}", f"seed={seed}", f"threads={args.threads}", "device=cpu",
+            *OVERRIDES.get(method, [])]
 
 
 def start_record(seed: int, args: argparse.Namespace) -> dict:
@@ -203,10 +208,10 @@ def decode_model(spec: str, args: argparse.Namespace):
     converted, _ = cached_gguf(args.gguf)
     tokenizer = AutoTokenizer.from_pretrained(converted, local_files_only=True)
     if spec in ("st", "ct", "layerskip"):
-        from stimulative.lm.model import load_lm
+        from stimulative.runs import _load
 
         run = Path(args.work) / f"{spec}_s{args.seed}"
-        lm = load_lm(run)
+        lm = _load(run)
         return lm.model.eval(), tokenizer, None, {"run": str(run), "step": int(lm.checkpoint["step"])}
     model = AutoModelForCausalLM.from_pretrained(converted, local_files_only=True).float().eval()
     if spec == "start":
@@ -359,8 +364,9 @@ def record(method: str, seed: int, step: int, body: dict, cmd: str, args: argpar
            name: str | None = None) -> Path:
     out = {"setting": "SmolLM2-135M-Instruct (GGUF Q4_1 de-quantized to float32), continued pre-training on the "
                       "stdlib sources (held-out files), context 256, batch 4, AdamW lr 1e-4 constant",
-           "method": {"ct": "CT", "st": "ST", "layerskip": "LayerSkip", "start": "start",
+           "method": {"ct": "CT", "st": "ST", "layerskip": "LayerSkip", "start": "start", "stw005": "ST",
                       "adapter": "exit adapter"}.get(method, method),
+           "variant": method, "overrides": OVERRIDES.get(method, []),
            "seed": seed, "steps": step,
            "threads": args.threads, **body, "command": cmd, "machine": machine_info(args.threads),
            "load_avg_end": load_average(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -1622,7 +1622,7 @@ def _smollm_label(rec: dict) -> str:
     if rec["_name"].startswith("adapter"):
         a = rec.get("adapter", {})
         return f"exit adapter on layer {a.get('layer')} (rank {a.get('rank')}, frozen model)"
-    return {"st": "ST (3 exits per step, shared head)", "ct": "CT",
+    return {"st": "ST (3 exits per step, shared head)", "ct": "CT", "stw005": "ST, sub-network weight 0.05",
             "layerskip": "LayerSkip (shared head)"}.get(rec["_name"].split("_")[0], rec["method"])
 
 
@@ -1631,7 +1631,7 @@ def smollm_agreement_table(train: list[dict]) -> list[str]:
     head = ("| method | steps | training hours (1 thread, wall) | full model loss | "
             + " | ".join(f"exit {k}" for k in exits) + " |")
     lines = [head, "|---|---:|---:|---:|" + "---:|" * len(exits)]
-    order = {"start": 0, "st": 1, "adapter": 2, "layerskip": 3, "ct": 4}
+    order = {"start": 0, "st": 1, "stw005": 2, "adapter": 3, "layerskip": 4, "ct": 5}
     for r in sorted(train, key=lambda r: (order.get(r["_name"].split("_")[0], 9), r.get("steps", 0))):
         cells = []
         for k in exits:
