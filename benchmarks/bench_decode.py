@@ -158,9 +158,9 @@ def load(name: str, spec: str, args: argparse.Namespace) -> tuple[torch.nn.Modul
     if is_lm_run(spec):
 
         from stimulative.lm.data import load_lm_data
-        from stimulative.lm.model import load_lm
+        from stimulative.runs import _load
 
-        lm = load_lm(spec)
+        lm = _load(spec)
         val = load_lm_data(lm.config, train=False).val
         return lm.model, prompts_from_tokens(val, args.prompts, args.prompt_tokens)
     try:

@@ -243,7 +243,7 @@ def decode(args: argparse.Namespace, results: Path) -> None:
     import torch
 
     from stimulative.lm.data import load_lm_data
-    from stimulative.lm.model import load_lm
+    from stimulative.runs import _load
 
     torch.set_num_threads(args.threads)
     unequal = []
@@ -256,7 +256,7 @@ def decode(args: argparse.Namespace, results: Path) -> None:
             unequal += [key] if not all(v["equal_greedy"] for k, v in json.loads(out.read_text()).items()
                                         if k.startswith("exit_")) else []
             continue
-        lm = load_lm(json.loads(src.read_text())["run_dir"])
+        lm = _load(json.loads(src.read_text())["run_dir"])
         val = load_lm_data(lm.config, train=False).val
         prompts = prompts_from_tokens(val, args.prompts, args.prompt_tokens)
         t0 = time.perf_counter()

@@ -265,9 +265,9 @@ _FLOPS: dict[tuple, float] = {}
 def depth_mflops(run_dir: Path, configs: list[str]) -> dict[str, float]:
     """MFLOPs of each configuration (convolutions and matmuls, 2 per MAC) of the run's model, 32 px input."""
     from stimulative.deploy.pareto import count_flops
-    from stimulative.train.checkpoint import load_model
+    from stimulative.runs import _load
 
-    loaded = load_model(run_dir / "last.pt")
+    loaded = _load(run_dir / "last.pt")
     key = (type(loaded.model).__name__, tuple(loaded.ed.full_depths))
     out = {}
     for c in configs:

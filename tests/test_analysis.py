@@ -18,7 +18,7 @@ import yaml
 
 import stimulative as st
 from stimulative.analysis.erf import effective_receptive_field, erf_radius
-from stimulative.analysis.report import config_diff, read_run
+from stimulative.analysis.report import _read_run, config_diff
 from stimulative.cli import main
 from stimulative.data import build_data
 from stimulative.runs import select_configs
@@ -295,7 +295,7 @@ def test_report_reads_existing_run_analysis(runs, tmp_path):
 
 
 def test_config_diff_lists_only_differing_keys(runs):
-    diff = config_diff([read_run(runs["ct"]), read_run(runs["st"])])
+    diff = config_diff([_read_run(runs["ct"]), _read_run(runs["st"])])
     assert diff == [("st.num_subnets", [0, 1])]
 
 

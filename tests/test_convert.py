@@ -30,7 +30,8 @@ from stimulative.cli import main  # noqa: E402
 from stimulative.lm.config import ConfigError  # noqa: E402
 from stimulative.lm.data import HFTokenizer  # noqa: E402
 from stimulative.lm.gguf import CONVERT_INFO, GGUFError, cached_gguf, convert_gguf, inspect_gguf  # noqa: E402
-from stimulative.lm.train import load_lm, train_lm  # noqa: E402
+from stimulative.lm.model import load_lm  # noqa: E402
+from stimulative.lm.train import train_lm  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 LAYERS, HIDDEN, INTER, HEADS, KV_HEADS, POSITIONS = 4, 64, 128, 4, 2, 64

@@ -18,7 +18,8 @@ from stimulative import hf as st_hf  # noqa: E402
 from stimulative.lm import depth_losses  # noqa: E402
 from stimulative.lm.export import export_lm  # noqa: E402
 from stimulative.lm.loafing import lm_loafing  # noqa: E402
-from stimulative.lm.train import load_lm, load_lm_data, train_lm  # noqa: E402
+from stimulative.lm.model import load_lm  # noqa: E402
+from stimulative.lm.train import load_lm_data, train_lm  # noqa: E402
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,8 @@ from stimulative.integrations import transformers as sth  # noqa: E402
 from stimulative.io import read_jsonl  # noqa: E402
 from stimulative.lm.config import ConfigError, load_lm_config  # noqa: E402
 from stimulative.lm.export import export_lm  # noqa: E402
-from stimulative.lm.train import HF_CONFIG_DIR, load_lm, load_lm_data, resolve_pretrained, train_lm  # noqa: E402
+from stimulative.lm.model import load_lm  # noqa: E402
+from stimulative.lm.train import HF_CONFIG_DIR, load_lm_data, resolve_pretrained, train_lm  # noqa: E402
 
 torch.set_num_threads(1)
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "integrations" / "transformers.md"

@@ -13,7 +13,8 @@ pytest.importorskip("transformers")
 
 from stimulative.io import read_jsonl  # noqa: E402
 from stimulative.lm.config import ConfigError, is_lm_recipe, load_lm_config  # noqa: E402
-from stimulative.lm.train import load_lm, load_lm_data, train_lm  # noqa: E402
+from stimulative.lm.model import load_lm  # noqa: E402
+from stimulative.lm.train import load_lm_data, train_lm  # noqa: E402
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]

@@ -4,9 +4,10 @@ Every command that reads a run takes checkpoints (``.pt`` files or run directori
 ``key=value`` overrides of the checkpoint's own config (e.g. ``data.root=/data/cifar10 data.test_subset=1000``),
 so a run trained on another machine can be used where its data lives.
 
-``open_run`` is the one way to open a trained run: an image run (``load_model`` underneath) or a language-model
-run (``task: lm``; ``stimulative.lm.model.load_lm`` underneath: ``run.model`` is the ``transformers`` model,
-``run.tokenizer`` its tokenizer, ``run.ed`` its elastic depth).
+``open_run`` is the one way to open a trained run: an image run or a language-model run (``task: lm``:
+``run.model`` is the ``transformers`` model, ``run.tokenizer`` its tokenizer, ``run.ed`` its elastic depth).
+Inside the package (commands, analyses, exporters, benchmarks) ``_load`` is the one loader underneath it: the
+loaded record of either kind without the config overrides.
 
 Example:
     >>> run = open_run("runs/ct/best.pt", ["data.test_subset=1000"])          # doctest: +SKIP
@@ -31,7 +32,8 @@ from .core.sampling import SampleSpace
 from .data import DataBundle, build_data
 from .lm.config import LMConfig, is_lm_run, lm_config_from_dict, lm_config_to_dict
 from .lm.model import LoadedLM
-from .train.checkpoint import LoadedModel, load_model
+from .train.checkpoint import LoadedModel
+from .train.checkpoint import load_model as _load_image
 from .train.config import Config, apply_overrides, config_from_dict, config_to_dict
 from .train.runtime import resolve_device
 
@@ -52,7 +54,8 @@ class Run:
     Attributes:
         name: label used in tables and legends (the run's ``name``; made unique by ``open_runs``).
         path: the checkpoint file or run directory given by the user.
-        loaded: what ``stimulative.train.checkpoint.load_model`` returned (model in eval mode).
+        loaded: the loaded checkpoint (model in eval mode): ``LoadedModel`` for an image run, ``LoadedLM`` for a
+            language-model run.
         config: the checkpoint's config with the user's overrides applied.
     """
 
@@ -129,6 +132,25 @@ class Run:
 _DATA_CACHE: dict[str, DataBundle] = {}
 
 
+def _load(path: str | Path, use_ema: bool = False, device: str | torch.device = "cpu") -> LoadedModel | LoadedLM:
+    """The package's one loader of a trained run (what ``open_run`` opens, without overrides): the
+    ``LoadedModel`` of an image checkpoint or the ``LoadedLM`` of a language-model run, model in eval mode.
+
+    ``device``: where the model is put (a language-model run is built on it; an image run is moved there).
+    """
+    path = Path(path).expanduser()
+    if is_lm_run(path):
+        if use_ema:
+            raise ValueError(f"{str(path)!r} is a language-model run: it has no EMA weights")
+        from .lm.model import load_lm
+
+        return load_lm(path, device)
+    loaded = _load_image(path, use_ema=use_ema)
+    if str(device) != "cpu":
+        loaded.model.to(resolve_device(str(device)))
+    return loaded
+
+
 def open_run(path: str | Path, overrides: Sequence[str] = (), name: str | None = None,
              use_ema: bool = False) -> Run:
     """Load a checkpoint (or a run directory's ``best.pt``/``last.pt``) and apply config overrides.
@@ -144,20 +166,15 @@ def open_run(path: str | Path, overrides: Sequence[str] = (), name: str | None =
         ValueError: missing/corrupt checkpoint (``CheckpointError``), a bad override, no EMA weights.
     """
     path = Path(path).expanduser()
-    if is_lm_run(path):
-        if use_ema:
-            raise ValueError(f"{str(path)!r} is a language-model run: it has no EMA weights")
-        from .lm.model import load_lm
-
-        lm = load_lm(path)
-        lm_config = lm.config
-        if overrides:
-            lm_config = lm_config_from_dict(apply_overrides(lm_config_to_dict(lm_config), list(overrides)))
-        return Run(name or lm_config.name, path, lm, lm_config)
     try:
-        loaded = load_model(path, use_ema=use_ema)
+        loaded = _load(path, use_ema=use_ema)
     except TypeError as err:  # e.g. a builder that does not accept a recorded kwarg
         raise ValueError(f"cannot rebuild the model of {str(path)!r}: {err}") from None
+    if isinstance(loaded, LoadedLM):
+        lm_config = loaded.config
+        if overrides:
+            lm_config = lm_config_from_dict(apply_overrides(lm_config_to_dict(lm_config), list(overrides)))
+        return Run(name or lm_config.name, path, loaded, lm_config)
     if use_ema and not loaded.saved.has_ema:
         raise ValueError(f"checkpoint {str(path)!r} has no EMA weights (train with ema=0.999 to get them)")
     config = loaded.config

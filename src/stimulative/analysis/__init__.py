@@ -14,6 +14,7 @@ Example:
     True
 """
 
+import warnings
 from typing import Any
 
 from .erf import default_feature_layer, effective_receptive_field, erf_analysis, erf_radius, write_erf
@@ -26,20 +27,33 @@ from .loafing import (
     write_loafing,
 )
 from .logits import logit_norms, logits_analysis, norms_by_blocks, subnetwork_logit_norms, write_logits
-from .report import compute_analysis, config_diff, find_analyses, read_run, read_runs, write_report
+from .report import compute_analysis, config_diff, find_analyses, read_runs, write_report
 
 __all__ = [
     "alone_accuracy", "alone_depths", "compute_analysis", "config_diff", "default_feature_layer",
     "effective_receptive_field", "erf_analysis", "erf_radius", "find_analyses", "loafing_analysis", "loafing_summary",
-    "logit_norms", "logits_analysis", "norms_by_blocks", "read_run", "read_runs", "subnetwork_accuracy",
+    "logit_norms", "logits_analysis", "norms_by_blocks", "read_runs", "subnetwork_accuracy",
     "subnetwork_logit_norms", "write_erf", "write_loafing", "write_logits", "write_report",
 ]
 
 
+_WARNED: set[str] = set()
+
+
 def __getattr__(name: str) -> Any:
-    """The names of version 0.1.0 (``individual_accuracy``, ``individual_depths``), read until the next release."""
+    """The names of version 0.1.0 (``individual_accuracy``, ``individual_depths``, ``read_run``), read until the
+    next release."""
     from . import loafing
 
     if name in loafing._RENAMED:
         return getattr(loafing, name)
+    if name == "read_run":
+        if name not in _WARNED:
+            _WARNED.add(name)
+            warnings.warn("stimulative.analysis.read_run is deprecated: open a trained run with "
+                          "stimulative.open_run(path); the report reads runs with stimulative.analysis.read_runs; "
+                          "the old name is read until the next release", DeprecationWarning, stacklevel=2)
+        from .report import _read_run
+
+        return _read_run
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,7 @@ The report reads what runs and analyses already wrote (``config.yaml``, ``metric
 caption so that a reader who has not seen the code can follow it.
 
 Example:
-    >>> runs = [read_run("runs/ct"), read_run("runs/stpp")]                         # doctest: +SKIP
+    >>> runs = read_runs(["runs/ct", "runs/stpp"])                                  # doctest: +SKIP
     >>> write_report(runs, "report", analyses=find_analyses(runs, "report"))        # doctest: +SKIP
     PosixPath('report/report.html')
 """
@@ -33,7 +33,7 @@ from .loafing import loafing_analysis, write_loafing
 from .logits import logits_analysis, norms_by_blocks, write_logits
 from .plots import plot_erf, plot_loafing, plot_logits
 
-__all__ = ["RunRecord", "read_run", "read_runs", "config_diff", "final_accuracy_rows", "find_analyses", "write_report",
+__all__ = ["RunRecord", "read_runs", "config_diff", "final_accuracy_rows", "find_analyses", "write_report",
            "compute_analysis", "ANALYSES"]
 
 ANALYSES = ("loafing", "logits", "erf")
@@ -50,7 +50,7 @@ class RunRecord:
     best_acc: float | None = None
 
 
-def read_run(path: str | Path) -> RunRecord:
+def _read_run(path: str | Path) -> RunRecord:
     """Read a run directory (``config.yaml``, ``metrics.jsonl``) or, failing that, its checkpoint.
 
     Raises:
@@ -87,8 +87,8 @@ def read_run(path: str | Path) -> RunRecord:
 
 
 def read_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
-    """``read_run`` for each path, with names made unique (``name``, ``name (2)``) as the analyses do."""
-    runs = [read_run(p) for p in paths]
+    """``_read_run`` for each path, with names made unique (``name``, ``name (2)``) as the analyses do."""
+    runs = [_read_run(p) for p in paths]
     unique_names(runs)
     return runs
 
@@ -419,7 +419,7 @@ def write_report(runs: Sequence[RunRecord], out_dir: str | Path, analyses: dict[
     """Write ``report.html`` (self-contained, images embedded as base64 PNG), ``report.md`` and the PNGs.
 
     Args:
-        runs: the runs to compare (``read_run``); names should be unique.
+        runs: the runs to compare (``read_runs``); names should be unique.
         out_dir: output folder.
         analyses: ``{"loafing"|"logits"|"erf": analysis JSON dict}`` (``find_analyses``); missing kinds are
             left out of the report.

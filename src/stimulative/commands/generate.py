@@ -60,9 +60,9 @@ def load_model_and_tokenizer(path: str | Path, device: str = "cpu") -> tuple[Any
 
     path = Path(path).expanduser()
     if is_lm_run(path):
-        from ..lm.model import load_lm
+        from ..runs import _load
 
-        lm = load_lm(path, device)
+        lm = _load(path, device=device)
         return lm.model, lm.tokenizer
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"RUN {str(path)!r} is neither an LM run directory nor a transformers model "

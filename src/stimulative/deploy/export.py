@@ -8,7 +8,7 @@ summary next to the file.
 
 Formats (``FORMATS``, one ``Format`` each with ``write()`` and ``verify()``):
   * ``pt``: our checkpoint dict (``"format": "stimulative-v1"``, ``"config"``, ``"depths"``, ...) that
-    ``stimulative.train.checkpoint.load_model`` and ``stimulative eval`` load. Its ``"model"`` entry is a plain
+    ``stimulative.open_run`` and ``stimulative eval`` load. Its ``"model"`` entry is a plain
     ``state_dict`` that loads strictly into the same architecture built with fewer blocks, e.g.
     ``torchvision.models.resnet.ResNet(BasicBlock, [2, 1, 2, 2])`` or ``timm.create_model(name, depth=d)``
     (see ``stimulative.models.plain_architecture``) -- no stimulative needed to use the weights.
@@ -41,8 +41,8 @@ from ..core.elastic import ElasticDepth
 from ..data import normalisation
 from ..io import atomic_path, jsonable, write_json
 from ..models import plain_architecture, plain_architecture_code
-from ..runs import Run
-from ..train.checkpoint import load_checkpoint, load_model, save_checkpoint
+from ..runs import Run, _load
+from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.config import config_to_dict
 from ..train.state import exported_checkpoint, model_weights
 
@@ -197,7 +197,7 @@ class PtFormat(Format):
         return [path]
 
     def verify(self, model: nn.Module, path: Path, target: ExportTarget) -> dict[str, Any]:
-        reloaded, how = load_model(path).model, "stimulative.train.checkpoint.load_model"
+        reloaded, how = _load(path).model, "stimulative.open_run"
         plain = target.plain(model)
         if plain is not None:  # the state_dict also fits the architecture built by torchvision/timm directly
             plain.load_state_dict(model_weights(load_checkpoint(path)), strict=True)
@@ -348,7 +348,7 @@ def export_model(model: nn.Module, path: str | Path, fmt: str, *, model_name: st
         fmt: one of ``EXPORT_FORMATS``.
         model_name: the ``create_model`` name it was built from (recorded; used for the plain architecture).
         num_classes: classifier size.
-        depths: the depth config it was cut at (recorded; ``pt`` needs it for ``load_model``).
+        depths: the depth config it was cut at (recorded; ``pt`` needs it for ``open_run``).
         input_size: square input side used for tracing/ONNX and the check.
         config: the training config dict (``pt`` needs it; recorded in the checkpoint).
         extra: more entries for the ``pt`` checkpoint / safetensors sidecar (e.g. metrics, normalisation).

@@ -16,7 +16,8 @@ Runs (import the submodules; they need ``transformers``):
 
 * ``stimulative.lm.config``: ``LMConfig``, ``load_lm_config`` (a ``task: lm`` recipe); ``stimulative.lm.data``: the
   run's token streams (``load_lm_data``); ``stimulative.lm.model``: ``build_lm`` (the recipe's model,
-  ``model.pretrained`` included) and ``load_lm(run_dir)``.
+  ``model.pretrained`` included); a trained run opens with ``stimulative.open_run(run_dir)`` (``run.model``,
+  ``run.tokenizer``).
 * ``stimulative.lm.train``: ``train_lm(recipe, overrides)`` trains/resumes a CT/ST/ST++/LayerSkip run: the LM task
   of the training engine (``stimulative.train``: run directory, lock, resume checks, checkpoints, optimizer and
   schedule, the step loop).

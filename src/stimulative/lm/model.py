@@ -1,7 +1,8 @@
 """The model of a language-model run: ``build_lm(cfg, vocab_size)`` builds the ``transformers`` causal LM that
 ``cfg.model`` describes (random init, or with ``model.pretrained`` a ``save_pretrained`` directory or a GGUF file
 whose pre-training it continues: ``resolve_pretrained`` checks the config against it first), and ``load_lm(run)``
-rebuilds a trained run's model with its weights and tokenizer.
+(internal: ``stimulative.open_run`` is the public way) rebuilds a trained run's model with its weights and
+tokenizer.
 
 The split of the builders: ``stimulative.create_model(name)`` is the registry of image families;
 ``stimulative.train.model.build_model(cfg, num_classes)`` the model of an image recipe; ``build_lm(cfg, vocab)``
@@ -25,7 +26,7 @@ from ..train.runtime import resolve_device
 from .config import FAMILIES, ConfigError, LMConfig, LMModelConfig, lm_config_from_dict
 from .data import ByteTokenizer, HFTokenizer, load_tokenizer
 
-__all__ = ["build_lm", "resolve_pretrained", "load_lm", "LoadedLM", "FORMAT", "HF_CONFIG_DIR", "save_hf_config",
+__all__ = ["build_lm", "resolve_pretrained", "LoadedLM", "FORMAT", "HF_CONFIG_DIR", "save_hf_config",
            "rebuild_pretrained"]
 
 FORMAT = "stimulative-lm-v1"

@@ -32,6 +32,7 @@ import dataclasses
 import math
 import os
 import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,14 +70,13 @@ from .model import (
     LoadedLM,
     _is_gguf_source,
     build_lm,
-    load_lm,
     rebuild_pretrained,
     resolve_pretrained,
     save_hf_config,
 )
 
-__all__ = ["train_lm", "LM_RESUME", "build_lm", "resolve_pretrained", "LMData", "load_lm_data", "load_lm",
-           "LoadedLM", "FORMAT", "HF_CONFIG_DIR"]
+__all__ = ["train_lm", "LM_RESUME", "build_lm", "resolve_pretrained", "LMData", "load_lm_data", "LoadedLM", "FORMAT",
+           "HF_CONFIG_DIR"]
 
 # What a resumed LM run may change (train.resume): where and how it runs and what it validates are free;
 # data.root/data.tokenizer may point elsewhere when the training tokens are the same (their fingerprint is
@@ -255,3 +255,20 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
         _log(f"stopped at step {done}/{total} (max_steps); continue with resume=auto")
     return {"run_dir": str(run_dir), "step": done, "steps": total, "final": record,
             "checkpoint": str(run_dir / "last.pt"), "train_time_s": clock.train_s, "wall_s": clock.wall_s}
+
+
+_DEPRECATED = ("load_lm",)  # imported from here before ``stimulative.open_run`` opened LM runs
+_WARNED: set[str] = set()
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        if name not in _WARNED:
+            _WARNED.add(name)
+            warnings.warn(f"stimulative.lm.train.{name} is deprecated: open a trained run with "
+                          "stimulative.open_run(path) (run.model, run.tokenizer, run.config); the old name is read "
+                          "until the next release", DeprecationWarning, stacklevel=2)
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ from .config import Config, config_from_dict
 from .model import build_model, elastic
 from .state import SavedRun, model_weights
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "resume_path", "run_checkpoint", "peek_checkpoint",
+__all__ = ["save_checkpoint", "load_checkpoint", "resume_path", "run_checkpoint", "peek_checkpoint",
            "LoadedModel", "CheckpointError"]
 
 
@@ -119,6 +119,9 @@ class LoadedModel:
 
 def load_model(path: str | Path, use_ema: bool = False, map_location: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model of a checkpoint (training or exported sub-network) and load its weights.
+
+    Internal: ``stimulative.open_run`` is the public way to open a run (``stimulative.runs._load`` inside the
+    package).
 
     Args:
         path: a ``.pt`` file or a run directory (``best.pt`` preferred, then ``last.pt``).

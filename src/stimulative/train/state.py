@@ -48,7 +48,7 @@ from ..provenance import run_start
 from .config import upgrade_renamed_keys
 from .optim import start_schedule_at
 
-__all__ = ["FORMAT", "TrainingState", "SavedRun", "model_weights", "exported_checkpoint"]
+__all__ = ["FORMAT", "TrainingState", "model_weights", "exported_checkpoint"]  # SavedRun: internal (open_run)
 
 FORMAT = "stimulative-v1"
 _RESUMABLE = ("optimizer", "epoch", "step", "rng", "space_rng", "step_rng")
