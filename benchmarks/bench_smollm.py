@@ -280,6 +280,8 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
 
     tokens = sum(r["new_tokens"] for r in rows)
     body = {"spec": spec, "exit": k, "adapter": adapter is not None, "loaded": loaded, "prompts": len(rows),
+            "tag": args.tag, "watch_every": getattr(__import__("stimulative.lm.speculative", fromlist=["x"]),
+                                                    "_WATCH_EVERY", 1),
             "prompt_tokens": args.prompt_tokens, "new_tokens": new,
             "tokens_per_s": {m: round(tokens / sum(r[f"{m}_s"] for r in rows), 2) for m in modes},
             "speedup_vs_generate": median_ratio("greedy", "ours_exit"),
@@ -293,7 +295,7 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
     cmd = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
     method = spec
     path = record(method, args.seed, loaded["step"], body, cmd, args,
-                  name=f"decode_{spec}_L{k}_t{args.threads}.json")
+                  name=f"decode_{spec}_L{k}_t{args.threads}{'_' + args.tag if args.tag else ''}.json")
     print(f"-> {path.name}: {body['speedup_vs_generate']}x generate, {body['speedup_vs_no_draft']}x no-draft, "
           f"acceptance {body['acceptance']:.2f}, all equal {body['all_equal_greedy']}", flush=True)
     if not body["all_equal_greedy"]:
@@ -396,6 +398,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=16, help="--decode: held-out prompts, half code, half prose")
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--tag", default="", help="--decode: a suffix for the record's name (e.g. a decoder change)")
     args = p.parse_args()
     args.gguf = str(Path(args.gguf).expanduser().resolve()) if args.gguf else str(default_gguf())
     if not Path(args.gguf).is_file():

@@ -1647,17 +1647,19 @@ def smollm_agreement_table(train: list[dict]) -> list[str]:
 
 
 def smollm_decode_table(decode: list[dict]) -> list[str]:
-    lines = ["| model | exit | steps | threads | tokens/s: generate / ours no draft / ours | vs `model.generate` | "
+    lines = ["| model | exit | steps | threads | draft head read on greedy steps | tokens/s: generate / ours no draft / "
+             "ours | vs `model.generate` | "
              "vs our loop, no draft | vs `assistant_early_exit` | acceptance | tokens per full forward | "
              "identical to greedy | peak memory |",
-             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|"]
+             "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|---:|"]
     for r in decode:
         t = r["tokens_per_s"]
         vs_hf = "–" if r.get("speedup_vs_hf_exit") is None else f"{r['speedup_vs_hf_exit']:.2f}x"
         name = {"start": "start", "st": "ST", "ct": "CT", "layerskip": "LayerSkip",
                 "adapter": "exit adapter"}.get(r["spec"], r["spec"])
+        watch = r.get("watch_every", 1)  # records before the change read it at every step
         lines.append(f"| {name} | {r['exit']} | {r['loaded'].get('step')} | {r.get('threads')} | "
-                     f"{t['greedy']:.1f} / {t['ours_no_draft']:.1f} / {t['ours_exit']:.1f} | "
+                     f"{'every step' if watch == 1 else f'every {watch}th step'} | {t['greedy']:.1f} / {t['ours_no_draft']:.1f} / {t['ours_exit']:.1f} | "
                      f"{r['speedup_vs_generate']:.2f}x | {r['speedup_vs_no_draft']:.2f}x | {vs_hf} | "
                      f"{100 * r['acceptance']:.1f}% | {r['tokens_per_forward']:.2f} | "
                      f"{'every prompt' if r['all_equal_greedy'] else '**no**'} ({r['prompts']} prompts) | "

@@ -94,6 +94,23 @@ def test_acceptance_follows_agreement_and_falls_back_to_greedy():
     assert plain.tokens_per_forward == 1.0
 
 
+def test_plain_greedy_steps_read_the_draft_head_on_every_fourth_step_only(monkeypatch):
+    """With a large vocabulary the draft head costs a sizeable share of a forward: the adaptive fallback's greedy
+    steps read it on every 4th step (to follow the exit's agreement), not on every step."""
+    from stimulative.lm import speculative
+
+    calls = []
+    real = speculative._Stack.draft_logits
+    monkeypatch.setattr(speculative._Stack, "draft_logits", lambda self, h: calls.append(1) or real(self, h))
+    p = prompts(1, lengths=(5,))[0]
+    model = tiny("llama", "disagree")
+    out = generate(model, p, exit_layer=1, max_new_tokens=60, confidence_threshold=0.0)
+    assert torch.equal(out.sequences, greedy(model, p, 60))
+    assert out.greedy_steps > 30
+    # every drafted token read the head once; the greedy steps read it on steps 0, 4, 8, ... of their count
+    assert len(calls) <= out.drafted + (out.greedy_steps + 3) // 4 + out.rounds
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_eos_and_max_new_tokens_inside_a_draft(family):
     model = tiny(family, "agree")

@@ -233,6 +233,6 @@ def test_pretrained_page_tables_from_smollm_records(report, tmp_path):
     assert rows[0] == "| start (the converted model, untrained exits) | 0 | – | 2.2700 | 20.19 / 2.4% | 11.80 / 26.9% |"
     assert rows[1] == ("| exit adapter on layer 8 (rank 1024, frozen model) | 50 | 0.25 | the start's (frozen) | "
                        "3.10 / 41.0% | – |")
-    assert ("| exit adapter | 8 | 50 | 1 | 10.0 / 11.5 / 14.0 | 1.41x | 1.22x | – | 55.0% | 2.10 | every prompt "
+    assert ("| exit adapter | 8 | 50 | 1 | every step | 10.0 / 11.5 / 14.0 | 1.41x | 1.22x | – | 55.0% | 2.10 | every prompt "
             "(16 prompts) | 1,900 MiB |") in text
     assert "python benchmarks/bench_smollm.py --decode adapter" in text

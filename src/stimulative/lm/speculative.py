@@ -40,8 +40,10 @@ argument name would otherwise decode from an empty cache).
 Adaptive fallback: a running estimate a of how often a drafted token agrees with the full model (over about
 the last 10 drafted tokens seen) says whether drafting pays: whether some draft length m is expected to give
 more tokens (1 + a + ... + a^m) per layer pass (m k + L) than plain greedy (1 per L), by ``min_gain``. Where
-it does not, the round is a plain greedy step, which still reads the draft head on the layer-k state it
-computes anyway, so the estimate keeps following the model and drafting resumes when the exits agree again.
+it does not, the round is a plain greedy step, which on every fourth such step still reads the draft head on the
+layer-k state it computes anyway, so the estimate keeps following the model and drafting resumes when the exits
+agree again (every step would cost too much with a large vocabulary: SmolLM2's head is about a fifth of a
+forward; with the head read at every step, an adapter exit that rarely agreed decoded at 0.90x our plain loop).
 A model whose early exits disagree with the full model (CT) is so decoded at about plain-greedy speed. The
 longest draft of a round starts at 4 tokens, doubles (up to ``max_draft_tokens``) after a fully accepted round
 and drops to j + 1 after a round whose first j drafts were accepted: agreement comes in runs; within a round
@@ -241,6 +243,9 @@ class _Stack:
 
 _PRIOR_AGREEMENT = 0.5  # before anything is seen: enough to draft from an exit in the first 45% of the layers
 _DECAY = 0.9  # per observed draft token: the estimate follows about the last 10 of them
+# a plain greedy step reads the draft head on every _WATCH_EVERY-th step only: with a large vocabulary the head is
+# a sizeable share of a forward (SmolLM2: 49,152 x 576, about a fifth), which reading it at every step would cost
+_WATCH_EVERY = 4
 _FIRST_LENGTH = 4  # the adaptive draft length starts here, doubles after a fully accepted round
 
 
@@ -557,7 +562,8 @@ def _decode(stack: _Stack, ids: torch.Tensor, k: int, max_new_tokens: int, max_d
         # a plain greedy step of the adaptive mode still reads the draft head (no extra layer pass) to see
         # whether the early exit agrees with the full model again
         watch = (int(pick(stack.draft_logits(h[0, -1]), tokens).argmax(-1))
-                 if adaptive and m_max == 0 and max_draft_tokens else None)
+                 if adaptive and m_max == 0 and max_draft_tokens and out.greedy_steps % _WATCH_EVERY == 0
+                 else None)
         # verify: layers k+1..L on the layer-k states of positions cached .. n - 1 + m in one forward
         m = len(drafts)
         hd = stack.run(torch.cat(pending, 1), deep, cached, cache)
