@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.util
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -217,18 +213,3 @@ def groupnorm_tiny() -> nn.Module:
                 setattr(module, name, gn)
     return model.train()
 
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def benchmark_script(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` loaded as a module (the benchmarks are scripts, not package modules), with
-    ``benchmarks/`` on ``sys.path`` while it loads (its ``from machine import ...`` and other sibling imports)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
