@@ -1684,7 +1684,9 @@ def pretrained_markdown(results: Path = SMOLLM) -> str:
                 "gain alone (the same loop with drafting off):", "", *smollm_decode_table(decode), ""]
     else:
         out += ["_No decoding records yet: `python benchmarks/bench_smollm.py --decode start st adapter`._", ""]
-    commands = sorted({r["command"] for r in train + decode})
+    # the records keep the exact commands; here the GGUF file's machine-specific path reads $GGUF
+    commands = sorted({re.sub(r"model\.pretrained=\S+\.gguf", "model.pretrained=$GGUF", r["command"])
+                       for r in train + decode})
     out += ["Regenerate:", "", "```bash", *commands, "python benchmarks/report.py pretrained", "```", ""]
     return "\n".join(out)
 
