@@ -237,6 +237,7 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
     import torch
 
     from stimulative.lm import generate
+    from stimulative.lm.speculative import _WATCH_EVERY
 
     torch.set_num_threads(args.threads)
     model, tokenizer, adapter, loaded = decode_model(spec, args)
@@ -280,8 +281,7 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
 
     tokens = sum(r["new_tokens"] for r in rows)
     body = {"spec": spec, "exit": k, "adapter": adapter is not None, "loaded": loaded, "prompts": len(rows),
-            "tag": args.tag, "watch_every": getattr(__import__("stimulative.lm.speculative", fromlist=["x"]),
-                                                    "_WATCH_EVERY", 1),
+            "tag": args.tag, "watch_every": _WATCH_EVERY,
             "prompt_tokens": args.prompt_tokens, "new_tokens": new,
             "tokens_per_s": {m: round(tokens / sum(r[f"{m}_s"] for r in rows), 2) for m in modes},
             "speedup_vs_generate": median_ratio("greedy", "ours_exit"),

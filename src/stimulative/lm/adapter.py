@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.losses import kl_loss
-from ..core.tokens import IGNORE_INDEX
+from ..core.tokens import IGNORE_INDEX, valid_next_token_mask
 from ..io import atomic_torch_save
 
 __all__ = ["ExitAdapter", "exit_logits", "adapter_loss", "adapter_optimizer", "train_exit_adapter",
@@ -126,7 +126,7 @@ def adapter_loss(model: nn.Module, adapter: ExitAdapter, ids: torch.Tensor, temp
     _check(model, adapter)
     with torch.no_grad():
         h, full = _hidden_and_full(model, adapter, ids)
-    keep = (ids[:, 1:] != IGNORE_INDEX) & (ids[:, :-1] != IGNORE_INDEX)
+    keep = valid_next_token_mask(ids)
     with _frozen(model):  # the gradient flows through the final norm and head into the adapter only
         student = _tail(model)(adapter(h))[:, :-1][keep]
     teacher = full[:, :-1][keep]
@@ -208,7 +208,7 @@ def evaluate_adapter(model: nn.Module, adapter: ExitAdapter, batches: Iterable[t
     try:
         for ids in batches:
             h, full = _hidden_and_full(model, adapter, ids)
-            keep = (ids[:, 1:] != IGNORE_INDEX) & (ids[:, :-1] != IGNORE_INDEX)
+            keep = valid_next_token_mask(ids)
             logits = _tail(model)(adapter(h))[:, :-1][keep].float()
             target = ids[:, 1:][keep]
             total += float(F.cross_entropy(logits, target, reduction="sum"))
