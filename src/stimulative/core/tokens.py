@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["IGNORE_INDEX", "TokenLogits", "next_token_targets", "token_batch", "token_cross_entropy",
-           "valid_next_token_mask"]
+__all__ = ["IGNORE_INDEX", "TokenLogits", "model_inputs", "next_token_targets", "token_batch",
+           "token_cross_entropy", "valid_next_token_mask"]
 
 IGNORE_INDEX = -100
 
@@ -41,6 +41,16 @@ def valid_next_token_mask(ids: torch.Tensor, ignore_index: int = IGNORE_INDEX) -
     """``(batch, time - 1)`` bool: position t predicts a real token from a real token."""
     real = ids != ignore_index
     return real[:, :-1] & real[:, 1:]
+
+
+def model_inputs(ids: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, dict[str, Any]]:
+    """What a causal LM is called with for a batch with ``ignore_index`` padding: the ids with padding as 0, and
+    (only when there is padding) its ``attention_mask`` and the ``position_ids`` that skip the padding."""
+    real = ids != ignore_index
+    if bool(real.all()):
+        return ids, {}
+    mask = real.long()
+    return ids.masked_fill(~real, 0), {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
 
 
 def next_token_targets(ids: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -92,13 +102,9 @@ class TokenLogits(nn.Module):
     def forward(self, ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         if ids.dim() != 2:
             raise ValueError(f"token ids must be (batch, time), got shape {tuple(ids.shape)}")
-        real = ids != self.ignore_index
-        tokens = ids
-        if not bool(real.all()):
-            mask = real.long()
-            kwargs.setdefault("attention_mask", mask)
-            kwargs.setdefault("position_ids", (mask.cumsum(-1) - 1).clamp_min(0))
-            tokens = ids.masked_fill(~real, 0)
+        tokens, padding = model_inputs(ids, self.ignore_index)
+        for key, value in padding.items():
+            kwargs.setdefault(key, value)
         kwargs.setdefault("use_cache", False)
         out = self.model(tokens, **kwargs)
         logits = out if isinstance(out, torch.Tensor) else out.logits

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.losses import kl_loss
-from ..core.tokens import IGNORE_INDEX, valid_next_token_mask
+from ..core.tokens import model_inputs, valid_next_token_mask
 from ..io import atomic_torch_save
 
 __all__ = ["ExitAdapter", "exit_logits", "adapter_loss", "adapter_optimizer", "train_exit_adapter",
@@ -87,20 +87,10 @@ def _check(model: nn.Module, adapter: ExitAdapter) -> int:
     return layers
 
 
-def _inputs(ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The model's input for a batch with ``IGNORE_INDEX`` padding: the ids with padding as 0, its attention mask
-    and positions (as ``TokenLogits`` does)."""
-    real = ids != IGNORE_INDEX
-    if bool(real.all()):
-        return ids, {}
-    mask = real.long()
-    return ids.masked_fill(~real, 0), {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
-
-
 def _hidden_and_full(model: nn.Module, adapter: ExitAdapter, ids: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer ``adapter.layer``'s hidden states and the full model's logits, off one forward of the model."""
-    tokens, kwargs = _inputs(ids)
+    tokens, kwargs = model_inputs(ids)
     out = model(tokens, output_hidden_states=True, use_cache=False, **kwargs)
     return out.hidden_states[adapter.layer], out.logits
 
@@ -112,7 +102,7 @@ def exit_logits(model: nn.Module, adapter: ExitAdapter, ids: torch.Tensor) -> to
 
     _check(model, adapter)
     ed = elastic_depth(model)
-    tokens, kwargs = _inputs(ids)
+    tokens, kwargs = model_inputs(ids)
     with ed.depth([adapter.layer]):
         h = model(tokens, output_hidden_states=True, use_cache=False, **kwargs).hidden_states[adapter.layer]
     return _tail(model)(adapter(h))
