@@ -358,6 +358,8 @@ def run_record(method: str, seed: int, stop: int, args: argparse.Namespace, wall
             "exits": {str(k): {"loss": row[f"val_loss_d{k}"], "agree": row.get(f"val_agree_d{k}")} for k in depths},
             "train_loss_main": row["train_loss_main"], "train_loss_subnet": row["train_loss_subnet"],
             "train_s": round(row["train_time_s"], 1), "train_hours": round(row["train_time_s"] / 3600, 3),
+            "train_cpu_s": None if row.get("train_cpu_s") is None else round(row["train_cpu_s"], 1),
+            "train_cpu_hours": None if row.get("train_cpu_s") is None else round(row["train_cpu_s"] / 3600, 3),
             "tokens_per_s": round(row["tokens_per_s"], 1), "invocation_wall_s": round(wall_s, 1),
             "trained_at": [] if saved is None else saved.starts}
 

@@ -149,3 +149,18 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_one_and_resumes_exa
     full = train_lm(RECIPE, _args(tmp_path, "full"))
     assert _same_weights(Path(full["checkpoint"]), Path(resumed["checkpoint"]))
     assert resumed["final"]["val_loss"] == full["final"]["val_loss"]
+
+
+def test_cpu_time_is_recorded_and_carried_across_a_resume_and_unknown_after_an_old_checkpoint(tmp_path):
+    first = train_lm(RECIPE, _args(tmp_path, "lm", "max_steps=2"))
+    cpu2 = first["train_cpu_s"]
+    ckpt = load_checkpoint(Path(first["checkpoint"]))
+    assert 0 < cpu2 and first["final"]["train_cpu_s"] == cpu2 and ckpt["train_cpu_s"] == cpu2
+    # a checkpoint written before CPU time was kept (no train_cpu_s): the total is unknown (None), not a part
+    del ckpt["train_cpu_s"]
+    old = tmp_path / "old.pt"
+    torch.save(ckpt, old)
+    done = train_lm(RECIPE, _args(tmp_path, "lm", "resume=auto"))
+    assert done["step"] == 4 and done["train_cpu_s"] > cpu2  # the resumed steps add to the first start's
+    resumed = train_lm(RECIPE, _args(tmp_path, "again", f"resume={old}"))
+    assert resumed["step"] == 4 and resumed["train_cpu_s"] is None and resumed["final"]["train_cpu_s"] is None

@@ -112,7 +112,7 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
     """Train (or resume) the LM run of ``cfg``: an ``LMConfig``, or a recipe path (+ ``key=value`` overrides).
 
     Returns:
-        ``{"run_dir", "step", "steps", "final", "checkpoint", "train_time_s", "wall_s"}``; ``final`` is the last
+        ``{"run_dir", "step", "steps", "final", "checkpoint", "train_time_s", "train_cpu_s", "wall_s"}``; ``final`` is the last
         validation record (``val_loss``, ``val_ppl``, ``val_loss_d<k>``, ``val_ppl_d<k>``, ``val_agree_d<k>``,
         ``train_loss`` ...).
 
@@ -200,7 +200,8 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
         state.restore(ckpt, device, source)
         if layerskip is not None:
             layerskip.calls = state.global_step
-        clock = StepClock(float(ckpt.get("train_time_s", 0.0)), float(ckpt.get("wall_s", 0.0)))
+        clock = StepClock(float(ckpt.get("train_time_s", 0.0)), float(ckpt.get("wall_s", 0.0)),
+                          None if ckpt.get("train_cpu_s") is None else float(ckpt["train_cpu_s"]))  # None (unknown) from checkpoints written before CPU time was kept
         if start.applied:
             _log(f"resume: applying {'; '.join(start.applied)}; the LR schedule follows the new config from step "
                  f"{state.global_step} (lr now {optimizer.param_groups[0]['lr']:.4g})")
@@ -236,7 +237,7 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
     def save(record: dict[str, Any]) -> None:
         ckpt = state.checkpoint(resolved, None, record, device)
         ckpt.update({"format": FORMAT, "task": "lm", "vocab_size": tok.vocab_size, "steps": total,
-                     "train_time_s": clock.train_s, "wall_s": clock.wall_s})
+                     "train_time_s": clock.train_s, "train_cpu_s": clock.cpu_s, "wall_s": clock.wall_s})
         save_checkpoint(ckpt, run_dir / "last.pt")
         log.write(state.history)
 
@@ -254,7 +255,8 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
     if done < total:
         _log(f"stopped at step {done}/{total} (max_steps); continue with resume=auto")
     return {"run_dir": str(run_dir), "step": done, "steps": total, "final": record,
-            "checkpoint": str(run_dir / "last.pt"), "train_time_s": clock.train_s, "wall_s": clock.wall_s}
+            "checkpoint": str(run_dir / "last.pt"), "train_time_s": clock.train_s,
+            "train_cpu_s": clock.cpu_s, "wall_s": clock.wall_s}
 
 
 _DEPRECATED = ("load_lm",)  # imported from here before ``stimulative.open_run`` opened LM runs

@@ -7,7 +7,7 @@ gradient clipping, ``optimizer.step()``, the per-iteration LR step; a NaN/inf lo
 NaN/inf weights at the next ``log_every`` step, with ``last.pt`` keeping the last validated step. Every
 ``eval_every`` steps and at the end (``total`` or ``stop_at``) the record (``step``, ``epoch``, ``lr``,
 ``train_loss``/``_main``/``_subnet`` averaged since the last record, the task's ``evaluate(step)`` metrics,
-``eval_time_s``, ``train_time_s``, ``wall_s`` and the throughput) is appended to ``state.history`` and
+``eval_time_s``, ``train_time_s``, ``train_cpu_s``, ``wall_s`` and the throughput) is appended to ``state.history`` and
 ``save(record)`` writes the checkpoint and the metric files. Console: one line per ``log_every`` steps and one
 per validation (``describe(record)``).
 """
@@ -35,10 +35,13 @@ _NON_FINITE_MODEL = "the weights contain NaN/inf; lower the learning rate"
 
 @dataclass
 class StepClock:
-    """Seconds spent in the training steps (``train_s``) and in all (``wall_s``), carried across resumes."""
+    """Seconds spent in the training steps (``train_s``), the process's CPU seconds in them (``cpu_s``: what the
+    steps cost, little moved by other jobs on a shared machine; ``None`` once a run resumed from a checkpoint that did
+    not keep it) and all seconds (``wall_s``), carried across resumes."""
 
     train_s: float = 0.0
     wall_s: float = 0.0
+    cpu_s: float | None = 0.0
 
 
 def _stopped(run_dir: Path, step: int, reason: str) -> str:
@@ -73,7 +76,7 @@ def train_steps(state: TrainingState, run_step: Callable[[int], dict[str, float]
     model.train()
     t_start = time.perf_counter()
     for i in range(state.global_step, stop_at):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses = run_step(i)
         if clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
@@ -81,6 +84,8 @@ def train_steps(state: TrainingState, run_step: Callable[[int], dict[str, float]
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         clock.train_s += time.perf_counter() - t0
+        if clock.cpu_s is not None:
+            clock.cpu_s += time.process_time() - c0
         done = state.global_step = i + 1
         if not math.isfinite(losses["loss"]):
             raise NonFiniteLossError(_stopped(run_dir, done, f"the loss is {losses['loss']}; lower the learning rate"))
@@ -105,8 +110,8 @@ def train_steps(state: TrainingState, run_step: Callable[[int], dict[str, float]
                   "train_loss_subnet": sums["subnet"] / count, **evaluate(done)}
         clock.wall_s += time.perf_counter() - t_start
         t_start = time.perf_counter()
-        record.update({"eval_time_s": t_start - t1, "train_time_s": clock.train_s, "wall_s": clock.wall_s,
-                       f"{unit}_per_s": done * units_per_step / max(clock.train_s, 1e-9)})
+        record.update({"eval_time_s": t_start - t1, "train_time_s": clock.train_s, "train_cpu_s": clock.cpu_s,
+                       "wall_s": clock.wall_s, f"{unit}_per_s": done * units_per_step / max(clock.train_s, 1e-9)})
         state.history.append(record)
         state.epoch = done // steps_per_epoch
         sums, count = {k: 0.0 for k in sums}, 0
