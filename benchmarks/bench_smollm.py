@@ -134,27 +134,29 @@ def adapter_run(seed: int, stops: list[int], args: argparse.Namespace) -> None:
     adapter = ExitAdapter(model.config.hidden_size, k, rank=ADAPTER["rank"])
     optimizer = adapter_optimizer(adapter, ADAPTER["lr"])
     state_path = Path(args.work) / name / "state.pt"
-    step, train_s = 0, 0.0
+    step, train_s, cpu_s = 0, 0.0, 0.0
     if state_path.exists():
         saved = torch.load(state_path, weights_only=True)
         adapter.load_state_dict(saved["adapter"])
         optimizer.load_state_dict(saved["optimizer"])
         step, train_s = int(saved["step"]), float(saved["train_s"])
+        cpu_s = None if saved.get("cpu_s") is None else float(saved["cpu_s"])  # None: a state saved before it was kept
     val = data.val_batches(cfg.data.val_blocks, cfg.eval_batch_size)
     command = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
     for stop in todo:
         if stop > step:
             print(f"[{time.strftime('%H:%M:%S')}] adapter L{k} seed {seed}: train {step} -> {stop}", flush=True)
             batches = [data.train_batch(i, cfg.batch_size, cfg.seed) for i in range(step, stop)]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             train_exit_adapter(model, adapter, batches, stop - step, lr=ADAPTER["lr"],
                                warmup_steps=ADAPTER["warmup_steps"], optimizer=optimizer, first_step=step,
                                log=lambda r: print(f"  step {r['step']} kl {r['kl']:.3f} agree {r['agree']:.3f}",
                                                    flush=True))
             train_s += time.perf_counter() - t0
+            cpu_s = None if cpu_s is None else cpu_s + time.process_time() - c0
             step = stop
             atomic_torch_save({"adapter": adapter.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                               "train_s": train_s}, state_path)
+                               "train_s": train_s, "cpu_s": cpu_s}, state_path)
             # what `stimulative generate DIR --exit K --adapter FILE` reads
             save_adapter(adapter, state_path.with_name("adapter.pt"), step=step, model=str(cfg.model.pretrained))
         if step != stop:  # the saved state is past this checkpoint: it cannot be measured any more
@@ -165,6 +167,8 @@ def adapter_run(seed: int, stops: list[int], args: argparse.Namespace) -> None:
         body = {"exits": {str(k): {"loss": res["loss"], "agree": res["agree"]}}, "val_tokens": res["tokens"],
                 "adapter": {"layer": k, **ADAPTER, "parameters": sum(p.numel() for p in adapter.parameters())},
                 "train_s": round(train_s, 1), "train_hours": round(train_s / 3600, 3),
+                "train_cpu_s": None if cpu_s is None else round(cpu_s, 1),
+                "train_cpu_hours": None if cpu_s is None else round(cpu_s / 3600, 3),
                 "eval_s": round(time.perf_counter() - t0, 1)}
         path = record("adapter", seed, stop, body, command, args, name=f"{name}_step{stop}.json")
         print(f"[{time.strftime('%H:%M:%S')}] -> {path.name}: exit {k} loss {res['loss']:.4f}, agreement "

@@ -1628,9 +1628,10 @@ def _smollm_label(rec: dict) -> str:
 
 def smollm_agreement_table(train: list[dict]) -> list[str]:
     exits = sorted({int(k) for r in train for k in r.get("exits", {})})
-    head = ("| method | steps | training hours (1 thread, wall) | full model loss | "
+    ct_loss = {r.get("steps"): r["val_loss"] for r in train if r["_name"].startswith("ct_")}
+    head = ("| method | steps | training hours, 1 thread (wall / CPU) | full model loss | vs CT at the same steps | "
             + " | ".join(f"exit {k}" for k in exits) + " |")
-    lines = [head, "|---|---:|---:|---:|" + "---:|" * len(exits)]
+    lines = [head, "|---|---:|---:|---:|---:|" + "---:|" * len(exits)]
     order = {"start": 0, "st": 1, "stw005": 2, "adapter": 3, "layerskip": 4, "ct": 5}
     for r in sorted(train, key=lambda r: (order.get(r["_name"].split("_")[0], 9), r.get("steps", 0))):
         cells = []
@@ -1638,11 +1639,16 @@ def smollm_agreement_table(train: list[dict]) -> list[str]:
             e = r.get("exits", {}).get(str(k))
             cells.append("–" if e is None or e.get("agree") is None else f"{e['loss']:.2f} / {100 * e['agree']:.1f}%")
         full = r.get("val_loss")
-        hours = r.get("train_hours", r.get("train_cpu_hours"))  # the first records named the wall hours so
+        wall = r.get("train_hours", r.get("train_cpu_hours"))  # the first record named its wall hours so
+        cpu = r.get("train_cpu_hours") if "train_cpu_s" in r else None  # records before CPU time was kept: none
+        hours = "–" if wall is None else f"{wall:.2f} / {'–' if cpu is None else f'{cpu:.2f}'}"
         frozen = r["_name"].startswith("adapter")  # the adapter leaves every weight of the model as it was
         full_cell = "the start's (frozen)" if frozen else ("–" if full is None else f"{full:.4f}")
-        lines.append(f"| {_smollm_label(r)} | {r.get('steps', 0)} | {'–' if hours is None else f'{hours:.2f}'} | "
-                     f"{full_cell} | " + " | ".join(cells) + " |")
+        ct = ct_loss.get(r.get("steps"))
+        vs_ct = ("–" if frozen or full is None or ct is None or r["_name"].startswith("ct_")
+                 else f"{(full - ct) / ct:+.1%}")
+        lines.append(f"| {_smollm_label(r)} | {r.get('steps', 0)} | {hours} | {full_cell} | {vs_ct} | "
+                     + " | ".join(cells) + " |")
     return lines
 
 

@@ -228,11 +228,19 @@ def test_pretrained_page_tables_from_smollm_records(report, tmp_path):
         "tokens_per_s": {"greedy": 10.0, "ours_no_draft": 11.5, "ours_exit": 14.0},
         "speedup_vs_generate": 1.41, "speedup_vs_no_draft": 1.22, "speedup_vs_hf_exit": None,
         "acceptance": 0.55, "tokens_per_forward": 2.1, "all_equal_greedy": True, "peak_rss_mib": 1900.0}))
+    for method, loss, cpu in (("ct", 2.0, {"train_cpu_s": 720.0, "train_cpu_hours": 0.2}), ("stw005", 2.07, {})):
+        (tmp_path / f"{method}_s0_step50.json").write_text(json.dumps(base | {
+            "method": method, "steps": 50, "command": f"python benchmarks/bench_smollm.py --methods {method}",
+            "train_hours": 0.25, **cpu, "val_loss": loss, "exits": {"8": {"loss": 12.0, "agree": 0.05}}}))
     text = report.pretrained_markdown(tmp_path)
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
-    assert rows[0] == "| start (the converted model, untrained exits) | 0 | – | 2.2700 | 20.19 / 2.4% | 11.80 / 26.9% |"
-    assert rows[1] == ("| exit adapter on layer 8 (rank 1024, frozen model) | 50 | 0.25 | the start's (frozen) | "
+    assert rows[0] == ("| start (the converted model, untrained exits) | 0 | – | 2.2700 | – | 20.19 / 2.4% | "
+                       "11.80 / 26.9% |")
+    # wall / CPU hours (a record without CPU time: –), and the full model against CT's at the same steps
+    assert rows[1] == "| ST, sub-network weight 0.05 | 50 | 0.25 / – | 2.0700 | +3.5% | 12.00 / 5.0% | – |"
+    assert rows[2] == ("| exit adapter on layer 8 (rank 1024, frozen model) | 50 | 0.25 / – | the start's (frozen) | – | "
                        "3.10 / 41.0% | – |")
+    assert rows[3] == "| CT | 50 | 0.25 / 0.20 | 2.0000 | – | 12.00 / 5.0% | – |"
     assert ("| exit adapter | 8 | 50 | 1 | every step | 10.0 / 11.5 / 14.0 | 1.41x | 1.22x | – | 55.0% | 2.10 | every prompt "
             "(16 prompts) | 1,900 MiB |") in text
     assert "python benchmarks/bench_smollm.py --decode adapter" in text
