@@ -248,6 +248,15 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
     prompts = decode_prompts(tokenizer, args.prompts, args.prompt_tokens)
     k, new = args.exit, args.new_tokens
     modes = ["greedy", "ours_no_draft", "ours_exit"] + ([] if adapter is not None else ["hf_exit"])
+    llama = None
+    if args.llamacpp:  # for scale: llama.cpp on the same GGUF file (Q4_1 kernels, not our float32 weights)
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            sys.exit("--llamacpp needs llama-cpp-python (pip install llama-cpp-python; it builds llama.cpp)")
+        llama = Llama(model_path=str(args.gguf), n_threads=args.threads, n_threads_batch=args.threads,
+                      n_ctx=args.prompt_tokens + new + 16, verbose=False)
+        modes.append("llamacpp")
     eos = model.generation_config.eos_token_id
     pad = model.generation_config.pad_token_id if model.generation_config.pad_token_id is not None else eos
     rows = []
@@ -261,6 +270,15 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
             t0 = time.perf_counter()
             if mode == "greedy":
                 seq = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new, pad_token_id=pad)
+            elif mode == "llamacpp":
+                got = []
+                for t in llama.generate(prompt["ids"], top_k=1, temp=0.0, reset=True):  # greedy
+                    if t in (eos if isinstance(eos, list) else [eos]):
+                        break
+                    got.append(t)
+                    if len(got) == new:
+                        break
+                seq = torch.tensor([prompt["ids"] + got])
             elif mode == "hf_exit":
                 seq = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new, pad_token_id=pad,
                                      assistant_early_exit=k)
@@ -274,7 +292,12 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
             row[f"{mode}_s"] = time.perf_counter() - t0
             outs[mode] = seq
         row["new_tokens"] = int(outs["greedy"].shape[1] - ids.shape[1])
-        row["equal_greedy"] = {m: bool(torch.equal(outs[m], outs["greedy"])) for m in modes if m != "greedy"}
+        row["equal_greedy"] = {m: bool(torch.equal(outs[m], outs["greedy"])) for m in modes
+                               if m not in ("greedy", "llamacpp")}
+        if llama is not None:  # another engine on quantized weights: how far it follows our greedy, for information
+            got, ref = outs["llamacpp"][0, ids.shape[1]:].tolist(), outs["greedy"][0, ids.shape[1]:].tolist()
+            same = next((j for j, (a, b) in enumerate(zip(got, ref)) if a != b), min(len(got), len(ref)))
+            row.update(llamacpp_tokens=len(got), llamacpp_same_prefix=same)
         rows.append(row)
         print(f"  prompt {i + 1}/{len(prompts)} ({row['kind']}): greedy {row['greedy_s']:.1f}s, ours "
               f"{row['ours_exit_s']:.1f}s, acceptance {row.get('acceptance', 0):.2f}, equal {row['equal_greedy']}",
@@ -283,11 +306,11 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
     def median_ratio(a: str, b: str) -> float:
         return round(statistics.median(r[f"{a}_s"] / r[f"{b}_s"] for r in rows), 3)
 
-    tokens = sum(r["new_tokens"] for r in rows)
     body = {"spec": spec, "exit": k, "adapter": adapter is not None, "loaded": loaded, "prompts": len(rows),
             "tag": args.tag, "watch_every": _WATCH_EVERY,
             "prompt_tokens": args.prompt_tokens, "new_tokens": new,
-            "tokens_per_s": {m: round(tokens / sum(r[f"{m}_s"] for r in rows), 2) for m in modes},
+            "tokens_per_s": {m: round(sum(r.get(f"{m}_tokens", r["new_tokens"]) for r in rows)
+                                      / sum(r[f"{m}_s"] for r in rows), 2) for m in modes},
             "speedup_vs_generate": median_ratio("greedy", "ours_exit"),
             "speedup_vs_no_draft": median_ratio("ours_no_draft", "ours_exit"),
             "speedup_vs_hf_exit": median_ratio("hf_exit", "ours_exit") if "hf_exit" in modes else None,
@@ -295,6 +318,8 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
             "acceptance": round(sum(r["accepted"] for r in rows) / max(1, sum(r["drafted"] for r in rows)), 4),
             "tokens_per_forward": round(statistics.median(r["tokens_per_forward"] for r in rows), 3),
             "all_equal_greedy": all(r["equal_greedy"]["ours_exit"] for r in rows),
+            "llamacpp_same_prefix": (None if llama is None else
+                                     round(statistics.fmean(r["llamacpp_same_prefix"] for r in rows), 1)),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "rows": rows}
     cmd = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
     method = spec
@@ -404,6 +429,8 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=16, help="--decode: held-out prompts, half code, half prose")
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--llamacpp", action="store_true", help="--decode: also time llama.cpp (llama-cpp-python) on "
+                   "the GGUF file, for scale")
     p.add_argument("--tag", default="", help="--decode: a suffix for the record's name (e.g. a decoder change)")
     args = p.parse_args()
     args.gguf = str(Path(args.gguf).expanduser().resolve()) if args.gguf else str(default_gguf())

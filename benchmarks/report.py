@@ -1664,8 +1664,10 @@ def smollm_decode_table(decode: list[dict]) -> list[str]:
         name = {"start": "start", "st": "ST", "ct": "CT", "layerskip": "LayerSkip",
                 "adapter": "exit adapter"}.get(r["spec"], r["spec"])
         watch = r.get("watch_every", 1)  # records before the change read it at every step
+        # llama.cpp on the same GGUF file (--llamacpp), for scale: its Q4_1 kernels, not our float32 weights
+        llamacpp = "" if "llamacpp" not in t else f" (llama.cpp: {t['llamacpp']:.1f})"
         lines.append(f"| {name} | {r['exit']} | {r['loaded'].get('step')} | {r.get('threads')} | "
-                     f"{'every step' if watch == 1 else f'every {watch}th step'} | {t['greedy']:.1f} / {t['ours_no_draft']:.1f} / {t['ours_exit']:.1f} | "
+                     f"{'every step' if watch == 1 else f'every {watch}th step'} | {t['greedy']:.1f} / {t['ours_no_draft']:.1f} / {t['ours_exit']:.1f}{llamacpp} | "
                      f"{r['speedup_vs_generate']:.2f}x | {r['speedup_vs_no_draft']:.2f}x | {vs_hf} | "
                      f"{100 * r['acceptance']:.1f}% | {r['tokens_per_forward']:.2f} | "
                      f"{'every prompt' if r['all_equal_greedy'] else '**no**'} ({r['prompts']} prompts) | "

@@ -232,7 +232,14 @@ def test_pretrained_page_tables_from_smollm_records(report, tmp_path):
         (tmp_path / f"{method}_s0_step50.json").write_text(json.dumps(base | {
             "method": method, "steps": 50, "command": f"python benchmarks/bench_smollm.py --methods {method}",
             "train_hours": 0.25, **cpu, "val_loss": loss, "exits": {"8": {"loss": 12.0, "agree": 0.05}}}))
+    (tmp_path / "decode_st_L8_t2.json").write_text(json.dumps(base | {  # with llama.cpp timed for scale
+        "method": "st", "steps": 50, "command": "python benchmarks/bench_smollm.py --decode st --llamacpp",
+        "spec": "st", "exit": 8, "threads": 2, "loaded": {"step": 50}, "prompts": 16,
+        "tokens_per_s": {"greedy": 10.0, "ours_no_draft": 11.5, "ours_exit": 9.0, "hf_exit": 6.0, "llamacpp": 40.0},
+        "speedup_vs_generate": 0.9, "speedup_vs_no_draft": 0.8, "speedup_vs_hf_exit": 1.5,
+        "acceptance": 0.2, "tokens_per_forward": 1.0, "all_equal_greedy": True, "peak_rss_mib": 3000.0}))
     text = report.pretrained_markdown(tmp_path)
+    assert "| ST | 8 | 50 | 2 | every step | 10.0 / 11.5 / 9.0 (llama.cpp: 40.0) | 0.90x | 0.80x | 1.50x |" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     assert rows[0] == ("| start (the converted model, untrained exits) | 0 | – | 2.2700 | – | 20.19 / 2.4% | "
                        "11.80 / 26.9% |")
