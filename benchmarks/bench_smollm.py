@@ -211,7 +211,7 @@ def decode_model(spec: str, args: argparse.Namespace):
 
     converted, _ = cached_gguf(args.gguf)
     tokenizer = AutoTokenizer.from_pretrained(converted, local_files_only=True)
-    if spec in ("st", "ct", "layerskip"):
+    if spec in ("st", "ct", "layerskip", "stw005"):
         from stimulative.runs import _load
 
         run = Path(args.work) / f"{spec}_s{args.seed}"
@@ -231,7 +231,7 @@ def decode_model(spec: str, args: argparse.Namespace):
         adapter = ExitAdapter(model.config.hidden_size, args.exit, rank=ADAPTER["rank"])
         adapter.load_state_dict(saved["adapter"])
         return model, tokenizer, adapter.eval(), {"adapter": str(state_path), "step": int(saved["step"])}
-    sys.exit(f"--decode specs are start, st, ct, layerskip or adapter; got {spec!r}")
+    sys.exit(f"--decode specs are start, st, stw005, ct, layerskip or adapter; got {spec!r}")
 
 
 def decode_run(spec: str, args: argparse.Namespace) -> Path:

