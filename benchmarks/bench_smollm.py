@@ -167,8 +167,7 @@ def adapter_run(seed: int, stops: list[int], args: argparse.Namespace) -> None:
         body = {"exits": {str(k): {"loss": res["loss"], "agree": res["agree"]}}, "val_tokens": res["tokens"],
                 "adapter": {"layer": k, **ADAPTER, "parameters": sum(p.numel() for p in adapter.parameters())},
                 "train_s": round(train_s, 1), "train_hours": round(train_s / 3600, 3),
-                "train_cpu_s": None if cpu_s is None else round(cpu_s, 1),
-                "train_cpu_hours": None if cpu_s is None else round(cpu_s / 3600, 3),
+                **cpu_fields(cpu_s),
                 "eval_s": round(time.perf_counter() - t0, 1)}
         path = record("adapter", seed, stop, body, command, args, name=f"{name}_step{stop}.json")
         print(f"[{time.strftime('%H:%M:%S')}] -> {path.name}: exit {k} loss {res['loss']:.4f}, agreement "
@@ -373,6 +372,12 @@ def grad_probe(args: argparse.Namespace) -> Path:
     return path
 
 
+def cpu_fields(cpu_s: float | None) -> dict:
+    """A record's training CPU time in seconds and hours (None where the run did not keep it)."""
+    return {"train_cpu_s": None if cpu_s is None else round(cpu_s, 1),
+            "train_cpu_hours": None if cpu_s is None else round(cpu_s / 3600, 3)}
+
+
 def run_record(method: str, seed: int, stop: int, args: argparse.Namespace, wall_s: float) -> dict:
     from stimulative.train.checkpoint import peek_checkpoint
 
@@ -387,8 +392,7 @@ def run_record(method: str, seed: int, stop: int, args: argparse.Namespace, wall
             "exits": {str(k): {"loss": row[f"val_loss_d{k}"], "agree": row.get(f"val_agree_d{k}")} for k in depths},
             "train_loss_main": row["train_loss_main"], "train_loss_subnet": row["train_loss_subnet"],
             "train_s": round(row["train_time_s"], 1), "train_hours": round(row["train_time_s"] / 3600, 3),
-            "train_cpu_s": None if row.get("train_cpu_s") is None else round(row["train_cpu_s"], 1),
-            "train_cpu_hours": None if row.get("train_cpu_s") is None else round(row["train_cpu_s"] / 3600, 3),
+            **cpu_fields(row.get("train_cpu_s")),
             "tokens_per_s": round(row["tokens_per_s"], 1), "invocation_wall_s": round(wall_s, 1),
             "trained_at": [] if saved is None else saved.starts}
 
