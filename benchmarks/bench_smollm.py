@@ -233,6 +233,28 @@ def decode_model(spec: str, args: argparse.Namespace):
     sys.exit(f"--decode specs are start, st, stw005, ct, layerskip or adapter; got {spec!r}")
 
 
+def draft_vocab(model, size: int, args: argparse.Namespace):
+    """The ``size`` most frequent tokens of the training files (their first 8 MB; the prompts come from the
+    held-out files), plus the EOS ids: the drafts' vocabulary (FR-Spec)."""
+    from stimulative.lm import draft_vocabulary
+    from stimulative.lm.data import TEXT_SUFFIXES, corpus_files, encode_files, load_tokenizer, stdlib_files
+    from stimulative.lm.gguf import cached_gguf
+
+    tokenizer = load_tokenizer(cached_gguf(args.gguf)[0])
+    ids = encode_files(corpus_files(stdlib_files(), 0.1, TEXT_SUFFIXES)["train"], tokenizer, max_bytes=8_000_000)
+    eos = model.generation_config.eos_token_id
+    return draft_vocabulary(ids, size, keep=eos if isinstance(eos, list) else [eos])
+
+
+def coverage(vocab, rows: list[dict]) -> float | None:
+    """The share of greedy's new tokens (all prompts) that the draft vocabulary holds: the most a draft can hit."""
+    if vocab is None:
+        return None
+    held = set(vocab.tolist())
+    new = [t for r in rows for t in r["greedy_new"]]
+    return round(sum(t in held for t in new) / max(1, len(new)), 4)
+
+
 def decode_run(spec: str, args: argparse.Namespace) -> Path:
     import resource
     import statistics
@@ -245,6 +267,7 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     model, tokenizer, adapter, loaded = decode_model(spec, args)
     prompts = decode_prompts(tokenizer, args.prompts, args.prompt_tokens)
+    vocab = draft_vocab(model, args.draft_vocab, args) if args.draft_vocab else None
     k, new = args.exit, args.new_tokens
     modes = ["greedy", "ours_no_draft", "ours_exit"] + ([] if adapter is not None else ["hf_exit"])
     llama = None
@@ -282,7 +305,7 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
                 seq = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new, pad_token_id=pad,
                                      assistant_early_exit=k)
             else:
-                out = generate(model, ids, k, new, attention_mask=mask, exit_adapter=adapter,
+                out = generate(model, ids, k, new, attention_mask=mask, exit_adapter=adapter, draft_vocab=vocab,
                                max_draft_tokens=0 if mode == "ours_no_draft" else 16)
                 seq = out.sequences
                 if mode == "ours_exit":
@@ -291,6 +314,7 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
             row[f"{mode}_s"] = time.perf_counter() - t0
             outs[mode] = seq
         row["new_tokens"] = int(outs["greedy"].shape[1] - ids.shape[1])
+        row["greedy_new"] = outs["greedy"][0, ids.shape[1]:].tolist()
         row["equal_greedy"] = {m: bool(torch.equal(outs[m], outs["greedy"])) for m in modes
                                if m not in ("greedy", "llamacpp")}
         if llama is not None:  # another engine on quantized weights: how far it follows our greedy, for information
@@ -306,7 +330,8 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
         return round(statistics.median(r[f"{a}_s"] / r[f"{b}_s"] for r in rows), 3)
 
     body = {"spec": spec, "exit": k, "adapter": adapter is not None, "loaded": loaded, "prompts": len(rows),
-            "tag": args.tag, "watch_every": _WATCH_EVERY,
+            "tag": args.tag, "watch_every": _WATCH_EVERY, "cost_model": "weights read (layers and head)",
+            "draft_vocab": args.draft_vocab or None, "draft_vocab_coverage": coverage(vocab, rows),
             "prompt_tokens": args.prompt_tokens, "new_tokens": new,
             "tokens_per_s": {m: round(sum(r.get(f"{m}_tokens", r["new_tokens"]) for r in rows)
                                       / sum(r[f"{m}_s"] for r in rows), 2) for m in modes},
@@ -328,6 +353,84 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
           f"acceptance {body['acceptance']:.2f}, all equal {body['all_equal_greedy']}", flush=True)
     if not body["all_equal_greedy"]:
         sys.exit(f"{spec}: a decoded output differs from greedy (see {path})")
+    return path
+
+
+def decode_costs(args: argparse.Namespace) -> Path:
+    """Time the pieces of a decoding round on the start model after a held-out prompt (median of ``repeats``):
+    a plain greedy step (every layer and the head on one token), layers 1..k on one token, the draft head (full
+    and over ``--draft-vocab`` rows) and the deep layers + head verifying 1-8 positions in one forward. What the
+    decoder's cost model (weights read) predicts beside what the clock says."""
+    import statistics
+
+    import torch
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    from stimulative.lm.gguf import cached_gguf
+    from stimulative.lm.speculative import _Stack
+
+    torch.set_num_threads(args.threads)
+    converted, _ = cached_gguf(args.gguf)
+    model = AutoModelForCausalLM.from_pretrained(converted, local_files_only=True).float().eval()
+    from transformers import AutoTokenizer
+
+    prompt = decode_prompts(AutoTokenizer.from_pretrained(converted, local_files_only=True), 2,
+                            args.prompt_tokens)[0]["ids"]
+    stack, k, n = _Stack(model), args.exit, len(prompt)
+    layers = len(stack.layers)
+    rows = torch.arange(max(args.draft_vocab, 1))
+    sub = stack.head.weight[rows].contiguous()
+    repeats = 15
+
+    def timed(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    with torch.no_grad():
+        cache = DynamicCache()
+        stack.run(stack.embed_at(torch.tensor([prompt[:-1]]), 0), range(layers), 0, cache)
+        one = torch.tensor([[prompt[-1]]])
+        h1 = stack.run(stack.embed_at(one, n - 1), range(k), n - 1, cache)
+
+        def rewind():  # every layer back to the prompt's n - 1 positions
+            for layer in cache.layers:
+                extra = layer.get_seq_length() - (n - 1)
+                if extra > 0:
+                    layer.crop(-extra)
+
+        rewind()
+
+        def step(q: int, which: range, start_layer_h=None):
+            h = start_layer_h if start_layer_h is not None else stack.embed_at(torch.tensor([[prompt[-1]] * q]), n - 1)
+            out = stack.run(h, which, n - 1, cache)
+            rewind()
+            return out
+
+        hk = h1[:, -1:]
+        ms = {"greedy_step": timed(lambda: stack.logits(step(1, range(layers))[:, -1])),
+              "shallow_layers": timed(lambda: step(1, range(k))),
+              "head_full": timed(lambda: stack.logits(hk[0, -1])),
+              "head_draft_vocab": timed(lambda: torch.nn.functional.linear(stack.norm(hk[0, -1]), sub))}
+        for q in (1, 2, 3, 5, 8):
+            ms[f"verify_{q}"] = timed(lambda q=q: stack.logits(step(q, range(k, layers), hk.expand(1, q, -1).contiguous())))
+    ms = {key: round(1000 * v, 2) for key, v in ms.items()}
+    full = sum(stack.layer_cost) + stack.head_cost
+    predicted = {"draft_full_head": round((sum(stack.layer_cost[:k]) + stack.head_cost) / full, 3),
+                 "draft_vocab": round((sum(stack.layer_cost[:k]) + sub.numel()) / full, 3)}
+    measured = {"draft_full_head": round((ms["shallow_layers"] + ms["head_full"]) / ms["greedy_step"], 3),
+                "draft_vocab": round((ms["shallow_layers"] + ms["head_draft_vocab"]) / ms["greedy_step"], 3),
+                **{f"verify_{q}": round((ms["shallow_layers"] + ms[f"verify_{q}"]) / ms["greedy_step"], 3)
+                   for q in (1, 2, 3, 5, 8)}}
+    body = {"exit": k, "draft_vocab": args.draft_vocab, "prompt_tokens": n, "repeats": repeats, "ms": ms,
+            "cost_as_share_of_a_greedy_step": {"predicted (weights read)": predicted, "measured": measured}}
+    cmd = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
+    path = record("decode_costs", args.seed, 0, body, cmd, args,
+                  name=f"decode_costs_L{k}_t{args.threads}{'_' + args.tag if args.tag else ''}.json")
+    print(json.dumps(body, indent=1), f"\n-> {path.name}", flush=True)
     return path
 
 
@@ -435,6 +538,10 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--llamacpp", action="store_true", help="--decode: also time llama.cpp (llama-cpp-python) on "
                    "the GGUF file, for scale")
+    p.add_argument("--decode-costs", action="store_true", help="time the pieces of a decoding round (a greedy "
+                   "step, the shallow layers, the draft head, verifying 1-8 positions) against the cost model")
+    p.add_argument("--draft-vocab", type=int, default=0, metavar="N", help="--decode: drafts over the N most "
+                   "frequent tokens of the training files (FR-Spec; 0: the full vocabulary)")
     p.add_argument("--tag", default="", help="--decode: a suffix for the record's name (e.g. a decoder change)")
     args = p.parse_args()
     args.gguf = str(Path(args.gguf).expanduser().resolve()) if args.gguf else str(default_gguf())
@@ -444,6 +551,9 @@ def main() -> None:
         sys.exit(f"--checkpoints must be in 1..{STEPS}")
     if args.grad_probe:
         grad_probe(args)
+        return
+    if args.decode_costs:
+        decode_costs(args)
         return
     if args.decode:
         os.environ.update(TQDM_DISABLE="1", OMP_NUM_THREADS=str(args.threads))

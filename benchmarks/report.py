@@ -1653,7 +1653,7 @@ def smollm_agreement_table(train: list[dict]) -> list[str]:
 
 
 def smollm_decode_table(decode: list[dict]) -> list[str]:
-    lines = ["| model | exit | steps | threads | draft head read on greedy steps | tokens/s: generate / ours no draft / "
+    lines = ["| model | exit | steps | threads | decoder | tokens/s: generate / ours no draft / "
              "ours | vs `model.generate` | "
              "vs our loop, no draft | vs `assistant_early_exit` | acceptance | tokens per full forward | "
              "identical to greedy | peak memory |",
@@ -1664,10 +1664,17 @@ def smollm_decode_table(decode: list[dict]) -> list[str]:
         name = {"start": "start", "st": "ST", "stw005": "ST w0.05", "ct": "CT", "layerskip": "LayerSkip",
                 "adapter": "exit adapter"}.get(r["spec"], r["spec"])
         watch = r.get("watch_every", 1)  # records before the change read it at every step
+        # the decoder's versions: when greedy steps read the draft head, whether the draft's cost counts the head,
+        # the drafts' vocabulary
+        decoder = f"head read on {'every greedy step' if watch == 1 else f'every {watch}th greedy step'}"
+        if r.get("cost_model"):
+            decoder = "cost counts the head; " + (f"draft vocabulary {r['draft_vocab']:,} (holds "
+                                                  f"{100 * r['draft_vocab_coverage']:.0f}% of greedy's tokens)"
+                                                  if r.get("draft_vocab") else "full vocabulary")
         # llama.cpp on the same GGUF file (--llamacpp), for scale: its Q4_1 kernels, not our float32 weights
         llamacpp = "" if "llamacpp" not in t else f" (llama.cpp: {t['llamacpp']:.1f})"
         lines.append(f"| {name} | {r['exit']} | {r['loaded'].get('step')} | {r.get('threads')} | "
-                     f"{'every step' if watch == 1 else f'every {watch}th step'} | {t['greedy']:.1f} / {t['ours_no_draft']:.1f} / {t['ours_exit']:.1f}{llamacpp} | "
+                     f"{decoder} | {t['greedy']:.1f} / {t['ours_no_draft']:.1f} / {t['ours_exit']:.1f}{llamacpp} | "
                      f"{r['speedup_vs_generate']:.2f}x | {r['speedup_vs_no_draft']:.2f}x | {vs_hf} | "
                      f"{100 * r['acceptance']:.1f}% | {r['tokens_per_forward']:.2f} | "
                      f"{'every prompt' if r['all_equal_greedy'] else '**no**'} ({r['prompts']} prompts) | "

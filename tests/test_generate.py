@@ -231,13 +231,87 @@ def test_cli_generate_errors(lm_run, tmp_path, capsys):
     assert "--prompt" in capsys.readouterr().err
 
 
-def test_drafting_pays_where_the_expected_tokens_per_layer_pass_beat_greedy():
+def test_drafting_pays_where_the_expected_tokens_per_unit_of_work_beat_greedy():
     from stimulative.lm.speculative import _drafting_pays
 
-    # one draft from layer 2 of 8: 1 + a tokens for 1.25 full forwards
-    assert _drafting_pays(0.5, 2, 8, 16, 1.1) and not _drafting_pays(0.3, 2, 8, 16, 1.1)
-    assert not _drafting_pays(0.5, 6, 8, 16, 1.1) and _drafting_pays(0.95, 6, 8, 16, 1.1)
-    assert not _drafting_pays(0.99, 2, 8, 0, 1.0)  # no room for a draft
+    # one draft costing a quarter of a greedy step: 1 + a tokens for 1.25 steps' work
+    assert _drafting_pays(0.5, 0.25, 16, 1.1) and not _drafting_pays(0.3, 0.25, 16, 1.1)
+    assert not _drafting_pays(0.5, 0.75, 16, 1.1) and _drafting_pays(0.95, 0.75, 16, 1.1)
+    assert not _drafting_pays(0.99, 0.25, 0, 1.0)  # no room for a draft
+
+
+def test_draft_cost_counts_the_head_and_a_draft_vocabulary_lowers_it(monkeypatch):
+    """A drafted token costs layers 1..k and the draft head (weights read), against all layers and the head: a
+    large head makes a shallow draft dear, and a draft vocabulary of n tokens reads n of its rows."""
+    from stimulative.lm import speculative
+
+    cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                   num_attention_heads=2, num_key_value_heads=1)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    stack = speculative._Stack(model)
+    layer, head = stack.layer_cost[0], 4096 * 32
+    assert stack.layer_cost == [layer] * 4 and layer == sum(p.numel() for p in model.model.layers[0].parameters())
+    assert speculative._draft_cost(stack, 1) == pytest.approx((layer + head) / (4 * layer + head))
+    seen = []
+    real = speculative._draft_cost
+    monkeypatch.setattr(speculative, "_draft_cost", lambda s, k: seen.append(s.draft_head_cost) or real(s, k))
+    generate(model, torch.tensor([[1, 2, 3]]), exit_layer=1, max_new_tokens=2, draft_vocab=list(range(256)))
+    generate(model, torch.tensor([[1, 2, 3]]), exit_layer=1, max_new_tokens=2)
+    assert seen == [256 * 32, head]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_draft_vocabulary_drafts_only_its_tokens_and_keeps_the_greedy_output(family):
+    model = tiny(family, "agree")
+    fixed = {"max_draft_tokens": 3, "confidence_threshold": 0.0, "adaptive": False}
+    for p in prompts(7):
+        ref = greedy(model, p, NEW)
+        plain = generate(model, p, exit_layer=1, max_new_tokens=NEW, **fixed)
+        # every id, shuffled: the drafts map back to the right ids (the same drafts as without a draft vocabulary)
+        shuffled = generate(model, p, exit_layer=1, max_new_tokens=NEW, draft_vocab=torch.randperm(VOCAB), **fixed)
+        counts = ("rounds", "drafted", "accepted", "full_forwards", "greedy_steps")
+        assert torch.equal(shuffled.sequences, ref)
+        assert [getattr(shuffled, c) for c in counts] == [getattr(plain, c) for c in counts]
+        assert plain.accepted > 0
+        # none of the tokens greedy emits: every draft is rejected, the output is still greedy's
+        emitted = set(ref[0, p.shape[1]:].tolist())
+        others = [t for t in range(VOCAB) if t not in emitted]
+        none = generate(model, p, exit_layer=1, max_new_tokens=NEW, draft_vocab=others, **fixed)
+        assert torch.equal(none.sequences, ref) and none.drafted > 0 and none.accepted == 0
+
+
+def test_a_draft_vocabulary_with_an_exit_adapter_keeps_the_greedy_output():
+    from stimulative.lm.adapter import ExitAdapter
+
+    model = tiny("llama", "agree")
+    torch.manual_seed(1)
+    adapter = ExitAdapter(32, 2, rank=16).eval()
+    p = prompts(3)[2]
+    out = generate(model, p, exit_layer=2, max_new_tokens=NEW, exit_adapter=adapter, draft_vocab=list(range(1, 40)),
+                   adaptive=False, max_draft_tokens=3)
+    assert torch.equal(out.sequences, greedy(model, p, NEW)) and out.drafted > 0
+
+
+@pytest.mark.parametrize("bad, key", [([70], "draft_vocab"), ([1, 1], "twice"), ([], "draft_vocab"),
+                                      ([0.5], "draft_vocab"), ([[1, 2]], "draft_vocab")])
+def test_a_bad_draft_vocabulary_is_refused(bad, key):
+    with pytest.raises(ValueError, match=key):
+        generate(tiny("llama"), torch.tensor([[1, 2]]), exit_layer=1, max_new_tokens=2, draft_vocab=bad)
+
+
+def test_draft_vocabulary_takes_the_most_frequent_ids_and_the_kept_ones():
+    from stimulative.lm import draft_vocabulary
+
+    ids = torch.tensor([[5, 5, 5, 7, 7, 9], [9, 3, 3, 3, 3, 1]])  # 3: 4 times, 5: 3, 7 and 9: twice, 1: once
+    assert draft_vocabulary(ids, 2).tolist() == [3, 5]
+    assert draft_vocabulary(ids, 3).tolist() == [3, 5, 7]  # 7 and 9 tie: the smaller id
+    assert draft_vocabulary(ids, 2, keep=[0, 3]).tolist() == [0, 3, 5]
+    assert draft_vocabulary(ids, 100).tolist() == [1, 3, 5, 7, 9]  # only the ids that occur
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="size"):
+            draft_vocabulary(ids, bad)
+    with pytest.raises(ValueError, match="token_ids"):
+        draft_vocabulary(torch.tensor([-1, 2]), 2)
 
 
 def save_tiny(path: Path, family: str, layers: int = 2, positions: int = 64) -> Path:

@@ -39,7 +39,10 @@ argument name would otherwise decode from an empty cache).
 
 Adaptive fallback: a running estimate a of how often a drafted token agrees with the full model (over about
 the last 10 drafted tokens seen) says whether drafting pays: whether some draft length m is expected to give
-more tokens (1 + a + ... + a^m) per layer pass (m k + L) than plain greedy (1 per L), by ``min_gain``. Where
+more tokens (1 + a + ... + a^m) per unit of work (1 + m c) than plain greedy (1 per step), by ``min_gain``. The
+cost c of a drafted token counts the weights it reads, layers 1..k and the draft head, against a plain step's
+(all layers and the head): with a large vocabulary the head is most of a shallow draft's cost, which a draft
+vocabulary (``draft_vocab``, FR-Spec: the drafts score the most frequent tokens only) removes. Where
 it does not, the round is a plain greedy step, which on every fourth such step still reads the draft head on the
 layer-k state it computes anyway, so the estimate keeps following the model and drafting resumes when the exits
 agree again (every step would cost too much with a large vocabulary: SmolLM2's head is about a fifth of a
@@ -55,6 +58,8 @@ including the ones ``stimulative.lm.export`` writes::
 
     out = generate(model, torch.tensor([[1, 2, 3]]), exit_layer=2, max_new_tokens=64)
     out.sequences, out.acceptance, out.tokens_per_forward
+    # drafts over the 4,096 most frequent tokens of your text (the output is the same greedy output)
+    out = generate(model, prompt, exit_layer=8, draft_vocab=draft_vocabulary(text_ids, 4096))
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["generate", "SpeculativeOutput", "UnsupportedError", "SUPPORTED", "TESTED_TRANSFORMERS"]
+__all__ = ["generate", "draft_vocabulary", "SpeculativeOutput", "UnsupportedError", "SUPPORTED", "TESTED_TRANSFORMERS"]
 
 # The transformers versions the equality tests ran on (pyproject.toml pins the same range).
 TESTED_TRANSFORMERS = ">=5.24,<5.26"
@@ -201,6 +206,11 @@ class _Stack:
             raise _refuse("config feature", f"num_hidden_layers={config.num_hidden_layers} with "
                           f"{len(self.layers)} layers in the model")
         self.vocab = self.embed.num_embeddings
+        # what one token costs, counted as the weights it reads (one-token decoding is memory-bound on a CPU): each
+        # layer's parameters and the head's (SmolLM2: the 49,152 x 576 head reads as much as 8 of its 30 layers)
+        self.layer_cost = [sum(p.numel() for p in layer.parameters()) for layer in self.layers]
+        self.head_cost = self.head.weight.numel()
+        self.draft_head_cost = self.head_cost  # generate() lowers it for a draft vocabulary, raises it for an adapter
         # GPT-2's learned positions: model.generate accepts n_positions + 1 tokens in all (the last new token is
         # never fed to the model); more end in an IndexError inside torch, refused here in one line
         self.max_positions = getattr(config, "n_positions", None) if self.family == "gpt2" else None
@@ -249,19 +259,27 @@ _WATCH_EVERY = 4
 _FIRST_LENGTH = 4  # the adaptive draft length starts here, doubles after a fully accepted round
 
 
-def _drafting_pays(agree: float, k: int, layers: int, m_max: int, min_gain: float) -> bool:
-    """Whether some draft length m <= m_max is expected to give ``min_gain`` times plain greedy's tokens per
-    layer pass.
+def _draft_cost(stack: _Stack, k: int) -> float:
+    """What one drafted token costs, as a share of a plain greedy step: layers 1..k and the draft head, against
+    all layers and the head (weights read per token)."""
+    return (sum(stack.layer_cost[:k]) + stack.draft_head_cost) / (sum(stack.layer_cost) + stack.head_cost)
 
-    A round with m drafts runs layers 1..k on m + 1 tokens and layers k+1..L once: m k + L layer passes, i.e.
-    1 + m k / L full forwards, for 1 + a + ... + a^m tokens on average if each drafted token agrees with the
-    full model with probability a (given that the previous ones did); plain greedy: 1 token per full forward.
+
+def _drafting_pays(agree: float, cost: float, m_max: int, min_gain: float) -> bool:
+    """Whether some draft length m <= m_max is expected to give ``min_gain`` times plain greedy's tokens per
+    unit of work.
+
+    A round with m drafts runs layers 1..k and the draft head once per drafted token and the full step (layers
+    1..L on the last accepted token, the deep layers and the head on all m + 1 positions in one forward) once:
+    1 + m * cost greedy steps' work (``cost``: ``_draft_cost``), for 1 + a + ... + a^m tokens on average if each
+    drafted token agrees with the full model with probability a (given that the previous ones did); plain
+    greedy: 1 token per step.
     """
     tokens, term = 1.0, 1.0
     for m in range(1, m_max + 1):
         term *= agree
         tokens += term
-        if tokens > min_gain * (1 + m * k / layers):
+        if tokens > min_gain * (1 + m * cost):
             return True
         if term < 1e-3:
             break
@@ -366,8 +384,8 @@ def _padding(model: nn.Module, ids: torch.Tensor, attention_mask: Any, eos: set[
 def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_layer: int | None,
              max_new_tokens: int = 128, *, attention_mask: torch.Tensor | Sequence[int] | None = None, max_draft_tokens: int = 16,
              confidence_threshold: float = 0.4, eos_token_id: int | Sequence[int] | None = None,
-             adaptive: bool = True, min_gain: float = 1.1, exit_adapter: nn.Module | None = None
-             ) -> SpeculativeOutput:
+             adaptive: bool = True, min_gain: float = 1.1, exit_adapter: nn.Module | None = None,
+             draft_vocab: torch.Tensor | Sequence[int] | None = None) -> SpeculativeOutput:
     """Greedy decoding of one prompt with drafts from the first ``exit_layer`` layers, verified by the rest.
 
     The result is token for token ``model.generate(input_ids, attention_mask=attention_mask, do_sample=False,
@@ -399,6 +417,10 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
         exit_adapter: an ``stimulative.lm.adapter.ExitAdapter`` trained on this model's layer ``exit_layer``
             (``None``: the model's own final norm + head read layer k). The drafts go through it; the verifying
             layers get the plain layer-k states, so the output is the same greedy output.
+        draft_vocab: None, or the token ids the drafts may propose (e.g. ``draft_vocabulary``: the most frequent
+            tokens of your text; FR-Spec, https://arxiv.org/abs/2502.14856): the draft head computes only those
+            rows of the LM head, which with a large vocabulary is most of a draft's cost. Verification reads the
+            full head, so the output is the same greedy output; a token outside the set is never drafted.
 
     Returns:
         ``SpeculativeOutput``: ``.sequences`` (1, T + new) like ``model.generate``, and the counts.
@@ -482,13 +504,27 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
             logits = processors(torch.tensor([pads + upto], dtype=torch.long, device=device), logits.clone())
         return logits[0]
 
+    rows = None if draft_vocab is None else _draft_rows(draft_vocab, stack.vocab, device)
     training = model.training
     adapter_training = exit_adapter.training if exit_adapter is not None else False
     model.eval()
+    # the drafts only (verification reads stack.logits): through the adapter, over the draft vocabulary
+    read = stack.logits
+    if rows is not None:
+        weight = stack.head.weight[rows].contiguous()  # the rows once, so a draft reads len(rows) x hidden only
+        bias = None if getattr(stack.head, "bias", None) is None else stack.head.bias[rows]
+        fill = torch.finfo(weight.dtype).min
+
+        def read(h: torch.Tensor) -> torch.Tensor:  # full-vocabulary logits, the lowest value outside the set
+            part = torch.nn.functional.linear(stack.norm(h), weight, bias)
+            return part.new_full((*part.shape[:-1], stack.vocab), fill).index_copy_(-1, rows, part)
+
+        stack.draft_head_cost = weight.numel()
     if exit_adapter is not None:
         exit_adapter.eval()
-        plain = stack.logits
-        stack.draft_logits = lambda h: plain(exit_adapter(h))  # the drafts only; verification reads stack.logits
+        stack.draft_head_cost += sum(p.numel() for p in exit_adapter.parameters())
+    if exit_adapter is not None or rows is not None:
+        stack.draft_logits = (lambda h: read(exit_adapter(h))) if exit_adapter is not None else read
     try:
         out = _decode(stack, ids, k, max_new_tokens, max_draft_tokens, confidence_threshold, eos, adaptive,
                       min_gain, scores if processors is not None else None)
@@ -501,6 +537,46 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
         out.prompt_length += n_pad
     out.time_s = time.perf_counter() - t0
     return out
+
+
+def _draft_rows(draft_vocab: Any, vocab: int, device: torch.device) -> torch.Tensor:
+    rows = torch.as_tensor(draft_vocab, device=device)
+    if rows.dim() != 1 or rows.numel() == 0 or rows.dtype.is_floating_point or rows.dtype == torch.bool:
+        raise ValueError(f"draft_vocab must be a non-empty 1-d sequence of token ids, got shape "
+                         f"{tuple(rows.shape)} of {rows.dtype}")
+    rows = rows.long()
+    if int(rows.min()) < 0 or int(rows.max()) >= vocab:
+        bad = int(rows.min()) if int(rows.min()) < 0 else int(rows.max())
+        raise ValueError(f"draft_vocab must hold token ids in 0..{vocab - 1} (the model's vocabulary), got {bad}")
+    if rows.unique().numel() != rows.numel():
+        raise ValueError("draft_vocab holds a token id twice")
+    return rows
+
+
+def draft_vocabulary(token_ids: torch.Tensor | Sequence[int], size: int, keep: Sequence[int] = ()) -> torch.Tensor:
+    """The ``size`` most frequent ids of ``token_ids`` (your text, tokenized), plus ``keep`` (e.g. the EOS ids),
+    for ``generate(draft_vocab=...)``: FR-Spec's frequency-ranked draft vocabulary
+    (https://arxiv.org/abs/2502.14856). Ties in frequency go to the smaller id.
+
+    Args:
+        token_ids: token ids of representative text, any shape.
+        size: how many of the most frequent ids to take (>= 1; fewer if fewer distinct ids occur).
+        keep: ids always included (beyond ``size``).
+
+    Example::
+
+        ids = torch.tensor([5, 5, 5, 7, 7, 9])
+        draft_vocabulary(ids, 2, keep=[0])  # tensor([0, 5, 7])
+    """
+    ids = torch.as_tensor(token_ids).reshape(-1)
+    if _as_int(size) is None or size < 1:
+        raise ValueError(f"size must be an int >= 1, got {size!r}")
+    if ids.numel() == 0 or ids.dtype.is_floating_point or ids.dtype == torch.bool or int(ids.min()) < 0:
+        raise ValueError("token_ids must be a non-empty set of token ids (integers >= 0)")
+    counts = torch.bincount(ids.long().cpu())
+    order = torch.argsort(-counts, stable=True)  # most frequent first, smaller id first among equals
+    top = order[:min(int(size), int((counts > 0).sum()))]
+    return torch.unique(torch.cat([top, torch.as_tensor(list(keep), dtype=torch.long)]))
 
 
 def _check_cache(cache: Any, layer: int, expected: int) -> None:
@@ -534,6 +610,7 @@ def _decode(stack: _Stack, ids: torch.Tensor, k: int, max_new_tokens: int, max_d
     # Invariant at the start of a round: every layer's cache holds positions 0 .. len(tokens) - 2 (all accepted
     # tokens but the last one: the previous round's bonus token), or nothing before the first round (the prompt).
     # The tokens after the cached positions have been through no layer yet.
+    cost = _draft_cost(stack, k)
     agree = _PRIOR_AGREEMENT  # running estimate: P(draft token == full model's token | previous ones accepted)
     length = min(max_draft_tokens, _FIRST_LENGTH) if adaptive else max_draft_tokens  # this round's longest draft
     first = True
@@ -543,7 +620,7 @@ def _decode(stack: _Stack, ids: torch.Tensor, k: int, max_new_tokens: int, max_d
         budget = total - n  # new tokens still allowed; a round yields at most (drafts + 1)
         m_max = min(max_draft_tokens, budget - 1)
         if adaptive and m_max > 0:
-            m_max = min(m_max, length) if _drafting_pays(agree, k, n_layers, m_max, min_gain) else 0
+            m_max = min(m_max, length) if _drafting_pays(agree, cost, m_max, min_gain) else 0
         # draft: the unprocessed tokens through the shallow stack, then one token at a time
         h = stack.run(stack.embed_at(ids.new_tensor([tokens[cached:]]), cached), shallow, cached, cache)
         if first:  # the layers must have filled the cache (else every later step would decode from nothing)
