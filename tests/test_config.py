@@ -108,6 +108,8 @@ def test_config_dict_round_trip():
     (["ema=1.5"], r"ema must be in \[0, 1\)"),
     (["st.amplitude=-1"], r"st.amplitude must be a positive number or 'adaptive'"),
     (["st.sampling=inter_stage"], r"needs st.ranges"),
+    (["st.sampling=choices"], r"needs st.depths"),
+    (["st.depths=[[1,1,1]]"], r"st.depths is for st.sampling=choices"),
     (["eval_depths=[1,1,1]"], r"eval_depths must be a list of depth lists"),
     (["resume=/no/such/last.pt"], r"resume checkpoint '/no/such/last.pt' does not exist"),
     (["optim.lr"], r"must look like key=value"),

@@ -61,6 +61,27 @@ def test_train_lm_writes_the_run_dir(tmp_path):
     assert again["final"] == summary["final"]
 
 
+def test_st_on_given_exits_trains_those_exits_only(tmp_path, monkeypatch):
+    """st.sampling=choices with st.depths=[1]: every sub-network of every step is exit 1 (the exit a draft reads)."""
+    from stimulative.core.sampling import SampleSpace
+
+    drawn = []
+    real = SampleSpace.sample
+    monkeypatch.setattr(SampleSpace, "sample", lambda self: drawn.append(real(self)) or drawn[-1])
+    summary = train_lm(REPO / "recipes/lm_llama_st.yaml",
+                       _args(tmp_path, "one_exit", "steps=3", "eval_every=3", "st.num_subnets=2",
+                             "st.sampling=choices", "st.depths=[1]"))
+    assert drawn == [[1]] * 6 and summary["final"]["train_loss_subnet"] > 0
+    assert load_lm_config(Path(summary["run_dir"]) / "config.yaml").st.depths == [1]
+    with pytest.raises(ConfigError, match="st.depths"):
+        load_lm_config(None, ["st.sampling=choices"])
+    with pytest.raises(ConfigError, match="st.depths"):
+        load_lm_config(None, ["st.depths=[1]"])
+    with pytest.raises(ValueError, match="outside"):
+        train_lm(REPO / "recipes/lm_llama_st.yaml", _args(tmp_path, "bad", "steps=1", "st.num_subnets=1",
+                                                          "st.sampling=choices", "st.depths=[4]"))
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     recipe = REPO / "recipes/lm_llama_st.yaml"
     full = train_lm(recipe, _args(tmp_path, "full", "steps=6", "eval_every=4"))

@@ -52,10 +52,16 @@ def test_inter_stage_respects_ranges():
         st.SampleSpace.inter_stage([3, 4, 6, 3], ranges=[1, 2])
 
 
+def _space_args(kind: str, ranges: list[int]) -> dict:
+    """What each kind needs besides the depths: inter-stage ranges, the configurations of 'choices'."""
+    return {"ranges": ranges if kind == "inter_stage" else None,
+            "depths": [[1, 1, 1], [3, 2, 1], [2, 3, 2]] if kind == "choices" else None}
+
+
 @pytest.mark.parametrize("kind", SAMPLING_KINDS)
 def test_frequencies_are_uniform(kind):
-    full = [3, 3, 3] if kind in ("ordered", "inter_stage") else [2, 3, 2]
-    space = st.SampleSpace(kind, full, ranges=[2, 3, 1] if kind == "inter_stage" else None, seed=123)
+    full = [3, 3, 3] if kind in ("ordered", "inter_stage", "choices") else [2, 3, 2]
+    space = st.SampleSpace(kind, full, **_space_args(kind, [2, 3, 1]), seed=123)
     support = [_key(c) for c in space]
     draws = 400 * len(support)
     counts = collections.Counter(_key(space.sample()) for _ in range(draws))
@@ -73,12 +79,12 @@ def test_frequencies_are_uniform(kind):
 @pytest.mark.parametrize("kind", SAMPLING_KINDS)
 def test_seeding_reproduces(kind):
     def draws(seed):
-        space = st.SampleSpace(kind, [3, 3, 3], ranges=[3, 3, 3] if kind == "inter_stage" else None, seed=seed)
+        space = st.SampleSpace(kind, [3, 3, 3], **_space_args(kind, [3, 3, 3]), seed=seed)
         return [_key(space.sample()) for _ in range(50)]
 
     assert draws(7) == draws(7)
     assert draws(7) != draws(8)
-    space = st.SampleSpace(kind, [3, 3, 3], ranges=[3, 3, 3] if kind == "inter_stage" else None, seed=7)
+    space = st.SampleSpace(kind, [3, 3, 3], **_space_args(kind, [3, 3, 3]), seed=7)
     first = [_key(space.sample()) for _ in range(10)]
     space.manual_seed(7)
     assert [_key(space.sample()) for _ in range(10)] == first
@@ -86,10 +92,10 @@ def test_seeding_reproduces(kind):
 
 @pytest.mark.parametrize("kind", SAMPLING_KINDS)
 def test_len_equals_enumeration_and_configs_are_valid(kind, r20_ed):
-    space = st.SampleSpace.for_model(r20_ed, kind, ranges=[2, 3, 1] if kind == "inter_stage" else None, seed=0)
+    space = st.SampleSpace.for_model(r20_ed, kind, **_space_args(kind, [2, 3, 1]), seed=0)
     configs = list(space)
     assert len(configs) == len(space) == len({_key(c) for c in configs})
-    expected = {"ordered": 27, "inter_stage": 6, "stochastic": 2 ** 6, "raw": 2 ** 7}[kind]
+    expected = {"ordered": 27, "inter_stage": 6, "stochastic": 2 ** 6, "raw": 2 ** 7, "choices": 3}[kind]
     assert len(space) == expected
     for config in configs:
         r20_ed.block_modes(config)  # valid for the model
@@ -158,3 +164,25 @@ def test_repr_and_contains():
     space = st.SampleSpace.ordered([2, 3], seed=0)
     assert "size=6" in repr(space)
     assert [1, 3] in space and [0, 3] not in space and [1, 2, 3] not in space
+
+
+def test_choices_draw_only_the_given_depths_and_refuse_bad_ones():
+    space = st.SampleSpace.choices([30], depths=[8], seed=0)
+    assert {_key(space.sample()) for _ in range(20)} == {(8,)} and len(space) == 1 and list(space) == [[8]]
+    assert [8] in space and [9] not in space
+    space = st.SampleSpace.choices([30], depths=[8, 16], seed=0)  # ints: one stage's depths
+    assert {_key(space.sample()) for _ in range(100)} == {(8,), (16,)}
+    for bad, key in (([31], "outside"), ([8, 8], "twice"), ([], "needs depths"), ([[1, 2]], "depth per stage")):
+        with pytest.raises(ValueError, match=key):
+            st.SampleSpace.choices([30], depths=bad)
+    with pytest.raises(ValueError, match="depth per stage"):
+        st.SampleSpace.choices([3, 3], depths=[2])  # an int only for a one-stage model
+    with pytest.raises(ValueError, match="choices"):
+        st.SampleSpace.ordered([3]).__class__("ordered", [3], depths=[2])
+
+
+def test_choices_read_off_the_main_forward():
+    from stimulative.core.step import prefix_step_applies
+
+    assert prefix_step_applies(st.SampleSpace.choices([6], depths=[2, 4]))
+    assert not prefix_step_applies(st.SampleSpace.choices([3, 3], depths=[[1, 2]]))

@@ -5,6 +5,8 @@
 * ``stochastic``: keep a random subset of the skippable blocks (each kept with probability 1/2).
 * ``raw``: the unraveled view of Veit et al.: per skippable block take either the residual branch (BRANCH)
   or the identity path (SKIP), with probability 1/2 each; unskippable blocks always run.
+* ``choices``: one of the given depth configurations, uniformly: the exits a deployment will use (a language
+  model's draft exit, ``depths=[8]``), rather than every depth.
 
 Every space is seeded (its own ``random.Random``), has ``len()`` and can be enumerated when small.
 """
@@ -20,7 +22,7 @@ from .elastic import BRANCH, RUN, SKIP
 
 __all__ = ["SampleSpace", "SAMPLING_KINDS"]
 
-SAMPLING_KINDS = ("ordered", "inter_stage", "stochastic", "raw")
+SAMPLING_KINDS = ("ordered", "inter_stage", "stochastic", "raw", "choices")
 
 
 class SampleSpace:
@@ -39,7 +41,7 @@ class SampleSpace:
 
     def __init__(self, kind: str, full_depths: Sequence[int], min_depths: Sequence[int] | None = None,
                  ranges: Sequence[int] | None = None, skippable: Sequence[Sequence[bool]] | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, depths: Sequence | None = None):
         if kind not in SAMPLING_KINDS:
             raise ValueError(f"unknown sampling kind {kind!r}; valid choices: {', '.join(SAMPLING_KINDS)}")
         self.kind = kind
@@ -60,6 +62,9 @@ class SampleSpace:
             self.ranges = [int(r) for r in ranges]
         else:
             self.ranges = [c - m + 1 for c, m in zip(self.full_depths, self.min_depths)]
+        self.depths = self._choices(depths) if kind == "choices" else None
+        if depths is not None and kind != "choices":
+            raise ValueError(f"depths are the configurations of sampling 'choices', not {kind!r}")
         if skippable is None:
             # default: the first block of every stage is fixed, the others are skippable
             skippable = [[False] + [True] * (c - 1) for c in self.full_depths]
@@ -83,6 +88,33 @@ class SampleSpace:
         return cls("inter_stage", full_depths, min_depths=min_depths, ranges=ranges, seed=seed)
 
     @classmethod
+    def choices(cls, full_depths: Sequence[int], depths: Sequence, min_depths: Sequence[int] | None = None,
+                seed: int | None = None) -> SampleSpace:
+        """One of ``depths`` (configurations, or ints for a one-stage model), uniformly.
+
+        Example:
+            >>> SampleSpace.choices([30], depths=[8]).sample()
+            [8]
+        """
+        return cls("choices", full_depths, min_depths=min_depths, depths=depths, seed=seed)
+
+    def _choices(self, depths: Sequence | None) -> list[list[int]]:
+        if not depths or isinstance(depths, (str, int)):
+            raise ValueError(f"sampling 'choices' needs depths: a list of depth configurations, got {depths!r}")
+        configs = []
+        for d in depths:
+            config = [d] if isinstance(d, int) and len(self.full_depths) == 1 else d
+            if isinstance(config, int) or any(isinstance(c, bool) or not isinstance(c, int) for c in config) or \
+                    len(config) != len(self.full_depths):
+                raise ValueError(f"depths: {d!r} is not a depth per stage ({len(self.full_depths)} stages)")
+            if not all(m <= c <= f for c, m, f in zip(config, self.min_depths, self.full_depths)):
+                raise ValueError(f"depths: {list(config)} is outside {self.min_depths}..{self.full_depths}")
+            if list(config) in configs:
+                raise ValueError(f"depths: {list(config)} is listed twice")
+            configs.append(list(config))
+        return configs
+
+    @classmethod
     def stochastic(cls, full_depths: Sequence[int], skippable: Sequence[Sequence[bool]] | None = None,
                    seed: int | None = None) -> SampleSpace:
         """Stochastic residual sampling: each skippable block kept with probability 1/2."""
@@ -96,7 +128,7 @@ class SampleSpace:
 
     @classmethod
     def for_model(cls, ed, kind: str = "ordered", ranges: Sequence[int] | None = None,
-                  seed: int | None = None) -> SampleSpace:
+                  seed: int | None = None, depths: Sequence | None = None) -> SampleSpace:
         """The space of ``kind`` for an ``ElasticDepth`` (uses its min depths and skippable blocks).
 
         ``stochastic`` always keeps the first block of every stage (docs/method.md, "Sampling spaces"),
@@ -106,7 +138,8 @@ class SampleSpace:
         skippable = [list(s.skippable) for s in ed.stages]
         if kind == "stochastic":
             skippable = [[False] + row[1:] for row in skippable]
-        return cls(kind, ed.full_depths, min_depths=ed.min_depths, ranges=ranges, skippable=skippable, seed=seed)
+        return cls(kind, ed.full_depths, min_depths=ed.min_depths, ranges=ranges, skippable=skippable, seed=seed,
+                   depths=depths)
 
     # -------------------------------------------------------------------------------------------------------
     def manual_seed(self, seed: int) -> None:
@@ -126,7 +159,9 @@ class SampleSpace:
         return choices
 
     def sample(self) -> list:
-        """One configuration, drawn uniformly per stage, independently across stages."""
+        """One configuration, drawn uniformly per stage, independently across stages (``choices``: one of them)."""
+        if self.depths is not None:
+            return list(self.rng.choice(self.depths))
         if self.kind in ("ordered", "inter_stage"):
             if self.kind == "ordered":
                 return [self.rng.randint(m, c) for m, c in zip(self.min_depths, self.full_depths)]
@@ -157,17 +192,24 @@ class SampleSpace:
         return chosen[:k]
 
     def __len__(self) -> int:
+        if self.depths is not None:
+            return len(self.depths)
         if self.kind in ("ordered", "inter_stage"):
             return math.prod(self.ranges)
         return math.prod(2 ** sum(row) for row in self.skippable)
 
     def __iter__(self) -> Iterator[list]:
         """Enumerate every configuration (use only for small spaces; see ``len()``)."""
+        if self.depths is not None:
+            yield from (list(c) for c in self.depths)
+            return
         for combo in itertools.product(*self._per_stage_choices()):
             yield list(combo)
 
     def __contains__(self, config) -> bool:
         config = list(config)
+        if self.depths is not None:
+            return config in self.depths
         if len(config) != len(self.full_depths):
             return False
         return all(item in choices for item, choices in zip(

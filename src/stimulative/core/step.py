@@ -437,9 +437,9 @@ class _ConflictProjection:
 
 def prefix_step_applies(space: SampleSpace, min_input_scale: float = 1.0, subnet_fraction: float = 1.0,
                         project_conflicts: bool = False, grad_norms: bool = False) -> bool:
-    """Whether a step's sub-networks can be read off the main forward: one stage sampled as prefixes (ordered or
-    inter-stage sampling), full-size inputs, the whole batch, and no per-loss gradient surgery or diagnostics."""
-    return (len(space.full_depths) == 1 and getattr(space, "kind", None) in ("ordered", "inter_stage")
+    """Whether a step's sub-networks can be read off the main forward: one stage sampled as prefixes (ordered,
+    inter-stage or given depths), full-size inputs, the whole batch, and no per-loss gradient surgery or diagnostics."""
+    return (len(space.full_depths) == 1 and getattr(space, "kind", None) in ("ordered", "inter_stage", "choices")
             and min_input_scale >= 1
             and subnet_fraction >= 1 and not project_conflicts and not grad_norms)
 
@@ -626,7 +626,7 @@ class StimulativeStep:
                     **options: Any) -> StimulativeStep:
         """Build the step of a recipe's ``st`` section (``cfg.st``): same options, same schedule.
 
-        ``space`` defaults to ``SampleSpace.for_model(ed, st.sampling, ranges=st.ranges)``; ``options`` (model,
+        ``space`` defaults to ``SampleSpace.for_model(ed, st.sampling, ranges=st.ranges, depths=st.depths)``; ``options`` (model,
         criterion, scaler, backward, no_sync, seed, stats_every...) are passed on.
 
         Example:
@@ -639,7 +639,8 @@ class StimulativeStep:
         """
         if space is None:
             space = SampleSpace.for_model(ed, st_config.sampling, ranges=st_config.ranges,
-                                          seed=options.pop("space_seed", None))
+                                          seed=options.pop("space_seed", None),
+                                          depths=getattr(st_config, "depths", None))
         values = {name: getattr(st_config, name) for name in _CONFIG_FIELDS if hasattr(st_config, name)}
         for old, new in RENAMED_OPTIONS.items():  # a config object of an older release
             if new not in values and hasattr(st_config, old):

@@ -49,7 +49,7 @@ __all__ = ["StimulativeModule", "cosine_schedule"]
 # Step options the module owns: it passes them itself.
 _OWNED = ("ed", "space", "model", "backward", "no_sync", "scaler", "seed")
 # Keys of an options mapping that build the sample space rather than the step.
-_SPACE_KEYS = ("sampling", "ranges")
+_SPACE_KEYS = ("sampling", "ranges", "depths")
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
@@ -140,7 +140,8 @@ class StimulativeModule(pl.LightningModule):
             options = dict(self.st_options)
             space_args = {k: options.pop(k) for k in _SPACE_KEYS if k in options}
             space = st.SampleSpace.for_model(self.ed, space_args.get("sampling", "ordered"),
-                                             ranges=space_args.get("ranges"), seed=self.seed)
+                                             ranges=space_args.get("ranges"), seed=self.seed,
+                                             depths=space_args.get("depths"))
             self.step = st.StimulativeStep(self.ed, space, **options, **hooks)
         else:
             self.step = st.StimulativeStep.from_config(self.st_options, self.ed, space_seed=self.seed,

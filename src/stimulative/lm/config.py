@@ -22,7 +22,15 @@ import yaml
 
 from ..io import atomic_write_text
 from ..train.config import CHOICES as TRAIN_CHOICES
-from ..train.config import ConfigError, RunPaths, STConfig, apply_overrides, fill_dataclass, read_recipe
+from ..train.config import (
+    ConfigError,
+    RunPaths,
+    STConfig,
+    apply_overrides,
+    check_depths,
+    fill_dataclass,
+    read_recipe,
+)
 
 __all__ = ["LMConfig", "LMModelConfig", "LayerSkipConfig", "LMDataConfig", "LMOptimConfig", "load_lm_config", "lm_config_from_dict",
            "lm_config_to_dict", "save_lm_config", "is_lm_recipe", "is_lm_run", "default_eval_depths", "ConfigError"]
@@ -142,6 +150,7 @@ def _validate(cfg: LMConfig) -> None:
         raise ConfigError(f"optim.betas must be two numbers, got {cfg.optim.betas}")
     if cfg.st.num_subnets < 0:
         raise ConfigError(f"st.num_subnets must be >= 0, got {cfg.st.num_subnets}")
+    check_depths(cfg.st)
     if cfg.st.min_input_scale != 1 or cfg.st.subnet_fraction != 1:
         raise ConfigError("LM runs need st.min_input_scale=1 and st.subnet_fraction=1 (random smaller inputs and "
                           "sample subsets are for images; the teacher has one logit row per token)")

@@ -178,7 +178,8 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
     layers = ed.full_depths[0]
     depths = default_eval_depths(layers) if cfg.eval_depths is None else \
         sorted({d for d in cfg.eval_depths if d < layers})
-    space = SampleSpace.for_model(ed, cfg.st.sampling, ranges=cfg.st.ranges, seed=cfg.seed)
+    space = SampleSpace.for_model(ed, cfg.st.sampling, ranges=cfg.st.ranges, seed=cfg.seed,
+                                  depths=cfg.st.depths)
     token_logits = TokenLogits(model)
     exits = prefix_exits(ed, rows=token_logits.select_rows) if cfg.st.prefix_exits or cfg.layerskip.enabled \
         else None

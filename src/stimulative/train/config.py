@@ -68,12 +68,15 @@ class OptimConfig:
 
 @dataclass
 class STConfig:
-    """The ``st`` section: every field but ``sampling``/``ranges`` is the ``StimulativeStep`` option of the same name
-    (``StimulativeStep.from_config(cfg.st, ed)``); ``sampling``/``ranges`` choose its ``SampleSpace``."""
+    """The ``st`` section: every field but ``sampling``/``ranges``/``depths`` is the ``StimulativeStep`` option of the
+    same name (``StimulativeStep.from_config(cfg.st, ed)``); ``sampling``/``ranges``/``depths`` choose its
+    ``SampleSpace``."""
 
     num_subnets: int = 0                  # 0 = common training (CT); 1 = ST; 6 = ST++ "Snet6"
     sampling: str = "ordered"             # ordered | inter_stage | stochastic | raw
     ranges: list | None = None            # InterSSR ranges (inter_stage)
+    depths: list | None = None            # the configurations of sampling=choices (one-stage models: ints,
+    #                                       e.g. an LM's draft exits [8])
     kl_norm: str = "plain"                # plain | layer | layer_sg | l2: KL- normalisation of the logits
     #                                       before the sub-network loss (was `kl`, read until the next release)
     amplitude: Any = 1.0                  # float or "adaptive"
@@ -141,6 +144,16 @@ class Config(RunPaths):
     optim: OptimConfig = field(default_factory=OptimConfig)
     st: STConfig = field(default_factory=STConfig)
 
+
+
+def check_depths(st: STConfig) -> None:
+    """``st.depths`` goes with ``st.sampling=choices`` and back (the depths themselves are checked against the
+    model when its space is built)."""
+    if st.sampling == "choices" and not st.depths:
+        raise ConfigError("st.sampling=choices needs st.depths, e.g. st.depths=[8] (an LM's exit) or "
+                          "st.depths=[[1,1,1],[2,2,2]]")
+    if st.depths and st.sampling != "choices":
+        raise ConfigError(f"st.depths is for st.sampling=choices (got st.sampling={st.sampling})")
 
 
 # The st.* choices are the method's own lists, so a new KL- variant or loss is a valid recipe value at once.
@@ -289,6 +302,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"st.amplitude must be a positive number or 'adaptive', got {amp!r}")
     if cfg.st.sampling == "inter_stage" and not cfg.st.ranges:
         raise ConfigError("st.sampling=inter_stage needs st.ranges, e.g. st.ranges=[1,2,4,1]")
+    check_depths(cfg.st)
     for key, value, low in (("eval_every", cfg.eval_every, 1), ("log_every", cfg.log_every, 1),
                             ("eval_batch_size", cfg.eval_batch_size, 1), ("threads", cfg.threads, 0),
                             ("bn_recal_images", cfg.bn_recal_images, 0), ("max_steps", cfg.max_steps, 0),

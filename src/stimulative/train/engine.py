@@ -111,7 +111,8 @@ def _train(cfg: Config, runtime: Runtime, start: RunStart | None) -> dict[str, A
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     criterion = CrossEntropyWithAccuracy(cfg.optim.label_smoothing, device)
-    space = SampleSpace.for_model(ed, cfg.st.sampling, ranges=cfg.st.ranges, seed=cfg.seed)
+    space = SampleSpace.for_model(ed, cfg.st.sampling, ranges=cfg.st.ranges, seed=cfg.seed,
+                                  depths=cfg.st.depths)
     # (not under torch.compile: the exits hook the blocks at every step, which a compiled graph would not see)
     exits = vision_prefix_exits(ed) if cfg.st.prefix_exits and cfg.st.num_subnets and not cfg.compile else None
     step = StimulativeStep.from_config(cfg.st, ed, space, model=None if forward is model else forward,
