@@ -1623,7 +1623,8 @@ def _smollm_label(rec: dict) -> str:
         a = rec.get("adapter", {})
         return f"exit adapter on layer {a.get('layer')} (rank {a.get('rank')}, frozen model)"
     return {"st": "ST (3 exits per step, shared head)", "ct": "CT", "stw005": "ST, sub-network weight 0.05",
-            "layerskip": "LayerSkip (shared head)"}.get(rec["_name"].split("_")[0], rec["method"])
+            "st8": "ST, exit 8 only, weight 0.15", "layerskip": "LayerSkip (shared head)"
+            }.get(rec["_name"].split("_")[0], rec["method"])
 
 
 def smollm_agreement_table(train: list[dict]) -> list[str]:
@@ -1661,7 +1662,7 @@ def smollm_decode_table(decode: list[dict]) -> list[str]:
     for r in decode:
         t = r["tokens_per_s"]
         vs_hf = "–" if r.get("speedup_vs_hf_exit") is None else f"{r['speedup_vs_hf_exit']:.2f}x"
-        name = {"start": "start", "st": "ST", "stw005": "ST w0.05", "ct": "CT", "layerskip": "LayerSkip",
+        name = {"start": "start", "st": "ST", "stw005": "ST w0.05", "st8": "ST exit 8", "ct": "CT", "layerskip": "LayerSkip",
                 "adapter": "exit adapter"}.get(r["spec"], r["spec"])
         watch = r.get("watch_every", 1)  # records before the change read it at every step
         # the decoder's versions: when greedy steps read the draft head, whether the draft's cost counts the head,
