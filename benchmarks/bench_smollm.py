@@ -271,6 +271,13 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
     model, tokenizer, adapter, loaded = decode_model(spec, args)
     prompts = decode_prompts(tokenizer, args.prompts, args.prompt_tokens)
     vocab = draft_vocab(model, args.draft_vocab, args) if args.draft_vocab else None
+    costs = None
+    if args.costs == "measured":  # this machine's costs for this exit, adapter and draft vocabulary
+        from stimulative.lm import measure_decode_costs
+
+        costs = measure_decode_costs(model, args.exit, exit_adapter=adapter, draft_vocab=vocab,
+                                     prompt_length=args.prompt_tokens, repeats=15)
+        print(f"  measured costs: {costs}, break-even agreement {costs.break_even()}", flush=True)
     k, new = args.exit, args.new_tokens
     modes = ["greedy", "ours_no_draft", "ours_exit"] + ([] if adapter is not None else ["hf_exit"])
     llama = None
@@ -309,7 +316,7 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
                                      assistant_early_exit=k)
             else:
                 out = generate(model, ids, k, new, attention_mask=mask, exit_adapter=adapter, draft_vocab=vocab,
-                               max_draft_tokens=0 if mode == "ours_no_draft" else 16)
+                               costs=costs, max_draft_tokens=0 if mode == "ours_no_draft" else 16)
                 seq = out.sequences
                 if mode == "ours_exit":
                     row.update(acceptance=out.acceptance, tokens_per_forward=out.tokens_per_forward,
@@ -333,7 +340,10 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
         return round(statistics.median(r[f"{a}_s"] / r[f"{b}_s"] for r in rows), 3)
 
     body = {"spec": spec, "exit": k, "adapter": adapter is not None, "loaded": loaded, "prompts": len(rows),
-            "tag": args.tag, "watch_every": _WATCH_EVERY, "cost_model": "weights read (layers and head)",
+            "tag": args.tag, "watch_every": _WATCH_EVERY,
+            "cost_model": "weights read (layers and head)" if costs is None else "measured",
+            "costs": None if costs is None else {"draft": costs.draft, "verify": list(costs.verify),
+                                                  "step_ms": costs.step_ms, "break_even": costs.break_even()},
             "draft_vocab": args.draft_vocab or None, "draft_vocab_coverage": coverage(vocab, rows),
             "prompt_tokens": args.prompt_tokens, "new_tokens": new,
             "tokens_per_s": {m: round(sum(r.get(f"{m}_tokens", r["new_tokens"]) for r in rows)
@@ -360,80 +370,37 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
 
 
 def decode_costs(args: argparse.Namespace) -> Path:
-    """Time the pieces of a decoding round on the start model after a held-out prompt (median of ``repeats``):
-    a plain greedy step (every layer and the head on one token), layers 1..k on one token, the draft head (full
-    and over ``--draft-vocab`` rows) and the deep layers + head verifying 1-8 positions in one forward. What the
-    decoder's cost model (weights read) predicts beside what the clock says."""
-    import statistics
-
+    """Time the pieces of a decoding round on the converted model (``stimulative.lm.measure_decode_costs``): a
+    drafted token and the verifying forward on 1-8 positions, as shares of a plain greedy step, with the full
+    head and over ``--draft-vocab`` tokens, beside what the decoder's default cost model (weights read, a verifying
+    forward one step) predicts; and the agreement an exit needs before drafting pays at those costs."""
     import torch
-    from transformers import AutoModelForCausalLM, DynamicCache
+    from transformers import AutoModelForCausalLM
 
+    from stimulative.lm import measure_decode_costs
     from stimulative.lm.gguf import cached_gguf
-    from stimulative.lm.speculative import _Stack
+    from stimulative.lm.speculative import _draft_cost, _Stack
 
     torch.set_num_threads(args.threads)
     converted, _ = cached_gguf(args.gguf)
     model = AutoModelForCausalLM.from_pretrained(converted, local_files_only=True).float().eval()
-    from transformers import AutoTokenizer
-
-    prompt = decode_prompts(AutoTokenizer.from_pretrained(converted, local_files_only=True), 2,
-                            args.prompt_tokens)[0]["ids"]
-    stack, k, n = _Stack(model), args.exit, len(prompt)
-    layers = len(stack.layers)
-    rows = torch.arange(max(args.draft_vocab, 1))
-    sub = stack.head.weight[rows].contiguous()
-    repeats = 15
-
-    def timed(fn) -> float:
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    with torch.no_grad():
-        cache = DynamicCache()
-        stack.run(stack.embed_at(torch.tensor([prompt[:-1]]), 0), range(layers), 0, cache)
-        one = torch.tensor([[prompt[-1]]])
-        h1 = stack.run(stack.embed_at(one, n - 1), range(k), n - 1, cache)
-
-        def rewind():  # every layer back to the prompt's n - 1 positions
-            for layer in cache.layers:
-                extra = layer.get_seq_length() - (n - 1)
-                if extra > 0:
-                    layer.crop(-extra)
-
-        rewind()
-
-        def step(q: int, which: range, start_layer_h=None):
-            h = start_layer_h if start_layer_h is not None else stack.embed_at(torch.tensor([[prompt[-1]] * q]), n - 1)
-            out = stack.run(h, which, n - 1, cache)
-            rewind()
-            return out
-
-        hk = h1[:, -1:]
-        ms = {"greedy_step": timed(lambda: stack.logits(step(1, range(layers))[:, -1])),
-              "shallow_layers": timed(lambda: step(1, range(k))),
-              "head_full": timed(lambda: stack.logits(hk[0, -1])),
-              "head_draft_vocab": timed(lambda: torch.nn.functional.linear(stack.norm(hk[0, -1]), sub))}
-        for q in (1, 2, 3, 5, 8):
-            ms[f"verify_{q}"] = timed(lambda q=q: stack.logits(step(q, range(k, layers), hk.expand(1, q, -1).contiguous())))
-    ms = {key: round(1000 * v, 2) for key, v in ms.items()}
-    full = sum(stack.layer_cost) + stack.head_cost
-    predicted = {"draft_full_head": round((sum(stack.layer_cost[:k]) + stack.head_cost) / full, 3),
-                 "draft_vocab": round((sum(stack.layer_cost[:k]) + sub.numel()) / full, 3)}
-    measured = {"draft_full_head": round((ms["shallow_layers"] + ms["head_full"]) / ms["greedy_step"], 3),
-                "draft_vocab": round((ms["shallow_layers"] + ms["head_draft_vocab"]) / ms["greedy_step"], 3),
-                **{f"verify_{q}": round((ms["shallow_layers"] + ms[f"verify_{q}"]) / ms["greedy_step"], 3)
-                   for q in (1, 2, 3, 5, 8)}}
-    body = {"exit": k, "draft_vocab": args.draft_vocab, "prompt_tokens": n, "repeats": repeats, "ms": ms,
-            "cost_as_share_of_a_greedy_step": {"predicted (weights read)": predicted, "measured": measured}}
+    k = args.exit
+    settings = {"full head": None}
+    if args.draft_vocab:
+        settings[f"draft vocabulary {args.draft_vocab}"] = draft_vocab(model, args.draft_vocab, args)
+    body: dict = {"exit": k, "threads": args.threads, "prompt_tokens": args.prompt_tokens, "settings": {}}
+    for name, vocab in settings.items():
+        costs = measure_decode_costs(model, k, draft_vocab=vocab, prompt_length=args.prompt_tokens, repeats=15)
+        stack = _Stack(model)
+        stack.set_draft(None, None if vocab is None else torch.as_tensor(vocab))
+        body["settings"][name] = {"draft": costs.draft, "verify": list(costs.verify), "step_ms": costs.step_ms,
+                                  "draft_predicted": round(_draft_cost(stack, k), 4),
+                                  "break_even_agreement": costs.break_even()}
+        print(f"{name}: {body['settings'][name]}", flush=True)
     cmd = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
     path = record("decode_costs", args.seed, 0, body, cmd, args,
                   name=f"decode_costs_L{k}_t{args.threads}{'_' + args.tag if args.tag else ''}.json")
-    print(json.dumps(body, indent=1), f"\n-> {path.name}", flush=True)
+    print(f"-> {path.name}", flush=True)
     return path
 
 
@@ -541,6 +508,8 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--llamacpp", action="store_true", help="--decode: also time llama.cpp (llama-cpp-python) on "
                    "the GGUF file, for scale")
+    p.add_argument("--costs", choices=["weights", "measured"], default="weights", help="--decode: the decoder's "
+                   "cost model: the weights a token reads (default) or this machine's timings (measure_decode_costs)")
     p.add_argument("--decode-costs", action="store_true", help="time the pieces of a decoding round (a greedy "
                    "step, the shallow layers, the draft head, verifying 1-8 positions) against the cost model")
     p.add_argument("--draft-vocab", type=int, default=0, metavar="N", help="--decode: drafts over the N most "

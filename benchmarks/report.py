@@ -1593,12 +1593,30 @@ def _smollm_records(results: Path) -> tuple[list[dict], list[dict]]:
     """The training/agreement records (start, ST, CT, adapter by step) and the decoding records."""
     train, decode = [], []
     for path in sorted(results.glob("*.json")):
-        if path.stem.startswith("grad_probe"):  # instrumentation, shown by probe_lines
+        if path.stem.startswith(("grad_probe", "decode_costs")):  # instrumentation: probe_lines, cost_lines
             continue
         rec = read_record(path, "bench_smollm")
         rec["_name"] = path.stem
         (decode if path.stem.startswith("decode_") else train).append(rec)
     return train, decode
+
+
+def cost_lines(results: Path) -> list[str]:
+    """What a decoding round costs, measured (``bench_smollm.py --decode-costs``), and the agreement it needs."""
+    out = []
+    for path in sorted(results.glob("decode_costs_*.json")):
+        r = read_record(path, "bench_smollm")
+        out += [f"What a decoding round costs from exit {r['exit']} on {r['threads']} thread(s), as shares of a plain "
+                f"greedy step (`{r['command']}`; `stimulative.lm.measure_decode_costs`):", "",
+                "| draft head | greedy step | a drafted token (predicted from the weights) | verifying 1 / 2 / 3 / 5 / 8 "
+                "positions | drafting pays from an agreement of |", "|---|---:|---:|---|---:|"]
+        for name, c in r["settings"].items():
+            v = c["verify"]
+            out.append(f"| {name} | {c['step_ms']:.1f} ms | {c['draft']:.3f} ({c['draft_predicted']:.3f}) | "
+                       f"{' / '.join(f'{v[q - 1]:.2f}' for q in (1, 2, 3, 5, 8) if q <= len(v))} | "
+                       f"{100 * c['break_even_agreement']:.0f}% |")
+        out.append("")
+    return out
 
 
 def probe_lines(results: Path) -> list[str]:
@@ -1669,7 +1687,8 @@ def smollm_decode_table(decode: list[dict]) -> list[str]:
         # the drafts' vocabulary
         decoder = f"head read on {'every greedy step' if watch == 1 else f'every {watch}th greedy step'}"
         if r.get("cost_model"):
-            decoder = "cost counts the head; " + (f"draft vocabulary {r['draft_vocab']:,} (holds "
+            decoder = ("measured costs (drafting pays from " + f"{100 * r['costs']['break_even']:.0f}% agreement); "
+                       if r.get("costs") else "cost counts the head; ") + (f"draft vocabulary {r['draft_vocab']:,} (holds "
                                                   f"{100 * r['draft_vocab_coverage']:.0f}% of greedy's tokens)"
                                                   if r.get("draft_vocab") else "full vocabulary")
         # llama.cpp on the same GGUF file (--llamacpp), for scale: its Q4_1 kernels, not our float32 weights
@@ -1700,6 +1719,7 @@ def pretrained_markdown(results: Path = SMOLLM) -> str:
                 "gain alone (the same loop with drafting off):", "", *smollm_decode_table(decode), ""]
     else:
         out += ["_No decoding records yet: `python benchmarks/bench_smollm.py --decode start st adapter`._", ""]
+    out += cost_lines(results)
     # the records keep the exact commands; here the GGUF file's machine-specific path reads $GGUF
     commands = sorted({re.sub(r"model\.pretrained=\S+\.gguf", "model.pretrained=$GGUF", r["command"])
                        for r in train + decode})

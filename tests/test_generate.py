@@ -238,6 +238,36 @@ def test_drafting_pays_where_the_expected_tokens_per_unit_of_work_beat_greedy():
     assert _drafting_pays(0.5, 0.25, 16, 1.1) and not _drafting_pays(0.3, 0.25, 16, 1.1)
     assert not _drafting_pays(0.5, 0.75, 16, 1.1) and _drafting_pays(0.95, 0.75, 16, 1.1)
     assert not _drafting_pays(0.99, 0.25, 0, 1.0)  # no room for a draft
+    # a verifying forward on 2 positions that costs 1.5 steps (a CPU) makes the same draft a loss
+    assert not _drafting_pays(0.5, 0.25, 1, 1.1, verify=(1.0, 1.5))
+    assert _drafting_pays(0.95, 0.25, 1, 1.1, verify=(1.0, 1.5))
+
+
+def test_measured_costs_decide_where_drafting_pays():
+    from stimulative.lm import DecodeCosts, measure_decode_costs
+
+    model = tiny("llama", "agree")
+    p = prompts(5)[2]
+    ref = greedy(model, p, NEW)
+    costs = measure_decode_costs(model, 1, prompt_length=8, max_positions=3, repeats=2)
+    assert costs.exit_layer == 1 and len(costs.verify) == 3 and costs.draft > 0 and costs.step_ms > 0
+    assert torch.equal(generate(model, p, 1, NEW, costs=costs).sequences, ref)
+    # verification that costs 100 steps: no round pays, every step is plain greedy; free verification: drafts
+    dear = DecodeCosts(1, draft=0.1, verify=(1.0, 100.0), step_ms=1.0)
+    out = generate(model, p, 1, NEW, costs=dear, confidence_threshold=0.0)
+    assert torch.equal(out.sequences, ref) and out.drafted == 0 and out.greedy_steps == NEW
+    cheap = DecodeCosts(1, draft=0.1, verify=(1.0, 1.0), step_ms=1.0)
+    out = generate(model, p, 1, NEW, costs=cheap, confidence_threshold=0.0)
+    assert torch.equal(out.sequences, ref) and out.accepted > NEW // 2
+    assert dear.break_even() == 1.0 and cheap.break_even() < 0.15
+    cpu = DecodeCosts(8, draft=0.232, verify=(1.0, 1.367, 1.629, 1.64, 1.643), step_ms=61.3)  # SmolLM2, measured
+    assert 0.5 < cpu.break_even() < 0.7
+    with pytest.raises(ValueError, match="measure_decode_costs"):  # measured for another exit
+        generate(model, p, 2, NEW, costs=costs)
+    with pytest.raises(ValueError, match="measure_decode_costs"):  # measured without a draft vocabulary
+        generate(model, p, 1, NEW, costs=costs, draft_vocab=list(range(10)))
+    with pytest.raises(ValueError, match="exit_layer"):
+        measure_decode_costs(model, LAYERS)
 
 
 def test_draft_cost_counts_the_head_and_a_draft_vocabulary_lowers_it(monkeypatch):

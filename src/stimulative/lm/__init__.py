@@ -9,7 +9,7 @@
   own sources as a demo corpus.
 * ``depth_losses`` (``stimulative.lm.evaluate``): validation loss/perplexity of every prefix depth inside one
   model (loafing by depth).
-* ``generate``, ``SpeculativeOutput``, ``draft_vocabulary`` (``stimulative.lm.speculative``): greedy self-speculative decoding whose
+* ``generate``, ``SpeculativeOutput``, ``draft_vocabulary``, ``measure_decode_costs`` (``stimulative.lm.speculative``): greedy self-speculative decoding whose
   verification reuses the draft's work (equal to plain greedy; needs ``transformers`` when called).
 
 Runs (import the submodules; they need ``transformers``):
@@ -44,9 +44,9 @@ from .data import (
     stdlib_files,
 )
 from .evaluate import depth_losses
-from .speculative import SpeculativeOutput, draft_vocabulary, generate
+from .speculative import DecodeCosts, SpeculativeOutput, draft_vocabulary, generate, measure_decode_costs
 
 __all__ = [
-    "IGNORE_INDEX", "ByteTokenizer", "PackedBlocks", "SpeculativeOutput", "TokenLogits", "corpus_files", "corpus_tokens", "depth_losses", "encode_files",
-    "draft_vocabulary", "generate", "load_tokenizer", "next_token_targets", "split_by_file", "stdlib_files", "token_batch", "token_cross_entropy",
+    "IGNORE_INDEX", "ByteTokenizer", "DecodeCosts", "PackedBlocks", "SpeculativeOutput", "TokenLogits", "corpus_files", "corpus_tokens", "depth_losses", "encode_files",
+    "draft_vocabulary", "generate", "load_tokenizer", "measure_decode_costs", "next_token_targets", "split_by_file", "stdlib_files", "token_batch", "token_cross_entropy",
 ]

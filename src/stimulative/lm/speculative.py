@@ -74,7 +74,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["generate", "draft_vocabulary", "SpeculativeOutput", "UnsupportedError", "SUPPORTED", "TESTED_TRANSFORMERS"]
+__all__ = ["generate", "draft_vocabulary", "measure_decode_costs", "DecodeCosts", "SpeculativeOutput", "UnsupportedError", "SUPPORTED", "TESTED_TRANSFORMERS"]
 
 # The transformers versions the equality tests ran on (pyproject.toml pins the same range).
 TESTED_TRANSFORMERS = ">=5.24,<5.26"
@@ -246,9 +246,28 @@ class _Stack:
         return self.head(self.norm(h))
 
     def draft_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """The early exit's logits on layer-k states (the shared tail; ``generate`` replaces it with an exit
-        adapter's when one is given)."""
+        """The early exit's logits on layer-k states (the shared tail; ``set_draft`` replaces it with an exit
+        adapter's or a draft vocabulary's)."""
         return self.logits(h)
+
+    def set_draft(self, exit_adapter: nn.Module | None, rows: torch.Tensor | None) -> None:
+        """The drafts only (verification reads ``logits``): through ``exit_adapter``, over the draft vocabulary
+        ``rows`` (full-vocabulary logits, the lowest value outside it)."""
+        read = self.logits
+        if rows is not None:
+            weight = self.head.weight[rows].contiguous()  # the rows once, so a draft reads len(rows) x hidden only
+            bias = None if getattr(self.head, "bias", None) is None else self.head.bias[rows]
+            fill = torch.finfo(weight.dtype).min
+
+            def read(h: torch.Tensor) -> torch.Tensor:
+                part = torch.nn.functional.linear(self.norm(h), weight, bias)
+                return part.new_full((*part.shape[:-1], self.vocab), fill).index_copy_(-1, rows, part)
+
+            self.draft_head_cost = weight.numel()
+        if exit_adapter is not None:
+            self.draft_head_cost += sum(p.numel() for p in exit_adapter.parameters())
+        if exit_adapter is not None or rows is not None:
+            self.draft_logits = (lambda h: read(exit_adapter(h))) if exit_adapter is not None else read
 
 
 _PRIOR_AGREEMENT = 0.5  # before anything is seen: enough to draft from an exit in the first 45% of the layers
@@ -265,25 +284,139 @@ def _draft_cost(stack: _Stack, k: int) -> float:
     return (sum(stack.layer_cost[:k]) + stack.draft_head_cost) / (sum(stack.layer_cost) + stack.head_cost)
 
 
-def _drafting_pays(agree: float, cost: float, m_max: int, min_gain: float) -> bool:
+def _drafting_pays(agree: float, cost: float, m_max: int, min_gain: float,
+                   verify: Sequence[float] = (1.0,)) -> bool:
     """Whether some draft length m <= m_max is expected to give ``min_gain`` times plain greedy's tokens per
     unit of work.
 
     A round with m drafts runs layers 1..k and the draft head once per drafted token and the full step (layers
-    1..L on the last accepted token, the deep layers and the head on all m + 1 positions in one forward) once:
-    1 + m * cost greedy steps' work (``cost``: ``_draft_cost``), for 1 + a + ... + a^m tokens on average if each
-    drafted token agrees with the full model with probability a (given that the previous ones did); plain
-    greedy: 1 token per step.
+    1..k on the last accepted token, the deep layers and the head on all m + 1 positions in one forward) once:
+    m * cost + verify(m + 1) greedy steps' work (``cost``: ``_draft_cost`` or measured; ``verify[q - 1]``: a
+    step on q positions, the last entry for longer ones; 1 where positions come free, as on a GPU), for
+    1 + a + ... + a^m tokens on average if each drafted token agrees with the full model with probability a
+    (given that the previous ones did); plain greedy: 1 token per step.
     """
     tokens, term = 1.0, 1.0
     for m in range(1, m_max + 1):
         term *= agree
         tokens += term
-        if tokens > min_gain * (1 + m * cost):
+        if tokens > min_gain * (m * cost + verify[min(m, len(verify) - 1)]):
             return True
         if term < 1e-3:
             break
     return False
+
+
+@dataclass(frozen=True)
+class DecodeCosts:
+    """What a decoding round costs on this machine, measured by ``measure_decode_costs``, for ``generate(costs=)``.
+
+    ``draft``: one drafted token (layers 1..k and the draft head), ``verify[q - 1]``: the verifying forward on q
+    positions (layers 1..k on the last accepted token, layers k+1..L and the head on q positions), both as a share
+    of a plain greedy step (``step_ms``). Valid for the exit, adapter and draft vocabulary it was measured with.
+    """
+
+    exit_layer: int
+    draft: float
+    verify: tuple[float, ...]
+    step_ms: float
+    adapter: bool = False
+    draft_vocab: int | None = None
+
+    def check(self, exit_layer: int, exit_adapter: nn.Module | None, rows: torch.Tensor | None) -> None:
+        got = (exit_layer, exit_adapter is not None, None if rows is None else len(rows))
+        want = (self.exit_layer, self.adapter, self.draft_vocab)
+        if got != want:
+            raise ValueError(f"costs were measured for exit_layer={want[0]}, an exit adapter: {want[1]}, draft "
+                             f"vocabulary {want[2]}; this call decodes with {got[0]}, {got[1]}, {got[2]}: measure "
+                             "them for this setting (measure_decode_costs)")
+
+    def break_even(self, max_draft_tokens: int = 16) -> float:
+        """The lowest agreement at which some draft length pays at all (``min_gain`` 1); 1.0 if none does."""
+        lo, hi = 0.0, 1.0
+        if not _drafting_pays(1.0 - 1e-9, self.draft, max_draft_tokens, 1.0, self.verify):
+            return 1.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if _drafting_pays(mid, self.draft, max_draft_tokens, 1.0, self.verify) else (mid, hi)
+        return round(hi, 3)
+
+
+@torch.no_grad()
+def measure_decode_costs(model: nn.Module, exit_layer: int, *, exit_adapter: nn.Module | None = None,
+                         draft_vocab: torch.Tensor | Sequence[int] | None = None, prompt_length: int = 128,
+                         max_positions: int = 8, repeats: int = 9, seed: int = 0) -> DecodeCosts:
+    """Time the pieces of a decoding round on this machine (medians of ``repeats``) after a random prompt of
+    ``prompt_length`` tokens: a plain greedy step, a drafted token and the verifying forward on 1..``max_positions``
+    positions. On a CPU a forward on several positions is not free (SmolLM2-135M, float32, 1 thread: 2 positions
+    cost 1.37 steps, 8 cost 1.67), so drafting must agree more often to pay than the weights alone say; pass
+    the result to ``generate(costs=...)`` and it drafts only where these costs say it pays.
+
+    Example::
+
+        costs = measure_decode_costs(model, 8, draft_vocab=vocab)
+        costs.break_even()  # the agreement an exit needs before drafting pays here
+        out = generate(model, ids, 8, draft_vocab=vocab, costs=costs)
+    """
+    import statistics
+
+    from transformers import DynamicCache
+
+    stack = _Stack(model)
+    n_layers = len(stack.layers)
+    k = _as_int(exit_layer)
+    if k is None or not 1 <= k <= n_layers - 1:
+        raise ValueError(f"exit_layer must be an int in 1..{n_layers - 1} for this {n_layers}-layer model, "
+                         f"got {exit_layer!r}")
+    if prompt_length < 1 or max_positions < 1 or repeats < 1:
+        raise ValueError("prompt_length, max_positions and repeats must be >= 1")
+    device = next(model.parameters()).device
+    rows = None if draft_vocab is None else _draft_rows(draft_vocab, stack.vocab, device)
+    training = model.training
+    model.eval()
+    if exit_adapter is not None:
+        exit_adapter.eval()
+    stack.set_draft(exit_adapter, rows)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, stack.vocab, (1, prompt_length + max_positions), generator=g).to(device)
+    n = prompt_length
+    cache = DynamicCache()
+
+    def rewind() -> None:  # every layer back to the prompt's positions
+        for layer in cache.layers:
+            extra = layer.get_seq_length() - n
+            if extra > 0:
+                layer.crop(-extra)
+
+    def timed(fn: Any) -> float:
+        fn()  # warm up
+        rewind()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+            rewind()
+        return statistics.median(times)
+
+    def shallow(q: int = 1) -> torch.Tensor:
+        return stack.run(stack.embed_at(ids[:, n:n + q], n), range(k), n, cache)
+
+    try:
+        stack.run(stack.embed_at(ids[:, :n], 0), range(n_layers), 0, cache)
+        h = shallow()[:, -1:]
+        rewind()
+        step = timed(lambda: stack.logits(stack.run(shallow(), range(k, n_layers), n, cache)[0, -1]))
+        draft = timed(lambda: stack.draft_logits(shallow()[0, -1]))
+        verify = []
+        for q in range(1, max_positions + 1):
+            hq = h.expand(1, q, -1).contiguous()
+            verify.append(timed(lambda hq=hq: (shallow(), stack.logits(stack.run(hq, range(k, n_layers), n,
+                                                                                  cache)[0]))))
+    finally:
+        model.train(training)
+    return DecodeCosts(k, round(draft / step, 4), tuple(round(v / step, 4) for v in verify), round(1000 * step, 3),
+                       exit_adapter is not None, None if rows is None else len(rows))
 
 
 def _eos_set(model: nn.Module, eos_token_id: int | Sequence[int] | None) -> set[int]:
@@ -385,7 +518,8 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
              max_new_tokens: int = 128, *, attention_mask: torch.Tensor | Sequence[int] | None = None, max_draft_tokens: int = 16,
              confidence_threshold: float = 0.4, eos_token_id: int | Sequence[int] | None = None,
              adaptive: bool = True, min_gain: float = 1.1, exit_adapter: nn.Module | None = None,
-             draft_vocab: torch.Tensor | Sequence[int] | None = None) -> SpeculativeOutput:
+             draft_vocab: torch.Tensor | Sequence[int] | None = None, costs: DecodeCosts | None = None
+             ) -> SpeculativeOutput:
     """Greedy decoding of one prompt with drafts from the first ``exit_layer`` layers, verified by the rest.
 
     The result is token for token ``model.generate(input_ids, attention_mask=attention_mask, do_sample=False,
@@ -421,6 +555,10 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
             tokens of your text; FR-Spec, https://arxiv.org/abs/2502.14856): the draft head computes only those
             rows of the LM head, which with a large vocabulary is most of a draft's cost. Verification reads the
             full head, so the output is the same greedy output; a token outside the set is never drafted.
+        costs: None (a drafted token costs the weights it reads, a verifying forward one step whatever its
+            positions: right where several positions come free, as on a GPU), or ``measure_decode_costs``'s
+            timings on this machine for this exit, adapter and draft vocabulary (the adaptive mode then drafts
+            only where the measured costs say it pays).
 
     Returns:
         ``SpeculativeOutput``: ``.sequences`` (1, T + new) like ``model.generate``, and the counts.
@@ -508,26 +646,14 @@ def generate(model: nn.Module, input_ids: torch.Tensor | Sequence[int], exit_lay
     training = model.training
     adapter_training = exit_adapter.training if exit_adapter is not None else False
     model.eval()
-    # the drafts only (verification reads stack.logits): through the adapter, over the draft vocabulary
-    read = stack.logits
-    if rows is not None:
-        weight = stack.head.weight[rows].contiguous()  # the rows once, so a draft reads len(rows) x hidden only
-        bias = None if getattr(stack.head, "bias", None) is None else stack.head.bias[rows]
-        fill = torch.finfo(weight.dtype).min
-
-        def read(h: torch.Tensor) -> torch.Tensor:  # full-vocabulary logits, the lowest value outside the set
-            part = torch.nn.functional.linear(stack.norm(h), weight, bias)
-            return part.new_full((*part.shape[:-1], stack.vocab), fill).index_copy_(-1, rows, part)
-
-        stack.draft_head_cost = weight.numel()
     if exit_adapter is not None:
         exit_adapter.eval()
-        stack.draft_head_cost += sum(p.numel() for p in exit_adapter.parameters())
-    if exit_adapter is not None or rows is not None:
-        stack.draft_logits = (lambda h: read(exit_adapter(h))) if exit_adapter is not None else read
+    stack.set_draft(exit_adapter, rows)
+    if costs is not None:
+        costs.check(k, exit_adapter, rows)
     try:
         out = _decode(stack, ids, k, max_new_tokens, max_draft_tokens, confidence_threshold, eos, adaptive,
-                      min_gain, scores if processors is not None else None)
+                      min_gain, scores if processors is not None else None, costs)
     finally:
         model.train(training)
         if exit_adapter is not None:
@@ -592,7 +718,7 @@ def _check_cache(cache: Any, layer: int, expected: int) -> None:
 
 def _decode(stack: _Stack, ids: torch.Tensor, k: int, max_new_tokens: int, max_draft_tokens: int,
             confidence_threshold: float, eos: set[int], adaptive: bool, min_gain: float,
-            scores: Any) -> SpeculativeOutput:
+            scores: Any, costs: DecodeCosts | None) -> SpeculativeOutput:
     from transformers import DynamicCache
 
     n_layers = len(stack.layers)
@@ -610,7 +736,7 @@ def _decode(stack: _Stack, ids: torch.Tensor, k: int, max_new_tokens: int, max_d
     # Invariant at the start of a round: every layer's cache holds positions 0 .. len(tokens) - 2 (all accepted
     # tokens but the last one: the previous round's bonus token), or nothing before the first round (the prompt).
     # The tokens after the cached positions have been through no layer yet.
-    cost = _draft_cost(stack, k)
+    cost, verify = (_draft_cost(stack, k), (1.0,)) if costs is None else (costs.draft, costs.verify)
     agree = _PRIOR_AGREEMENT  # running estimate: P(draft token == full model's token | previous ones accepted)
     length = min(max_draft_tokens, _FIRST_LENGTH) if adaptive else max_draft_tokens  # this round's longest draft
     first = True
@@ -620,7 +746,7 @@ def _decode(stack: _Stack, ids: torch.Tensor, k: int, max_new_tokens: int, max_d
         budget = total - n  # new tokens still allowed; a round yields at most (drafts + 1)
         m_max = min(max_draft_tokens, budget - 1)
         if adaptive and m_max > 0:
-            m_max = min(m_max, length) if _drafting_pays(agree, cost, m_max, min_gain) else 0
+            m_max = min(m_max, length) if _drafting_pays(agree, cost, m_max, min_gain, verify) else 0
         # draft: the unprocessed tokens through the shallow stack, then one token at a time
         h = stack.run(stack.embed_at(ids.new_tensor([tokens[cached:]]), cached), shallow, cached, cache)
         if first:  # the layers must have filled the cache (else every later step would decode from nothing)
