@@ -239,7 +239,7 @@ def test_pretrained_page_tables_from_smollm_records(report, tmp_path):
         "speedup_vs_generate": 0.9, "speedup_vs_no_draft": 0.8, "speedup_vs_hf_exit": 1.5,
         "acceptance": 0.2, "tokens_per_forward": 1.0, "all_equal_greedy": True, "peak_rss_mib": 3000.0}))
     text = report.pretrained_markdown(tmp_path)
-    assert "| ST | 8 | 50 | 2 | every step | 10.0 / 11.5 / 9.0 (llama.cpp: 40.0) | 0.90x | 0.80x | 1.50x |" in text
+    assert "| ST | 8 | 50 | 2 | head read on every greedy step | 10.0 / 11.5 / 9.0 (llama.cpp: 40.0) | 0.90x | 0.80x | 1.50x |" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     assert rows[0] == ("| start (the converted model, untrained exits) | 0 | – | 2.2700 | – | 20.19 / 2.4% | "
                        "11.80 / 26.9% |")
@@ -248,6 +248,33 @@ def test_pretrained_page_tables_from_smollm_records(report, tmp_path):
     assert rows[2] == ("| exit adapter on layer 8 (rank 1024, frozen model) | 50 | 0.25 / – | the start's (frozen) | – | "
                        "3.10 / 41.0% | – |")
     assert rows[3] == "| CT | 50 | 0.25 / 0.20 | 2.0000 | – | 12.00 / 5.0% | – |"
-    assert ("| exit adapter | 8 | 50 | 1 | every step | 10.0 / 11.5 / 14.0 | 1.41x | 1.22x | – | 55.0% | 2.10 | every prompt "
+    assert ("| exit adapter | 8 | 50 | 1 | head read on every greedy step | 10.0 / 11.5 / 14.0 | 1.41x | 1.22x | – | 55.0% | 2.10 | every prompt "
             "(16 prompts) | 1,900 MiB |") in text
     assert "python benchmarks/bench_smollm.py --decode adapter" in text
+
+
+def test_pretrained_page_shows_the_decoder_version_and_the_measured_costs(report, tmp_path):
+    """A decoding record with measured costs and a draft vocabulary says so in its row; a --decode-costs record is a
+    table of its own (not a decoding row), with the agreement drafting needs."""
+    base = {"format": "stimulative-benchmark/1", "benchmark": "bench_smollm", "setting": "smollm", "seed": 0,
+            "wall_s": None, "code_version": "x", "machine": {}, "val_tokens": 8192}
+    (tmp_path / "start_s0.json").write_text(json.dumps(base | {
+        "method": "start", "steps": 0, "command": "python benchmarks/bench_smollm.py", "val_loss": 2.27,
+        "exits": {"8": {"loss": 20.19, "agree": 0.024}}}))
+    (tmp_path / "decode_adapter_L8_t1_v.json").write_text(json.dumps(base | {
+        "method": "adapter", "steps": 400, "command": "python benchmarks/bench_smollm.py --decode adapter --costs measured",
+        "spec": "adapter", "exit": 8, "threads": 1, "loaded": {"step": 400}, "prompts": 16, "watch_every": 4,
+        "cost_model": "measured", "costs": {"draft": 0.24, "verify": [1.0, 1.37], "step_ms": 61.0, "break_even": 0.62},
+        "draft_vocab": 4096, "draft_vocab_coverage": 0.93,
+        "tokens_per_s": {"greedy": 14.6, "ours_no_draft": 14.6, "ours_exit": 14.5},
+        "speedup_vs_generate": 0.99, "speedup_vs_no_draft": 0.99, "speedup_vs_hf_exit": None,
+        "acceptance": 0.3, "tokens_per_forward": 1.0, "all_equal_greedy": True, "peak_rss_mib": 1500.0}))
+    (tmp_path / "decode_costs_L8_t1.json").write_text(json.dumps(base | {
+        "method": "decode_costs", "steps": 0, "command": "python benchmarks/bench_smollm.py --decode-costs",
+        "exit": 8, "threads": 1, "settings": {"full head": {
+            "draft": 0.379, "verify": [1.0, 1.367, 1.629, 1.64, 1.643, 1.65, 1.66, 1.674], "step_ms": 61.31,
+            "draft_predicted": 0.421, "break_even_agreement": 0.655}}}))
+    text = report.pretrained_markdown(tmp_path)
+    assert ("| exit adapter | 8 | 400 | 1 | measured costs (drafting pays from 62% agreement); draft vocabulary 4,096 "
+            "(holds 93% of greedy's tokens) | 14.6 / 14.6 / 14.5 | 0.99x |") in text
+    assert "| full head | 61.3 ms | 0.379 (0.421) | 1.00 / 1.37 / 1.63 / 1.64 / 1.67 | 66% |" in text
