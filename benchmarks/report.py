@@ -1691,12 +1691,14 @@ def smollm_decode_table(decode: list[dict]) -> list[str]:
                        if r.get("costs") else "cost counts the head; ") + (f"draft vocabulary {r['draft_vocab']:,} (holds "
                                                   f"{100 * r['draft_vocab_coverage']:.0f}% of greedy's tokens)"
                                                   if r.get("draft_vocab") else "full vocabulary")
+        drafted = sum(row.get("drafted", 1) for row in r.get("rows", [{}]))
+        acceptance = "none drafted" if drafted == 0 else f"{100 * r['acceptance']:.1f}%"
         # llama.cpp on the same GGUF file (--llamacpp), for scale: its Q4_1 kernels, not our float32 weights
         llamacpp = "" if "llamacpp" not in t else f" (llama.cpp: {t['llamacpp']:.1f})"
         lines.append(f"| {name} | {r['exit']} | {r['loaded'].get('step')} | {r.get('threads')} | "
                      f"{decoder} | {t['greedy']:.1f} / {t['ours_no_draft']:.1f} / {t['ours_exit']:.1f}{llamacpp} | "
                      f"{r['speedup_vs_generate']:.2f}x | {r['speedup_vs_no_draft']:.2f}x | {vs_hf} | "
-                     f"{100 * r['acceptance']:.1f}% | {r['tokens_per_forward']:.2f} | "
+                     f"{acceptance} | {r['tokens_per_forward']:.2f} | "
                      f"{'every prompt' if r['all_equal_greedy'] else '**no**'} ({r['prompts']} prompts) | "
                      f"{r['peak_rss_mib']:,.0f} MiB |")
     return lines
