@@ -231,6 +231,21 @@ def test_cli_generate_errors(lm_run, tmp_path, capsys):
     assert "--prompt" in capsys.readouterr().err
 
 
+def test_cli_draft_vocabulary_and_measured_costs(lm_run, tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("def return self x = ( ) : for in if print\n" * 20)
+    assert main(["generate", str(lm_run), "--exit", "1", "--prompt", "def f(", "--max-new-tokens", "8",
+                 "--draft-vocab", "20", "--draft-text", str(text), "--measure-costs", "--compare", "--repeats", "1",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "drafting pays from" in out and out.count("; identical") == 3  # greedy, no drafts, assistant_early_exit
+    assert main(["generate", str(lm_run), "--exit", "1", "--prompt", "x", "--draft-vocab", "20"]) == 2
+    assert "--draft-text" in capsys.readouterr().err
+    assert main(["generate", str(lm_run), "--exit", "1", "--prompt", "x", "--draft-vocab", "20",
+                 "--draft-text", str(tmp_path / "missing")]) == 2
+    assert "--draft-text" in capsys.readouterr().err
+
+
 def test_drafting_pays_where_the_expected_tokens_per_unit_of_work_beat_greedy():
     from stimulative.lm.speculative import _drafting_pays
 

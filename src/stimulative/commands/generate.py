@@ -13,9 +13,15 @@ RUN is an LM run directory (stimulative train of a task: lm recipe) or a transfo
 LM run, or any save_pretrained Llama / GPT-2); the tokenizer is the run's, the one saved in the directory, the
 one named in its stimulative_lm.json, or else the byte tokenizer.
 
+--draft-vocab N --draft-text PATH makes the drafts score only the N most frequent tokens of that text; with
+--measure-costs the decoder first times its pieces on this machine and drafts only where they say it pays (a CPU
+verifies several positions at well above one step's cost).
+
 examples:
   stimulative generate runs/lm_llama_st --exit 2 --prompt "def main(" --max-new-tokens 96
   stimulative generate lm_st_export --exit 4 --prompt "import " --compare
+  stimulative generate smollm2 --exit 8 --adapter exit8.pt --draft-vocab 4096 --draft-text src/ --measure-costs \
+      --prompt "def parse_args(argv):" --compare
 """
 
 from __future__ import annotations
@@ -49,6 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", metavar="FILE",
                         help="draft through this exit adapter (stimulative.lm.adapter.save_adapter) on layer K; "
                              "--compare then skips assistant_early_exit, which cannot use it")
+    parser.add_argument("--draft-vocab", type=int, default=0, metavar="N",
+                        help="the drafts score only the N most frequent tokens of --draft-text (FR-Spec): cheaper "
+                             "drafts with a large vocabulary; the output is unchanged")
+    parser.add_argument("--draft-text", metavar="PATH",
+                        help="--draft-vocab: a text file or folder whose token frequencies choose the vocabulary")
+    parser.add_argument("--measure-costs", action="store_true",
+                        help="first time a drafted token and the verifying forward on this machine, print the "
+                             "agreement drafting needs here, and draft only where the timings say it pays")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=0, metavar="N", help="torch threads (default: torch's)")
 
@@ -118,6 +132,27 @@ def first_difference(ours: list[int], theirs: list[int]) -> str:
     return f"DIFFERS at new token {i}: ours {mine}, theirs {other} ({len(ours)} vs {len(theirs)} new tokens)"
 
 
+def _draft_vocab(size: int, text: str | None, tok: Any) -> Any:
+    """The ``size`` most frequent tokens of ``text`` (a file or a folder of text files, first 8 MB) and EOS."""
+    from ..lm.data import corpus_files, encode_files
+    from ..lm.speculative import draft_vocabulary
+
+    if size < 0:
+        raise ValueError(f"--draft-vocab must be >= 1, got {size}")
+    if not text:
+        raise ValueError("--draft-vocab needs --draft-text PATH: the text whose token frequencies choose the drafts' "
+                         "vocabulary")
+    path = Path(text)
+    if not path.exists():
+        raise ValueError(f"--draft-text {text!r} does not exist")
+    split = corpus_files(path) if path.is_dir() else {"train": [path], "val": []}
+    files = sorted(set(split["train"]) | set(split["val"]))
+    if not files:
+        raise ValueError(f"--draft-text {text!r} holds no text file")
+    eos = getattr(tok, "eos_token_id", None)
+    return draft_vocabulary(encode_files(files, tok, max_bytes=8_000_000), size, keep=[] if eos is None else [eos])
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -143,7 +178,18 @@ def run(args: argparse.Namespace) -> int:
         from ..lm.adapter import load_adapter
 
         options["exit_adapter"] = load_adapter(args.adapter, map_location=ids.device)
+    if getattr(args, "draft_vocab", 0):
+        options["draft_vocab"] = _draft_vocab(args.draft_vocab, getattr(args, "draft_text", None), tok)
     generate(model, ids, args.exit_layer, min(4, args.max_new_tokens), **options)  # warm-up (and argument checks)
+    if getattr(args, "measure_costs", False):
+        from ..lm.speculative import measure_decode_costs
+
+        costs = measure_decode_costs(model, args.exit_layer, exit_adapter=options.get("exit_adapter"),
+                                     draft_vocab=options.get("draft_vocab"), prompt_length=max(len(prompt), 1))
+        print(f"costs here: a greedy step {costs.step_ms:.1f} ms; a drafted token {costs.draft:.2f} of a step, "
+              f"verifying 2 positions {costs.verify[1] if len(costs.verify) > 1 else costs.verify[0]:.2f}; "
+              f"drafting pays from {costs.break_even():.0%} agreement", flush=True)
+        options["costs"] = costs
     out = generate(model, ids, args.exit_layer, args.max_new_tokens, **options)
     layers = model.config.num_hidden_layers
     new = out.new_tokens.tolist()
