@@ -277,6 +277,11 @@ def test_measured_costs_decide_where_drafting_pays():
     assert dear.break_even() == 1.0 and cheap.break_even() < 0.15
     cpu = DecodeCosts(8, draft=0.232, verify=(1.0, 1.367, 1.629, 1.64, 1.643), step_ms=61.3)  # SmolLM2, measured
     assert 0.5 < cpu.break_even() < 0.7
+    assert cpu.speedup(cpu.break_even()) == pytest.approx(1.0, abs=1e-3) and cpu.speedup(0.36) < 1
+    assert cpu.agreement_for(1.5) > cpu.break_even()
+    free = DecodeCosts(8, draft=0.245, verify=(1.0,), step_ms=61.3)  # verification at no cost: one draft pays from 24.5%
+    assert free.break_even() == pytest.approx(0.245, abs=1e-3)
+    assert free.speedup(0.36) == pytest.approx(1.36 / 1.245)
     with pytest.raises(ValueError, match="measure_decode_costs"):  # measured for another exit
         generate(model, p, 2, NEW, costs=costs)
     with pytest.raises(ValueError, match="measure_decode_costs"):  # measured without a draft vocabulary

@@ -331,15 +331,29 @@ class DecodeCosts:
                              f"vocabulary {want[2]}; this call decodes with {got[0]}, {got[1]}, {got[2]}: measure "
                              "them for this setting (measure_decode_costs)")
 
-    def break_even(self, max_draft_tokens: int = 16) -> float:
-        """The lowest agreement at which some draft length pays at all (``min_gain`` 1); 1.0 if none does."""
-        lo, hi = 0.0, 1.0
-        if not _drafting_pays(1.0 - 1e-9, self.draft, max_draft_tokens, 1.0, self.verify):
+    def speedup(self, agreement: float, max_draft_tokens: int = 16) -> float:
+        """The best draft length's tokens per unit of work against plain greedy's, if each drafted token agrees
+        with the full model with probability ``agreement`` (independently; real agreement comes in runs)."""
+        best, tokens, term = 0.0, 1.0, 1.0
+        for m in range(1, max_draft_tokens + 1):
+            term *= agreement
+            tokens += term
+            best = max(best, tokens / (m * self.draft + self.verify[min(m, len(self.verify) - 1)]))
+        return best
+
+    def agreement_for(self, speedup: float = 1.0, max_draft_tokens: int = 16) -> float:
+        """The lowest agreement at which some draft length reaches ``speedup`` (1.0 if none does)."""
+        if self.speedup(1.0, max_draft_tokens) < speedup:
             return 1.0
+        lo, hi = 0.0, 1.0
         for _ in range(30):
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if _drafting_pays(mid, self.draft, max_draft_tokens, 1.0, self.verify) else (mid, hi)
+            lo, hi = (lo, mid) if self.speedup(mid, max_draft_tokens) >= speedup else (mid, hi)
         return round(hi, 3)
+
+    def break_even(self, max_draft_tokens: int = 16) -> float:
+        """The lowest agreement at which drafting pays at all on these costs (1.0 if it never does)."""
+        return self.agreement_for(1.0, max_draft_tokens)
 
 
 @torch.no_grad()
