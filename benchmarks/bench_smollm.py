@@ -404,6 +404,44 @@ def decode_costs(args: argparse.Namespace) -> Path:
     return path
 
 
+def matmul_probe(args: argparse.Namespace) -> Path:
+    """Why a verifying forward on a few positions is dear on this CPU: one float32 product of SmolLM2's MLP shape
+    (576 -> 1536) on q = 1..8 rows, out of cache (40 distinct weights), in ``nn.Linear``'s layout
+    (``F.linear(x, W)``, what the model runs) and with the weight stored transposed (``x @ W.T`` contiguous):
+    milliseconds per product (median of 5 passes) and the weight bytes read per second."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    weights = [torch.randn(1536, 576) for _ in range(40)]
+    layouts = {"F.linear(x, W) (nn.Linear)": (lambda x, w: torch.nn.functional.linear(x, w), weights),
+               "x @ Wt (weight stored transposed)": (lambda x, w: x @ w, [w.t().contiguous() for w in weights])}
+    body: dict = {"shape": [1536, 576], "threads": args.threads, "layouts": {}}
+    for name, (fn, mats) in layouts.items():
+        row = {}
+        for q in (1, 2, 3, 4, 8):
+            x = torch.randn(q, 576)
+            for w in mats[:5]:
+                fn(x, w)
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for w in mats:
+                    fn(x, w)
+                times.append((time.perf_counter() - t0) / len(mats))
+            ms = statistics.median(times) * 1000
+            row[str(q)] = {"ms": round(ms, 4), "weight_gb_per_s": round(1536 * 576 * 4 / ms / 1e6, 2)}
+        body["layouts"][name] = row
+        print(name, row, flush=True)
+    cmd = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
+    path = record("matmul_probe", args.seed, 0, body, cmd, args,
+                  name=f"matmul_probe_t{args.threads}{'_' + args.tag if args.tag else ''}.json")
+    print(f"-> {path.name}", flush=True)
+    return path
+
+
 def grad_probe(args: argparse.Namespace) -> Path:
     """Instrument ST's first step on the start model: the gradient norm of the main CE and of the KL of exits
     ``--probe-exits`` (ST's sub-network losses, read through the shared final norm + head) on the first training
@@ -510,6 +548,8 @@ def main() -> None:
                    "the GGUF file, for scale")
     p.add_argument("--costs", choices=["weights", "measured"], default="weights", help="--decode: the decoder's "
                    "cost model: the weights a token reads (default) or this machine's timings (measure_decode_costs)")
+    p.add_argument("--matmul-probe", action="store_true", help="time one float32 product of the MLP's shape on "
+                   "1-8 rows in nn.Linear's layout and with the weight stored transposed")
     p.add_argument("--decode-costs", action="store_true", help="time the pieces of a decoding round (a greedy "
                    "step, the shallow layers, the draft head, verifying 1-8 positions) against the cost model")
     p.add_argument("--draft-vocab", type=int, default=0, metavar="N", help="--decode: drafts over the N most "
@@ -526,6 +566,9 @@ def main() -> None:
         return
     if args.decode_costs:
         decode_costs(args)
+        return
+    if args.matmul_probe:
+        matmul_probe(args)
         return
     if args.decode:
         os.environ.update(TQDM_DISABLE="1", OMP_NUM_THREADS=str(args.threads))

@@ -1594,7 +1594,7 @@ def _smollm_records(results: Path) -> tuple[list[dict], list[dict]]:
     """The training/agreement records (start, ST, CT, adapter by step) and the decoding records."""
     train, decode = [], []
     for path in sorted(results.glob("*.json")):
-        if path.stem.startswith(("grad_probe", "decode_costs")):  # instrumentation: probe_lines, cost_lines
+        if path.stem.startswith(("grad_probe", "decode_costs", "matmul_probe")):  # instrumentation, shown apart
             continue
         rec = read_record(path, "bench_smollm")
         rec["_name"] = path.stem
