@@ -369,6 +369,15 @@ def decode_run(spec: str, args: argparse.Namespace) -> Path:
     return path
 
 
+def probe_record(kind: str, stem: str, body: dict, args: argparse.Namespace) -> Path:
+    """Write an instrumentation record ``<stem>_t<threads>[_<tag>].json`` with this invocation's command."""
+    cmd = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
+    path = record(kind, args.seed, 0, body, cmd, args,
+                  name=f"{stem}_t{args.threads}{'_' + args.tag if args.tag else ''}.json")
+    print(f"-> {path.name}", flush=True)
+    return path
+
+
 def decode_costs(args: argparse.Namespace) -> Path:
     """Time the pieces of a decoding round on the converted model (``stimulative.lm.measure_decode_costs``): a
     drafted token and the verifying forward on 1-8 positions, as shares of a plain greedy step, with the full
@@ -397,11 +406,7 @@ def decode_costs(args: argparse.Namespace) -> Path:
                                   "draft_predicted": round(_draft_cost(stack, k), 4),
                                   "break_even_agreement": costs.break_even()}
         print(f"{name}: {body['settings'][name]}", flush=True)
-    cmd = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
-    path = record("decode_costs", args.seed, 0, body, cmd, args,
-                  name=f"decode_costs_L{k}_t{args.threads}{'_' + args.tag if args.tag else ''}.json")
-    print(f"-> {path.name}", flush=True)
-    return path
+    return probe_record("decode_costs", f"decode_costs_L{k}", body, args)
 
 
 def matmul_probe(args: argparse.Namespace) -> Path:
@@ -435,11 +440,7 @@ def matmul_probe(args: argparse.Namespace) -> Path:
             row[str(q)] = {"ms": round(ms, 4), "weight_gb_per_s": round(1536 * 576 * 4 / ms / 1e6, 2)}
         body["layouts"][name] = row
         print(name, row, flush=True)
-    cmd = "python benchmarks/bench_smollm.py " + shlex.join(sys.argv[1:])
-    path = record("matmul_probe", args.seed, 0, body, cmd, args,
-                  name=f"matmul_probe_t{args.threads}{'_' + args.tag if args.tag else ''}.json")
-    print(f"-> {path.name}", flush=True)
-    return path
+    return probe_record("matmul_probe", "matmul_probe", body, args)
 
 
 def grad_probe(args: argparse.Namespace) -> Path:
