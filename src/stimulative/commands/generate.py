@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         costs = measure_decode_costs(model, args.exit_layer, exit_adapter=options.get("exit_adapter"),
                                      draft_vocab=options.get("draft_vocab"), prompt_length=max(len(prompt), 1))
         print(f"costs here: a greedy step {costs.step_ms:.1f} ms; a drafted token {costs.draft:.2f} of a step, "
-              f"verifying 2 positions {costs.verify[1] if len(costs.verify) > 1 else costs.verify[0]:.2f}; "
+              f"verifying 2 positions {costs.verify[1]:.2f}; "
               f"drafting pays from {costs.break_even():.0%} agreement", flush=True)
         options["costs"] = costs
     out = generate(model, ids, args.exit_layer, args.max_new_tokens, **options)

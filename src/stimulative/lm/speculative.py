@@ -39,7 +39,8 @@ argument name would otherwise decode from an empty cache).
 
 Adaptive fallback: a running estimate a of how often a drafted token agrees with the full model (over about
 the last 10 drafted tokens seen) says whether drafting pays: whether some draft length m is expected to give
-more tokens (1 + a + ... + a^m) per unit of work (1 + m c) than plain greedy (1 per step), by ``min_gain``. The
+more tokens (1 + a + ... + a^m) per unit of work (m c for the drafts, one step for the verifying forward, or
+what ``measure_decode_costs`` timed) than plain greedy (1 per step), by ``min_gain``. The
 cost c of a drafted token counts the weights it reads, layers 1..k and the draft head, against a plain step's
 (all layers and the head): with a large vocabulary the head is most of a shallow draft's cost, which a draft
 vocabulary (``draft_vocab``, FR-Spec: the drafts score the most frequent tokens only) removes. Where
@@ -210,7 +211,7 @@ class _Stack:
         # layer's parameters and the head's (SmolLM2: the 49,152 x 576 head reads as much as 8 of its 30 layers)
         self.layer_cost = [sum(p.numel() for p in layer.parameters()) for layer in self.layers]
         self.head_cost = self.head.weight.numel()
-        self.draft_head_cost = self.head_cost  # generate() lowers it for a draft vocabulary, raises it for an adapter
+        self.draft_head_cost = self.head_cost  # set_draft: a draft vocabulary's rows, plus an adapter's weights
         # GPT-2's learned positions: model.generate accepts n_positions + 1 tokens in all (the last new token is
         # never fed to the model); more end in an IndexError inside torch, refused here in one line
         self.max_positions = getattr(config, "n_positions", None) if self.family == "gpt2" else None
@@ -263,9 +264,8 @@ class _Stack:
                 part = torch.nn.functional.linear(self.norm(h), weight, bias)
                 return part.new_full((*part.shape[:-1], self.vocab), fill).index_copy_(-1, rows, part)
 
-            self.draft_head_cost = weight.numel()
-        if exit_adapter is not None:
-            self.draft_head_cost += sum(p.numel() for p in exit_adapter.parameters())
+        self.draft_head_cost = (self.head_cost if rows is None else len(rows) * self.head.weight.shape[1]) + (
+            0 if exit_adapter is None else sum(p.numel() for p in exit_adapter.parameters()))
         if exit_adapter is not None or rows is not None:
             self.draft_logits = (lambda h: read(exit_adapter(h))) if exit_adapter is not None else read
 
@@ -296,15 +296,21 @@ def _drafting_pays(agree: float, cost: float, m_max: int, min_gain: float,
     1 + a + ... + a^m tokens on average if each drafted token agrees with the full model with probability a
     (given that the previous ones did); plain greedy: 1 token per step.
     """
-    tokens, term = 1.0, 1.0
+    return _draft_gain(agree, cost, m_max, verify) > min_gain
+
+
+def _draft_gain(agree: float, cost: float, m_max: int, verify: Sequence[float]) -> float:
+    """The best draft length's tokens per unit of work against plain greedy's (``_drafting_pays`` for the terms);
+    0 without room for a draft. Lengths past the one whose last token agrees with probability below 1e-3 add
+    nothing worth a draft and are not tried."""
+    best, tokens, term = 0.0, 1.0, 1.0
     for m in range(1, m_max + 1):
         term *= agree
         tokens += term
-        if tokens > min_gain * (m * cost + verify[min(m, len(verify) - 1)]):
-            return True
+        best = max(best, tokens / (m * cost + verify[min(m, len(verify) - 1)]))
         if term < 1e-3:
             break
-    return False
+    return best
 
 
 @dataclass(frozen=True)
@@ -334,12 +340,7 @@ class DecodeCosts:
     def speedup(self, agreement: float, max_draft_tokens: int = 16) -> float:
         """The best draft length's tokens per unit of work against plain greedy's, if each drafted token agrees
         with the full model with probability ``agreement`` (independently; real agreement comes in runs)."""
-        best, tokens, term = 0.0, 1.0, 1.0
-        for m in range(1, max_draft_tokens + 1):
-            term *= agreement
-            tokens += term
-            best = max(best, tokens / (m * self.draft + self.verify[min(m, len(self.verify) - 1)]))
-        return best
+        return _draft_gain(agreement, self.draft, max_draft_tokens, self.verify)
 
     def agreement_for(self, speedup: float = 1.0, max_draft_tokens: int = 16) -> float:
         """The lowest agreement at which some draft length reaches ``speedup`` (1.0 if none does)."""
