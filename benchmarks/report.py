@@ -1653,12 +1653,14 @@ def _smollm_label(rec: dict) -> str:
 
 def smollm_agreement_table(train: list[dict]) -> list[str]:
     exits = sorted({int(k) for r in train for k in r.get("exits", {})})
-    ct_loss = {r.get("steps"): r["val_loss"] for r in train if r["_name"].startswith("ct_")}
-    head = ("| method | steps | training hours, 1 thread (wall / CPU) | full model loss | vs CT at the same steps | "
-            + " | ".join(f"exit {k}" for k in exits) + " |")
-    lines = [head, "|---|---:|---:|---:|---:|" + "---:|" * len(exits)]
+    # the yardstick is CT of the same seed (the same data order) at the same steps
+    ct_loss = {(r.get("seed"), r.get("steps")): r["val_loss"] for r in train if r["_name"].startswith("ct_")}
+    head = ("| method | seed | steps | training hours, 1 thread (wall / CPU) | full model loss | "
+            "vs CT at the same steps | " + " | ".join(f"exit {k}" for k in exits) + " |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|" + "---:|" * len(exits)]
     order = {"start": 0, "st": 1, "stw005": 2, "adapter": 3, "layerskip": 4, "ct": 5}
-    for r in sorted(train, key=lambda r: (order.get(r["_name"].split("_")[0], 9), r.get("steps", 0))):
+    for r in sorted(train, key=lambda r: (order.get(r["_name"].split("_")[0], 9), r.get("seed", 0),
+                                          r.get("steps", 0))):
         cells = []
         for k in exits:
             e = r.get("exits", {}).get(str(k))
@@ -1669,12 +1671,78 @@ def smollm_agreement_table(train: list[dict]) -> list[str]:
         hours = "–" if wall is None else f"{wall:.2f} / {'–' if cpu is None else f'{cpu:.2f}'}"
         frozen = r["_name"].startswith("adapter")  # the adapter leaves every weight of the model as it was
         full_cell = "the start's (frozen)" if frozen else ("–" if full is None else f"{full:.4f}")
-        ct = ct_loss.get(r.get("steps"))
+        ct = ct_loss.get((r.get("seed"), r.get("steps")))
         vs_ct = ("–" if frozen or full is None or ct is None or r["_name"].startswith("ct_")
                  else f"{(full - ct) / ct:+.1%}")
-        lines.append(f"| {_smollm_label(r)} | {r.get('steps', 0)} | {hours} | {full_cell} | {vs_ct} | "
+        seed = "–" if r["_name"].startswith("start") else r.get("seed", 0)
+        lines.append(f"| {_smollm_label(r)} | {seed} | {r.get('steps', 0)} | {hours} | {full_cell} | {vs_ct} | "
                      + " | ".join(cells) + " |")
     return lines
+
+
+def _hours(r: dict, cpu: bool) -> float:
+    return r["train_cpu_s" if cpu else "train_s"] / 3600
+
+
+def smollm_pair_lines(train: list[dict], a: str = "stw005", b: str = "layerskip", exits: tuple[int, ...] = (8, 24)
+                      ) -> list[str]:
+    """The issue's equal-time pair, ST (weight 0.05) against LayerSkip: per seed, at each step count both runs
+    reached, their training times (CPU where both kept it, else wall) and the differences a - b in the full
+    model's loss and in the exits' agreement; then the paired differences over seeds at each step count, judged
+    by the project's rule (a lead is clear when its mean exceeds twice its std, from 3 seeds on)."""
+    runs: dict[str, dict[tuple[int, int], dict]] = {a: {}, b: {}}
+    for r in train:
+        name = r["_name"].split("_")[0]
+        if name in runs and r.get("train_s"):
+            runs[name][(r.get("seed", 0), r["steps"])] = r
+    common = sorted(set(runs[a]) & set(runs[b]), key=lambda k: (k[1], k[0]))
+    if not common:
+        return []
+    names = {a: _smollm_label({"_name": a, "method": a}), b: _smollm_label({"_name": b, "method": b})}
+    lines = [f"{names[a]} against {names[b]}, the equal-time pair: per seed and step count, a − b (below 0 in the "
+             "loss and above 0 in the agreement is ST ahead). Time is CPU time where both runs kept it, else wall "
+             f"time; a pair more than {PARITY_TOLERANCE:.0%} off equal time is flagged.", "",
+             "| steps | seed | hours, ST / LayerSkip | time ratio | full model loss | "
+             + " | ".join(f"exit {k} agreement (points)" for k in exits) + " |",
+             "|---:|---:|---|---:|---:|" + "---:|" * len(exits)]
+    diffs: dict[int, dict[str, list[float]]] = {}
+    for seed, steps in common:
+        ra, rb = runs[a][(seed, steps)], runs[b][(seed, steps)]
+        cpu = bool(ra.get("train_cpu_s") and rb.get("train_cpu_s"))
+        ratio = _hours(ra, cpu) / _hours(rb, cpu)
+        flag = f" **more than {PARITY_TOLERANCE:.0%} off**" if abs(ratio - 1) > PARITY_TOLERANCE else ""
+        d = diffs.setdefault(steps, {})
+        d.setdefault("loss", []).append(ra["val_loss"] / rb["val_loss"] - 1)
+        cells = []
+        for k in exits:
+            ea, eb = ra.get("exits", {}).get(str(k), {}), rb.get("exits", {}).get(str(k), {})
+            if ea.get("agree") is None or eb.get("agree") is None:
+                cells.append("–")
+                continue
+            d.setdefault(f"exit {k}", []).append(100 * (ea["agree"] - eb["agree"]))
+            cells.append(f"{d[f'exit {k}'][-1]:+.1f}")
+        lines.append(f"| {steps} | {seed} | {_hours(ra, cpu):.2f} / {_hours(rb, cpu):.2f} {'CPU' if cpu else 'wall'} | "
+                     f"{ratio:.2f}x{flag} | {100 * d['loss'][-1]:+.2f}% | " + " | ".join(cells) + " |")
+    lines.append("")
+    for steps, d in sorted(diffs.items()):
+        n = len(d["loss"])
+        parts = []
+        for key, values in d.items():
+            mean = statistics.fmean(values)
+            std = statistics.stdev(values) if n > 1 else 0.0
+            unit = "%" if key == "loss" else " points"
+            if n < 3:
+                verdict = "too few seeds to judge"
+            elif abs(mean) > 2 * std:
+                ahead = (mean < 0) if key == "loss" else (mean > 0)
+                verdict = f"{'ST' if ahead else 'LayerSkip'} ahead (more than twice its std)"
+            else:
+                verdict = "within seed noise"
+            scale = 100 if key == "loss" else 1
+            parts.append(f"{'full model loss' if key == 'loss' else key + ' agreement'} "
+                         f"{_mean_std([scale * v for v in values], '{:+.2f}')}{unit} ({verdict})")
+        lines.append(f"- At {steps} steps, {n} seed{'s' if n > 1 else ''}: " + "; ".join(parts) + ".")
+    return [*lines, ""]
 
 
 def smollm_decode_table(decode: list[dict]) -> list[str]:
@@ -1720,6 +1788,7 @@ def pretrained_markdown(results: Path = SMOLLM) -> str:
             "validation files. Cells: an exit's held-out loss (nats) / its top-1 agreement with the full model "
             "(the share of positions where its next token is the full model's: what a draft needs).", "",
             *smollm_agreement_table(train), ""]
+    out += smollm_pair_lines(train)
     out += probe_lines(results)
     if decode:
         out += ["Decoding held-out prompts (half code, half docstring prose), 64 new tokens each, greedy; the "

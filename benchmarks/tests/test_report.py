@@ -241,13 +241,13 @@ def test_pretrained_page_tables_from_smollm_records(report, tmp_path):
     text = report.pretrained_markdown(tmp_path)
     assert "| ST | 8 | 50 | 2 | head read on every greedy step | 10.0 / 11.5 / 9.0 (llama.cpp: 40.0) | 0.90x | 0.80x | 1.50x |" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
-    assert rows[0] == ("| start (the converted model, untrained exits) | 0 | – | 2.2700 | – | 20.19 / 2.4% | "
+    assert rows[0] == ("| start (the converted model, untrained exits) | – | 0 | – | 2.2700 | – | 20.19 / 2.4% | "
                        "11.80 / 26.9% |")
     # wall / CPU hours (a record without CPU time: –), and the full model against CT's at the same steps
-    assert rows[1] == "| ST, sub-network weight 0.05 | 50 | 0.25 / – | 2.0700 | +3.5% | 12.00 / 5.0% | – |"
-    assert rows[2] == ("| exit adapter on layer 8 (rank 1024, frozen model) | 50 | 0.25 / – | the start's (frozen) | – | "
-                       "3.10 / 41.0% | – |")
-    assert rows[3] == "| CT | 50 | 0.25 / 0.20 | 2.0000 | – | 12.00 / 5.0% | – |"
+    assert rows[1] == "| ST, sub-network weight 0.05 | 0 | 50 | 0.25 / – | 2.0700 | +3.5% | 12.00 / 5.0% | – |"
+    assert rows[2] == ("| exit adapter on layer 8 (rank 1024, frozen model) | 0 | 50 | 0.25 / – | the start's (frozen) | – "
+                       "| 3.10 / 41.0% | – |")
+    assert rows[3] == "| CT | 0 | 50 | 0.25 / 0.20 | 2.0000 | – | 12.00 / 5.0% | – |"
     assert ("| exit adapter | 8 | 50 | 1 | head read on every greedy step | 10.0 / 11.5 / 14.0 | 1.41x | 1.22x | – | 55.0% | 2.10 | every prompt "
             "(16 prompts) | 1,900 MiB |") in text
     assert "python benchmarks/bench_smollm.py --decode adapter" in text
@@ -279,3 +279,32 @@ def test_pretrained_page_shows_the_decoder_version_and_the_measured_costs(report
             "(holds 93% of greedy's tokens) | 14.6 / 14.6 / 14.5 | 0.99x |") in text
     # the agreement 1.5x takes is computed from the record's costs (DecodeCosts), and with verification free
     assert "| full head | 61.3 ms | 0.379 (0.421) | 1.00 / 1.37 / 1.63 / 1.64 / 1.67 | 66% | 94% (85%) |" in text
+
+
+def test_pretrained_page_pairs_st_with_layerskip_per_seed(report, tmp_path):
+    """The issue's equal-time pair (ST w0.05 against LayerSkip): a row per seed and step count with both times and
+    a - b; CT is matched by seed; from 3 seeds the paired differences are judged by the 2-sigma rule, and a pair far
+    off equal time is flagged."""
+    base = {"format": "stimulative-benchmark/1", "benchmark": "bench_smollm", "setting": "smollm",
+            "wall_s": None, "code_version": "x", "machine": {}, "val_tokens": 8192, "steps": 100,
+            "command": "python benchmarks/bench_smollm.py"}
+    for seed, (st, ls, ct) in enumerate(((2.04, 2.08, 1.97), (2.05, 2.10, 1.98), (2.03, 2.07, 1.96))):
+        for method, loss, agree, cpu in (("stw005", st, 0.10 + seed / 100, 1000.0), ("layerskip", ls, 0.05, 1000.0),
+                                         ("ct", ct, 0.02, 500.0)):
+            cpu = 1500.0 if (method, seed) == ("stw005", 2) else cpu  # one pair 1.5x off equal time
+            (tmp_path / f"{method}_s{seed}_step100.json").write_text(json.dumps(base | {
+                "method": method, "seed": seed, "train_s": 2 * cpu, "train_cpu_s": cpu, "train_hours": 2 * cpu / 3600,
+                "train_cpu_hours": cpu / 3600,
+                "val_loss": loss, "exits": {"8": {"loss": 9.0, "agree": agree}, "24": {"loss": 5.0, "agree": 0.5}}}))
+    text = report.pretrained_markdown(tmp_path)
+    # CT of the same seed is the yardstick: seed 1's ST is 2.05 / 1.98 - 1
+    assert "| ST, sub-network weight 0.05 | 1 | 100 | 0.56 / 0.28 | 2.0500 | +3.5% |" in text
+    assert "| 100 | 1 | 0.28 / 0.28 CPU | 1.00x | -2.38% | +6.0 | +0.0 |" in text
+    assert "| 100 | 2 | 0.42 / 0.28 CPU | 1.50x **more than 10% off** | -1.93% | +7.0 | +0.0 |" in text
+    summary = next(line for line in text.splitlines() if line.startswith("- At 100 steps, 3 seeds"))
+    assert "exit 8 agreement +6.00 ± 1.00 points (ST ahead (more than twice its std))" in summary
+    assert "exit 24 agreement +0.00 ± 0.00 points (within seed noise)" in summary
+    # two seeds are too few to judge
+    for path in tmp_path.glob("*_s2_*.json"):
+        path.unlink()
+    assert "too few seeds to judge" in report.pretrained_markdown(tmp_path)
