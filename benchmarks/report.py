@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -1745,6 +1746,60 @@ def smollm_pair_lines(train: list[dict], a: str = "stw005", b: str = "layerskip"
     return [*lines, ""]
 
 
+def smollm_growth_lines(train: list[dict], results: Path, exit_layer: int = 8, from_steps: int = 100) -> list[str]:
+    """How fast each method's agreement at ``exit_layer`` grows (seed 0): a least-squares line in log2(steps)
+    through its records from ``from_steps`` on, and how many steps that pace would need to reach the agreement at
+    which drafting pays and at which it gives 1.5x, from the 1-thread measured costs (``--decode-costs``)."""
+    costs = [read_record(p, "bench_smollm") for p in sorted(results.glob("decode_costs_*.json"))]
+    costs = [c for c in costs if c.get("threads") == 1 and c.get("exit") == exit_layer]
+    if not costs:
+        return []
+    # the cheapest drafts measured (the draft vocabulary where there is one): the lowest agreements needed
+    best = min(costs[-1]["settings"].values(), key=lambda c: c["break_even_agreement"])
+    targets = {"drafting pays": best["break_even_agreement"],
+               "1.5x": DecodeCosts(exit_layer, best["draft"], tuple(best["verify"]), best["step_ms"]).agreement_for(1.5)}
+    series: dict[str, list[tuple[int, float, dict]]] = {}
+    for r in train:
+        e = r.get("exits", {}).get(str(exit_layer), {})
+        trains_exits = not r["_name"].startswith(("ct_", "start"))  # CT's exits are read, never trained
+        if trains_exits and r.get("seed", 0) == 0 and r.get("steps", 0) >= from_steps and e.get("agree") is not None:
+            adapter = r.get("adapter", {}).get("layer")
+            if adapter is None or adapter == exit_layer:
+                series.setdefault(_smollm_label(r), []).append((r["steps"], e["agree"], r))
+    rows = []
+    for label, points in series.items():
+        if len(points) < 2:
+            continue
+        points.sort(key=lambda p: p[0])
+        xs = [math.log2(p[0]) for p in points]
+        ys = [100 * p[1] for p in points]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        last_steps, last = points[-1][0], points[-1][2]
+        kind = "CPU" if last.get("train_cpu_hours") else "wall"
+        hours_per_step = (last.get("train_cpu_hours") or last["train_hours"]) / last_steps
+        cells = []
+        for target in targets.values():
+            fit_at_last = my + slope * (xs[-1] - mx)
+            if slope <= 0:
+                cells.append("never at this pace")
+                continue
+            steps = last_steps * 2 ** ((100 * target - fit_at_last) / slope)
+            cells.append("more than a million steps" if steps > 1e6 else
+                         f"{steps:,.0f} steps, {steps * hours_per_step:,.0f} {kind} hours")
+        rows.append(f"| {label} | {', '.join(str(p[0]) for p in points)} | "
+                    f"{', '.join(f'{y:.1f}%' for y in ys)} | {slope:+.1f} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [f"How fast exit {exit_layer}'s agreement grows, and what the aim would take at that pace (seed 0; a line "
+            f"in log2(steps) through the records from {from_steps} steps on; the targets are the 1-thread measured "
+            f"costs' with the cheapest drafts: drafting pays from {100 * targets['drafting pays']:.0f}%, 1.5x takes "
+            f"{100 * targets['1.5x']:.0f}%). These are extrapolations far past the measured steps, and optimistic "
+            "ones: where the growth slows, as the adapter's did after 100 steps, it takes longer.", "",
+            "| method | steps | exit agreement | points per doubling of the steps | to drafting pays | to 1.5x |",
+            "|---|---|---|---:|---:|---:|", *rows, ""]
+
+
 def smollm_decode_table(decode: list[dict]) -> list[str]:
     lines = ["| model | exit | steps | threads | decoder | tokens/s: generate / ours no draft / "
              "ours | vs `model.generate` | "
@@ -1789,6 +1844,7 @@ def pretrained_markdown(results: Path = SMOLLM) -> str:
             "(the share of positions where its next token is the full model's: what a draft needs).", "",
             *smollm_agreement_table(train), ""]
     out += smollm_pair_lines(train)
+    out += smollm_growth_lines(train, results)
     out += probe_lines(results)
     if decode:
         out += ["Decoding held-out prompts (half code, half docstring prose), 64 new tokens each, greedy; the "

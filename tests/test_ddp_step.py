@@ -24,7 +24,7 @@ import stimulative as st
 from stimulative.core.elastic import SKIP
 
 NUM_SUBNETS = 2
-STEP_OPTIONS = dict(num_subnets=NUM_SUBNETS, kl="layer", amplitude="adaptive", min_input_scale=0.5,
+STEP_OPTIONS = dict(num_subnets=NUM_SUBNETS, kl_norm="layer", amplitude="adaptive", min_input_scale=0.5,
                     freeze_subnet_bn=True, seed=5)
 SPACE_SEED = 2
 TIMEOUT_S = 120

@@ -86,7 +86,7 @@ CASES = {
 
 def _step(ed, model, exits, kl):
     space = st.SampleSpace.ordered(ed.full_depths, ed.min_depths, seed=3)
-    return st.StimulativeStep(ed, space, num_subnets=3, kl=kl, amplitude="adaptive" if kl == "layer" else 1.0,
+    return st.StimulativeStep(ed, space, num_subnets=3, kl_norm=kl, amplitude="adaptive" if kl == "layer" else 1.0,
                               kl_weight=0.5, model=model, exits=exits)
 
 

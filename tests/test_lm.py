@@ -166,7 +166,7 @@ def test_st_step_gradients_equal_hand_written_loss():
     ed = st_hf.elastic_depth(model)
     ids = _padded_batch()
     space = st.SampleSpace.ordered(ed.full_depths, seed=0)
-    step = st.StimulativeStep(ed, space, num_subnets=3, kl="layer", model=TokenLogits(model), seed=0)
+    step = st.StimulativeStep(ed, space, num_subnets=3, kl_norm="layer", model=TokenLogits(model), seed=0)
     losses = step(*token_batch(ids))
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
     configs = step.last_configs
@@ -194,7 +194,7 @@ def test_every_other_layer_space_in_the_step():
         def sample(self):
             return st_hf.keep_layers(ed, range(0, 4, 2))
 
-    step = st.StimulativeStep(ed, EveryOther(), num_subnets=1, kl="plain", model=TokenLogits(model))
+    step = st.StimulativeStep(ed, EveryOther(), num_subnets=1, kl_norm="plain", model=TokenLogits(model))
     step(*token_batch(ids))
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)

@@ -30,7 +30,7 @@ from stimulative.lm.train import HF_CONFIG_DIR, load_lm_data, resolve_pretrained
 torch.set_num_threads(1)
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "integrations" / "transformers.md"
 STEPS, BATCH, SEED, LR, WD, CLIP = 3, 4, 0, 1e-3, 0.1, 1.0
-ST_ARGS = ["st.num_subnets=2", "st.kl=layer"]  # ST options of all three paths (step seed = SEED + 1)
+ST_ARGS = ["st.num_subnets=2", "st.kl_norm=layer"]  # ST options of all three paths (step seed = SEED + 1)
 WORDS = ["def", "return", "self", "x", "=", "(", ")", ":", "for", "in", "if", "else", "print", "value", "1"]
 
 
@@ -99,7 +99,7 @@ def hand_loop(ckpt: Path, batches: list[torch.Tensor]) -> tuple[list[dict[str, f
     ed = st_hf.elastic_depth(model)
     tok = TokenLogits(model)
     step = st.StimulativeStep(ed, st.SampleSpace.ordered(ed.full_depths, ed.min_depths, seed=SEED), num_subnets=2,
-                              kl="layer", model=tok, exits=st_hf.prefix_exits(ed, rows=tok.select_rows), seed=SEED + 1)
+                              kl_norm="layer", model=tok, exits=st_hf.prefix_exits(ed, rows=tok.select_rows), seed=SEED + 1)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": WD},
                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=LR,
@@ -129,7 +129,7 @@ def trainer_losses(ckpt: Path, batches: list[torch.Tensor], out: Path) -> tuple[
         optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.95, weight_decay=WD, lr_scheduler_type="constant",
         warmup_steps=0, max_grad_norm=CLIP, use_cpu=True, report_to="none", save_strategy="no", seed=SEED,
         logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
-    trainer = SequentialTrainer(model, args, train_dataset=data, st_options={"num_subnets": 2, "kl": "layer",
+    trainer = SequentialTrainer(model, args, train_dataset=data, st_options={"num_subnets": 2, "kl_norm": "layer",
                                                                              "seed": SEED + 1})
     assert trainer.task == "causal_lm" and trainer.input_key == "input_ids"
     trainer.train()

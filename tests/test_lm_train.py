@@ -101,7 +101,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 def test_gpt2_family_and_single_file_root(tmp_path):
     text = text_folder(tmp_path / "t") / "f0.txt"
     summary = train_lm(None, [f"data.root={text}", f"out_dir={tmp_path}", "name=g", *TINY, "model.family=gpt2",
-                              "steps=2", "st.num_subnets=1", "st.kl=layer", "st.amplitude=adaptive"])
+                              "steps=2", "st.num_subnets=1", "st.kl_norm=layer", "st.amplitude=adaptive"])
     assert summary["final"]["val_loss"] > 0 and load_lm(summary["run_dir"]).model.config.model_type == "gpt2"
 
 
@@ -122,7 +122,7 @@ def test_recipes_and_config_errors(tmp_path):
         cfg = load_lm_config(path)
         assert cfg.model.family == "llama" and cfg.model.num_hidden_layers == 8 and cfg.eval_depths == [2, 4, 6]
     assert load_lm_config(REPO / "recipes/lm_llama_ct.yaml").st.num_subnets == 0
-    assert load_lm_config(REPO / "recipes/lm_llama_stpp.yaml").st.kl == "layer"
+    assert load_lm_config(REPO / "recipes/lm_llama_stpp.yaml").st.kl_norm == "layer"
     assert not is_lm_recipe(REPO / "recipes/cifar10_resnet20_st.yaml")
     with pytest.raises(ConfigError, match="unknown config key 'model.width'"):
         load_lm_config(None, ["model.width=3"])

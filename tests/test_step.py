@@ -54,13 +54,13 @@ CASES = {
     "ct_n0": ("ordered", dict(num_subnets=0)),
     "plain_n1": ("ordered", dict(num_subnets=1)),
     "plain_n3_T2_w05": ("ordered", dict(num_subnets=3, temperature=2.0, kl_weight=0.5)),
-    "layer_amp3_n3": ("ordered", dict(num_subnets=3, kl="layer", amplitude=3.0)),
-    "layer_adaptive_n2_small_inputs": ("ordered", dict(num_subnets=2, kl="layer", amplitude="adaptive",
+    "layer_amp3_n3": ("ordered", dict(num_subnets=3, kl_norm="layer", amplitude=3.0)),
+    "layer_adaptive_n2_small_inputs": ("ordered", dict(num_subnets=2, kl_norm="layer", amplitude="adaptive",
                                                        min_input_scale=0.5)),
-    "l2_amp2_n3_small_inputs": ("ordered", dict(num_subnets=3, kl="l2", amplitude=2.0, min_input_scale=0.5)),
-    "layer_amp3_normalize_main_n2": ("ordered", dict(num_subnets=2, kl="layer", amplitude=3.0,
+    "l2_amp2_n3_small_inputs": ("ordered", dict(num_subnets=3, kl_norm="l2", amplitude=2.0, min_input_scale=0.5)),
+    "layer_amp3_normalize_main_n2": ("ordered", dict(num_subnets=2, kl_norm="layer", amplitude=3.0,
                                                      normalize_main=True)),
-    "raw_n3": ("raw", dict(num_subnets=3, kl="layer", amplitude=2.0)),
+    "raw_n3": ("raw", dict(num_subnets=3, kl_norm="layer", amplitude=2.0)),
     "stochastic_n3_small_inputs": ("stochastic", dict(num_subnets=3, min_input_scale=0.6)),
 }
 
@@ -80,7 +80,7 @@ def test_gradients_equal_hand_computed_losses(case):
         assert any(size != (32, 32) for size in step.last_sizes), "the seed should draw a smaller input"
 
     # the same losses by hand, one backward
-    norm, amplitude = options.get("kl", "plain"), options.get("amplitude", 1.0)
+    norm, amplitude = options.get("kl_norm", "plain"), options.get("amplitude", 1.0)
     temperature, weight = options.get("temperature", 1.0), options.get("kl_weight", 1.0)
     logits = reference(x)
     main_logits = hand_norm(logits, norm, amplitude, logits.detach()) if options.get("normalize_main") else logits
@@ -239,7 +239,7 @@ def test_bf16_autocast():
     for amp in (False, True):
         model = tiny_model().train()
         ed = st.ElasticDepth(model)
-        step = st.StimulativeStep(ed, st.SampleSpace.for_model(ed, seed=0), num_subnets=2, kl="layer",
+        step = st.StimulativeStep(ed, st.SampleSpace.for_model(ed, seed=0), num_subnets=2, kl_norm="layer",
                                   amplitude="adaptive", min_input_scale=0.5, seed=0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             losses = step(x, y)
@@ -310,7 +310,7 @@ def test_channels_last():
             xin = x.contiguous(memory_format=torch.channels_last)
         ed = st.ElasticDepth(model)
         step = st.StimulativeStep(ed, st.SampleSpace.for_model(ed, seed=0), num_subnets=2, min_input_scale=0.5,
-                                  kl="layer", seed=0)
+                                  kl_norm="layer", seed=0)
         results.append((step(xin, y), grads(model), step.last_configs))
     (l0, g0, c0), (l1, g1, c1) = results
     assert c0 == c1
@@ -361,7 +361,7 @@ def test_invalid_options():
     model = tiny_model()
     ed = st.ElasticDepth(model)
     space = st.SampleSpace.for_model(ed)
-    for bad, match in [(dict(kl="kl-"), "valid choices"), (dict(loss="hinge"), "valid choices"),
+    for bad, match in [(dict(kl_norm="kl-"), "valid choices"), (dict(loss="hinge"), "valid choices"),
                        (dict(num_subnets=-1), "num_subnets"), (dict(num_subnets=1.5), "num_subnets"),
                        (dict(min_input_scale=0.0), "min_input_scale"), (dict(min_input_scale=1.5), "min_input_scale")]:
         with pytest.raises(ValueError, match=match):
@@ -376,8 +376,8 @@ def test_invalid_options():
 
 @pytest.mark.parametrize("options", [
     dict(num_subnets=0),
-    dict(num_subnets=3, kl="layer", amplitude="adaptive", min_input_scale=0.5),
-    dict(num_subnets=2, kl="layer", amplitude=1.0, min_input_scale=0.5),
+    dict(num_subnets=3, kl_norm="layer", amplitude="adaptive", min_input_scale=0.5),
+    dict(num_subnets=2, kl_norm="layer", amplitude=1.0, min_input_scale=0.5),
 ], ids=["ct", "stpp_adaptive", "stpp_amp1"])
 def test_training_lowers_the_loss(options):
     torch.manual_seed(0)

@@ -89,7 +89,7 @@ def test_subnet_every_skips_subnets_on_off_steps():
 
 
 @pytest.mark.parametrize("bad", [dict(subnet_fraction=0.0), dict(subnet_fraction=1.5), dict(subnet_every=0),
-                                 dict(kl_schedule="linear"), dict(kl="layernorm")])
+                                 dict(kl_schedule="linear"), dict(kl_norm="layernorm")])
 def test_bad_options_name_the_key(bad):
     _, ed = tiny()
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -164,7 +164,7 @@ def test_project_conflicts_removes_the_opposing_component():
     st.StimulativeStep(st.ElasticDepth(plain), st.SampleSpace.ordered(ed.full_depths), num_subnets=0)(x, y)
     g_main = flat_grad(plain)
     plain.zero_grad()
-    opts = dict(num_subnets=3, kl="layer", amplitude="adaptive", seed=0)
+    opts = dict(num_subnets=3, kl_norm="layer", amplitude="adaptive", seed=0)
     st.StimulativeStep(st.ElasticDepth(plain), st.SampleSpace.ordered(ed.full_depths, seed=1), **opts)(x, y)
     g_total = flat_grad(plain)
     step = st.StimulativeStep(st.ElasticDepth(projected), st.SampleSpace.ordered(ed.full_depths, seed=1),

@@ -308,3 +308,32 @@ def test_pretrained_page_pairs_st_with_layerskip_per_seed(report, tmp_path):
     for path in tmp_path.glob("*_s2_*.json"):
         path.unlink()
     assert "too few seeds to judge" in report.pretrained_markdown(tmp_path)
+
+
+def test_pretrained_page_extrapolates_the_agreement_growth_to_the_measured_break_even(report, tmp_path):
+    """Exit 8's agreement per doubling of the steps (a line in log2(steps) from 100 steps on) and the steps it would
+    take at that pace to reach the agreement the 1-thread measured costs need; CT's untrained exits are left out."""
+    base = {"format": "stimulative-benchmark/1", "benchmark": "bench_smollm", "setting": "smollm", "seed": 0,
+            "wall_s": None, "code_version": "x", "machine": {}, "val_tokens": 8192, "command": "c"}
+    for steps, agree in ((50, 0.05), (100, 0.20), (200, 0.25), (400, 0.30)):  # 5 points per doubling from 100 on
+        (tmp_path / f"adapter_L8_s0_step{steps}.json").write_text(json.dumps(base | {
+            "method": "exit adapter", "steps": steps, "train_hours": steps / 400, "adapter": {"layer": 8, "rank": 4},
+            "exits": {"8": {"loss": 5.0, "agree": agree}}}))
+        (tmp_path / f"ct_s0_step{steps}.json").write_text(json.dumps(base | {
+            "method": "ct", "steps": steps, "train_hours": 0.1, "val_loss": 2.0,
+            "exits": {"8": {"loss": 19.0, "agree": 0.02 + steps / 1e5}}}))
+    assert "grows" not in report.pretrained_markdown(tmp_path)  # no measured costs: no target
+    (tmp_path / "decode_costs_L8_t1.json").write_text(json.dumps(base | {
+        "method": "decode_costs", "steps": 0, "exit": 8, "threads": 1, "settings": {
+            "full head": {"draft": 0.4, "verify": [1.0, 1.4], "step_ms": 60.0, "draft_predicted": 0.4,
+                          "break_even_agreement": 0.5},
+            "draft vocabulary 4096": {"draft": 0.25, "verify": [1.0, 1.4], "step_ms": 60.0, "draft_predicted": 0.23,
+                                      "break_even_agreement": 0.4}}}))
+    text = report.pretrained_markdown(tmp_path)
+    assert "drafting pays from 40%" in text  # the cheapest drafts' break-even
+    row = next(line for line in text.splitlines() if line.startswith("| exit adapter") and "doubling" not in line
+               and "100, 200, 400" in line)
+    # 30% at 400 steps, 5 points per doubling: 40% two doublings on, 1,600 steps at 1/400 wall hours each
+    assert row.startswith("| exit adapter on layer 8 (rank 4, frozen model) | 100, 200, 400 | 20.0%, 25.0%, 30.0% | "
+                          "+5.0 | 1,600 steps, 4 wall hours | ")
+    assert not any(line.startswith("| CT | 100, 200, 400") for line in text.splitlines())
