@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import stimulative as st
-from stimulative.core.losses import SUBNET_LOSSES, at_least_fp32, kl_weight_schedule
+from stimulative.core.losses import SUBNET_LOSSES, at_least_fp32, dkd_loss, kl_weight_schedule
 
 
 def _logits(seed: int, n: int = 6, c: int = 10, scale: float = 3.0, dtype=torch.float64) -> torch.Tensor:
@@ -152,6 +152,6 @@ def test_kl_weight_schedules():
 def test_dkd_uses_the_given_temperature():
     s, t, y = _logits(19), _logits(20), torch.arange(6) % 10
     assert st.subnet_loss(s, t, y, kind="dkd", temperature=2.0).item() == pytest.approx(
-        st.losses.dkd_loss(s, t, y, temperature=2.0).item())
+        dkd_loss(s, t, y, temperature=2.0).item())
     assert st.subnet_loss(s, t, y, kind="dkd", temperature=2.0).item() != pytest.approx(
         st.subnet_loss(s, t, y, kind="dkd", temperature=4.0).item())

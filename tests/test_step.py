@@ -4,6 +4,7 @@ inputs from the original batch, AMP/GradScaler/channels_last, non-finite losses,
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -404,3 +405,14 @@ def test_bn_recalibration_weights_every_image_alike():
     bn = model[0]
     assert torch.allclose(bn.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-5)
     assert bn.momentum == 0.3 and not model.training  # momentum and eval mode restored
+
+
+def test_stimulative_step_declares_every_step_option_with_the_same_default():
+    """``StimulativeStep`` repeats ``StepOptions``' fields (a dataclass users build with keywords) and passes them on
+    as a ``StepOptions`` each call: the two lists must not drift apart, in names, defaults or documented ``Args``."""
+    step_fields = {f.name: f for f in dataclasses.fields(st.StimulativeStep)}
+    for option in dataclasses.fields(st.StepOptions):
+        assert option.name in step_fields, option.name
+        assert step_fields[option.name].default == option.default, option.name
+        for cls in (st.StepOptions, st.StimulativeStep):
+            assert f"        {option.name}:" in cls.__doc__, (cls.__name__, option.name)
