@@ -1603,11 +1603,19 @@ def _smollm_records(results: Path) -> tuple[list[dict], list[dict]]:
     return train, decode
 
 
-def cost_lines(results: Path) -> list[str]:
-    """What a decoding round costs, measured (``bench_smollm.py --decode-costs``), and the agreement it needs."""
+def _needed(agreement: float) -> str:
+    """An agreement ``DecodeCosts`` says is needed, in percent; 1.0 is its word for "no agreement reaches it"."""
+    return "never" if agreement >= 1.0 else f"{100 * agreement:.0f}%"
+
+
+def cost_lines(results: Path, detail_exit: int = 8) -> list[str]:
+    """What a decoding round costs, measured (``bench_smollm.py --decode-costs``), and the agreement it needs: in
+    full for the chosen exit ``detail_exit`` (other exits: ``exit_cost_lines``)."""
     out = []
     for path in sorted(results.glob("decode_costs_*.json")):
         r = read_record(path, "bench_smollm")
+        if r["exit"] != detail_exit:
+            continue
         out += [f"What a decoding round costs from exit {r['exit']} on {r['threads']} thread(s), as shares of a plain "
                 f"greedy step (`{r['command']}`; `stimulative.lm.measure_decode_costs`):", "",
                 "| draft head | greedy step | a drafted token (predicted from the weights) | verifying 1 / 2 / 3 / 5 / 8 "
@@ -1620,10 +1628,40 @@ def cost_lines(results: Path) -> list[str]:
             free = DecodeCosts(r["exit"], c["draft"], (1.0,), c["step_ms"])
             out.append(f"| {name} | {c['step_ms']:.1f} ms | {c['draft']:.3f} ({c['draft_predicted']:.3f}) | "
                        f"{' / '.join(f'{v[q - 1]:.2f}' for q in (1, 2, 3, 5, 8) if q <= len(v))} | "
-                       f"{100 * c['break_even_agreement']:.0f}% | {100 * costs.agreement_for(1.5):.0f}% "
-                       f"({100 * free.agreement_for(1.5):.0f}%) |")
+                       f"{_needed(c['break_even_agreement'])} | {_needed(costs.agreement_for(1.5))} "
+                       f"({_needed(free.agreement_for(1.5))}) |")
         out.append("")
     return out
+
+
+def exit_cost_lines(results: Path, train: list[dict], threads: int = 1) -> list[str]:
+    """Where drafting pays: for every exit whose decoding round was timed on ``threads`` thread(s), a drafted
+    token's cost, the agreement at which drafting pays and 1.5x (the cheapest drafts measured), beside the best
+    agreement any record reached at that exit."""
+    rows = []
+    for path in sorted(results.glob("decode_costs_*.json")):
+        r = read_record(path, "bench_smollm")
+        if r.get("threads") != threads:
+            continue
+        k = r["exit"]
+        c = min(r["settings"].values(), key=lambda c: c["break_even_agreement"])
+        name = min(r["settings"], key=lambda n: r["settings"][n]["break_even_agreement"])
+        costs = DecodeCosts(k, c["draft"], tuple(c["verify"]), c["step_ms"])
+        best = max(((e["agree"], rec) for rec in train if (e := rec.get("exits", {}).get(str(k), {})).get("agree")
+                    is not None), key=lambda t: t[0], default=None)
+        best_cell = ("–" if best is None else
+                     f"{100 * best[0]:.1f}% ({_smollm_label(best[1])}, {best[1].get('steps', 0)} steps)")
+        rows.append((k, f"| {k} | {name} | {c['draft']:.3f} | {c['verify'][1]:.2f} | "
+                        f"{_needed(c['break_even_agreement'])} | {_needed(costs.agreement_for(1.5))} | {best_cell} |"))
+    if len(rows) < 2:
+        return []
+    return [f"Where drafting pays, per exit ({threads} thread{'s' if threads > 1 else ''}, quiet machine; "
+            "`python benchmarks/bench_smollm.py --decode-costs --exit K --draft-vocab 4096 --tag quiet`): a deeper "
+            "exit agrees more but its drafts cost more, and on this CPU every exit needs more agreement than any "
+            "record reached there.", "",
+            "| exit | cheapest drafts | a drafted token (share of a greedy step) | verifying 2 positions | drafting "
+            "pays from | 1.5x takes | best agreement measured at this exit |",
+            "|---:|---|---:|---:|---:|---:|---|", *(row for _, row in sorted(rows)), ""]
 
 
 def probe_lines(results: Path) -> list[str]:
@@ -1853,6 +1891,7 @@ def pretrained_markdown(results: Path = SMOLLM) -> str:
     else:
         out += ["_No decoding records yet: `python benchmarks/bench_smollm.py --decode start st adapter`._", ""]
     out += cost_lines(results)
+    out += exit_cost_lines(results, train)
     # the records keep the exact commands; here the GGUF file's machine-specific path reads $GGUF
     commands = sorted({re.sub(r"model\.pretrained=\S+\.gguf", "model.pretrained=$GGUF", r["command"])
                        for r in train + decode})

@@ -337,3 +337,30 @@ def test_pretrained_page_extrapolates_the_agreement_growth_to_the_measured_break
     assert row.startswith("| exit adapter on layer 8 (rank 4, frozen model) | 100, 200, 400 | 20.0%, 25.0%, 30.0% | "
                           "+5.0 | 1,600 steps, 4 wall hours | ")
     assert not any(line.startswith("| CT | 100, 200, 400") for line in text.splitlines())
+
+
+def test_pretrained_page_shows_where_drafting_pays_per_exit(report, tmp_path):
+    """Per exit timed (--decode-costs --exit K): the cheapest drafts' cost, the agreement drafting and 1.5x need
+    ('never' where no agreement reaches it) and the best agreement any record reached at that exit; the full costs
+    table stays for exit 8 only."""
+    base = {"format": "stimulative-benchmark/1", "benchmark": "bench_smollm", "setting": "smollm", "seed": 0,
+            "wall_s": None, "code_version": "x", "machine": {}, "val_tokens": 8192, "command": "c"}
+    (tmp_path / "start_s0.json").write_text(json.dumps(base | {
+        "method": "start", "steps": 0, "val_loss": 2.27,
+        "exits": {"8": {"loss": 20.0, "agree": 0.02}, "24": {"loss": 11.8, "agree": 0.27}}}))
+    (tmp_path / "stw005_s0_step100.json").write_text(json.dumps(base | {
+        "method": "stw005", "steps": 100, "train_hours": 0.8, "val_loss": 2.08,
+        "exits": {"8": {"loss": 10.0, "agree": 0.093}, "24": {"loss": 5.3, "agree": 0.475}}}))
+    for k, draft, verify in ((8, 0.245, [1.0, 1.37, 1.6]), (24, 0.684, [1.0, 1.19, 1.3])):
+        (tmp_path / f"decode_costs_L{k}_t1.json").write_text(json.dumps(base | {
+            "method": "decode_costs", "steps": 0, "exit": k, "threads": 1, "settings": {
+                "full head": {"draft": draft + 0.1, "verify": verify, "step_ms": 62.0, "draft_predicted": draft,
+                              "break_even_agreement": 0.99},
+                "draft vocabulary 4096": {"draft": draft, "verify": verify, "step_ms": 62.0,
+                                          "draft_predicted": draft, "break_even_agreement": 0.6}}}))
+    lines = report.pretrained_markdown(tmp_path).splitlines()
+    rows = {int(line.split(" | ")[0][2:]): line for line in lines if line.startswith(("| 8 | draft", "| 24 | draft"))}
+    assert rows[8].startswith("| 8 | draft vocabulary 4096 | 0.245 | 1.37 | 60% | ")
+    assert rows[8].endswith("| 9.3% (ST, sub-network weight 0.05, 100 steps) |")
+    assert rows[24].startswith("| 24 | draft vocabulary 4096 | 0.684 | 1.19 | 60% | never | 47.5% (ST, sub-network")
+    assert sum(line.startswith("What a decoding round costs from exit") for line in lines) == 1  # exit 8's only
