@@ -1636,32 +1636,40 @@ def cost_lines(results: Path, detail_exit: int = 8) -> list[str]:
 
 def exit_cost_lines(results: Path, train: list[dict], threads: int = 1) -> list[str]:
     """Where drafting pays: for every exit whose decoding round was timed on ``threads`` thread(s), a drafted
-    token's cost, the agreement at which drafting pays and 1.5x (the cheapest drafts measured), beside the best
-    agreement any record reached at that exit."""
-    rows = []
+    token's cost, the agreement at which drafting pays and 1.5x (the cheapest drafts measured at that exit),
+    beside the best agreement any record reached at that exit."""
+    cheapest: dict[int, tuple[str, dict]] = {}
     for path in sorted(results.glob("decode_costs_*.json")):
         r = read_record(path, "bench_smollm")
         if r.get("threads") != threads:
             continue
-        k = r["exit"]
-        c = min(r["settings"].values(), key=lambda c: c["break_even_agreement"])
-        name = min(r["settings"], key=lambda n: r["settings"][n]["break_even_agreement"])
+        for name, c in r["settings"].items():
+            if r["exit"] not in cheapest or c["break_even_agreement"] < cheapest[r["exit"]][1]["break_even_agreement"]:
+                cheapest[r["exit"]] = (name, c)
+    if len(cheapest) < 2:
+        return []
+    rows, short = [], []
+    for k, (name, c) in sorted(cheapest.items()):
         costs = DecodeCosts(k, c["draft"], tuple(c["verify"]), c["step_ms"])
         best = max(((e["agree"], rec) for rec in train if (e := rec.get("exits", {}).get(str(k), {})).get("agree")
                     is not None), key=lambda t: t[0], default=None)
         best_cell = ("–" if best is None else
                      f"{100 * best[0]:.1f}% ({_smollm_label(best[1])}, {best[1].get('steps', 0)} steps)")
-        rows.append((k, f"| {k} | {name} | {c['draft']:.3f} | {c['verify'][1]:.2f} | "
-                        f"{_needed(c['break_even_agreement'])} | {_needed(costs.agreement_for(1.5))} | {best_cell} |"))
-    if len(rows) < 2:
-        return []
+        if best is None or best[0] < c["break_even_agreement"]:
+            short.append(k)
+        verify2 = f"{c['verify'][1]:.2f}" if len(c["verify"]) > 1 else "–"
+        rows.append(f"| {k} | {name} | {c['draft']:.3f} | {verify2} | {_needed(c['break_even_agreement'])} | "
+                    f"{_needed(costs.agreement_for(1.5))} | {best_cell} |")
+    verdict = ("at every exit timed, drafting needs more agreement than any record reached there"
+               if len(short) == len(cheapest) else
+               "drafting pays at exit(s) " + ", ".join(str(k) for k in cheapest if k not in short)
+               + " with the best agreement measured there")
     return [f"Where drafting pays, per exit ({threads} thread{'s' if threads > 1 else ''}, quiet machine; "
             "`python benchmarks/bench_smollm.py --decode-costs --exit K --draft-vocab 4096 --tag quiet`): a deeper "
-            "exit agrees more but its drafts cost more, and on this CPU every exit needs more agreement than any "
-            "record reached there.", "",
+            f"exit agrees more but its drafts cost more; {verdict}.", "",
             "| exit | cheapest drafts | a drafted token (share of a greedy step) | verifying 2 positions | drafting "
             "pays from | 1.5x takes | best agreement measured at this exit |",
-            "|---:|---|---:|---:|---:|---:|---|", *(row for _, row in sorted(rows)), ""]
+            "|---:|---|---:|---:|---:|---:|---|", *rows, ""]
 
 
 def probe_lines(results: Path) -> list[str]:
@@ -1698,15 +1706,14 @@ def smollm_agreement_table(train: list[dict]) -> list[str]:
             "vs CT at the same steps | " + " | ".join(f"exit {k}" for k in exits) + " |")
     lines = [head, "|---|---:|---:|---:|---:|---:|" + "---:|" * len(exits)]
     order = {"start": 0, "st": 1, "stw005": 2, "adapter": 3, "layerskip": 4, "ct": 5}
-    for r in sorted(train, key=lambda r: (order.get(r["_name"].split("_")[0], 9), r.get("seed", 0),
+    for r in sorted(train, key=lambda r: (order.get(r["_name"].split("_")[0], 9), r.get("seed") or 0,
                                           r.get("steps", 0))):
         cells = []
         for k in exits:
             e = r.get("exits", {}).get(str(k))
             cells.append("–" if e is None or e.get("agree") is None else f"{e['loss']:.2f} / {100 * e['agree']:.1f}%")
         full = r.get("val_loss")
-        wall = r.get("train_hours", r.get("train_cpu_hours"))  # the first record named its wall hours so
-        cpu = r.get("train_cpu_hours") if "train_cpu_s" in r else None  # records before CPU time was kept: none
+        wall, cpu = _train_hours(r)
         hours = "–" if wall is None else f"{wall:.2f} / {'–' if cpu is None else f'{cpu:.2f}'}"
         frozen = r["_name"].startswith("adapter")  # the adapter leaves every weight of the model as it was
         full_cell = "the start's (frozen)" if frozen else ("–" if full is None else f"{full:.4f}")
@@ -1723,25 +1730,46 @@ def _hours(r: dict, cpu: bool) -> float:
     return r["train_cpu_s" if cpu else "train_s"] / 3600
 
 
+def _train_hours(r: dict) -> tuple[float | None, float | None]:
+    """``(wall, CPU)`` training hours of a SmolLM2 record. The first records kept no CPU time, and one of them
+    named its wall hours ``train_cpu_hours``: CPU hours count only where the record kept ``train_cpu_s``."""
+    wall = r.get("train_hours") or r.get("train_cpu_hours")
+    return wall, (r.get("train_cpu_hours") if r.get("train_cpu_s") else None)
+
+
+def _verdict(values: list[float], a_ahead_when_positive: bool, a: str, b: str) -> str:
+    """The project's rule on paired differences a - b: a lead is called only from 3 seeds on, and only when the
+    mean is beyond twice the std."""
+    if len(values) < 3:
+        return "too few seeds to judge"
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    if abs(mean) <= 2 * std:
+        return "within seed noise"
+    return f"{a if (mean > 0) == a_ahead_when_positive else b} ahead (more than twice its std)"
+
+
 def smollm_pair_lines(train: list[dict], a: str = "stw005", b: str = "layerskip", exits: tuple[int, ...] = (8, 24)
                       ) -> list[str]:
     """The issue's equal-time pair, ST (weight 0.05) against LayerSkip: per seed, at each step count both runs
-    reached, their training times (CPU where both kept it, else wall) and the differences a - b in the full
-    model's loss and in the exits' agreement; then the paired differences over seeds at each step count, judged
-    by the project's rule (a lead is clear when its mean exceeds twice its std, from 3 seeds on)."""
+    reached, their training times (CPU where both kept it, else wall) and the differences: the full model's loss
+    relative (a / b - 1) and the exits' agreement in points (a - b); then the paired differences over seeds at each
+    step count, judged by the project's rule (a lead is clear when its mean exceeds twice its std, from 3 seeds
+    on)."""
     runs: dict[str, dict[tuple[int, int], dict]] = {a: {}, b: {}}
     for r in train:
         name = r["_name"].split("_")[0]
-        if name in runs and r.get("train_s"):
-            runs[name][(r.get("seed", 0), r["steps"])] = r
+        if name in runs and r.get("train_s") and r.get("val_loss") is not None:
+            runs[name][(r.get("seed") or 0, r["steps"])] = r
     common = sorted(set(runs[a]) & set(runs[b]), key=lambda k: (k[1], k[0]))
     if not common:
         return []
-    names = {a: _smollm_label({"_name": a, "method": a}), b: _smollm_label({"_name": b, "method": b})}
-    lines = [f"{names[a]} against {names[b]}, the equal-time pair: per seed and step count, a − b (below 0 in the "
-             "loss and above 0 in the agreement is ST ahead). Time is CPU time where both runs kept it, else wall "
-             f"time; a pair more than {PARITY_TOLERANCE:.0%} off equal time is flagged.", "",
-             "| steps | seed | hours, ST / LayerSkip | time ratio | full model loss | "
+    names = {m: _smollm_label({"_name": m, "method": m}) for m in (a, b)}
+    short = {m: names[m].split(",")[0].split(" (")[0] for m in (a, b)}  # "ST", "LayerSkip"
+    lines = [f"{names[a]} against {names[b]}, the equal-time pair: per seed and step count, the full model's loss "
+             f"relative ({short[a]} / {short[b]} − 1: below 0 is {short[a]} ahead) and the exits' agreement in points "
+             f"({short[a]} − {short[b]}: above 0 is {short[a]} ahead). Time is CPU time where both runs kept it, else "
+             f"wall time; a pair more than {PARITY_TOLERANCE:.0%} off equal time is flagged.", "",
+             f"| steps | seed | hours, {short[a]} / {short[b]} | time ratio | full model loss | "
              + " | ".join(f"exit {k} agreement (points)" for k in exits) + " |",
              "|---:|---:|---|---:|---:|" + "---:|" * len(exits)]
     diffs: dict[int, dict[str, list[float]]] = {}
@@ -1764,78 +1792,90 @@ def smollm_pair_lines(train: list[dict], a: str = "stw005", b: str = "layerskip"
                      f"{ratio:.2f}x{flag} | {100 * d['loss'][-1]:+.2f}% | " + " | ".join(cells) + " |")
     lines.append("")
     for steps, d in sorted(diffs.items()):
-        n = len(d["loss"])
         parts = []
         for key, values in d.items():
-            mean = statistics.fmean(values)
-            std = statistics.stdev(values) if n > 1 else 0.0
-            unit = "%" if key == "loss" else " points"
-            if n < 3:
-                verdict = "too few seeds to judge"
-            elif abs(mean) > 2 * std:
-                ahead = (mean < 0) if key == "loss" else (mean > 0)
-                verdict = f"{'ST' if ahead else 'LayerSkip'} ahead (more than twice its std)"
+            if key == "loss":
+                parts.append(f"full model loss {_mean_std([100 * v for v in values], '{:+.2f}')}% over "
+                             f"{len(values)} seed{'s' if len(values) > 1 else ''} "
+                             f"({_verdict(values, False, short[a], short[b])})")
             else:
-                verdict = "within seed noise"
-            scale = 100 if key == "loss" else 1
-            parts.append(f"{'full model loss' if key == 'loss' else key + ' agreement'} "
-                         f"{_mean_std([scale * v for v in values], '{:+.2f}')}{unit} ({verdict})")
-        lines.append(f"- At {steps} steps, {n} seed{'s' if n > 1 else ''}: " + "; ".join(parts) + ".")
+                parts.append(f"{key} agreement {_mean_std(values, '{:+.2f}')} points over {len(values)} "
+                             f"seed{'s' if len(values) > 1 else ''} ({_verdict(values, True, short[a], short[b])})")
+        lines.append(f"- At {steps} steps: " + "; ".join(parts) + ".")
     return [*lines, ""]
 
 
+def _line_fit(xs: list[float], ys: list[float]) -> tuple[float, float] | None:
+    """Least-squares ``(slope, value at xs[-1])``; None where the xs do not vary."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return slope, my + slope * (xs[-1] - mx)
+
+
+def _steps_to(target: float, steps: list[int], ys: list[float], log: bool) -> str:
+    """Steps (from the last measured) at which a least-squares line through ``(steps, ys)`` (in log2(steps) or in
+    steps) reaches ``target`` percent."""
+    xs = [math.log2(n) if log else float(n) for n in steps]
+    fit = _line_fit(xs, ys)
+    if fit is None:
+        return "–"
+    slope, at_last = fit
+    if target <= at_last:
+        return "reached"
+    if slope <= 0:
+        return "never at this pace"
+    need = steps[-1] * 2 ** ((target - at_last) / slope) if log else steps[-1] + (target - at_last) / slope
+    return "more than a million" if need > 1e6 else f"{need:,.0f}"
+
+
 def smollm_growth_lines(train: list[dict], results: Path, exit_layer: int = 8, from_steps: int = 100) -> list[str]:
-    """How fast each method's agreement at ``exit_layer`` grows (seed 0): a least-squares line in log2(steps)
-    through its records from ``from_steps`` on, and how many steps that pace would need to reach the agreement at
+    """How fast each method's agreement at ``exit_layer`` grows (seed 0, records from ``from_steps`` on), and the
+    steps two least-squares lines through them (in log2(steps) and in steps) would need to reach the agreement at
     which drafting pays and at which it gives 1.5x, from the 1-thread measured costs (``--decode-costs``)."""
     costs = [read_record(p, "bench_smollm") for p in sorted(results.glob("decode_costs_*.json"))]
-    costs = [c for c in costs if c.get("threads") == 1 and c.get("exit") == exit_layer]
-    if not costs:
+    settings = [c for r in costs if r.get("threads") == 1 and r.get("exit") == exit_layer
+                for c in r["settings"].values()]
+    if not settings:
         return []
-    # the cheapest drafts measured (the draft vocabulary where there is one): the lowest agreements needed
-    best = min(costs[-1]["settings"].values(), key=lambda c: c["break_even_agreement"])
-    targets = {"drafting pays": best["break_even_agreement"],
-               "1.5x": DecodeCosts(exit_layer, best["draft"], tuple(best["verify"]), best["step_ms"]).agreement_for(1.5)}
-    series: dict[str, list[tuple[int, float, dict]]] = {}
+    best = min(settings, key=lambda c: c["break_even_agreement"])  # the cheapest drafts measured
+    targets = [100 * best["break_even_agreement"],
+               100 * DecodeCosts(exit_layer, best["draft"], tuple(best["verify"]), best["step_ms"]).agreement_for(1.5)]
+    series: dict[str, dict[int, float]] = {}
+    last: dict[str, dict] = {}  # each method's longest record: its hours per step
     for r in train:
         e = r.get("exits", {}).get(str(exit_layer), {})
         trains_exits = not r["_name"].startswith(("ct_", "start"))  # CT's exits are read, never trained
-        if trains_exits and r.get("seed", 0) == 0 and r.get("steps", 0) >= from_steps and e.get("agree") is not None:
-            adapter = r.get("adapter", {}).get("layer")
-            if adapter is None or adapter == exit_layer:
-                series.setdefault(_smollm_label(r), []).append((r["steps"], e["agree"], r))
+        if trains_exits and (r.get("seed") or 0) == 0 and r.get("steps", 0) >= from_steps and e.get("agree") is not None:
+            if r.get("adapter", {}).get("layer", exit_layer) == exit_layer:
+                series.setdefault(_smollm_label(r), {})[r["steps"]] = 100 * e["agree"]
+                last[_smollm_label(r)] = max(last.get(_smollm_label(r), r), r, key=lambda x: x["steps"])
     rows = []
     for label, points in series.items():
-        if len(points) < 2:
+        steps = sorted(points)
+        if len(steps) < 2:
             continue
-        points.sort(key=lambda p: p[0])
-        xs = [math.log2(p[0]) for p in points]
-        ys = [100 * p[1] for p in points]
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-        last_steps, last = points[-1][0], points[-1][2]
-        kind = "CPU" if last.get("train_cpu_hours") else "wall"
-        hours_per_step = (last.get("train_cpu_hours") or last["train_hours"]) / last_steps
-        cells = []
-        for target in targets.values():
-            fit_at_last = my + slope * (xs[-1] - mx)
-            if slope <= 0:
-                cells.append("never at this pace")
-                continue
-            steps = last_steps * 2 ** ((100 * target - fit_at_last) / slope)
-            cells.append("more than a million steps" if steps > 1e6 else
-                         f"{steps:,.0f} steps, {steps * hours_per_step:,.0f} {kind} hours")
-        rows.append(f"| {label} | {', '.join(str(p[0]) for p in points)} | "
-                    f"{', '.join(f'{y:.1f}%' for y in ys)} | {slope:+.1f} | " + " | ".join(cells) + " |")
+        ys = [points[n] for n in steps]
+        slope = _line_fit([math.log2(n) for n in steps], ys)[0]
+        per_step = _line_fit([float(n) for n in steps], ys)[0]
+        cells = [f"{_steps_to(t, steps, ys, True)} / {_steps_to(t, steps, ys, False)}" for t in targets]
+        wall, cpu = _train_hours(last[label])
+        per_100 = "–" if not wall else f"{100 * (cpu or wall) / last[label]['steps']:.2f} {'CPU' if cpu else 'wall'}"
+        rows.append(f"| {label} | {', '.join(map(str, steps))} | {', '.join(f'{y:.1f}%' for y in ys)} | "
+                    f"{slope:+.1f} | {per_step:+.3f} | " + " | ".join(cells) + f" | {per_100} |")
     if not rows:
         return []
-    return [f"How fast exit {exit_layer}'s agreement grows, and what the aim would take at that pace (seed 0; a line "
-            f"in log2(steps) through the records from {from_steps} steps on; the targets are the 1-thread measured "
-            f"costs' with the cheapest drafts: drafting pays from {100 * targets['drafting pays']:.0f}%, 1.5x takes "
-            f"{100 * targets['1.5x']:.0f}%). These are extrapolations far past the measured steps, and optimistic "
-            "ones: where the growth slows, as the adapter's did after 100 steps, it takes longer.", "",
-            "| method | steps | exit agreement | points per doubling of the steps | to drafting pays | to 1.5x |",
-            "|---|---|---|---:|---:|---:|", *rows, ""]
+    return [f"How fast exit {exit_layer}'s agreement grows, and the steps the aim would take at that pace (seed 0, "
+            f"the records from {from_steps} steps on; the targets are the 1-thread measured costs' with the cheapest "
+            f"drafts: drafting pays from {targets[0]:.0f}%, 1.5x takes {targets[1]:.0f}%). Two lines are drawn "
+            "through the points, one in log2(steps) and one in steps: with two or three points of one seed they "
+            "cannot tell which shape the growth has, so the truth may lie anywhere between them (or beyond, if "
+            "the growth slows); the longer runs decide.", "",
+            "| method | steps | exit agreement | points per doubling | points per step | steps to drafting pays "
+            "(log / linear line) | steps to 1.5x (log / linear line) | hours per 100 steps |",
+            "|---|---|---|---:|---:|---:|---:|---:|", *rows, ""]
 
 
 def smollm_decode_table(decode: list[dict]) -> list[str]:

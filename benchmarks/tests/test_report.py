@@ -301,42 +301,71 @@ def test_pretrained_page_pairs_st_with_layerskip_per_seed(report, tmp_path):
     assert "| ST, sub-network weight 0.05 | 1 | 100 | 0.56 / 0.28 | 2.0500 | +3.5% |" in text
     assert "| 100 | 1 | 0.28 / 0.28 CPU | 1.00x | -2.38% | +6.0 | +0.0 |" in text
     assert "| 100 | 2 | 0.42 / 0.28 CPU | 1.50x **more than 10% off** | -1.93% | +7.0 | +0.0 |" in text
-    summary = next(line for line in text.splitlines() if line.startswith("- At 100 steps, 3 seeds"))
-    assert "exit 8 agreement +6.00 ± 1.00 points (ST ahead (more than twice its std))" in summary
-    assert "exit 24 agreement +0.00 ± 0.00 points (within seed noise)" in summary
-    # two seeds are too few to judge
+    summary = next(line for line in text.splitlines() if line.startswith("- At 100 steps:"))
+    # the loss is relative (below 0: ST ahead), the agreement in points (above 0: ST ahead)
+    assert "full model loss -2.08 ± 0.26% over 3 seeds (ST ahead (more than twice its std))" in summary
+    assert "exit 8 agreement +6.00 ± 1.00 points over 3 seeds (ST ahead (more than twice its std))" in summary
+    assert "exit 24 agreement +0.00 ± 0.00 points over 3 seeds (within seed noise)" in summary
+    # LayerSkip ahead reads so: seed 2's exit 24 with LayerSkip far ahead on every seed
+    for seed in range(3):
+        path = tmp_path / f"layerskip_s{seed}_step100.json"
+        rec = json.loads(path.read_text())
+        rec["exits"]["24"]["agree"] = 0.6 + seed / 1000
+        path.write_text(json.dumps(rec))
+    summary = next(line for line in report.pretrained_markdown(tmp_path).splitlines() if line.startswith("- At 100"))
+    assert "exit 24 agreement -10.10 ± 0.10 points over 3 seeds (LayerSkip ahead (more than twice its std))" in summary
+    # a record without CPU time: that pair reads wall time
+    path = tmp_path / "stw005_s0_step100.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "train_cpu_s"}))
+    assert "| 100 | 0 | 0.56 / 0.56 wall | 1.00x |" in report.pretrained_markdown(tmp_path)
+    # two seeds are too few to judge, and an exit a seed lacks counts only the seeds that have it
     for path in tmp_path.glob("*_s2_*.json"):
         path.unlink()
-    assert "too few seeds to judge" in report.pretrained_markdown(tmp_path)
+    path = tmp_path / "stw005_s1_step100.json"
+    rec = json.loads(path.read_text())
+    del rec["exits"]["24"]
+    path.write_text(json.dumps(rec))
+    summary = next(line for line in report.pretrained_markdown(tmp_path).splitlines() if line.startswith("- At 100"))
+    assert "over 2 seeds (too few seeds to judge)" in summary
+    assert "exit 24 agreement -10.00 points over 1 seed (too few seeds to judge)" in summary
 
 
 def test_pretrained_page_extrapolates_the_agreement_growth_to_the_measured_break_even(report, tmp_path):
-    """Exit 8's agreement per doubling of the steps (a line in log2(steps) from 100 steps on) and the steps it would
-    take at that pace to reach the agreement the 1-thread measured costs need; CT's untrained exits are left out."""
+    """Exit 8's agreement growth from 100 steps on, fitted by least squares in log2(steps) and in steps, and the steps
+    each line would need to reach the agreement the 1-thread measured costs need; CT's untrained exits are left
+    out, a target already passed reads 'reached'."""
     base = {"format": "stimulative-benchmark/1", "benchmark": "bench_smollm", "setting": "smollm", "seed": 0,
             "wall_s": None, "code_version": "x", "machine": {}, "val_tokens": 8192, "command": "c"}
-    for steps, agree in ((50, 0.05), (100, 0.20), (200, 0.25), (400, 0.30)):  # 5 points per doubling from 100 on
+    # 20, 26, 30% at 100, 200, 400 steps: not on a line in log2(steps) (fit +5.0 per doubling, 30.33 at 400) nor
+    # in steps (fit 0.0314 per step, 30.57 at 400)
+    for steps, agree in ((50, 0.05), (100, 0.20), (200, 0.26), (400, 0.30)):
         (tmp_path / f"adapter_L8_s0_step{steps}.json").write_text(json.dumps(base | {
             "method": "exit adapter", "steps": steps, "train_hours": steps / 400, "adapter": {"layer": 8, "rank": 4},
             "exits": {"8": {"loss": 5.0, "agree": agree}}}))
         (tmp_path / f"ct_s0_step{steps}.json").write_text(json.dumps(base | {
             "method": "ct", "steps": steps, "train_hours": 0.1, "val_loss": 2.0,
             "exits": {"8": {"loss": 19.0, "agree": 0.02 + steps / 1e5}}}))
-    assert "grows" not in report.pretrained_markdown(tmp_path)  # no measured costs: no target
+    text = report.pretrained_markdown(tmp_path)
+    assert "How fast exit 8" not in text and "| exit adapter on layer 8 (rank 4" in text  # no measured costs
+    costs = {"draft": 0.25, "verify": [1.0, 1.4], "step_ms": 60.0, "draft_predicted": 0.23}
     (tmp_path / "decode_costs_L8_t1.json").write_text(json.dumps(base | {
         "method": "decode_costs", "steps": 0, "exit": 8, "threads": 1, "settings": {
-            "full head": {"draft": 0.4, "verify": [1.0, 1.4], "step_ms": 60.0, "draft_predicted": 0.4,
-                          "break_even_agreement": 0.5},
-            "draft vocabulary 4096": {"draft": 0.25, "verify": [1.0, 1.4], "step_ms": 60.0, "draft_predicted": 0.23,
-                                      "break_even_agreement": 0.4}}}))
+            "full head": costs | {"draft": 0.4, "break_even_agreement": 0.5},
+            "draft vocabulary 4096": costs | {"break_even_agreement": 0.4}}}))
+    (tmp_path / "decode_costs_L8_t2.json").write_text(json.dumps(base | {  # 2 threads: not the target
+        "method": "decode_costs", "steps": 0, "exit": 8, "threads": 2, "settings": {
+            "full head": costs | {"break_even_agreement": 0.2}}}))
     text = report.pretrained_markdown(tmp_path)
-    assert "drafting pays from 40%" in text  # the cheapest drafts' break-even
-    row = next(line for line in text.splitlines() if line.startswith("| exit adapter") and "doubling" not in line
-               and "100, 200, 400" in line)
-    # 30% at 400 steps, 5 points per doubling: 40% two doublings on, 1,600 steps at 1/400 wall hours each
-    assert row.startswith("| exit adapter on layer 8 (rank 4, frozen model) | 100, 200, 400 | 20.0%, 25.0%, 30.0% | "
-                          "+5.0 | 1,600 steps, 4 wall hours | ")
-    assert not any(line.startswith("| CT | 100, 200, 400") for line in text.splitlines())
+    assert "drafting pays from 40%" in text  # the cheapest 1-thread drafts' break-even
+    row = next(line for line in text.splitlines() if line.startswith("| exit adapter") and "| 100, 200, 400 |" in line)
+    # log line: 2 ** ((40 - 30.33) / 5.0) * 400 = 1,528 steps; linear: 400 + (40 - 30.57) / 0.0314 = 700
+    assert row.startswith("| exit adapter on layer 8 (rank 4, frozen model) | 100, 200, 400 | 20.0%, 26.0%, 30.0% | "
+                          "+5.0 | +0.031 | 1,528 / 700 | ")
+    assert row.endswith(" | 0.25 wall |")  # 1 wall hour for 400 steps
+    assert not any(line.startswith("| CT |") and "| 100, 200, 400 |" in line for line in text.splitlines())
+    assert report._steps_to(25.0, [100, 200, 400], [20.0, 26.0, 30.0], log=True) == "reached"
+    assert report._steps_to(99.0, [100, 200], [20.0, 19.0], log=False) == "never at this pace"
+    assert report._steps_to(99.0, [100, 200, 400], [20.0, 21.0, 22.0], log=True) == "more than a million"
 
 
 def test_pretrained_page_shows_where_drafting_pays_per_exit(report, tmp_path):
@@ -364,3 +393,15 @@ def test_pretrained_page_shows_where_drafting_pays_per_exit(report, tmp_path):
     assert rows[8].endswith("| 9.3% (ST, sub-network weight 0.05, 100 steps) |")
     assert rows[24].startswith("| 24 | draft vocabulary 4096 | 0.684 | 1.19 | 60% | never | 47.5% (ST, sub-network")
     assert sum(line.startswith("What a decoding round costs from exit") for line in lines) == 1  # exit 8's only
+    assert "at every exit timed, drafting needs more agreement than any record reached there" in "\n".join(lines)
+    # another thread count is not this table's; a record past an exit's break-even is said
+    (tmp_path / "decode_costs_L12_t2.json").write_text(json.dumps(base | {
+        "method": "decode_costs", "steps": 0, "exit": 12, "threads": 2, "settings": {"full head": {
+            "draft": 0.3, "verify": [1.0, 1.3], "step_ms": 62.0, "draft_predicted": 0.3, "break_even_agreement": 0.5}}}))
+    path = tmp_path / "stw005_s0_step100.json"
+    rec = json.loads(path.read_text())
+    rec["exits"]["24"]["agree"] = 0.7
+    path.write_text(json.dumps(rec))
+    text = report.pretrained_markdown(tmp_path)
+    assert not any(line.startswith("| 12 |") for line in text.splitlines())
+    assert "drafting pays at exit(s) 24 with the best agreement measured there" in text
