@@ -135,3 +135,34 @@ def test_recipes_and_config_errors(tmp_path):
     bad.write_text(json.dumps({"task": "lm", "steps": "many"}))
     with pytest.raises(ConfigError, match="'steps'"):
         load_lm_config(bad)
+
+
+def test_save_every_checkpoints_between_validations_and_resumes_exactly(tmp_path, monkeypatch):
+    """save_every writes the checkpoint between validations (steps 2 and 4 of 6 here, validating at 6 only), and a
+    run stopped right after one of those saves resumes to the same weights as an uninterrupted run."""
+    import stimulative.lm.train as lm_train
+
+    recipe = REPO / "recipes/lm_llama_st.yaml"
+    full = train_lm(recipe, _args(tmp_path, "full", "steps=6", "eval_every=6"))
+    saved_at, real_save = [], lm_train.save_checkpoint
+
+    def save_then_stop(ckpt, path):
+        real_save(ckpt, path)
+        saved_at.append(ckpt["step"])
+        if len(saved_at) == 2:  # the machine stops right after the save at step 4
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(lm_train, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(recipe, _args(tmp_path, "part", "steps=6", "eval_every=6", "save_every=2"))
+    assert saved_at == [2, 4]
+    monkeypatch.setattr(lm_train, "save_checkpoint", real_save)
+    resumed = train_lm(recipe, _args(tmp_path, "part", "steps=6", "eval_every=6", "resume=auto"))
+    assert resumed["step"] == 6
+    a = torch.load(Path(full["checkpoint"]), weights_only=True)
+    b = torch.load(Path(resumed["checkpoint"]), weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert resumed["final"]["val_loss"] == full["final"]["val_loss"]
+    with pytest.raises(ValueError, match="save_every"):
+        train_lm(recipe, _args(tmp_path, "bad", "steps=2", "save_every=-1"))

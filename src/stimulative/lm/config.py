@@ -100,6 +100,8 @@ class LMConfig(RunPaths):
     batch_size: int = 16                  # blocks of model.context tokens per step
     eval_batch_size: int = 32
     eval_every: int = 200                 # steps between validations (and always at the end)
+    save_every: int = 0                   # also checkpoint every this many steps between validations (0 = off):
+    #                                       a run stopped without warning loses at most that many steps
     eval_depths: list | None = None       # prefix depths validated besides the full model (>= L skipped);
     #                                       None = L/4, L/2, 3L/4
     log_every: int = 50                   # steps between console lines
@@ -126,7 +128,7 @@ def _validate(cfg: LMConfig) -> None:
     m = cfg.model
     for key, value, low in (("steps", cfg.steps, 1), ("batch_size", cfg.batch_size, 1),
                             ("eval_batch_size", cfg.eval_batch_size, 1), ("eval_every", cfg.eval_every, 1),
-                            ("log_every", cfg.log_every, 1), ("threads", cfg.threads, 0),
+                            ("save_every", cfg.save_every, 0), ("log_every", cfg.log_every, 1), ("threads", cfg.threads, 0),
                             ("max_steps", cfg.max_steps, 0), ("model.num_hidden_layers", m.num_hidden_layers, 1),
                             ("model.hidden_size", m.hidden_size, 1), ("model.num_attention_heads",
                                                                       m.num_attention_heads, 1),

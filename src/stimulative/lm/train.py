@@ -82,8 +82,8 @@ __all__ = ["train_lm", "LM_RESUME", "build_lm", "resolve_pretrained", "LMData", 
 # data.root/data.tokenizer may point elsewhere when the training tokens are the same (their fingerprint is
 # checked); the optimizer's hyper-parameters and the run's length are applied from the checkpoint's step on.
 LM_RESUME = ResumePolicy(
-    free=frozenset({"name", "out_dir", "resume", "overwrite", "device", "threads", "eval_every", "eval_depths",
-                    "eval_batch_size", "log_every", "max_steps", "model.pretrained", "data.root", "data.tokenizer",
+    free=frozenset({"name", "out_dir", "resume", "overwrite", "device", "threads", "eval_every", "save_every",
+                    "eval_depths", "eval_batch_size", "log_every", "max_steps", "model.pretrained", "data.root", "data.tokenizer",
                     "data.val_blocks"}),
     applied=frozenset({"steps", "epochs", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.betas",
                        "optim.min_lr", "optim.warmup_steps", "optim.clip_grad"}),
@@ -250,7 +250,8 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
     record = train_steps(state, run_step, total=total, stop_at=stop_at, steps_per_epoch=spe,
                          clip_grad=cfg.optim.clip_grad, eval_every=cfg.eval_every, log_every=cfg.log_every,
                          run_dir=run_dir, evaluate=evaluate, save=save, describe=describe,
-                         units_per_step=cfg.batch_size * cfg.model.context, unit="tokens", clock=clock)
+                         units_per_step=cfg.batch_size * cfg.model.context, unit="tokens", clock=clock,
+                         save_every=cfg.save_every)
     log.close()
     done = state.global_step
     if done < total:

@@ -54,7 +54,7 @@ def train_steps(state: TrainingState, run_step: Callable[[int], dict[str, float]
                 steps_per_epoch: int, clip_grad: float, eval_every: int, log_every: int, run_dir: Path,
                 evaluate: Callable[[int], dict[str, Any]], save: Callable[[dict[str, Any]], None],
                 describe: Callable[[dict[str, Any]], str], units_per_step: int, unit: str = "tokens",
-                clock: StepClock | None = None) -> dict[str, Any]:
+                clock: StepClock | None = None, save_every: int = 0) -> dict[str, Any]:
     """Train from ``state.global_step`` to ``stop_at`` (see the module docstring); returns the last record.
 
     Args:
@@ -64,6 +64,9 @@ def train_steps(state: TrainingState, run_step: Callable[[int], dict[str, float]
         steps_per_epoch: steps that cover the training data once (``epoch`` in the records).
         units_per_step: what one step consumes (tokens), for the ``<unit>_per_s`` throughput.
         clock: the times so far (a resumed run's); updated in place.
+        save_every: also write the checkpoint every this many steps between validations (0: at validations only),
+            so that a run stopped without warning loses at most that many steps; a run resumed from such a
+            checkpoint averages its next record's training loss over the steps since the resume.
 
     Raises:
         NonFiniteLossError: a NaN/inf loss or weight.
@@ -101,6 +104,10 @@ def train_steps(state: TrainingState, run_step: Callable[[int], dict[str, float]
                     f"{log_every * units_per_step / (now - last_log):.0f} {unit}/s")
             last_log = now
         if done % eval_every and done not in (total, stop_at):
+            if save_every and done % save_every == 0:
+                clock.wall_s += time.perf_counter() - t_start
+                t_start = time.perf_counter()
+                save(record)
             continue
         if not all_finite(model):
             raise NonFiniteLossError(_stopped(run_dir, done, _NON_FINITE_MODEL))
