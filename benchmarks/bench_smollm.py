@@ -60,6 +60,7 @@ METHODS = {"ct": "lm_pretrained_ct", "st": "lm_pretrained_st", "layerskip": "lm_
 OVERRIDES = {"stw005": ["st.kl_weight=0.05"],
              "st8": ["st.num_subnets=1", "st.sampling=choices", "st.depths=[8]", "st.kl_weight=0.15"]}
 ADAPTER = {"rank": 1024, "lr": 1e-3, "warmup_steps": 20}  # the frozen model's exit adapter (stimulative.lm.adapter)
+ADAPTER_SAVE_EVERY = 50  # the adapter's state is saved every this many steps
 STEPS = 1000  # every run's schedule length: a checkpoint at step c is the first c steps of the same run
 
 
@@ -151,15 +152,18 @@ def adapter_run(seed: int, stops: list[int], args: argparse.Namespace) -> None:
     for stop in todo:
         if stop > step:
             print(f"[{time.strftime('%H:%M:%S')}] adapter L{k} seed {seed}: train {step} -> {stop}", flush=True)
-            batches = [data.train_batch(i, cfg.batch_size, cfg.seed) for i in range(step, stop)]
+        while stop > step:  # in chunks of ADAPTER_SAVE_EVERY steps, the state saved after each (as a stop and a
+            #                 resume would: a session stopped without warning loses at most one chunk)
+            end = min(stop, step + ADAPTER_SAVE_EVERY)
+            batches = [data.train_batch(i, cfg.batch_size, cfg.seed) for i in range(step, end)]
             t0, c0 = time.perf_counter(), time.process_time()
-            train_exit_adapter(model, adapter, batches, stop - step, lr=ADAPTER["lr"],
+            train_exit_adapter(model, adapter, batches, end - step, lr=ADAPTER["lr"],
                                warmup_steps=ADAPTER["warmup_steps"], optimizer=optimizer, first_step=step,
                                log=lambda r: print(f"  step {r['step']} kl {r['kl']:.3f} agree {r['agree']:.3f}",
                                                    flush=True))
             train_s += time.perf_counter() - t0
             cpu_s = None if cpu_s is None else cpu_s + time.process_time() - c0
-            step = stop
+            step = end
             atomic_torch_save({"adapter": adapter.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                                "train_s": train_s, "cpu_s": cpu_s}, state_path)
             # what `stimulative generate DIR --exit K --adapter FILE` reads
