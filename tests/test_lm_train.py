@@ -88,14 +88,21 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     part = train_lm(recipe, _args(tmp_path, "part", "steps=6", "eval_every=4", "max_steps=3"))
     assert part["step"] == 3
     resumed = train_lm(recipe, _args(tmp_path, "part", "steps=6", "eval_every=4", "resume=auto"))
-    assert resumed["step"] == 6
+    a, b = _same_run(full, resumed)
+    assert a["space_rng"] == b["space_rng"]  # the same sub-networks were drawn
+    assert len(a["starts"]) == 1 and len(b["starts"]) == 2  # provenance: one record per start of the run
+
+
+def _same_run(full: dict, resumed: dict) -> tuple[dict, dict]:
+    """Assert that a resumed run ended where the uninterrupted one did (step, weights, validation loss); returns
+    both checkpoints."""
+    assert resumed["step"] == full["step"]
     a = torch.load(Path(full["checkpoint"]), weights_only=True)
     b = torch.load(Path(resumed["checkpoint"]), weights_only=True)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-    assert a["space_rng"] == b["space_rng"]  # the same sub-networks were drawn
-    assert len(a["starts"]) == 1 and len(b["starts"]) == 2  # provenance: one record per start of the run
     assert resumed["final"]["val_loss"] == full["final"]["val_loss"]
+    return a, b
 
 
 def test_gpt2_family_and_single_file_root(tmp_path):
@@ -157,12 +164,6 @@ def test_save_every_checkpoints_between_validations_and_resumes_exactly(tmp_path
         train_lm(recipe, _args(tmp_path, "part", "steps=6", "eval_every=6", "save_every=2"))
     assert saved_at == [2, 4]
     monkeypatch.setattr(lm_train, "save_checkpoint", real_save)
-    resumed = train_lm(recipe, _args(tmp_path, "part", "steps=6", "eval_every=6", "resume=auto"))
-    assert resumed["step"] == 6
-    a = torch.load(Path(full["checkpoint"]), weights_only=True)
-    b = torch.load(Path(resumed["checkpoint"]), weights_only=True)
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    assert resumed["final"]["val_loss"] == full["final"]["val_loss"]
+    _same_run(full, train_lm(recipe, _args(tmp_path, "part", "steps=6", "eval_every=6", "resume=auto")))
     with pytest.raises(ValueError, match="save_every"):
         train_lm(recipe, _args(tmp_path, "bad", "steps=2", "save_every=-1"))
