@@ -290,6 +290,19 @@ def test_measured_costs_decide_where_drafting_pays():
         measure_decode_costs(model, LAYERS)
 
 
+def test_measured_costs_wait_for_a_gpu_to_finish(monkeypatch):
+    """On a CUDA device the kernels run after the call returns, so each timing waits for the device (a clock read
+    at the call's return would time the launches only); on a CPU nothing is waited for."""
+    from stimulative.lm import speculative
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    speculative._sync(torch.device("cpu"))
+    assert calls == []
+    speculative._sync(torch.device("cuda", 0))
+    assert calls == [torch.device("cuda", 0)]
+
+
 def test_draft_cost_counts_the_head_and_a_draft_vocabulary_lowers_it(monkeypatch):
     """A drafted token costs layers 1..k and the draft head (weights read), against all layers and the head: a
     large head makes a shallow draft dear, and a draft vocabulary of n tokens reads n of its rows."""

@@ -357,6 +357,12 @@ class DecodeCosts:
         return self.agreement_for(1.0, max_draft_tokens)
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued kernels (a CUDA device runs them after the call that queued them returns)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.no_grad()
 def measure_decode_costs(model: nn.Module, exit_layer: int, *, exit_adapter: nn.Module | None = None,
                          draft_vocab: torch.Tensor | Sequence[int] | None = None, prompt_length: int = 128,
@@ -408,8 +414,10 @@ def measure_decode_costs(model: nn.Module, exit_layer: int, *, exit_adapter: nn.
         rewind()
         times = []
         for _ in range(repeats):
+            _sync(device)  # on a GPU the kernels run after the call returns: time them to the end
             t0 = time.perf_counter()
             fn()
+            _sync(device)
             times.append(time.perf_counter() - t0)
             rewind()
         return statistics.median(times)
