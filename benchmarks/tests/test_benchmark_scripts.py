@@ -401,3 +401,19 @@ def test_report_writes_docs_pages_not_the_readme(tmp_path, capsys):
             assert (repo / "docs" / target).resolve().is_file(), target
     readme = (repo / "README.md").read_text()
     assert not any(f"<!-- {name}:start" in readme for name in report.BLOCKS)
+
+
+def test_device_check_refuses_without_a_gpu_and_times_a_decoding_round(monkeypatch, tmp_path):
+    """benchmarks/device_check.py (for a session lent a GPU): without CUDA it says so in one line and writes
+    nothing; its decoding part times a round on a random model of SmolLM2's shape (cut to 2 layers here)."""
+    import torch
+
+    check = benchmark_script("device_check")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        check.main(["--results", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+    out = check.decode_costs("cpu", layers=2, exit_layer=1, repeats=2)
+    assert set(out["settings"]) == {"full head", "draft vocabulary 4096"}
+    for c in out["settings"].values():
+        assert len(c["verify"]) == 8 and c["step_ms"] > 0 and 0 < c["break_even_agreement"] <= 1
