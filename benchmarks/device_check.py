@@ -11,7 +11,7 @@
 
 Writes one record, ``benchmarks/results/device/device_check_<device>.json`` (and a copy under ``$OUT`` when set).
 
-    PYTHONPATH=src python benchmarks/device_check.py          # a few minutes on one H100 or H200
+    PYTHONPATH=src python benchmarks/device_check.py          # sized for a 15-minute lease; not yet run on a GPU
     python benchmarks/device_check.py --device cpu --epochs 1 --modes fp32 --lm-layers 2   # the plumbing, on a CPU
 """
 
