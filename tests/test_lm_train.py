@@ -167,3 +167,16 @@ def test_save_every_checkpoints_between_validations_and_resumes_exactly(tmp_path
     _same_run(full, train_lm(recipe, _args(tmp_path, "part", "steps=6", "eval_every=6", "resume=auto")))
     with pytest.raises(ValueError, match="save_every"):
         train_lm(recipe, _args(tmp_path, "bad", "steps=2", "save_every=-1"))
+
+
+def test_a_checkpoint_between_validations_is_never_of_non_finite_weights(tmp_path, monkeypatch):
+    """The weights are checked before a save_every checkpoint as before a validation's: non-finite weights at
+    step 2 stop the run there, naming the step, and write no checkpoint."""
+    import stimulative.train.steps as steps
+    from stimulative.core.step import NonFiniteLossError
+
+    monkeypatch.setattr(steps, "all_finite", lambda model: False)
+    with pytest.raises(NonFiniteLossError, match="step 2"):
+        train_lm(REPO / "recipes/lm_llama_st.yaml",
+                 _args(tmp_path, "nan", "steps=6", "eval_every=6", "save_every=2", "log_every=100"))
+    assert not (tmp_path / "runs" / "nan" / "last.pt").exists()

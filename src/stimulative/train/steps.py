@@ -103,14 +103,17 @@ def train_steps(state: TrainingState, run_step: Callable[[int], dict[str, float]
                     f"{losses['subnet']:.4f}) lr {scheduler.get_last_lr()[0]:.3g} "
                     f"{log_every * units_per_step / (now - last_log):.0f} {unit}/s")
             last_log = now
-        if done % eval_every and done not in (total, stop_at):
-            if save_every and done % save_every == 0:
-                clock.wall_s += time.perf_counter() - t_start
-                t_start = time.perf_counter()
-                save(record)
+        validate = not done % eval_every or done in (total, stop_at)
+        if not validate and not (save_every and done % save_every == 0):
             continue
+        # every checkpoint, with or without a validation, is of finite weights: last.pt keeps the last good one
         if not all_finite(model):
             raise NonFiniteLossError(_stopped(run_dir, done, _NON_FINITE_MODEL))
+        if not validate:  # a checkpoint between validations, holding the last record
+            clock.wall_s += time.perf_counter() - t_start
+            t_start = time.perf_counter()
+            save(record)
+            continue
         t1 = time.perf_counter()
         record = {"step": done, "epoch": done / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
                   "train_loss": sums["loss"] / count, "train_loss_main": sums["main"] / count,
