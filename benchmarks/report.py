@@ -373,16 +373,22 @@ def lead(win: dict, runner: dict, key: str) -> str:
     diffs = [a[s] - b[s] for s in seeds]
     mean = statistics.fmean(diffs)
     std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-    if len(diffs) < 3:  # the std of one or two differences says too little
-        verdict = f"{len(diffs)} seed{'s' if len(diffs) > 1 else ''}: too few to judge"
-    elif mean > 2 * std:
-        verdict = "clear (more than twice its std)"
-    elif mean < -2 * std:  # the winner by mean wins through seeds the runner-up lacks
-        verdict = "the runner-up is ahead on these seeds"
-    else:
-        verdict = "within seed noise"
+    verdict = {None: f"{len(diffs)} seed{'s' if len(diffs) > 1 else ''}: too few to judge",
+               1: "clear (more than twice its std)",
+               -1: "the runner-up is ahead on these seeds",  # the winner by mean wins through seeds the other lacks
+               0: "within seed noise"}[_rule(diffs)]
     return (f"{mean:+.2f} ± {std:.2f} over {_named(runner)} (paired, seeds {','.join(map(str, seeds))}): "
             f"{verdict}")
+
+
+def _rule(diffs: list[float]) -> int | None:
+    """The project's rule on paired per-seed differences: None under 3 seeds (the std of one or two differences
+    says too little), else 1 or -1 where the mean is beyond twice their std (a lead, by its sign), 0 where it is
+    not (a tie)."""
+    if len(diffs) < 3:
+        return None
+    mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
+    return 0 if abs(mean) <= 2 * std else (1 if mean > 0 else -1)
 
 
 def _named(r: dict) -> str:
@@ -1608,12 +1614,24 @@ def _needed(agreement: float) -> str:
     return "never" if agreement >= 1.0 else f"{100 * agreement:.0f}%"
 
 
-def cost_lines(results: Path, detail_exit: int = 8) -> list[str]:
-    """What a decoding round costs, measured (``bench_smollm.py --decode-costs``), and the agreement it needs: in
-    full for the chosen exit ``detail_exit`` (other exits: ``exit_cost_lines``)."""
+def _cheapest_drafts(costs: list[dict], threads: int) -> dict[int, tuple[str, dict]]:
+    """Per exit timed on ``threads`` thread(s) (``--decode-costs`` records): the setting, ``(name, costs)``, whose
+    drafts pay from the lowest agreement."""
+    cheapest: dict[int, tuple[str, dict]] = {}
+    for r in costs:
+        if r.get("threads") != threads:
+            continue
+        for name, c in r["settings"].items():
+            if r["exit"] not in cheapest or c["break_even_agreement"] < cheapest[r["exit"]][1]["break_even_agreement"]:
+                cheapest[r["exit"]] = (name, c)
+    return cheapest
+
+
+def cost_lines(costs: list[dict], detail_exit: int = 8) -> list[str]:
+    """What a decoding round costs, measured (``bench_smollm.py --decode-costs`` records), and the agreement it
+    needs: in full for the chosen exit ``detail_exit`` (other exits: ``exit_cost_lines``)."""
     out = []
-    for path in sorted(results.glob("decode_costs_*.json")):
-        r = read_record(path, "bench_smollm")
+    for r in costs:
         if r["exit"] != detail_exit:
             continue
         out += [f"What a decoding round costs from exit {r['exit']} on {r['threads']} thread(s), as shares of a plain "
@@ -1634,18 +1652,11 @@ def cost_lines(results: Path, detail_exit: int = 8) -> list[str]:
     return out
 
 
-def exit_cost_lines(results: Path, train: list[dict], threads: int = 1) -> list[str]:
+def exit_cost_lines(costs: list[dict], train: list[dict], threads: int = 1) -> list[str]:
     """Where drafting pays: for every exit whose decoding round was timed on ``threads`` thread(s), a drafted
     token's cost, the agreement at which drafting pays and 1.5x (the cheapest drafts measured at that exit),
     beside the best agreement any record reached at that exit."""
-    cheapest: dict[int, tuple[str, dict]] = {}
-    for path in sorted(results.glob("decode_costs_*.json")):
-        r = read_record(path, "bench_smollm")
-        if r.get("threads") != threads:
-            continue
-        for name, c in r["settings"].items():
-            if r["exit"] not in cheapest or c["break_even_agreement"] < cheapest[r["exit"]][1]["break_even_agreement"]:
-                cheapest[r["exit"]] = (name, c)
+    cheapest = _cheapest_drafts(costs, threads)
     if len(cheapest) < 2:
         return []
     rows, short = [], []
@@ -1738,14 +1749,13 @@ def _train_hours(r: dict) -> tuple[float | None, float | None]:
 
 
 def _verdict(values: list[float], a_ahead_when_positive: bool, a: str, b: str) -> str:
-    """The project's rule on paired differences a - b: a lead is called only from 3 seeds on, and only when the
-    mean is beyond twice the std."""
-    if len(values) < 3:
+    """``_rule`` on paired differences a - b, in words naming the method ahead."""
+    sign = _rule(values)
+    if sign is None:
         return "too few seeds to judge"
-    mean, std = statistics.fmean(values), statistics.stdev(values)
-    if abs(mean) <= 2 * std:
+    if sign == 0:
         return "within seed noise"
-    return f"{a if (mean > 0) == a_ahead_when_positive else b} ahead (more than twice its std)"
+    return f"{a if (sign > 0) == a_ahead_when_positive else b} ahead (more than twice its std)"
 
 
 def smollm_pair_lines(train: list[dict], a: str = "stw005", b: str = "layerskip", exits: tuple[int, ...] = (8, 24)
@@ -1831,16 +1841,15 @@ def _steps_to(target: float, steps: list[int], ys: list[float], log: bool) -> st
     return "more than a million" if need > 1e6 else f"{need:,.0f}"
 
 
-def smollm_growth_lines(train: list[dict], results: Path, exit_layer: int = 8, from_steps: int = 100) -> list[str]:
+def smollm_growth_lines(train: list[dict], costs: list[dict], exit_layer: int = 8, from_steps: int = 100
+                        ) -> list[str]:
     """How fast each method's agreement at ``exit_layer`` grows (seed 0, records from ``from_steps`` on), and the
     steps two least-squares lines through them (in log2(steps) and in steps) would need to reach the agreement at
     which drafting pays and at which it gives 1.5x, from the 1-thread measured costs (``--decode-costs``)."""
-    costs = [read_record(p, "bench_smollm") for p in sorted(results.glob("decode_costs_*.json"))]
-    settings = [c for r in costs if r.get("threads") == 1 and r.get("exit") == exit_layer
-                for c in r["settings"].values()]
-    if not settings:
+    cheapest = _cheapest_drafts(costs, threads=1).get(exit_layer)
+    if cheapest is None:
         return []
-    best = min(settings, key=lambda c: c["break_even_agreement"])  # the cheapest drafts measured
+    best = cheapest[1]
     targets = [100 * best["break_even_agreement"],
                100 * DecodeCosts(exit_layer, best["draft"], tuple(best["verify"]), best["step_ms"]).agreement_for(1.5)]
     series: dict[str, dict[int, float]] = {}
@@ -1850,8 +1859,9 @@ def smollm_growth_lines(train: list[dict], results: Path, exit_layer: int = 8, f
         trains_exits = not r["_name"].startswith(("ct_", "start"))  # CT's exits are read, never trained
         if trains_exits and (r.get("seed") or 0) == 0 and r.get("steps", 0) >= from_steps and e.get("agree") is not None:
             if r.get("adapter", {}).get("layer", exit_layer) == exit_layer:
-                series.setdefault(_smollm_label(r), {})[r["steps"]] = 100 * e["agree"]
-                last[_smollm_label(r)] = max(last.get(_smollm_label(r), r), r, key=lambda x: x["steps"])
+                label = _smollm_label(r)
+                series.setdefault(label, {})[r["steps"]] = 100 * e["agree"]
+                last[label] = max(last.get(label, r), r, key=lambda x: x["steps"])
     rows = []
     for label, points in series.items():
         steps = sorted(points)
@@ -1921,8 +1931,9 @@ def pretrained_markdown(results: Path = SMOLLM) -> str:
             "validation files. Cells: an exit's held-out loss (nats) / its top-1 agreement with the full model "
             "(the share of positions where its next token is the full model's: what a draft needs).", "",
             *smollm_agreement_table(train), ""]
+    costs = [read_record(path, "bench_smollm") for path in sorted(results.glob("decode_costs_*.json"))]
     out += smollm_pair_lines(train)
-    out += smollm_growth_lines(train, results)
+    out += smollm_growth_lines(train, costs)
     out += probe_lines(results)
     if decode:
         out += ["Decoding held-out prompts (half code, half docstring prose), 64 new tokens each, greedy; the "
@@ -1930,8 +1941,8 @@ def pretrained_markdown(results: Path = SMOLLM) -> str:
                 "gain alone (the same loop with drafting off):", "", *smollm_decode_table(decode), ""]
     else:
         out += ["_No decoding records yet: `python benchmarks/bench_smollm.py --decode start st adapter`._", ""]
-    out += cost_lines(results)
-    out += exit_cost_lines(results, train)
+    out += cost_lines(costs)
+    out += exit_cost_lines(costs, train)
     # the records keep the exact commands; here the GGUF file's machine-specific path reads $GGUF
     commands = sorted({re.sub(r"model\.pretrained=\S+\.gguf", "model.pretrained=$GGUF", r["command"])
                        for r in train + decode})
