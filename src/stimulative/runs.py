@@ -79,6 +79,12 @@ class Run:
         return self.loaded.tokenizer if self.is_lm else None
 
     @property
+    def exit_adapter(self) -> torch.nn.Module | None:
+        """The exit adapter of a language-model run trained with ``adapter.layer`` (None otherwise): pass it to
+        ``stimulative.lm.generate(run.model, ids, exit_layer=run.exit_adapter.layer, exit_adapter=...)``."""
+        return self.loaded.exit_adapter if self.is_lm else None
+
+    @property
     def num_classes(self) -> int:
         return self.loaded.num_classes
 

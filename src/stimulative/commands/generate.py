@@ -11,7 +11,8 @@ model that assistant_early_exit cannot decode (GPT-2 in transformers 5.x) gets a
 
 RUN is an LM run directory (stimulative train of a task: lm recipe) or a transformers model directory (stimulative export of an
 LM run, or any save_pretrained Llama / GPT-2); the tokenizer is the run's, the one saved in the directory, the
-one named in its stimulative_lm.json, or else the byte tokenizer.
+one named in its stimulative_lm.json, or else the byte tokenizer. An exit-adapter run (adapter.layer=K) drafts
+through its adapter when --exit is K.
 
 --draft-vocab N --draft-text PATH makes the drafts score only the N most frequent tokens of that text; with
 --measure-costs the decoder first times its pieces on this machine and drafts only where they say it pays (a CPU
@@ -69,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model_and_tokenizer(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     """The model (eval mode) and tokenizer of an LM run directory or a ``save_pretrained`` directory."""
+    return _load_for_decoding(path, device)[:2]
+
+
+def _load_for_decoding(path: str | Path, device: str = "cpu") -> tuple[Any, Any, Any]:
+    """``load_model_and_tokenizer`` plus the run's exit adapter (an adapter run's; else None)."""
     from ..lm.config import is_lm_run
     from ..lm.data import ByteTokenizer, HFTokenizer, load_tokenizer
 
@@ -77,22 +83,26 @@ def load_model_and_tokenizer(path: str | Path, device: str = "cpu") -> tuple[Any
         from ..runs import _load
 
         lm = _load(path, device=device)
-        return lm.model, lm.tokenizer
+        return lm.model, lm.tokenizer, lm.exit_adapter
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"RUN {str(path)!r} is neither an LM run directory nor a transformers model "
                                 "directory (no config.yaml with task: lm, no config.json)")
     from transformers import AutoModelForCausalLM
 
+    from ..lm.adapter import ADAPTER_FILE, load_adapter
+
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device).eval()
+    # the export of an exit-adapter run ships its adapter
+    adapter = load_adapter(path / ADAPTER_FILE, map_location=device) if (path / ADAPTER_FILE).is_file() else None
     if (path / "tokenizer_config.json").is_file():  # stimulative export ships a transformers tokenizer here
-        return model, HFTokenizer(path)
+        return model, HFTokenizer(path), adapter
     info = path / "stimulative_lm.json"
     spec = json.loads(info.read_text()).get("tokenizer", "byte") if info.is_file() else "byte"
     tok = load_tokenizer(spec)
     if isinstance(tok, ByteTokenizer) and model.config.vocab_size < tok.vocab_size:
         raise ValueError(f"RUN {str(path)!r} has no tokenizer and its vocabulary ({model.config.vocab_size}) is "
                          "smaller than the byte tokenizer's (257)")
-    return model, tok
+    return model, tok, adapter
 
 
 def _hf_generate(model: Any, ids: Any, new: int, **extra: Any) -> list[int]:
@@ -166,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok = load_model_and_tokenizer(args.model, args.device)
+    model, tok, run_adapter = _load_for_decoding(args.model, args.device)
     prompt = tok.encode(args.prompt)
     if not prompt:
         raise ValueError("--prompt must encode to at least one token")
@@ -178,6 +188,12 @@ def run(args: argparse.Namespace) -> int:
         from ..lm.adapter import load_adapter
 
         options["exit_adapter"] = load_adapter(args.adapter, map_location=ids.device)
+    elif run_adapter is not None and run_adapter.layer == args.exit_layer:  # an adapter run drafts through its own
+        options["exit_adapter"] = run_adapter
+        print(f"drafting through the run's exit adapter on layer {run_adapter.layer}", flush=True)
+    elif run_adapter is not None:
+        print(f"note: the run's exit adapter is on layer {run_adapter.layer}; --exit {args.exit_layer} drafts "
+              "through the model's own head", flush=True)
     if getattr(args, "draft_vocab", 0):
         options["draft_vocab"] = _draft_vocab(args.draft_vocab, getattr(args, "draft_text", None), tok)
     generate(model, ids, args.exit_layer, min(4, args.max_new_tokens), **options)  # warm-up (and argument checks)

@@ -35,9 +35,10 @@ from ..core.tokens import model_inputs, valid_next_token_mask
 from ..io import atomic_torch_save
 
 __all__ = ["ExitAdapter", "exit_logits", "adapter_loss", "adapter_optimizer", "train_exit_adapter",
-           "evaluate_adapter", "save_adapter", "load_adapter"]
+           "evaluate_adapter", "save_adapter", "load_adapter", "adapter_spec", "adapter_from_spec", "ADAPTER_FILE"]
 
 FORMAT = "stimulative-exit-adapter-1"
+ADAPTER_FILE = "exit_adapter.pt"  # what an adapter run (``stimulative train ... adapter.layer=K``) writes beside last.pt
 
 
 class ExitAdapter(nn.Module):
@@ -189,27 +190,30 @@ def train_exit_adapter(model: nn.Module, adapter: ExitAdapter, batches: Iterable
 @torch.no_grad()
 def evaluate_adapter(model: nn.Module, adapter: ExitAdapter, batches: Iterable[torch.Tensor]) -> dict[str, float]:
     """The adapter exit on held-out batches: ``loss`` (next-token CE, nats), ``agree`` (top-1 agreement with the
-    full model) and ``tokens``, over the positions that predict a real token."""
+    full model), ``full_loss`` (the full model's CE, off the same forward) and ``tokens``, over the positions that
+    predict a real token."""
     _check(model, adapter)
     was = (model.training, adapter.training)
     model.eval()
     adapter.eval()
-    total, agree, count = 0.0, 0, 0
+    total, full_total, agree, count = 0.0, 0.0, 0, 0
     try:
         for ids in batches:
             h, full = _hidden_and_full(model, adapter, ids)
             keep = valid_next_token_mask(ids)
             logits = _tail(model)(adapter(h))[:, :-1][keep].float()
+            teacher = full[:, :-1][keep].float()
             target = ids[:, 1:][keep]
             total += float(F.cross_entropy(logits, target, reduction="sum"))
-            agree += int((logits.argmax(-1) == full[:, :-1][keep].argmax(-1)).sum())
+            full_total += float(F.cross_entropy(teacher, target, reduction="sum"))
+            agree += int((logits.argmax(-1) == teacher.argmax(-1)).sum())
             count += int(keep.sum())
     finally:
         model.train(was[0])
         adapter.train(was[1])
     if count == 0:
         raise ValueError("no held-out tokens")
-    return {"loss": total / count, "agree": agree / count, "tokens": count}
+    return {"loss": total / count, "agree": agree / count, "full_loss": full_total / count, "tokens": count}
 
 
 @contextlib.contextmanager
@@ -234,11 +238,23 @@ def _cycle(batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
             raise ValueError("no training batches")
 
 
+def adapter_spec(adapter: ExitAdapter) -> dict[str, Any]:
+    """The adapter's sizes (``adapter_from_spec`` rebuilds it from them and its ``state_dict``)."""
+    return {"hidden_size": adapter.hidden_size, "layer": adapter.layer, "rank": adapter.rank, "eps": adapter.eps}
+
+
+def adapter_from_spec(spec: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> ExitAdapter:
+    """The adapter of ``adapter_spec``'s sizes with ``state_dict`` loaded, in eval mode."""
+    adapter = ExitAdapter(spec["hidden_size"], spec["layer"], spec["rank"], spec["eps"])
+    adapter.load_state_dict(state_dict)
+    return adapter.eval()
+
+
 def save_adapter(adapter: ExitAdapter, path: str | Path, **extra: Any) -> Path:
     """Write the adapter (its sizes and weights, plus ``extra`` metadata) atomically; ``load_adapter`` reads it."""
     path = Path(path)
-    atomic_torch_save({"format": FORMAT, "hidden_size": adapter.hidden_size, "layer": adapter.layer,
-                 "rank": adapter.rank, "eps": adapter.eps, "state_dict": adapter.state_dict(), "extra": extra}, path)
+    atomic_torch_save({"format": FORMAT, **adapter_spec(adapter), "state_dict": adapter.state_dict(),
+                       "extra": extra}, path)
     return path
 
 
@@ -254,6 +270,4 @@ def load_adapter(path: str | Path, map_location: str | torch.device = "cpu") -> 
                          f"{type(e).__name__})") from e
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not an exit adapter written by stimulative (format {FORMAT})")
-    adapter = ExitAdapter(saved["hidden_size"], saved["layer"], saved["rank"], saved["eps"])
-    adapter.load_state_dict(saved["state_dict"])
-    return adapter.eval()
+    return adapter_from_spec(saved, saved["state_dict"])

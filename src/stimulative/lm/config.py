@@ -32,7 +32,7 @@ from ..train.config import (
     read_recipe,
 )
 
-__all__ = ["LMConfig", "LMModelConfig", "LayerSkipConfig", "LMDataConfig", "LMOptimConfig", "load_lm_config", "lm_config_from_dict",
+__all__ = ["LMConfig", "LMModelConfig", "LayerSkipConfig", "ExitAdapterConfig", "LMDataConfig", "LMOptimConfig", "load_lm_config", "lm_config_from_dict",
            "lm_config_to_dict", "save_lm_config", "is_lm_recipe", "is_lm_run", "default_eval_depths", "ConfigError"]
 
 FAMILIES = ("llama", "gpt2")
@@ -91,6 +91,16 @@ class LayerSkipConfig:
 
 
 @dataclass
+class ExitAdapterConfig:
+    """An exit adapter on the frozen model instead of ST (``stimulative.lm.adapter``, Kangaroo's idea): only a small
+    map on layer ``layer``'s hidden state trains, with ST's token KL to the full model; the model's weights stay
+    exactly as ``model.pretrained`` has them, so its quality cannot move and decoding through the adapter is exact."""
+
+    layer: int = 0                        # the exit the adapter reads (1 <= layer < L); 0 = no adapter
+    rank: int = 1024                      # its bottleneck width
+
+
+@dataclass
 class LMConfig(RunPaths):
     task: str = "lm"
     name: str = "lm"
@@ -116,6 +126,7 @@ class LMConfig(RunPaths):
     optim: LMOptimConfig = field(default_factory=LMOptimConfig)
     st: STConfig = field(default_factory=STConfig)
     layerskip: LayerSkipConfig = field(default_factory=LayerSkipConfig)
+    adapter: ExitAdapterConfig = field(default_factory=ExitAdapterConfig)
 
 
 
@@ -162,6 +173,8 @@ def _validate(cfg: LMConfig) -> None:
                               "(st.num_subnets=0 for LayerSkip)")
         if not 0 <= cfg.layerskip.p_max < 1 or cfg.layerskip.e_scale < 0 or cfg.layerskip.rotation < 0:
             raise ConfigError("layerskip.p_max must be in [0, 1); layerskip.e_scale and layerskip.rotation >= 0")
+    if cfg.adapter.layer:
+        _validate_adapter(cfg)
     if cfg.eval_depths is not None:
         bad = [d for d in cfg.eval_depths if not isinstance(d, int) or isinstance(d, bool) or d < 1]
         if bad:
@@ -174,6 +187,23 @@ def _validate(cfg: LMConfig) -> None:
         raise ConfigError(f"resume checkpoint {cfg.resume!r} does not exist (use resume=auto or a path)")
     if cfg.overwrite and cfg.resume is not None:
         raise ConfigError(f"overwrite=true starts the run afresh, resume={cfg.resume!r} continues it: give one of them")
+
+
+def _validate_adapter(cfg: LMConfig) -> None:
+    """An exit-adapter run trains the adapter alone on a frozen pretrained model: the keys that would train the
+    model, or validate exits the run does not train, are refused (naming them) rather than ignored."""
+    a = cfg.adapter
+    if a.layer < 0 or a.rank < 1:
+        raise ConfigError(f"adapter.layer must be >= 0 (0: no adapter) and adapter.rank >= 1, got {a.layer}, {a.rank}")
+    if not cfg.model.pretrained:
+        raise ConfigError("adapter.layer needs model.pretrained: the adapter learns to read a trained model's layer "
+                          "(a randomly initialised model has nothing to draft)")
+    if cfg.st.num_subnets or cfg.layerskip.enabled:
+        raise ConfigError("adapter.layer trains the exit adapter on the frozen model; st.num_subnets > 0 and "
+                          "layerskip.enabled train the model itself: set st.num_subnets=0 and layerskip.enabled=false")
+    if cfg.eval_depths is not None and list(cfg.eval_depths) not in ([], [a.layer]):
+        raise ConfigError(f"eval_depths={cfg.eval_depths}: an adapter run validates its own exit "
+                          f"(adapter.layer={a.layer}) and the full model; leave eval_depths unset")
 
 
 def lm_config_from_dict(data: dict | None) -> LMConfig:

@@ -4,7 +4,8 @@
 ``num_hidden_layers=4`` (the kept layers renumbered from 0, the final norm and LM head shared): it loads with
 ``AutoModelForCausalLM.from_pretrained("lm_st_d4")`` and gives the same logits as the depth-4 sub-network inside
 the run. ``stimulative_lm.json`` next to it records the source run, the depth, the tokenizer and, with
-``evaluate=True``, the validation loss of the export.
+``evaluate=True``, the validation loss of the export. An exit-adapter run's adapter is written beside it
+(``exit_adapter.pt``, when the export keeps its layer and more), where ``stimulative generate`` finds it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def export_lm(run: str | Path, depth: int | None, out_dir: str | Path, evaluate:
     info: dict[str, Any] = {"path": str(out), "depth": k, "num_hidden_layers": small.config.num_hidden_layers,
                             "source": str(Path(run)), "source_layers": layers, "step": lm.checkpoint.get("step"),
                             "tokenizer": lm.config.data.tokenizer, "context": lm.config.model.context}
+    if lm.exit_adapter is not None and lm.exit_adapter.layer < k:  # an adapter run: its adapter goes with the model (generate reads it there)
+        from .adapter import ADAPTER_FILE, save_adapter
+
+        save_adapter(lm.exit_adapter, out / ADAPTER_FILE, source=str(Path(run)))
+        info["exit_adapter"] = ADAPTER_FILE
     if evaluate:
         batches = load_lm_data(lm.config, train=False).val_batches(lm.config.data.val_blocks,
                                                                    lm.config.eval_batch_size)

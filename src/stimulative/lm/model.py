@@ -251,13 +251,15 @@ def build_lm(cfg: LMConfig, vocab_size: int, eos_token_id: int | None = None) ->
 
 @dataclass
 class LoadedLM:
-    """A trained LM run: the hf model (eval mode, on ``device``), its config, tokenizer and checkpoint dict."""
+    """A trained LM run: the hf model (eval mode, on ``device``), its config, tokenizer and checkpoint dict; an
+    exit-adapter run (``adapter.layer``) also its ``exit_adapter`` (``stimulative.lm.adapter.ExitAdapter``)."""
 
     model: nn.Module
     config: LMConfig
     tokenizer: Any
     checkpoint: dict[str, Any]
     path: Path
+    exit_adapter: nn.Module | None = None
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -268,7 +270,8 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu") -> LoadedLM:
     """Rebuild the model of an LM run directory (or its ``last.pt``) and load the trained weights.
 
     A ``model.pretrained`` run is rebuilt from the config copied to ``RUN/hf_config`` (the original directory
-    is not needed), else from ``model.pretrained``."""
+    is not needed), else from ``model.pretrained``. An exit-adapter run's model is ``model.pretrained`` itself
+    (frozen, so its checkpoint holds the adapter only): that directory or GGUF file must still be there."""
     path = Path(path).expanduser()
     ckpt = load_checkpoint(path / "last.pt" if path.is_dir() else path, map_location="cpu")
     if ckpt.get("format") != FORMAT:
@@ -276,6 +279,8 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu") -> LoadedLM:
     data = dict(ckpt["config"])
     data["resume"] = None
     cfg = lm_config_from_dict(data)
+    if ckpt.get("exit_adapter") is not None:
+        return _load_adapter_run(cfg, ckpt, path, device)
     if cfg.model.pretrained:  # the architecture of the checkpoint it continued (the run's hf_config copy)
         model, cfg = rebuild_pretrained(cfg, path if path.is_dir() else path.parent)
         tok = load_tokenizer(cfg.data.tokenizer)
@@ -284,3 +289,24 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu") -> LoadedLM:
         model = build_lm(cfg, int(ckpt["vocab_size"]), getattr(tok, "eos_token_id", None))
     model.load_state_dict(ckpt["model"])
     return LoadedLM(model.to(resolve_device(str(device))).eval(), cfg, tok, ckpt, path)
+
+
+def _load_adapter_run(cfg: LMConfig, ckpt: dict[str, Any], path: Path, device: str | torch.device) -> LoadedLM:
+    """An exit-adapter run: the frozen ``model.pretrained`` and the trained adapter (the checkpoint's "model")."""
+    from .adapter import adapter_from_spec
+
+    where = Path(str(cfg.model.pretrained)).expanduser()
+    if not where.exists():
+        raise ConfigError(f"{str(path)!r} is an exit-adapter run on model.pretrained {str(where)!r}, which is gone: "
+                          "the run keeps the adapter only (the model was frozen); put the model back there, or "
+                          "decode the model with --adapter RUN/exit_adapter.pt")
+    folder = path if path.is_dir() else path.parent
+    copy = folder / HF_CONFIG_DIR
+    spec = cfg.data.tokenizer
+    if spec != "byte" and not Path(spec).expanduser().is_dir() and _has_tokenizer(copy):
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=str(copy)))
+    tok = load_tokenizer(cfg.data.tokenizer)
+    model = _from_pretrained(cfg, int(ckpt["vocab_size"]))
+    dev = resolve_device(str(device))
+    adapter = adapter_from_spec(ckpt["exit_adapter"], ckpt["model"]).to(dev)
+    return LoadedLM(model.to(dev).eval(), cfg, tok, ckpt, path, exit_adapter=adapter)

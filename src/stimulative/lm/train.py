@@ -4,8 +4,10 @@ language-model task of the one training engine (``stimulative.train``).
 One run = a ``transformers`` causal LM built from ``cfg.model`` (``stimulative.lm.model``: no download; or, with
 ``model.pretrained``, a ``save_pretrained`` directory or a GGUF file whose pre-training it continues), made
 depth-elastic by ``stimulative.hf``, trained on packed blocks of ``cfg.data`` (``stimulative.lm.data``) with the
-recipe's ``StimulativeStep`` (main next-token CE + token-level KL/KL- of sampled prefix sub-networks) or
-LayerSkip::
+recipe's ``StimulativeStep`` (main next-token CE + token-level KL/KL- of sampled prefix sub-networks),
+LayerSkip, or (``adapter.layer=K``) an exit adapter on layer ``K`` of the frozen pretrained model
+(``stimulative.lm.adapter``: only the adapter trains; its checkpoint holds the adapter, and the run writes
+``exit_adapter.pt``, what ``stimulative generate MODEL --adapter`` reads)::
 
     from stimulative.lm.train import train_lm
     summary = train_lm("recipes/lm_llama_st.yaml", ["steps=300", "out_dir=/tmp/runs"])
@@ -52,6 +54,7 @@ from ..train.rundir import open_run_dir
 from ..train.runtime import Runtime
 from ..train.state import TrainingState
 from ..train.steps import StepClock, train_steps
+from .adapter import ADAPTER_FILE, ExitAdapter, adapter_loss, adapter_spec, evaluate_adapter, save_adapter
 from .config import (
     ConfigError,
     LMConfig,
@@ -106,6 +109,15 @@ def _resume_copy(cfg: LMConfig) -> Path | None:
 
 def _log(text: str) -> None:
     console(text)
+
+
+def _exit_adapter(cfg: LMConfig, model: torch.nn.Module, layers: int, device: torch.device) -> ExitAdapter:
+    """The run's exit adapter (``cfg.adapter``), on ``device``; a layer the model does not have is a
+    ``ConfigError`` naming ``adapter.layer``."""
+    if not 1 <= cfg.adapter.layer < layers:
+        raise ConfigError(f"adapter.layer={cfg.adapter.layer} must be in 1..{layers - 1} (the model has {layers} "
+                          "layers)")
+    return ExitAdapter(int(model.config.hidden_size), cfg.adapter.layer, rank=cfg.adapter.rank).to(device)
 
 
 def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -178,6 +190,12 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
     layers = ed.full_depths[0]
     depths = default_eval_depths(layers) if cfg.eval_depths is None else \
         sorted({d for d in cfg.eval_depths if d < layers})
+    adapter = _exit_adapter(cfg, model, layers, device) if cfg.adapter.layer else None
+    if adapter is not None:  # the model is frozen: what trains, is checkpointed and clipped is the adapter
+        depths = [adapter.layer]
+        model.requires_grad_(False).eval()
+        val = [b.to(device) for b in val]
+    trained = adapter if adapter is not None else model
     space = SampleSpace.for_model(ed, cfg.st.sampling, ranges=cfg.st.ranges, seed=cfg.seed,
                                   depths=cfg.st.depths)
     token_logits = TokenLogits(model)
@@ -192,9 +210,9 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
                                                                        cfg.st.project_conflicts):
         _log("sub-networks are read off the main forward (prefix exits: one forward and one backward per step; "
              "st.prefix_exits=false for separate passes)")
-    optimizer = build_optimizer(model, cfg, params=matrix_decay_groups(model, cfg.optim.weight_decay))
+    optimizer = build_optimizer(trained, cfg, params=matrix_decay_groups(trained, cfg.optim.weight_decay))
     scheduler = step_scheduler(optimizer, cfg.optim, total, cfg.optim.warmup_steps)
-    state = TrainingState(model, optimizer, scheduler, step, steps_per_epoch=spe, by_step=True,
+    state = TrainingState(trained, optimizer, scheduler, step, steps_per_epoch=spe, by_step=True,
                           fingerprint=start.fingerprint)
     clock = StepClock()
     if ckpt is not None:
@@ -213,20 +231,33 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
     log.write(state.history)
     stop_at = min(total, cfg.max_steps) if cfg.max_steps else total
     done = state.global_step
+    method = (f"exit adapter on layer {adapter.layer} (rank {adapter.rank}, "
+              f"{sum(p.numel() for p in adapter.parameters()):,} params; the model is frozen)" if adapter is not None
+              else f"sub-networks/step {cfg.st.num_subnets} (kl_norm {cfg.st.kl_norm})"
+              f"{', LayerSkip' if ls.enabled else ''}")
     _log(f"{'resuming ' + str(source) + ' at' if source else 'starting'} step {done}/{total}: "
          f"{cfg.model.family} {layers}x{cfg.model.hidden_size} ({sum(p.numel() for p in model.parameters()):,} "
-         f"params), context {cfg.model.context}, batch {cfg.batch_size}, sub-networks/step {cfg.st.num_subnets} "
-         f"(kl_norm {cfg.st.kl_norm}){', LayerSkip' if ls.enabled else ''}, {len(data.train):,} train / "
+         f"params), context {cfg.model.context}, batch {cfg.batch_size}, {method}, {len(data.train):,} train / "
          f"{len(data.val):,} val tokens, {spe} steps/epoch, device {device}, run dir {run_dir}")
 
     def run_step(i: int) -> dict[str, float]:
         ids = data.train_batch(i, cfg.batch_size, cfg.seed).to(device)
+        if adapter is not None:  # the adapter's KL to the frozen full model is the run's one loss
+            loss, stats = adapter_loss(model, adapter, ids)
+            loss.backward()
+            return {"loss": stats["kl"], "main": 0.0, "subnet": stats["kl"]}
         if layerskip is not None:
             return layerskip(ids, next_token_targets(ids))
         step.set_epoch(i / spe, total / spe)
         return step(ids, next_token_targets(ids))
 
     def evaluate(done: int) -> dict[str, Any]:
+        if adapter is not None:  # the full model is the start's; its exit at adapter.layer reads through the adapter
+            res = evaluate_adapter(model, adapter, val)
+            k = adapter.layer
+            return {"val_loss": res["full_loss"], "val_ppl": math.exp(res["full_loss"]),
+                    f"val_loss_d{k}": res["loss"], f"val_ppl_d{k}": math.exp(res["loss"]),
+                    f"val_agree_d{k}": res["agree"], "val_tokens": res["tokens"]}
         result = depth_losses(ed, val, [*depths, layers], device=device)
         out = {"val_loss": result[layers]["loss"], "val_ppl": result[layers]["ppl"]}
         for k in depths:
@@ -239,10 +270,18 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
         ckpt = state.checkpoint(resolved, None, record, device)
         ckpt.update({"format": FORMAT, "task": "lm", "vocab_size": tok.vocab_size, "steps": total,
                      "train_time_s": clock.train_s, "train_cpu_s": clock.cpu_s, "wall_s": clock.wall_s})
+        if adapter is not None:  # "model" holds the adapter's weights; the model is model.pretrained's
+            ckpt["exit_adapter"] = adapter_spec(adapter)
+            save_adapter(adapter, run_dir / ADAPTER_FILE, step=state.global_step, model=str(cfg.model.pretrained))
         save_checkpoint(ckpt, run_dir / "last.pt")
         log.write(state.history)
 
     def describe(r: dict[str, Any]) -> str:
+        if adapter is not None:
+            k = adapter.layer
+            return (f"eval step {r['step']}/{total}: exit {k} through the adapter: val loss {r[f'val_loss_d{k}']:.4f}, "
+                    f"agreement {100 * r[f'val_agree_d{k}']:.1f}% | full model {r['val_loss']:.4f} (frozen) | "
+                    f"train KL {r['train_loss']:.4f} | {r['tokens_per_s']:.0f} tok/s")
         return (f"eval step {r['step']}/{total}: val loss {r['val_loss']:.4f} (ppl {r['val_ppl']:.3f})"
                 + "".join(f" | d{k} {r[f'val_loss_d{k}']:.4f} ({100 * r[f'val_agree_d{k}']:.0f}%)" for k in depths)
                 + f" | train {r['train_loss_main']:.4f} | {r['tokens_per_s']:.0f} tok/s")

@@ -40,7 +40,7 @@ APPLIED = frozenset({
     "epochs", "optim.lr", "optim.momentum", "optim.nesterov", "optim.weight_decay", "optim.betas", "optim.min_lr",
     "optim.warmup_epochs", "optim.clip_grad", "optim.label_smoothing",
 })
-_SECTIONS = ("model", "data", "optim", "st", "layerskip")
+_SECTIONS = ("model", "data", "optim", "st", "layerskip", "adapter")
 
 
 @dataclass(frozen=True)
