@@ -282,6 +282,10 @@ def test_measured_costs_decide_where_drafting_pays():
     free = DecodeCosts(8, draft=0.245, verify=(1.0,), step_ms=61.3)  # verification at no cost: one draft pays from 24.5%
     assert free.break_even() == pytest.approx(0.245, abs=1e-3)
     assert free.speedup(0.36) == pytest.approx(1.36 / 1.245)
+    # one draft costing 0.9996 of a step pays from 99.96% agreement: needed, not "never" (1.0), as rounding made it
+    edge = DecodeCosts(8, draft=0.9996, verify=(1.0,), step_ms=61.3)
+    assert edge.break_even(max_draft_tokens=1) == pytest.approx(0.9996, abs=1e-6)
+    assert edge.break_even(max_draft_tokens=1) < 1.0
     with pytest.raises(ValueError, match="measure_decode_costs"):  # measured for another exit
         generate(model, p, 2, NEW, costs=costs)
     with pytest.raises(ValueError, match="measure_decode_costs"):  # measured without a draft vocabulary

@@ -343,14 +343,15 @@ class DecodeCosts:
         return _draft_gain(agreement, self.draft, max_draft_tokens, self.verify)
 
     def agreement_for(self, speedup: float = 1.0, max_draft_tokens: int = 16) -> float:
-        """The lowest agreement at which some draft length reaches ``speedup`` (1.0 if none does)."""
+        """The lowest agreement at which some draft length reaches ``speedup`` (1.0 if none does below 100%), to
+        about 1e-9: not rounded, so that an agreement reachable only just below 100% is not read as "never"."""
         if self.speedup(1.0, max_draft_tokens) < speedup:
             return 1.0
         lo, hi = 0.0, 1.0
         for _ in range(30):
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if self.speedup(mid, max_draft_tokens) >= speedup else (mid, hi)
-        return round(hi, 3)
+        return hi
 
     def break_even(self, max_draft_tokens: int = 16) -> float:
         """The lowest agreement at which drafting pays at all on these costs (1.0 if it never does)."""
