@@ -16,10 +16,13 @@ transformers = pytest.importorskip("transformers")
 from test_lm_pretrained import llama_dir, text_folder  # noqa: E402
 
 import stimulative as st  # noqa: E402
+from stimulative import hf as st_hf  # noqa: E402
 from stimulative.cli import main  # noqa: E402
 from stimulative.lm.adapter import ADAPTER_FILE, ExitAdapter, load_adapter, train_exit_adapter  # noqa: E402
 from stimulative.lm.config import ConfigError, load_lm_config  # noqa: E402
+from stimulative.lm.evaluate import depth_losses  # noqa: E402
 from stimulative.lm.export import export_lm  # noqa: E402
+from stimulative.lm.loafing import lm_loafing  # noqa: E402
 from stimulative.lm.train import load_lm_data, resolve_pretrained, train_lm  # noqa: E402
 from stimulative.train.checkpoint import load_checkpoint  # noqa: E402
 
@@ -63,8 +66,12 @@ def test_engine_run_equals_train_exit_adapter_and_leaves_the_model_untouched(pre
     for name, want in adapter.state_dict().items():
         torch.testing.assert_close(loaded.exit_adapter.state_dict()[name], want, rtol=1e-5, atol=1e-6)
     assert not torch.equal(loaded.exit_adapter.up.weight, torch.zeros_like(loaded.exit_adapter.up.weight))
-    for name, want in model.state_dict().items():  # the frozen model is model.pretrained's, bit for bit
+    for name, want in model.state_dict().items():  # open_run rebuilds model.pretrained itself, not a random init
         assert torch.equal(loaded.model.state_dict()[name], want), name
+    # the model the run trained against and validated is model.pretrained's, unchanged at the end
+    val = data.val_batches(cfg.data.val_blocks, cfg.eval_batch_size)
+    full = depth_losses(st_hf.elastic_depth(model), val, [4])[4]["loss"]
+    assert run["final"]["val_loss"] == pytest.approx(full, rel=1e-6)
 
     ckpt = load_checkpoint(Path(run["run_dir"]) / "last.pt")
     assert set(ckpt["model"]) == set(adapter.state_dict())  # the checkpoint holds the adapter only
@@ -87,14 +94,28 @@ def test_a_stopped_adapter_run_resumes_to_the_uninterrupted_weights(pretrained, 
         assert torch.equal(a[name], b[name]), name
 
 
-def test_generate_drafts_through_the_runs_adapter_and_its_export(pretrained, run, capsys, tmp_path):
+def test_generate_drafts_through_the_runs_adapter_and_its_export(pretrained, run, capsys, tmp_path, monkeypatch):
+    import stimulative.lm.speculative as speculative
+
+    seen = []
+    real = speculative.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("exit_adapter"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(speculative, "generate", spy)
     base = ["generate", run["run_dir"], "--prompt", "def x", "--max-new-tokens", "6", "--compare", "--repeats", "1"]
     assert main([*base, "--exit", str(LAYER)]) == 0  # 0: identical to plain greedy
     out = capsys.readouterr().out
     assert f"drafting through the run's exit adapter on layer {LAYER}" in out
+    want = st.open_run(run["run_dir"]).exit_adapter.state_dict()
+    assert seen and all(a is not None and all(torch.equal(a.state_dict()[k], want[k]) for k in want) for a in seen)
+    seen.clear()
     assert "assistant_early_exit" in out and "skipped" in out  # it cannot draft through the adapter
     assert main([*base, "--exit", "1"]) == 0
     assert "the run's exit adapter is on layer 2" in capsys.readouterr().out
+    assert seen and all(a is None for a in seen)  # exit 1 drafts through the model's own head
 
     info = export_lm(run["run_dir"], None, tmp_path / "export")
     assert info["exit_adapter"] == ADAPTER_FILE and (tmp_path / "export" / ADAPTER_FILE).is_file()
@@ -104,14 +125,42 @@ def test_generate_drafts_through_the_runs_adapter_and_its_export(pretrained, run
     assert "exit_adapter" not in export_lm(run["run_dir"], LAYER, tmp_path / "prefix")  # the adapter needs more
 
 
-def test_a_run_whose_model_is_gone_names_model_pretrained(pretrained, run, tmp_path):
+def test_a_run_whose_model_is_gone_or_replaced_names_model_pretrained(pretrained, tmp_path):
     moved = tmp_path / "llama"
     shutil.copytree(pretrained["llama"], moved)
-    done = train_lm(None, [*_args(pretrained, "adapter_moved"), f"model.pretrained={moved}", "steps=1",
-                           "eval_every=1"])
+    args = [*_args(pretrained, "adapter_moved"), f"model.pretrained={moved}", "steps=2", "eval_every=1"]
+    done = train_lm(None, [*args, "max_steps=1"])
+    other = transformers.AutoModelForCausalLM.from_pretrained(moved, local_files_only=True)
+    with torch.no_grad():
+        other.model.layers[3].mlp.down_proj.weight.mul_(1.01)  # the same architecture, other weights
     shutil.rmtree(moved)
-    with pytest.raises(ValueError, match="model.pretrained"):
+    with pytest.raises(ValueError, match=r"model\.pretrained"):  # gone: nothing to open
         st.open_run(done["run_dir"])
+    with pytest.raises(ValueError, match=r"model\.pretrained"):  # gone: a resume would train against a random model
+        train_lm(None, [*args, "resume=auto"])
+    other.save_pretrained(moved)
+    with pytest.raises(ValueError, match=r"model\.pretrained.*not the model"):
+        st.open_run(done["run_dir"])
+    with pytest.raises(ValueError, match=r"model\.pretrained.*not the model"):
+        train_lm(None, [*args, "resume=auto"])
+
+
+def test_a_run_of_the_other_kind_is_not_resumed_as_an_adapter_run(pretrained):
+    plain = [a for a in _args(pretrained, "plain_then_adapter", "steps=1", "eval_every=1")
+             if not a.startswith("adapter.")]
+    train_lm(None, plain)
+    with pytest.raises(ConfigError, match=r"adapter\.layer"):
+        train_lm(None, [*plain, f"adapter.layer={LAYER}", "resume=auto"])
+    # overwrite=true starts afresh in the same folder: the earlier kind's files go
+    adapter_run = train_lm(None, [*plain, f"adapter.layer={LAYER}", "overwrite=true"])
+    assert (Path(adapter_run["run_dir"]) / ADAPTER_FILE).is_file()
+    train_lm(None, [*plain, "overwrite=true"])
+    assert not (Path(adapter_run["run_dir"]) / ADAPTER_FILE).exists()
+
+
+def test_loafing_refuses_an_adapter_run(run):
+    with pytest.raises(ValueError, match="exit-adapter run"):
+        lm_loafing([run["run_dir"]])
 
 
 @pytest.mark.parametrize("extra, key", [

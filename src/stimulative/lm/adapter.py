@@ -238,6 +238,28 @@ def _cycle(batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
             raise ValueError("no training batches")
 
 
+def model_fingerprint(model: nn.Module) -> dict[str, float]:
+    """A cheap identity of a model's weights (parameter count, sum and sum of squares in float64): an exit adapter
+    is trained for one frozen model, and ``check_teacher`` refuses it on another."""
+    with torch.no_grad():
+        params = list(model.parameters())
+        return {"parameters": float(sum(p.numel() for p in params)),
+                "sum": float(sum(p.double().sum() for p in params)),
+                "sum_sq": float(sum(p.double().pow(2).sum() for p in params))}
+
+
+def check_teacher(spec: dict[str, Any], fingerprint: dict[str, float], where: Any, source: Any) -> None:
+    """A ``ValueError`` naming ``model.pretrained`` when the model at ``where`` is not the one the adapter of
+    ``spec`` (a checkpoint's ``exit_adapter``) was trained on (a spec without a fingerprint is not checked)."""
+    saved = spec.get("model_fingerprint")
+    if saved is None:
+        return
+    same = all(abs(saved[k] - fingerprint[k]) <= 1e-9 * max(1.0, abs(saved[k])) for k in ("parameters", "sum", "sum_sq"))
+    if not same:
+        raise ValueError(f"model.pretrained {where} is not the model the exit adapter of {source} was trained on "
+                         "(its weights differ): an adapter drafts for one model; use that model")
+
+
 def adapter_spec(adapter: ExitAdapter) -> dict[str, Any]:
     """The adapter's sizes (``adapter_from_spec`` rebuilds it from them and its ``state_dict``)."""
     return {"hidden_size": adapter.hidden_size, "layer": adapter.layer, "rank": adapter.rank, "eps": adapter.eps}

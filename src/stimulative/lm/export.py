@@ -49,11 +49,13 @@ def export_lm(run: str | Path, depth: int | None, out_dir: str | Path, evaluate:
     info: dict[str, Any] = {"path": str(out), "depth": k, "num_hidden_layers": small.config.num_hidden_layers,
                             "source": str(Path(run)), "source_layers": layers, "step": lm.checkpoint.get("step"),
                             "tokenizer": lm.config.data.tokenizer, "context": lm.config.model.context}
-    if lm.exit_adapter is not None and lm.exit_adapter.layer < k:  # an adapter run: its adapter goes with the model (generate reads it there)
-        from .adapter import ADAPTER_FILE, save_adapter
+    from .adapter import ADAPTER_FILE, save_adapter
 
+    if lm.exit_adapter is not None and lm.exit_adapter.layer < k:  # an adapter run: its adapter goes with the model (generate reads it there)
         save_adapter(lm.exit_adapter, out / ADAPTER_FILE, source=str(Path(run)))
         info["exit_adapter"] = ADAPTER_FILE
+    else:  # an earlier export's adapter in this folder would draft for this model
+        (out / ADAPTER_FILE).unlink(missing_ok=True)
     if evaluate:
         batches = load_lm_data(lm.config, train=False).val_batches(lm.config.data.val_blocks,
                                                                    lm.config.eval_batch_size)

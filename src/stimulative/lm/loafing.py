@@ -66,6 +66,11 @@ def lm_loafing(runs: Mapping[str, str | Path] | Sequence[str | Path], alone: Seq
         raise ValueError("lm_loafing needs at least one run")
     loaded = {name: load_lm(path, device) for name, path in runs.items()}
     alone_loaded = [load_lm(p, device) for p in alone]
+    for lm in [*loaded.values(), *alone_loaded]:
+        if lm.exit_adapter is not None:  # its model is model.pretrained's, untouched: its depths are not what it trained
+            raise ValueError(f"{lm.path} is an exit-adapter run: its model is model.pretrained, frozen, and only "
+                             f"the exit on layer {lm.exit_adapter.layer} is trained (its val_loss_d"
+                             f"{lm.exit_adapter.layer} in metrics.jsonl); loafing compares runs that train the model")
     first = next(iter(loaded.values())).config
     for name, lm in [*loaded.items(), *((str(a.path), a) for a in alone_loaded)]:
         if _data_key(lm.config) != _data_key(first):

@@ -293,7 +293,7 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu") -> LoadedLM:
 
 def _load_adapter_run(cfg: LMConfig, ckpt: dict[str, Any], path: Path, device: str | torch.device) -> LoadedLM:
     """An exit-adapter run: the frozen ``model.pretrained`` and the trained adapter (the checkpoint's "model")."""
-    from .adapter import adapter_from_spec
+    from .adapter import adapter_from_spec, check_teacher, model_fingerprint
 
     where = Path(str(cfg.model.pretrained)).expanduser()
     if not where.exists():
@@ -307,6 +307,7 @@ def _load_adapter_run(cfg: LMConfig, ckpt: dict[str, Any], path: Path, device: s
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=str(copy)))
     tok = load_tokenizer(cfg.data.tokenizer)
     model = _from_pretrained(cfg, int(ckpt["vocab_size"]))
+    check_teacher(ckpt["exit_adapter"], model_fingerprint(model), cfg.model.pretrained, path)
     dev = resolve_device(str(device))
     adapter = adapter_from_spec(ckpt["exit_adapter"], ckpt["model"]).to(dev)
     return LoadedLM(model.to(dev).eval(), cfg, tok, ckpt, path, exit_adapter=adapter)

@@ -54,7 +54,16 @@ from ..train.rundir import open_run_dir
 from ..train.runtime import Runtime
 from ..train.state import TrainingState
 from ..train.steps import StepClock, train_steps
-from .adapter import ADAPTER_FILE, ExitAdapter, adapter_loss, adapter_spec, evaluate_adapter, save_adapter
+from .adapter import (
+    ADAPTER_FILE,
+    ExitAdapter,
+    adapter_loss,
+    adapter_spec,
+    check_teacher,
+    evaluate_adapter,
+    model_fingerprint,
+    save_adapter,
+)
 from .config import (
     ConfigError,
     LMConfig,
@@ -146,6 +155,10 @@ def train_lm(cfg: LMConfig | str | Path | None = None, overrides: Sequence[str] 
     start = None
     try:
         copy = _resume_copy(cfg)
+        if copy is not None and cfg.adapter.layer:  # the copy has no weights, and an adapter run's checkpoint neither
+            raise ConfigError(f"model.pretrained {cfg.model.pretrained} is gone: an exit-adapter run keeps the adapter "
+                              "only (the model was frozen), so it resumes with the same model.pretrained; put the "
+                              "model back there")
         if copy is None:
             cfg = resolve_pretrained(cfg)  # model.pretrained: architecture, tokenizer and context from the checkpoint
         else:  # resuming a model.pretrained run whose directory is gone: the run's copy of its config and tokenizer
@@ -171,6 +184,10 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
     spe = data.steps_per_epoch
     total = math.ceil(cfg.epochs * spe) if cfg.epochs > 0 else cfg.steps
     ckpt, source = start.checkpoint, start.source
+    if ckpt is not None and (ckpt.get("exit_adapter") is not None) != bool(cfg.adapter.layer):
+        kind = "an exit-adapter run" if ckpt.get("exit_adapter") is not None else "a run that trains the model"
+        raise ConfigError(f"cannot resume {str(source)!r} with adapter.layer={cfg.adapter.layer}: it is {kind}; "
+                          "start a new run with another name instead")
     if ckpt is not None and int(ckpt["step"]) > total:
         raise ConfigError(f"cannot resume {str(source)!r}: it has done {ckpt['step']} steps, this run has {total} "
                           "(steps/epochs may grow, not shrink)")
@@ -183,9 +200,6 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
         model = build_lm(cfg, tok.vocab_size, getattr(tok, "eos_token_id", None)).to(device)
     else:
         model = rebuild_pretrained(cfg, copy.parent)[0].train().to(device)  # the tokenizer is data's
-    if cfg.model.pretrained:
-        save_hf_config(model, tok, run_dir)
-        _log(f"continuing {cfg.model.pretrained} ({type(model).__name__}), tokenizer {cfg.data.tokenizer}")
     ed = elastic_depth(model)
     layers = ed.full_depths[0]
     depths = default_eval_depths(layers) if cfg.eval_depths is None else \
@@ -195,6 +209,12 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
         depths = [adapter.layer]
         model.requires_grad_(False).eval()
         val = [b.to(device) for b in val]
+        teacher = model_fingerprint(model)
+        if ckpt is not None:
+            check_teacher(ckpt["exit_adapter"], teacher, cfg.model.pretrained, source)
+    if cfg.model.pretrained:
+        save_hf_config(model, tok, run_dir)
+        _log(f"continuing {cfg.model.pretrained} ({type(model).__name__}), tokenizer {cfg.data.tokenizer}")
     trained = adapter if adapter is not None else model
     space = SampleSpace.for_model(ed, cfg.st.sampling, ranges=cfg.st.ranges, seed=cfg.seed,
                                   depths=cfg.st.depths)
@@ -255,8 +275,8 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
         if adapter is not None:  # the full model is the start's; its exit at adapter.layer reads through the adapter
             res = evaluate_adapter(model, adapter, val)
             k = adapter.layer
-            return {"val_loss": res["full_loss"], "val_ppl": math.exp(res["full_loss"]),
-                    f"val_loss_d{k}": res["loss"], f"val_ppl_d{k}": math.exp(res["loss"]),
+            return {"val_loss": res["full_loss"], "val_ppl": math.exp(min(res["full_loss"], 700)),
+                    f"val_loss_d{k}": res["loss"], f"val_ppl_d{k}": math.exp(min(res["loss"], 700)),
                     f"val_agree_d{k}": res["agree"], "val_tokens": res["tokens"]}
         result = depth_losses(ed, val, [*depths, layers], device=device)
         out = {"val_loss": result[layers]["loss"], "val_ppl": result[layers]["ppl"]}
@@ -271,7 +291,7 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
         ckpt.update({"format": FORMAT, "task": "lm", "vocab_size": tok.vocab_size, "steps": total,
                      "train_time_s": clock.train_s, "train_cpu_s": clock.cpu_s, "wall_s": clock.wall_s})
         if adapter is not None:  # "model" holds the adapter's weights; the model is model.pretrained's
-            ckpt["exit_adapter"] = adapter_spec(adapter)
+            ckpt["exit_adapter"] = {**adapter_spec(adapter), "model_fingerprint": teacher}
             save_adapter(adapter, run_dir / ADAPTER_FILE, step=state.global_step, model=str(cfg.model.pretrained))
         save_checkpoint(ckpt, run_dir / "last.pt")
         log.write(state.history)

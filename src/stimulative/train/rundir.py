@@ -42,7 +42,8 @@ except ImportError:  # Windows: the pid in the lock file decides
 __all__ = ["RunDirError", "RunLock", "RunStart", "open_run_dir", "RUN_FILES", "RUN_FOLDERS", "LOCK_NAME"]
 
 LOCK_NAME = ".lock"
-RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "metrics.csv", "steps.jsonl", "training.png")
+RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "metrics.csv", "steps.jsonl", "training.png",
+             "exit_adapter.pt")  # exit_adapter.pt: an exit-adapter LM run's adapter
 RUN_FOLDERS = ("tensorboard", "analysis", "hf_config")  # hf_config: a language-model run's copy of its model config
 
 
