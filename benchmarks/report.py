@@ -1705,6 +1705,7 @@ def _smollm_label(rec: dict) -> str:
         a = rec.get("adapter", {})
         return f"exit adapter on layer {a.get('layer')} (rank {a.get('rank')}, frozen model)"
     return {"st": "ST (3 exits per step, shared head)", "ct": "CT", "stw005": "ST, sub-network weight 0.05",
+            "stw001": "ST, sub-network weight 0.01",
             "st8": "ST, exit 8 only, weight 0.15", "layerskip": "LayerSkip (shared head)"
             }.get(rec["_name"].split("_")[0], rec["method"])
 
@@ -1716,7 +1717,7 @@ def smollm_agreement_table(train: list[dict]) -> list[str]:
     head = ("| method | seed | steps | training hours, 1 thread (wall / CPU) | full model loss | "
             "vs CT at the same steps | " + " | ".join(f"exit {k}" for k in exits) + " |")
     lines = [head, "|---|---:|---:|---:|---:|---:|" + "---:|" * len(exits)]
-    order = {"start": 0, "st": 1, "stw005": 2, "adapter": 3, "layerskip": 4, "ct": 5}
+    order = {"start": 0, "st": 1, "stw005": 2, "stw001": 3, "adapter": 4, "layerskip": 5, "ct": 6}
     for r in sorted(train, key=lambda r: (order.get(r["_name"].split("_")[0], 9), r.get("seed") or 0,
                                           r.get("steps", 0))):
         cells = []
@@ -1897,7 +1898,7 @@ def smollm_decode_table(decode: list[dict]) -> list[str]:
     for r in decode:
         t = r["tokens_per_s"]
         vs_hf = "–" if r.get("speedup_vs_hf_exit") is None else f"{r['speedup_vs_hf_exit']:.2f}x"
-        name = {"start": "start", "st": "ST", "stw005": "ST w0.05", "st8": "ST exit 8", "ct": "CT", "layerskip": "LayerSkip",
+        name = {"start": "start", "st": "ST", "stw005": "ST w0.05", "stw001": "ST w0.01", "st8": "ST exit 8", "ct": "CT", "layerskip": "LayerSkip",
                 "adapter": "exit adapter"}.get(r["spec"], r["spec"])
         watch = r.get("watch_every", 1)  # records before the change read it at every step
         # the decoder's versions: when greedy steps read the draft head, whether the draft's cost counts the head,
