@@ -417,3 +417,23 @@ def test_device_check_refuses_without_a_gpu_and_times_a_decoding_round(monkeypat
     assert set(out["settings"]) == {"full head", "draft vocabulary 4096"}
     for c in out["settings"].values():
         assert len(c["verify"]) == 8 and c["step_ms"] > 0 and 0 < c["break_even_agreement"] <= 1
+
+
+def test_the_adapter_recipe_trains_what_bench_smollm_measured():
+    """recipes/lm_pretrained_adapter.yaml (what users run) has bench_smollm's adapter settings (what was measured:
+    layer 8, rank, lr, warmup), with train_exit_adapter's AdamW (betas, no weight decay, constant LR after warmup)."""
+    import inspect
+
+    import yaml
+
+    from stimulative.lm.adapter import ExitAdapter, adapter_optimizer, train_exit_adapter
+
+    smollm = benchmark_script("bench_smollm")
+    recipe = yaml.safe_load((smollm.REPO / "recipes" / "lm_pretrained_adapter.yaml").read_text())
+    o = recipe["optim"]
+    assert (recipe["adapter"]["layer"], recipe["adapter"]["rank"], o["lr"], o["warmup_steps"]) == \
+        (8, smollm.ADAPTER["rank"], smollm.ADAPTER["lr"], smollm.ADAPTER["warmup_steps"])
+    group = adapter_optimizer(ExitAdapter(8, 1, rank=2), o["lr"]).param_groups[0]
+    assert (o["name"], tuple(o["betas"]), o["weight_decay"]) == ("adamw", group["betas"], group["weight_decay"])
+    assert (o["schedule"], o["min_lr"], recipe["st"]["num_subnets"]) == ("constant", o["lr"], 0)
+    assert o["clip_grad"] == inspect.signature(train_exit_adapter).parameters["clip_grad"].default
