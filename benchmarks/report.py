@@ -1872,10 +1872,17 @@ def smollm_growth_lines(train: list[dict], costs: list[dict], exit_layer: int = 
         slope = _line_fit([math.log2(n) for n in steps], ys)[0]
         per_step = _line_fit([float(n) for n in steps], ys)[0]
         cells = [f"{_steps_to(t, steps, ys, True)} / {_steps_to(t, steps, ys, False)}" for t in targets]
+        # the pace now: the line through the last doubling of the steps alone (the fits above weigh every point)
+        doubled = [n for n in steps if n % 2 == 0 and n // 2 in points]
+        now = "–"
+        if doubled:
+            n = doubled[-1]
+            pair = ([n // 2, n], [points[n // 2], points[n]])
+            now = f"{n // 2} → {n}: {points[n] - points[n // 2]:+.1f} / {_steps_to(targets[0], *pair, True)}"
         wall, cpu = _train_hours(last[label])
         per_100 = "–" if not wall else f"{100 * (cpu or wall) / last[label]['steps']:.2f} {'CPU' if cpu else 'wall'}"
         rows.append(f"| {label} | {', '.join(map(str, steps))} | {', '.join(f'{y:.1f}%' for y in ys)} | "
-                    f"{slope:+.1f} | {per_step:+.3f} | " + " | ".join(cells) + f" | {per_100} |")
+                    f"{slope:+.1f} | {per_step:+.3f} | " + " | ".join(cells) + f" | {now} | {per_100} |")
     if not rows:
         return []
     return [f"How fast exit {exit_layer}'s agreement grows, and the steps the aim would take at that pace (seed 0, "
@@ -1883,10 +1890,12 @@ def smollm_growth_lines(train: list[dict], costs: list[dict], exit_layer: int = 
             f"drafts: drafting pays from {targets[0]:.0f}%, 1.5x takes {targets[1]:.0f}%). Two lines are drawn "
             "through the points, one in log2(steps) and one in steps: with two or three points of one seed they "
             "cannot tell which shape the growth has, so the truth may lie anywhere between them (or beyond, if "
-            "the growth slows); the longer runs decide.", "",
+            "the growth slows); the longer runs decide. The pace now: the points gained over the last doubling of "
+            "the steps, and the steps to drafting pays if each later doubling gains as much.", "",
             "| method | steps | exit agreement | points per doubling | points per step | steps to drafting pays "
-            "(log / linear line) | steps to 1.5x (log / linear line) | hours per 100 steps |",
-            "|---|---|---|---:|---:|---:|---:|---:|", *rows, ""]
+            "(log / linear line) | steps to 1.5x (log / linear line) | the pace now: last doubling, points / steps "
+            "to drafting pays | hours per 100 steps |",
+            "|---|---|---|---:|---:|---:|---:|---|---:|", *rows, ""]
 
 
 def smollm_decode_table(decode: list[dict]) -> list[str]:

@@ -361,7 +361,8 @@ def test_pretrained_page_extrapolates_the_agreement_growth_to_the_measured_break
     # log line: 2 ** ((40 - 30.33) / 5.0) * 400 = 1,528 steps; linear: 400 + (40 - 30.57) / 0.0314 = 700
     assert row.startswith("| exit adapter on layer 8 (rank 4, frozen model) | 100, 200, 400 | 20.0%, 26.0%, 30.0% | "
                           "+5.0 | +0.031 | 1,528 / 700 | ")
-    assert row.endswith(" | 0.25 wall |")  # 1 wall hour for 400 steps
+    # the pace now: 200 -> 400 gained 4 points; 40% is 2.5 more doublings: 400 * 2 ** 2.5 = 2,263 steps
+    assert row.endswith(" | 200 → 400: +4.0 / 2,263 | 0.25 wall |")  # 1 wall hour for 400 steps
     assert not any(line.startswith("| CT |") and "| 100, 200, 400 |" in line for line in text.splitlines())
     assert report._steps_to(25.0, [100, 200, 400], [20.0, 26.0, 30.0], log=True) == "reached"
     assert report._steps_to(99.0, [100, 200], [20.0, 19.0], log=False) == "never at this pace"
