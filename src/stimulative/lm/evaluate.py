@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from ..core.exits import PrefixExits
 from ..core.tokens import TokenLogits, next_token_targets
 
-__all__ = ["depth_losses"]
+__all__ = ["depth_losses", "perplexity"]
+
+
+def perplexity(loss: float) -> float:
+    """``exp(loss)``, capped so that a diverged loss gives a huge number instead of an ``OverflowError``."""
+    return math.exp(min(loss, 700.0))
 
 
 @torch.no_grad()
@@ -59,7 +64,7 @@ def depth_losses(ed, batches: Iterable[torch.Tensor], depths: Sequence[int] | No
         if count == 0:
             raise ValueError("no validation tokens")
         loss = total / count
-        out[k] = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "agree": agree / count, "tokens": count}
+        out[k] = {"loss": loss, "ppl": perplexity(loss), "agree": agree / count, "tokens": count}
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..io import write_json
+from .adapter import ADAPTER_FILE, save_adapter
 from .data import load_lm_data
 from .evaluate import depth_losses
 from .model import load_lm
@@ -49,8 +50,6 @@ def export_lm(run: str | Path, depth: int | None, out_dir: str | Path, evaluate:
     info: dict[str, Any] = {"path": str(out), "depth": k, "num_hidden_layers": small.config.num_hidden_layers,
                             "source": str(Path(run)), "source_layers": layers, "step": lm.checkpoint.get("step"),
                             "tokenizer": lm.config.data.tokenizer, "context": lm.config.model.context}
-    from .adapter import ADAPTER_FILE, save_adapter
-
     if lm.exit_adapter is not None and lm.exit_adapter.layer < k:  # an adapter run: its adapter goes with the model (generate reads it there)
         save_adapter(lm.exit_adapter, out / ADAPTER_FILE, source=str(Path(run)))
         info["exit_adapter"] = ADAPTER_FILE

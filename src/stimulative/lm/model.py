@@ -200,10 +200,16 @@ def rebuild_pretrained(cfg: LMConfig, run_dir: Path) -> tuple[nn.Module, LMConfi
         transformers.AutoConfig.from_pretrained(str(source), local_files_only=True))
     if (source / "generation_config.json").is_file():
         model.generation_config = transformers.GenerationConfig.from_pretrained(str(source), local_files_only=True)
+    return model.float(), _tokenizer_or_copy(cfg, source)
+
+
+def _tokenizer_or_copy(cfg: LMConfig, copy: Path) -> LMConfig:
+    """``cfg`` with ``data.tokenizer`` pointing to ``copy`` (a run's ``hf_config``) when the tokenizer directory it
+    names is gone and the copy has tokenizer files."""
     spec = str(cfg.data.tokenizer)
-    if spec != "byte" and not Path(spec).expanduser().is_dir() and _has_tokenizer(source):
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=str(source)))
-    return model.float(), cfg
+    if spec != "byte" and not Path(spec).expanduser().is_dir() and _has_tokenizer(copy):
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=str(copy)))
+    return cfg
 
 
 def build_lm(cfg: LMConfig, vocab_size: int, eos_token_id: int | None = None) -> nn.Module:
@@ -300,11 +306,7 @@ def _load_adapter_run(cfg: LMConfig, ckpt: dict[str, Any], path: Path, device: s
         raise ConfigError(f"{str(path)!r} is an exit-adapter run on model.pretrained {str(where)!r}, which is gone: "
                           "the run keeps the adapter only (the model was frozen); put the model back there, or "
                           "decode the model with --adapter RUN/exit_adapter.pt")
-    folder = path if path.is_dir() else path.parent
-    copy = folder / HF_CONFIG_DIR
-    spec = cfg.data.tokenizer
-    if spec != "byte" and not Path(spec).expanduser().is_dir() and _has_tokenizer(copy):
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=str(copy)))
+    cfg = _tokenizer_or_copy(cfg, (path if path.is_dir() else path.parent) / HF_CONFIG_DIR)
     tok = load_tokenizer(cfg.data.tokenizer)
     model = _from_pretrained(cfg, int(ckpt["vocab_size"]))
     check_teacher(ckpt["exit_adapter"], model_fingerprint(model), cfg.model.pretrained, path)

@@ -74,7 +74,7 @@ from .config import (
     save_lm_config,
 )
 from .data import LMData, load_lm_data
-from .evaluate import depth_losses
+from .evaluate import depth_losses, perplexity
 from .layerskip import LayerSkipStep
 from .model import (
     FORMAT,
@@ -275,8 +275,8 @@ def _train(cfg: LMConfig, runtime: Runtime, data: LMData, copy: Path | None, sta
         if adapter is not None:  # the full model is the start's; its exit at adapter.layer reads through the adapter
             res = evaluate_adapter(model, adapter, val)
             k = adapter.layer
-            return {"val_loss": res["full_loss"], "val_ppl": math.exp(min(res["full_loss"], 700)),
-                    f"val_loss_d{k}": res["loss"], f"val_ppl_d{k}": math.exp(min(res["loss"], 700)),
+            return {"val_loss": res["full_loss"], "val_ppl": perplexity(res["full_loss"]),
+                    f"val_loss_d{k}": res["loss"], f"val_ppl_d{k}": perplexity(res["loss"]),
                     f"val_agree_d{k}": res["agree"], "val_tokens": res["tokens"]}
         result = depth_losses(ed, val, [*depths, layers], device=device)
         out = {"val_loss": result[layers]["loss"], "val_ppl": result[layers]["ppl"]}
