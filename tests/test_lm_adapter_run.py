@@ -82,6 +82,9 @@ def test_engine_run_equals_train_exit_adapter_and_leaves_the_model_untouched(pre
     final = run["final"]
     assert 0.0 <= final[f"val_agree_d{LAYER}"] <= 1.0 and final[f"val_loss_d{LAYER}"] > 0
     assert not any(k.startswith("val_agree_d") and k != f"val_agree_d{LAYER}" for k in final)
+    # no main loss is trained: the record says so (None), not a 0 that plots as a perfect fit; the KL is the loss
+    assert final["train_loss_main"] is None
+    assert final["train_loss"] == pytest.approx(final["train_loss_subnet"]) and final["train_loss"] > 0
 
 
 def test_a_stopped_adapter_run_resumes_to_the_uninterrupted_weights(pretrained, run):

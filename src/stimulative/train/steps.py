@@ -44,6 +44,11 @@ class StepClock:
     cpu_s: float | None = 0.0
 
 
+def _mean_or_none(total: float, count: int) -> float | None:
+    """The mean of a loss summed over ``count`` steps; None where no step had it (NaN sum)."""
+    return None if math.isnan(total) else total / count
+
+
 def _stopped(run_dir: Path, step: int, reason: str) -> str:
     last = run_dir / "last.pt"
     kept = f"{last} keeps the last validated step" if last.exists() else "no checkpoint was written"
@@ -59,7 +64,9 @@ def train_steps(state: TrainingState, run_step: Callable[[int], dict[str, float]
 
     Args:
         state: the run's ``TrainingState`` (model, optimizer, scheduler; ``global_step`` where to start).
-        run_step: ``run_step(i)`` -> the losses of step ``i`` (``loss``, ``main``, ``subnet``), backward done.
+        run_step: ``run_step(i)`` -> the losses of step ``i`` (``loss``, ``main``, ``subnet``), backward done; a run
+            without a main loss (an exit adapter on a frozen model) leaves ``main`` out, and its records hold
+            ``train_loss_main: None`` (not a flat 0 that reads as a perfect fit).
         total: the run's length in steps (the schedule's); ``stop_at``: where this start stops (``max_steps``).
         steps_per_epoch: steps that cover the training data once (``epoch`` in the records).
         units_per_step: what one step consumes (tokens), for the ``<unit>_per_s`` throughput.
@@ -93,13 +100,14 @@ def train_steps(state: TrainingState, run_step: Callable[[int], dict[str, float]
         if not math.isfinite(losses["loss"]):
             raise NonFiniteLossError(_stopped(run_dir, done, f"the loss is {losses['loss']}; lower the learning rate"))
         for key in sums:
-            sums[key] += losses[key]
+            sums[key] += losses.get(key, math.nan) if key == "main" else losses[key]
         count += 1
         if done % log_every == 0:
             if not all_finite(model):
                 raise NonFiniteLossError(_stopped(run_dir, done, _NON_FINITE_MODEL))
             now = time.perf_counter()
-            console(f"step {done}/{total} loss {losses['loss']:.4f} (main {losses['main']:.4f} sub "
+            main = f"{losses['main']:.4f}" if "main" in losses else "-"
+            console(f"step {done}/{total} loss {losses['loss']:.4f} (main {main} sub "
                     f"{losses['subnet']:.4f}) lr {scheduler.get_last_lr()[0]:.3g} "
                     f"{log_every * units_per_step / (now - last_log):.0f} {unit}/s")
             last_log = now
@@ -116,7 +124,7 @@ def train_steps(state: TrainingState, run_step: Callable[[int], dict[str, float]
             continue
         t1 = time.perf_counter()
         record = {"step": done, "epoch": done / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                  "train_loss": sums["loss"] / count, "train_loss_main": sums["main"] / count,
+                  "train_loss": sums["loss"] / count, "train_loss_main": _mean_or_none(sums["main"], count),
                   "train_loss_subnet": sums["subnet"] / count, **evaluate(done)}
         clock.wall_s += time.perf_counter() - t_start
         t_start = time.perf_counter()
