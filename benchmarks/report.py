@@ -1816,6 +1816,46 @@ def smollm_pair_lines(train: list[dict], a: str = "stw005", b: str = "layerskip"
     return [*lines, ""]
 
 
+def _aim_verdict(values: list[float], aim: float) -> str:
+    """Whether per-seed values (here: the full model's loss over CT's, minus 1) meet ``aim`` (at most): from 3
+    seeds on, met where mean + 2 std is within it, missed where mean - 2 std is beyond it, else undecided."""
+    if len(values) < 3:
+        return "too few seeds to judge"
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    if mean + 2 * std <= aim:
+        return f"within {aim:.0%} (mean + 2 std)"
+    if mean - 2 * std > aim:
+        return f"beyond {aim:.0%} (mean − 2 std)"
+    return f"undecided at {aim:.0%} (the mean ± 2 std spans it)"
+
+
+def smollm_vs_ct_lines(train: list[dict], aim: float = 0.01) -> list[str]:
+    """The issue's aim for the full model: its held-out loss after training exits within ``aim`` of CT's after the
+    same steps. Per method and step count, the relative difference to CT of the same seed (the same data order),
+    mean ± std over the seeds that have both, judged against the aim from 3 seeds on."""
+    ct = {(r.get("seed") or 0, r["steps"]): r["val_loss"] for r in train
+          if r["_name"].startswith("ct_") and r.get("val_loss") is not None}
+    rel: dict[tuple[str, int], dict[int, float]] = {}
+    for r in train:
+        name = r["_name"].split("_")[0]
+        key = (r.get("seed") or 0, r.get("steps"))
+        if name in ("ct", "start", "adapter") or r.get("val_loss") is None or key not in ct:
+            continue
+        rel.setdefault((name, r["steps"]), {})[key[0]] = r["val_loss"] / ct[key] - 1
+    if not rel:
+        return []
+    lines = [f"The full model against CT of the same seed after the same steps (the aim: within {aim:.0%}): its "
+             "held-out loss over CT's, minus 1, mean ± std over seeds.", "",
+             "| method | steps | seeds | full model loss vs CT | aim |", "|---|---:|---|---:|---|"]
+    order = {"st": 1, "stw005": 2, "stw001": 3, "st8": 4, "layerskip": 5}
+    for (name, steps), by_seed in sorted(rel.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
+        values = [by_seed[s] for s in sorted(by_seed)]
+        lines.append(f"| {_smollm_label({'_name': name, 'method': name})} | {steps} | "
+                     f"{','.join(str(s) for s in sorted(by_seed))} | "
+                     f"{_mean_std([100 * v for v in values], '{:+.2f}')}% | {_aim_verdict(values, aim)} |")
+    return [*lines, ""]
+
+
 def _line_fit(xs: list[float], ys: list[float]) -> tuple[float, float] | None:
     """Least-squares ``(slope, value at xs[-1])``; None where the xs do not vary."""
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
@@ -1942,6 +1982,7 @@ def pretrained_markdown(results: Path = SMOLLM) -> str:
             "(the share of positions where its next token is the full model's: what a draft needs).", "",
             *smollm_agreement_table(train), ""]
     costs = [read_record(path, "bench_smollm") for path in sorted(results.glob("decode_costs_*.json"))]
+    out += smollm_vs_ct_lines(train)
     out += smollm_pair_lines(train)
     out += smollm_growth_lines(train, costs)
     out += probe_lines(results)

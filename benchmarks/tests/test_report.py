@@ -406,3 +406,30 @@ def test_pretrained_page_shows_where_drafting_pays_per_exit(report, tmp_path):
     text = report.pretrained_markdown(tmp_path)
     assert not any(line.startswith("| 12 |") for line in text.splitlines())
     assert "drafting pays at exit(s) 24 with the best agreement measured there" in text
+
+
+def test_pretrained_page_judges_the_full_model_against_ct_per_seed(report, tmp_path):
+    """The aim "the full model within 1% of CT": each method's loss over CT's of the same seed and steps, mean ± std
+    over seeds; from 3 seeds met where mean + 2 std <= 1%, missed where mean - 2 std > 1%, else undecided."""
+    base = {"format": "stimulative-benchmark/1", "benchmark": "bench_smollm", "setting": "smollm",
+            "wall_s": None, "code_version": "x", "machine": {}, "val_tokens": 8192, "steps": 50,
+            "command": "python benchmarks/bench_smollm.py", "train_s": 100.0, "exits": {}}
+    losses = {"ct": (2.00, 2.10, 2.20), "stw001": (2.01, 2.1105, 2.2088), "stw005": (2.07, 2.18, 2.28),
+              "layerskip": (2.015, 2.121, 2.2)}
+    for method, per_seed in losses.items():
+        for seed, loss in enumerate(per_seed):
+            (tmp_path / f"{method}_s{seed}_step50.json").write_text(json.dumps(
+                base | {"method": method, "seed": seed, "val_loss": loss}))
+    rows = {line.split(" | ")[0]: line for line in report.pretrained_markdown(tmp_path).splitlines()
+            if line.startswith("| ") and line.endswith(" |") and " | 50 | 0,1,2 | " in line}
+    # (2.01/2.00, 2.1105/2.10, 2.2088/2.20) - 1 = +0.50, +0.50, +0.40%: mean + 2 std = 0.58% <= 1%
+    assert rows["| ST, sub-network weight 0.01"].endswith("| +0.47 ± 0.06% | within 1% (mean + 2 std) |")
+    assert rows["| ST, sub-network weight 0.05"].endswith("beyond 1% (mean − 2 std) |")
+    # +0.75, +1.00, +0.00%: the mean is within 1% but its spread is not
+    assert rows["| LayerSkip (shared head)"].endswith("| +0.58 ± 0.52% | undecided at 1% (the mean ± 2 std spans it) |")
+    # CT is the yardstick, not a row; two seeds are too few
+    assert "| CT" not in rows
+    for path in tmp_path.glob("*_s2_*.json"):
+        path.unlink()
+    text = report.pretrained_markdown(tmp_path)
+    assert "| ST, sub-network weight 0.01 | 50 | 0,1 | +0.50 ± 0.00% | too few seeds to judge |" in text
