@@ -1710,10 +1710,20 @@ def _smollm_label(rec: dict) -> str:
             }.get(rec["_name"].split("_")[0], rec["method"])
 
 
+def _seed_steps(r: dict) -> tuple[int, int | None]:
+    return r.get("seed") or 0, r.get("steps")
+
+
+def _ct_losses(train: list[dict]) -> dict[tuple[int, int | None], float]:
+    """The yardstick for the full model: CT's held-out loss by (seed, steps), i.e. the same data order after the
+    same steps."""
+    return {_seed_steps(r): r["val_loss"] for r in train
+            if r["_name"].startswith("ct_") and r.get("val_loss") is not None}
+
+
 def smollm_agreement_table(train: list[dict]) -> list[str]:
     exits = sorted({int(k) for r in train for k in r.get("exits", {})})
-    # the yardstick is CT of the same seed (the same data order) at the same steps
-    ct_loss = {(r.get("seed"), r.get("steps")): r["val_loss"] for r in train if r["_name"].startswith("ct_")}
+    ct_loss = _ct_losses(train)
     head = ("| method | seed | steps | training hours, 1 thread (wall / CPU) | full model loss | "
             "vs CT at the same steps | " + " | ".join(f"exit {k}" for k in exits) + " |")
     lines = [head, "|---|---:|---:|---:|---:|---:|" + "---:|" * len(exits)]
@@ -1729,7 +1739,7 @@ def smollm_agreement_table(train: list[dict]) -> list[str]:
         hours = "–" if wall is None else f"{wall:.2f} / {'–' if cpu is None else f'{cpu:.2f}'}"
         frozen = r["_name"].startswith("adapter")  # the adapter leaves every weight of the model as it was
         full_cell = "the start's (frozen)" if frozen else ("–" if full is None else f"{full:.4f}")
-        ct = ct_loss.get((r.get("seed"), r.get("steps")))
+        ct = ct_loss.get(_seed_steps(r))
         vs_ct = ("–" if frozen or full is None or ct is None or r["_name"].startswith("ct_")
                  else f"{(full - ct) / ct:+.1%}")
         seed = "–" if r["_name"].startswith("start") else r.get("seed", 0)
@@ -1817,28 +1827,25 @@ def smollm_pair_lines(train: list[dict], a: str = "stw005", b: str = "layerskip"
 
 
 def _aim_verdict(values: list[float], aim: float) -> str:
-    """Whether per-seed values (here: the full model's loss over CT's, minus 1) meet ``aim`` (at most): from 3
-    seeds on, met where mean + 2 std is within it, missed where mean - 2 std is beyond it, else undecided."""
-    if len(values) < 3:
+    """Whether per-seed values (here: the full model's loss over CT's, minus 1) meet ``aim`` (at most), by the
+    project's rule (``_rule``) on their differences to it: from 3 seeds on, met where mean + 2 std is below it,
+    missed where mean - 2 std is above it, else undecided."""
+    sign = _rule([v - aim for v in values])
+    if sign is None:
         return "too few seeds to judge"
-    mean, std = statistics.fmean(values), statistics.stdev(values)
-    if mean + 2 * std <= aim:
-        return f"within {aim:.0%} (mean + 2 std)"
-    if mean - 2 * std > aim:
-        return f"beyond {aim:.0%} (mean − 2 std)"
-    return f"undecided at {aim:.0%} (the mean ± 2 std spans it)"
+    return {-1: f"within {aim:.0%} (mean + 2 std)", 1: f"beyond {aim:.0%} (mean − 2 std)",
+            0: f"undecided at {aim:.0%} (the mean ± 2 std spans it)"}[sign]
 
 
 def smollm_vs_ct_lines(train: list[dict], aim: float = 0.01) -> list[str]:
     """The issue's aim for the full model: its held-out loss after training exits within ``aim`` of CT's after the
     same steps. Per method and step count, the relative difference to CT of the same seed (the same data order),
     mean ± std over the seeds that have both, judged against the aim from 3 seeds on."""
-    ct = {(r.get("seed") or 0, r["steps"]): r["val_loss"] for r in train
-          if r["_name"].startswith("ct_") and r.get("val_loss") is not None}
+    ct = _ct_losses(train)
     rel: dict[tuple[str, int], dict[int, float]] = {}
     for r in train:
         name = r["_name"].split("_")[0]
-        key = (r.get("seed") or 0, r.get("steps"))
+        key = _seed_steps(r)
         if name in ("ct", "start", "adapter") or r.get("val_loss") is None or key not in ct:
             continue
         rel.setdefault((name, r["steps"]), {})[key[0]] = r["val_loss"] / ct[key] - 1

@@ -44,11 +44,6 @@ class StepClock:
     cpu_s: float | None = 0.0
 
 
-def _mean_or_none(total: float, count: int) -> float | None:
-    """The mean of a loss summed over ``count`` steps; None where no step had it (NaN sum)."""
-    return None if math.isnan(total) else total / count
-
-
 def _stopped(run_dir: Path, step: int, reason: str) -> str:
     last = run_dir / "last.pt"
     kept = f"{last} keeps the last validated step" if last.exists() else "no checkpoint was written"
@@ -99,8 +94,8 @@ def train_steps(state: TrainingState, run_step: Callable[[int], dict[str, float]
         done = state.global_step = i + 1
         if not math.isfinite(losses["loss"]):
             raise NonFiniteLossError(_stopped(run_dir, done, f"the loss is {losses['loss']}; lower the learning rate"))
-        for key in sums:
-            sums[key] += losses.get(key, math.nan) if key == "main" else losses[key]
+        for key in sums:  # "main" may be left out: the run has no main loss (its records say None)
+            sums[key] += losses[key] if key != "main" else losses.get(key, 0.0)
         count += 1
         if done % log_every == 0:
             if not all_finite(model):
@@ -124,7 +119,7 @@ def train_steps(state: TrainingState, run_step: Callable[[int], dict[str, float]
             continue
         t1 = time.perf_counter()
         record = {"step": done, "epoch": done / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                  "train_loss": sums["loss"] / count, "train_loss_main": _mean_or_none(sums["main"], count),
+                  "train_loss": sums["loss"] / count, "train_loss_main": sums["main"] / count if "main" in losses else None,
                   "train_loss_subnet": sums["subnet"] / count, **evaluate(done)}
         clock.wall_s += time.perf_counter() - t_start
         t_start = time.perf_counter()
