@@ -351,15 +351,19 @@ def peers_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+# each goal: its title, the metric and which rows compete (``ref``: the variant whose training time sets equal time;
+# it competes at equal time with the runs given its time)
 GOALS = [
-    ("best main network at equal epochs", "main", lambda r: r["budget"] == "equal epochs" and r["method"] != "alone"),
-    ("best main network at equal time (ST++'s wall-clock)", "main",
-     lambda r: r["budget"] == "equal time" or r["variant"] == "stpp"),
+    ("best main network at equal epochs", "main",
+     lambda r, ref: r["budget"] == "equal epochs" and r["method"] != "alone"),
+    ("best main network at equal time ({time})", "main", lambda r, ref: r["budget"] == "equal time" or r["variant"] == ref),
     ("best front of all depths per FLOPs, at equal time", "front",
-     lambda r: (r["budget"] == "equal time" or r["variant"] == "stpp") and r["front"] is not None),
+     lambda r, ref: (r["budget"] == "equal time" or r["variant"] == ref) and r["front"] is not None),
     ("cheapest usable ResNet-8 inside a ResNet-20 (its (1,1,1); 15 epochs unless marked)", "smallest",
-     lambda r: r["smallest"] is not None),
+     lambda r, ref: r["smallest"] is not None),
 ]
+# the time each setting's equal-time runs were given: ST++'s in the subsets, the cheaper ST++'s in the full setting
+TIME_NAMES = {"stpp": "ST++'s wall-clock", "stpp_frac50": "the cheaper ST++'s time"}
 
 
 def lead(win: dict, runner: dict, key: str) -> str:
@@ -396,10 +400,13 @@ def _named(r: dict) -> str:
     return f"{r['label']}{' (' + str(r['epochs']) + ' ep)' if r['budget'] == 'equal time' else ''}"
 
 
-def goals(rows: list[dict]) -> list[str]:
+def goals(rows: list[dict], reference: str = "stpp") -> list[str]:
+    """The measured winner of each goal, its paired lead over the runner-up and every method; ``reference`` is the
+    variant whose training time the equal-time runs were given."""
     lines = ["| goal | measured winner | lead over the runner-up | every method (mean ± std) |", "|---|---|---|---|"]
     for goal, key, keep in GOALS:
-        cands = [r for r in rows if keep(r) and r[key] is not None]
+        goal = goal.format(time=TIME_NAMES[reference])
+        cands = [r for r in rows if keep(r, reference) and r[key] is not None]
         if not cands:
             continue
         cands.sort(key=lambda r: -r[key][0])
@@ -411,10 +418,10 @@ def goals(rows: list[dict]) -> list[str]:
     return lines
 
 
-def undominated(rows: list[dict]) -> list[str]:
-    """At equal time (ST++'s wall-clock), the methods no other beats on both the main network and the front area
-    (means over seeds): the trade-off a user chooses along."""
-    cands = [r for r in rows if (r["budget"] == "equal time" or r["variant"] == "stpp") and r["main"] and r["front"]]
+def undominated(rows: list[dict], reference: str = "stpp") -> list[str]:
+    """At equal time (the training time of ``reference``), the methods no other beats on both the main network and
+    the front area (means over seeds): the trade-off a user chooses along."""
+    cands = [r for r in rows if (r["budget"] == "equal time" or r["variant"] == reference) and r["main"] and r["front"]]
     if len(cands) < 2:
         return []
 
@@ -458,7 +465,7 @@ def budget_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-FIT_VARIANTS = ("ct", "stpp", "sd05")
+FIT_VARIANTS = ("ct", "stpp", "stpp_frac50", "sd05")
 
 
 def fit_table(records: list[dict]) -> list[str]:
@@ -491,23 +498,23 @@ def plot_budget(results: Path = PEERS_RESULTS) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in load_peers(results) if r.get("setting_name") != FULL_SETTING]
-    rows = [r for r in budget_rows(records) if r["variant"] in ("stpp", "sd05", "sd01", "ld02", "ld01")]
+    rows = [r for r in budget_rows(load_peers(results)) if r["variant"] in ("stpp", "sd05", "sd01", "ld02", "ld01")]
     if len({r["image_epochs"] for r in rows}) < 2:  # one budget is no curve
         return None
+    # two ways to grow the budget from 5k x 15, two lines per method: more epochs on the 5,000 images (solid) and
+    # more images at 15 epochs (dashed, up to the full setting's 50,000)
+    ways = (("more epochs on 5,000 images", "o", "-", lambda r: r["train_images"] == 5000),
+            ("more images at 15 epochs", "s", "--", lambda r: r["epochs"] == 15))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for ax, key, title in ((axes[0], "d_main", "main network"), (axes[1], "d_depths", "mean over the 27 depths")):
         for i, name in enumerate(sorted({r["label"] for r in rows})):
             mine = [(r, _stat(r[key])) for r in rows if r["label"] == name]
-            for images in sorted({r["train_images"] for r, _ in mine}):
-                # more data starts from the 5k x 15 point (dashed); more epochs on 5k images is its own line
-                pts = [(r["image_epochs"], st) for r, st in mine if st and
-                       (r["train_images"] == images or (images != 5000 and r["setting"] == "r20"))]
-                if pts:
+            for way, marker, ls, keep in ways:
+                pts = sorted((r["image_epochs"], st) for r, st in mine if st and keep(r))
+                if len(pts) > 1 or (pts and way == ways[0][0]):  # the shared 5k x 15 point is drawn once
                     ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts],
-                                marker="o" if images == 5000 else "s", ls="-" if images == 5000 else "--",
-                                color=f"C{i}", capsize=3,
-                                label=name if images == 5000 else f"{name}, {images:,} images")
+                                marker=marker, ls=ls, color=f"C{i}", capsize=3,
+                                label=f"{name}, {way}" if len(pts) > 1 else name)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("training images x epochs")
@@ -635,9 +642,10 @@ def crossing_lines(records: list[dict]) -> list[str]:
 
 def build_peers(results: Path = PEERS_RESULTS) -> str:
     everything = load_peers(results)
-    # the full setting has its own reference (the cheaper ST++) and table; the budget growth is the subsets'
+    # the full setting has its own reference (the cheaper ST++) and tables; the budget growth and the overfitting
+    # table take every setting, the full one as its largest budget
     records = all_records = [r for r in everything if r.get("setting_name") != FULL_SETTING]
-    growth = budget_rows(records)
+    growth = budget_rows(everything)
     records = [r for r in records if r.get("setting_name", "r20") == "r20"]
     claim, tuning = summarise(records, CLAIM_SEEDS), summarise(records, TUNING_SEEDS)
     out = ["", *full_setting_lines(everything, results)]
@@ -661,8 +669,8 @@ def build_peers(results: Path = PEERS_RESULTS) -> str:
                 "10-12; both rates of each peer are run there, so each goal sees each peer's better rate):", "",
                 *goals(tuning), "", *peers_table(tuning), ""]
     if any(r["setting"] != "r20" for r in growth):
-        out += ["As the budget grows (Δ vs CT of the same seed at equal epochs; `--setting` of bench_peers.py):", "",
-                *budget_table(growth), ""]
+        out += ["As the budget grows (Δ vs CT of the same seed at equal epochs; `--setting` of bench_peers.py; "
+                f"{FULL_SETTING} on all 10,000 test images, the subsets on 2,000):", "", *budget_table(growth), ""]
         if (results / "budget.png").exists():
             out += ["![Δ vs CT against the budget](../benchmarks/results/peers/budget.png)", ""]
         for setting in sorted({r.get("setting_name", "r20") for r in all_records if r["budget"] == "equal time"}
@@ -671,7 +679,7 @@ def build_peers(results: Path = PEERS_RESULTS) -> str:
             rows = summarise(mine, CLAIM_SEEDS)
             out += [f"Which method for which goal at `--setting {setting}` ({mine[0]['setting']}; equal "
                     "time from the same measured epoch times):", "", *goals(rows), "", *peers_table(rows), ""]
-        fit = fit_table(all_records)
+        fit = fit_table(everything)
         if fit:
             out += ["How far the main network overfits (last epoch; train accuracy on the augmented batches, with the "
                     "method's drops or sub-network losses as trained):", "", *fit, ""]
@@ -760,13 +768,16 @@ DROP_MODES = (("stochastic depth p_L=0.5", "SD", "SDb05"), ("stochastic depth p_
 
 
 def _paired_cell(row: dict, ref: dict, key: str) -> str:
-    """``mean ± std`` of the per-seed differences row - reference on the seeds both have (``–`` without one)."""
+    """``mean ± std`` of the per-seed differences row - reference on the seeds both have (``–`` without one), with
+    the project's verdict from 3 seeds on: ahead or behind the reference beyond 2σ, else a tie."""
     a, b = row["per_seed"][key], ref["per_seed"][key]
     diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
     if not diffs:
         return "–"
     mean = statistics.fmean(diffs)
-    return f"{mean:+.2f} ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else f"{mean:+.2f}"
+    cell = f"{mean:+.2f} ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else f"{mean:+.2f}"
+    verdict = {None: "", 0: " (tie)", 1: " (**ahead**)", -1: " (**behind**)"}[_rule(diffs)]  # from 3 seeds on
+    return cell + verdict
 
 
 def _parity_cell(variant: str, budget: str, records: list[dict]) -> str:
@@ -840,7 +851,10 @@ def full_setting_lines(records: list[dict], results: Path) -> list[str]:
            "15 epochs; equal time: the time of ST++ with subnet_fraction 0.5, from the calibration below; every "
            "depth's accuracy after BN re-estimation; differences paired seed by seed):", ""]
     if full:
-        out += [*full_table(full), ""]
+        rows = summarise(full, tuple(sorted({r["seed"] for r in full})))
+        trade = undominated(rows, FULL_REFERENCE)
+        out += ["Which method for which goal (the headline; the smaller budgets are below):", "",
+                *goals(rows, FULL_REFERENCE), "", *([*trade, ""] if trade else []), *full_table(full), ""]
     else:
         out += [f"_No records of the full setting yet (`benchmarks/results/peers/peers_{FULL_SETTING}_<variant>_"
                 f"s<seed>.json`): run `python benchmarks/bench_peers.py --setting {FULL_SETTING}`._", ""]

@@ -147,11 +147,11 @@ def test_peers_budget_section_table_plot_and_crossing_from_records(tmp_path):
     real = json.loads((BENCHMARKS / "results" / "peers" / "peers_ct_s10.json").read_text())
     acc = {("r20", "ct"): 62.0, ("r20", "stpp"): 63.0, ("r20", "sd05"): 55.0, ("r20", "sd05_time"): 66.0,
            ("r20_15k", "ct"): 75.0, ("r20_15k", "stpp"): 77.0, ("r20_15k", "sd05"): 72.0,
-           ("r20_15k", "sd05_time"): 78.0}
+           ("r20_15k", "sd05_time"): 78.0, ("r20_full", "ct"): 86.0, ("r20_full", "stpp"): 85.0}
     method = {"ct": "CT", "stpp": "ST++", "sd05": "stochastic depth", "sd05_time": "stochastic depth"}
     for (setting, variant), a in acc.items():
         for seed, shift in ((10, 0.0), (11, 0.5)):
-            images = 5000 if setting == "r20" else 15000
+            images = {"r20": 5000, "r20_15k": 15000, "r20_full": 50000}[setting]
             rec = dict(real, setting_name=setting, variant=variant, method=method[variant], seed=seed,
                        test_acc=a + shift, train_images=images, image_epochs=images * 15,
                        budget="equal time" if variant.endswith("_time") else "equal epochs",
@@ -162,6 +162,7 @@ def test_peers_budget_section_table_plot_and_crossing_from_records(tmp_path):
     assert table.plot_budget(tmp_path) == tmp_path / "budget.png" and (tmp_path / "budget.png").stat().st_size > 0
     text = table.build_peers(tmp_path)
     assert "| r20_15k | 225,000 | ST++ | 10,11 | 2.00 ± 0.00 |" in text
+    assert "| r20_full | 750,000 | ST++ | 10,11 | -1.00 ± 0.00 |" in text  # the full setting is the largest budget
     assert "budget.png" in text
     assert "ST++ − stochastic depth p_L=0.5 at equal time, main network: -1.00 points at 225,000" in text
     # the largest budget with equal-time runs gets its own goals and table, from its records only
