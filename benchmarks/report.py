@@ -853,7 +853,10 @@ def full_setting_lines(records: list[dict], results: Path) -> list[str]:
     if full:
         rows = summarise(full, tuple(sorted({r["seed"] for r in full})))
         trade = undominated(rows, FULL_REFERENCE)
-        out += ["Which method for which goal (the headline; the smaller budgets are below):", "",
+        uneven = len({tuple(r["seeds"]) for r in rows}) > 1
+        note = ("; provisional: the lines have different seeds, so the winner by mean may differ from the paired "
+                "differences on the seeds both have (the leads and the table below)") if uneven else ""
+        out += [f"Which method for which goal (the headline; the smaller budgets are below{note}):", "",
                 *goals(rows, FULL_REFERENCE), "", *([*trade, ""] if trade else []), *full_table(full), ""]
     else:
         out += [f"_No records of the full setting yet (`benchmarks/results/peers/peers_{FULL_SETTING}_<variant>_"

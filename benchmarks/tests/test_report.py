@@ -213,6 +213,7 @@ def test_peers_full_setting_headline_parity_and_drop_mode_speedups(report, tmp_p
             "0.00 over stochastic depth (batch) p_L=0.5 (27 ep) (paired, seeds 10,11,12): clear") in head
     assert "| best main network at equal time (the cheaper ST++'s time) | **stochastic depth (batch) p_L=0.5 (27 ep)**" \
         in head
+    assert "provisional" not in head  # every line has the same seeds
     assert text.index("**Full setting**") < text.index("Per-batch drop modes") < text.index("5,000 training images")
     assert "1 runs so far" in text  # the subset's count leaves the full setting out
     # where both runs recorded their CPU time, parity reads it (a loaded machine stretches the wall time only)
@@ -220,6 +221,9 @@ def test_peers_full_setting_headline_parity_and_drop_mode_speedups(report, tmp_p
         path = tmp_path / f"peers_r20_full_{name}.json"
         path.write_text(json.dumps(json.loads(path.read_text()) | {"train_cpu_s": cpu}))
     assert full_rows(report.build_peers(tmp_path))[2].endswith("| 1.00x, 1.00x, 1.01x |")
+    # a line short of seeds makes the headline provisional: its mean is over other seeds than the rest's
+    (tmp_path / "peers_r20_full_ct_s12.json").unlink()
+    assert "smaller budgets are below; provisional: the lines have different seeds" in report.build_peers(tmp_path)
 
 
 def test_pretrained_page_tables_from_smollm_records(report, tmp_path):
