@@ -204,9 +204,11 @@ def test_peers_full_setting_headline_parity_and_drop_mode_speedups(report, tmp_p
     assert table[0].endswith("| reference |")
     # each difference judged by the rule from 3 seeds on: +0.50 ± 0.00 is beyond 2σ, +1.00 ± 1.00 is not
     assert table[1] == ("| CT | equal epochs | 15 | 10,11,12 | 90.57 ± 0.40 | +0.50 ± 0.00 (**ahead**) | 49.93 ± 0.00 | "
-                        "-5.00 ± 0.00 (**behind**) | 0.57x, 0.57x, 0.57x |")  # equal epochs: its time is not meant to match
+                        "-5.00 ± 0.00 (**behind**) | 44.00 ± 0.00 | -5.00 ± 0.00 (**behind**) | 0.57x, 0.57x, 0.57x |")
+    # (equal epochs: its time is not meant to match)
     assert table[2] == ("| stochastic depth (batch) p_L=0.5 | equal time | 27 | 10,11,12 | 91.07 ± 0.93 | +1.00 ± 1.00 (tie) "
-                        "| 53.93 ± 0.00 | -1.00 ± 0.00 (**behind**) | 1.00x, 1.00x, 1.15x **more than 10% off** |")
+                        "| 53.93 ± 0.00 | -1.00 ± 0.00 (**behind**) | 48.00 ± 0.00 | -1.00 ± 0.00 (**behind**) | "
+                        "1.00x, 1.00x, 1.15x **more than 10% off** |")
     # the headline: which method for which goal in the full setting, equal time being the cheaper ST++'s
     head = text[text.index("**Full setting**"):text.index("| method | budget | epochs | seeds | main | Δ")]
     assert ("| best front of all depths per FLOPs, at equal time | **ST++ subnet_fraction 0.5** 54.93 ± 0.00 | +1.00 ± "
@@ -221,6 +223,19 @@ def test_peers_full_setting_headline_parity_and_drop_mode_speedups(report, tmp_p
         path = tmp_path / f"peers_r20_full_{name}.json"
         path.write_text(json.dumps(json.loads(path.read_text()) | {"train_cpu_s": cpu}))
     assert full_rows(report.build_peers(tmp_path))[2].endswith("| 1.00x, 1.00x, 1.01x |")
+    # ResNet-8 trained alone at equal time: no main ResNet-20 and no front, its ResNet-8 against the reference's
+    # (1,1,1); it does not compete for the main network
+    alone = _full_record("alone8_time", "alone", "equal time", 10, 95.0, 0, 1000, epochs=80,
+                         command="stimulative train model.blocks_per_stage: [1, 1, 1]")
+    alone["depth_acc"] = {"1,1,1": 60.0}
+    (tmp_path / "peers_r20_full_alone8_time_s10.json").write_text(json.dumps(alone))
+    text = report.build_peers(tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| ResNet-8 alone |"))
+    assert row == "| ResNet-8 alone | equal time | 80 | 10 | – | – | – | – | 60.00 | +11.00 | 1.00x |"
+    main_goal = next(line for line in text.splitlines() if line.startswith("| best main network at equal time"))
+    assert "ResNet-8 alone" not in main_goal
+    assert "| cheapest usable ResNet-8 inside a ResNet-20 (its (1,1,1); 15 epochs unless marked) | **ResNet-8 alone " \
+        "(80 ep)** 60.00 |" in text
     # a line short of seeds makes the headline provisional: its mean is over other seeds than the rest's
     (tmp_path / "peers_r20_full_ct_s12.json").unlink()
     assert "smaller budgets are below; provisional: the lines have different seeds" in report.build_peers(tmp_path)
