@@ -351,15 +351,18 @@ def peers_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-# each goal: its title, the metric and which rows compete (``ref``: the variant whose training time sets equal time;
-# it competes at equal time with the runs given its time)
+def _at_equal_time(r: dict, reference: str) -> bool:
+    """Whether a row competes at equal time: a run given ``reference``'s training time, or that run itself."""
+    return r["budget"] == "equal time" or r["variant"] == reference
+
+
+# each goal: its title, the metric and which rows compete (``ref``: the variant whose training time sets equal time)
 GOALS = [
     ("best main network at equal epochs", "main",
      lambda r, ref: r["budget"] == "equal epochs" and r["method"] != "alone"),
-    ("best main network at equal time ({time})", "main",
-     lambda r, ref: (r["budget"] == "equal time" and r["method"] != "alone") or r["variant"] == ref),
+    ("best main network at equal time ({time})", "main", lambda r, ref: _at_equal_time(r, ref) and r["method"] != "alone"),
     ("best front of all depths per FLOPs, at equal time", "front",
-     lambda r, ref: (r["budget"] == "equal time" or r["variant"] == ref) and r["front"] is not None),
+     lambda r, ref: _at_equal_time(r, ref) and r["front"] is not None),
     ("cheapest usable ResNet-8 inside a ResNet-20 (its (1,1,1); 15 epochs unless marked)", "smallest",
      lambda r, ref: r["smallest"] is not None),
 ]
@@ -422,7 +425,7 @@ def goals(rows: list[dict], reference: str = "stpp") -> list[str]:
 def undominated(rows: list[dict], reference: str = "stpp") -> list[str]:
     """At equal time (the training time of ``reference``), the methods no other beats on both the main network and
     the front area (means over seeds): the trade-off a user chooses along."""
-    cands = [r for r in rows if (r["budget"] == "equal time" or r["variant"] == reference) and r["main"] and r["front"]]
+    cands = [r for r in rows if _at_equal_time(r, reference) and r["main"] and r["front"]]
     if len(cands) < 2:
         return []
 
@@ -510,9 +513,9 @@ def plot_budget(results: Path = PEERS_RESULTS) -> Path | None:
     for ax, key, title in ((axes[0], "d_main", "main network"), (axes[1], "d_depths", "mean over the 27 depths")):
         for i, name in enumerate(sorted({r["label"] for r in rows})):
             mine = [(r, _stat(r[key])) for r in rows if r["label"] == name]
-            for way, marker, ls, keep in ways:
+            for j, (way, marker, ls, keep) in enumerate(ways):
                 pts = sorted((r["image_epochs"], st) for r, st in mine if st and keep(r))
-                if len(pts) > 1 or (pts and way == ways[0][0]):  # the shared 5k x 15 point is drawn once
+                if len(pts) > 1 or (pts and j == 0):  # the shared 5k x 15 point is drawn once
                     ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts],
                                 marker=marker, ls=ls, color=f"C{i}", capsize=3,
                                 label=f"{name}, {way}" if len(pts) > 1 else name)
@@ -802,12 +805,12 @@ def _parity_cell(variant: str, budget: str, records: list[dict]) -> str:
     return text + (f" **more than {PARITY_TOLERANCE:.0%} off**" if off else "")
 
 
-def full_table(records: list[dict]) -> list[str]:
+def full_table(records: list[dict], rows: list[dict]) -> list[str]:
     """The full setting's headline table: main network, front area and ResNet-8 (mean ± std over seeds), each run's
     paired difference to the reference (the cheaper ST++) and its training time against the reference's, per seed.
-    A depth trained alone has no main ResNet-20 and no front: only its ResNet-8 is compared."""
-    seeds = tuple(sorted({r["seed"] for r in records}))
-    rows = sorted(summarise(records, seeds), key=lambda r: r["variant"] != FULL_REFERENCE)  # the reference first
+    A depth trained alone has no main ResNet-20 and no front: only its ResNet-8 is compared. ``rows``: ``summarise``
+    of ``records`` over their seeds."""
+    rows = sorted(rows, key=lambda r: r["variant"] != FULL_REFERENCE)  # the reference first
     ref = next((r for r in rows if r["variant"] == FULL_REFERENCE), None)
     lines = ["| method | budget | epochs | seeds | main | Δ main vs ST++ frac50 | front area | Δ front vs ST++ frac50 "
              "| ResNet-8 (1,1,1) | Δ ResNet-8 vs ST++ frac50 | train time vs ST++ frac50 (per seed) |",
@@ -862,7 +865,7 @@ def full_setting_lines(records: list[dict], results: Path) -> list[str]:
         note = ("; provisional: the lines have different seeds, so the winner by mean may differ from the paired "
                 "differences on the seeds both have (the leads and the table below)") if uneven else ""
         out += [f"Which method for which goal (the headline; the smaller budgets are below{note}):", "",
-                *goals(rows, FULL_REFERENCE), "", *([*trade, ""] if trade else []), *full_table(full), ""]
+                *goals(rows, FULL_REFERENCE), "", *([*trade, ""] if trade else []), *full_table(full, rows), ""]
     else:
         out += [f"_No records of the full setting yet (`benchmarks/results/peers/peers_{FULL_SETTING}_<variant>_"
                 f"s<seed>.json`): run `python benchmarks/bench_peers.py --setting {FULL_SETTING}`._", ""]
