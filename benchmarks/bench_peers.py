@@ -435,6 +435,67 @@ def calibrate(args: argparse.Namespace) -> None:
           f"\n-> {calibration_path(args.setting)}")
 
 
+# the cost class of an equal-epoch variant (an equal-time one names its own): for --status's estimate of what is
+# left when no record of the variant has landed yet
+EPOCH_CLASS = {"ct": "CT", "stpp": "ST++", "stpp_frac50": "ST++ frac50", "alone8": "alone8"}
+
+
+def cpu_per_epoch(setting: str, variant: str) -> float | None:
+    """Process CPU seconds of one training epoch of ``variant``: the median of its landed records' ``train_cpu_s``
+    per epoch in ``setting``, else the setting's calibration (CPU s per image x training images), else None."""
+    seen = [r["train_cpu_s"] / r["epochs"] for f in sorted(RESULTS.glob(f"{run_name(setting, variant, 0)[:-1]}*.json"))
+            if (r := json.loads(f.read_text())).get("train_cpu_s") and r.get("variant") == variant]
+    if seen:
+        return statistics.median(seen)
+    cls = VARIANTS[variant][4] or EPOCH_CLASS.get(variant)
+    path = calibration_path(setting)
+    if cls is None or not path.exists():
+        return None
+    per_image = json.loads(path.read_text())["s_per_image"].get(cls)
+    return per_image * SETTINGS[setting][0] if per_image else None
+
+
+def plan_status(setting: str, variants: list[str], seeds: list[int], runs: Path) -> tuple[list[str], float, int]:
+    """One line per variant, a cell per seed: the record's main accuracy once it landed, ``k/N ep`` while its run
+    dir holds ``k`` of its ``N`` epochs, ``eval`` when trained but not yet measured, ``-`` when not started; then the
+    single-core training hours left (``cpu_per_epoch`` x epochs left; evaluation not counted) and the runs left."""
+    lines, hours, left = [f"| variant | {' | '.join(f'seed {s}' for s in seeds)} |",
+                          "|---|" + "---|" * len(seeds)], 0.0, 0
+    unknown = []
+    for v in variants:
+        epochs = variant_epochs(VARIANTS[v][4], setting)[0]
+        cells = []
+        for seed in seeds:
+            name = run_name(setting, v, seed)
+            record = RESULTS / f"{name}.json"
+            if record.exists():
+                cells.append(f"{json.loads(record.read_text())['test_acc']:.2f}")
+                continue
+            left += 1
+            try:
+                done = max(int(r["epoch"]) for r in read_metrics(runs / name) if "epoch" in r)
+            except (FileNotFoundError, ValueError, json.JSONDecodeError):
+                done = 0
+            cells.append("eval" if done >= epochs else f"{done}/{epochs} ep" if done else "-")
+            per_epoch = cpu_per_epoch(setting, v)
+            if per_epoch is None:
+                unknown.append(name)
+            else:
+                hours += max(0, epochs - done) * per_epoch / 3600
+        lines.append(f"| {v} | {' | '.join(cells)} |")
+    if unknown:
+        lines.append(f"no CPU time per epoch known (no record, no calibration) for: {', '.join(unknown)}")
+    return lines, hours, left
+
+
+def status(args: argparse.Namespace, variants: list[str]) -> None:
+    lines, hours, left = plan_status(args.setting, variants, args.seeds, Path(args.runs))
+    print(f"{setting_text(args.setting)}; records in {RESULTS.relative_to(REPO)}, run dirs in {args.runs}")
+    print("\n".join(lines))
+    print(f"{left} runs left: about {hours:.1f} single-core hours of training (from the landed records' CPU time per "
+          "epoch, the calibration where none landed; each run's evaluation comes on top)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -446,6 +507,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default=str(REPO / "benchmarks" / "runs" / "peers"))
     p.add_argument("--list", action="store_true", help="print the variants")
+    p.add_argument("--status", action="store_true", help="what has landed, what is training (--runs) and the CPU "
+                   "hours left, for --setting, --seeds and --variants (default: the setting's plan)")
     p.add_argument("--add-fit", action="store_true", help="add train_acc/test_loss to older records from their "
                    "run dirs (--runs)")
     p.add_argument("--eval-run", metavar="RUN_DIR", help="measure every depth of one finished run (internal)")
@@ -475,13 +538,16 @@ def main() -> None:
     if args.add_fit:
         add_fit(Path(args.runs))
         return
-    if not Path(args.data).expanduser().exists():
-        sys.exit(f"--data {args.data!r} does not exist (give the CIFAR-10 archive or folder)")
     default = FULL_PLAN if args.setting in FULL else [v for v in VARIANTS if v not in TUNING]
     variants = args.variants or default
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         sys.exit(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
+    if args.status:
+        status(args, variants)
+        return
+    if not Path(args.data).expanduser().exists():
+        sys.exit(f"--data {args.data!r} does not exist (give the CIFAR-10 archive or folder)")
     Path(args.runs).mkdir(parents=True, exist_ok=True)
     queue = []
     for seed in args.seeds:  # seed-major: every variant gets one seed before any gets two

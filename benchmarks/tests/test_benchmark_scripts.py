@@ -438,3 +438,26 @@ def test_the_adapter_recipe_trains_what_bench_smollm_measured():
     assert (o["name"], tuple(o["betas"]), o["weight_decay"]) == ("adamw", group["betas"], group["weight_decay"])
     assert (o["schedule"], o["min_lr"], recipe["st"]["num_subnets"]) == ("constant", o["lr"], 0)
     assert o["clip_grad"] == inspect.signature(train_exit_adapter).parameters["clip_grad"].default
+
+
+def test_peers_status_shows_landed_training_and_the_cpu_hours_left(tmp_path, monkeypatch):
+    """``--status``: a landed record shows its accuracy, a run dir its epochs so far, a run never started ``-``; the
+    hours left come from the variant's landed CPU time per epoch, else from the setting's calibration."""
+    bench = benchmark_script("bench_peers")
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    monkeypatch.setattr(bench, "RESULTS", results)
+    results.mkdir()
+    per_image = {"ST++ frac50": 0.01, "CT": 0.005, "SDb05": 0.004}
+    (results / "calibration_r20_full.json").write_text(json.dumps({"s_per_image": per_image}))
+    record = {"variant": "stpp_frac50", "epochs": 15, "test_acc": 84.171, "train_cpu_s": 15 * 360.0}
+    (results / "peers_r20_full_stpp_frac50_s10.json").write_text(json.dumps(record))
+    (runs / "peers_r20_full_stpp_frac50_s11").mkdir(parents=True)
+    rows = [{"epoch": e, "train_loss": 1.0} for e in (1, 2, 3)]
+    (runs / "peers_r20_full_stpp_frac50_s11" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines, hours, left = bench.plan_status("r20_full", ["stpp_frac50", "sdb05_time"], [10, 11], runs)
+    sdb_epochs = round(15 * 0.01 / 0.004)  # the calibrated equal-time epochs: 38
+    assert lines[2] == "| stpp_frac50 | 84.17 | 3/15 ep |"
+    assert lines[3] == "| sdb05_time | - | - |"
+    assert left == 3
+    # 12 epochs left at the landed 360 s/epoch, two runs of 38 epochs at 0.004 s/image x 50,000 images
+    assert hours == pytest.approx((12 * 360 + 2 * sdb_epochs * 0.004 * 50000) / 3600)
