@@ -151,6 +151,8 @@ VARIANTS: dict[str, tuple[str, str, list[str], str, str | None]] = {
 # the full setting's plan
 # (the reference first: its time is what the equal-time runs are checked against)
 FULL_PLAN = ["stpp_frac50", "ct", "sdb05_time", "ct_time", "sdb01_time", "ldb02_time", "alone8_time", "stpp"]
+# the peers at the cheaper ST++'s time: the best 3-seed front among them joins it for seeds 13-14 (--deciding-peer)
+FULL_PEERS = ["sdb05_time", "sdb01_time", "ldb02_time"]
 # seeds 0-1 choose each peer's rate and ST++'s cost lever (as lambda = 1/N was chosen); 10-12 are the claim
 TUNING = ["sd05", "sd01", "ld02", "ld01", "stpp_frac50_time", "stpp_every2_time"]
 
@@ -496,6 +498,23 @@ def status(args: argparse.Namespace, variants: list[str]) -> None:
           "epoch, the calibration where none landed; each run's evaluation comes on top)")
 
 
+def deciding_peer(setting: str, seeds: list[int]) -> str:
+    """The peer of ``FULL_PEERS`` with the best mean front area over ``seeds`` (every one of them landed): with the
+    cheaper ST++ it is the pair that decides the front, and gets seeds 13-14. Exits naming the missing records."""
+    from stimulative.deploy.pareto import front_area
+
+    fronts, missing = {}, []
+    for v in FULL_PEERS:
+        paths = [RESULTS / f"{run_name(setting, v, s)}.json" for s in seeds]
+        missing += [f.name for f in paths if not f.exists()]
+        if not missing:
+            records = [json.loads(f.read_text()) for f in paths]
+            fronts[v] = statistics.mean(front_area(r["depth_acc"], r["depth_mflops"]) for r in records)
+    if missing:
+        sys.exit(f"the deciding peer needs every peer at seeds {seeds}; not landed: {', '.join(missing)}")
+    return max(fronts, key=fronts.get)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -507,6 +526,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default=str(REPO / "benchmarks" / "runs" / "peers"))
     p.add_argument("--list", action="store_true", help="print the variants")
+    p.add_argument("--deciding-peer", action="store_true", help="print the peer at equal time with the best mean "
+                   "front over --seeds (the full setting's pair for seeds 13-14)")
     p.add_argument("--status", action="store_true", help="what has landed, what is training (--runs) and the CPU "
                    "hours left, for --setting, --seeds and --variants (default: the setting's plan)")
     p.add_argument("--add-fit", action="store_true", help="add train_acc/test_loss to older records from their "
@@ -534,6 +555,9 @@ def main() -> None:
         if not Path(args.data).expanduser().exists():
             sys.exit(f"--data {args.data!r} does not exist (give the CIFAR-10 archive or folder)")
         calibrate(args)
+        return
+    if args.deciding_peer:
+        print(deciding_peer(args.setting, args.seeds))
         return
     if args.add_fit:
         add_fit(Path(args.runs))

@@ -46,7 +46,12 @@ peers_full() {  # issue 30: all 50k/10k images; calibrate once, then seeds 10-12
   cd benchmarks
   [ -f results/peers/calibration_r20_full.json ] || \
     python bench_peers.py --calibrate --setting r20_full --images 2560 --repeats 3 --data "$DATA" || return 1
-  python bench_peers.py --jobs "${PEERS_JOBS:-1}" --setting r20_full --seeds 10 11 12 --data "$DATA"
+  python bench_peers.py --jobs "${PEERS_JOBS:-1}" --setting r20_full --seeds 10 11 12 --data "$DATA" || return 1
+  # five seeds for the pair that decides the front: the cheaper ST++ and the peer with the best 3-seed front
+  local peer
+  peer=$(python bench_peers.py --deciding-peer --setting r20_full --seeds 10 11 12) || return 1
+  python bench_peers.py --jobs "${PEERS_JOBS:-1}" --setting r20_full --seeds 13 14 --data "$DATA" \
+    --variants stpp_frac50 "$peer"
   cd ..
 }
 

@@ -461,3 +461,31 @@ def test_peers_status_shows_landed_training_and_the_cpu_hours_left(tmp_path, mon
     assert left == 3
     # 12 epochs left at the landed 360 s/epoch, two runs of 38 epochs at 0.004 s/image x 50,000 images
     assert hours == pytest.approx((12 * 360 + 2 * sdb_epochs * 0.004 * 50000) / 3600)
+
+
+def test_peers_deciding_peer_has_the_best_mean_front_and_needs_every_seed(tmp_path, monkeypatch):
+    """``--deciding-peer`` (long_runs.sh's choice of the peer that gets seeds 13-14 with the cheaper ST++): the best
+    mean front area over the seeds, not the best single seed; a missing record stops it with the record's name."""
+    bench = benchmark_script("bench_peers")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    cost = {"1,1,1": 10.0, "3,3,3": 100.0}  # a two-point front's area is its cheap point's accuracy
+    fronts = {"sdb05_time": (80.0, 70.0), "sdb01_time": (60.0, 61.0), "ldb02_time": (76.0, 76.0)}
+    for v, per_seed in fronts.items():
+        for seed, front in zip((10, 11), per_seed):
+            rec = {"variant": v, "depth_acc": {"1,1,1": front, "3,3,3": 90.0}, "depth_mflops": cost}
+            (tmp_path / f"{bench.run_name('r20_full', v, seed)}.json").write_text(json.dumps(rec))
+    assert bench.deciding_peer("r20_full", [10, 11]) == "ldb02_time"  # mean 76 against 75 (best at seed 10)
+    assert bench.deciding_peer("r20_full", [10]) == "sdb05_time"
+    with pytest.raises(SystemExit, match="peers_r20_full_sdb01_time_s12.json"):
+        bench.deciding_peer("r20_full", [10, 11, 12])
+
+
+def test_long_runs_script_parses_and_refuses_a_missing_data_path(tmp_path):
+    """long_runs.sh is valid bash (``bash -n``) and stops with its usage line, exit 2, when the data path is missing
+    (before it starts any lane)."""
+    import subprocess
+
+    script = BENCHMARKS / "long_runs.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    run = subprocess.run(["bash", str(script), str(tmp_path / "nope.tar.xz")], capture_output=True, text=True)
+    assert run.returncode == 2 and "usage: long_runs.sh" in run.stderr
