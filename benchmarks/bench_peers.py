@@ -466,6 +466,7 @@ def plan_status(setting: str, variants: list[str], seeds: list[int], runs: Path)
     unknown = []
     for v in variants:
         epochs = variant_epochs(VARIANTS[v][4], setting)[0]
+        per_epoch = cpu_per_epoch(setting, v)  # once per variant: it reads the variant's records
         cells = []
         for seed in seeds:
             name = run_name(setting, v, seed)
@@ -479,7 +480,6 @@ def plan_status(setting: str, variants: list[str], seeds: list[int], runs: Path)
             except (FileNotFoundError, ValueError, json.JSONDecodeError):
                 done = 0
             cells.append("eval" if done >= epochs else f"{done}/{epochs} ep" if done else "-")
-            per_epoch = cpu_per_epoch(setting, v)
             if per_epoch is None:
                 unknown.append(name)
             else:
